@@ -1,7 +1,7 @@
 """dsqlkit: Amazon Aurora DSQL for Python, on psycopg 3.
 
 The public API is what this module exports; everything in ``dsqlkit._*`` is private.
-The local DSQL endpoint for tests lives apart, in :mod:`dsqlkit.testing`.
+The local DSQL endpoint for tests lives apart, in `dsqlkit.testing`.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Test your DSQL code on a laptop: a local endpoint that behaves like Aurora DSQL.
 
-:class:`LocalDsql` starts an embedded PostgreSQL server behind an endpoint that requires TLS,
+`LocalDsql` starts an embedded PostgreSQL server behind an endpoint that requires TLS,
 checks IAM tokens signed by real boto3 code, enforces a connection age limit and injects the
 faults DSQL clients must survive. Installing ``dsqlkit[local]`` also gives pytest a
-``local_dsql`` fixture (see :mod:`dsqlkit.testing.pytest_plugin`).
+``local_dsql`` fixture (see `dsqlkit.testing.pytest_plugin`).
 
 This package is never imported by the runtime library.
 """

@@ -1,15 +1,15 @@
 """The DSQL-speaking front of the local endpoint: TLS, IAM token checks, faults, relay.
 
-Each client connection is a :class:`Session`. After TLS (SSLRequest or direct, ALPN
+Each client connection is a `Session`. After TLS (SSLRequest or direct, ALPN
 ``postgresql``) and a token check, the session opens its own backend connection over the
 embedded server's Unix socket and relays messages both ways.
 
-Every client message that expects an answer is recorded as a :class:`Pending` entry, in order;
+Every client message that expects an answer is recorded as a `Pending` entry, in order;
 the backend pump matches each answer to the head entry and knows when that entry is complete
 (PostgreSQL answers in order, and after an error in an extended-protocol batch it skips to
 Sync). This is what lets the session inject statements of its own, swallow their answers,
 rewrite an answer or drop the connection at an exact point, without ever desynchronising the
-client. Later DSQL rules plug into :meth:`Session.on_client_message`.
+client. Later DSQL rules plug into `Session.on_client_message`.
 """
 
 from __future__ import annotations
@@ -61,6 +61,7 @@ GRANT INSERT ON dsqlkit_internal.injected_conflicts TO PUBLIC;
 """
 DOOM_SQL = "INSERT INTO dsqlkit_internal.injected_conflicts (code) VALUES ($1)"
 DOOM_NAME = "_dsqlkit_doom"
+
 
 #: For each client message that expects answers: the backend message types that complete it.
 def _types(codes: str) -> frozenset[bytes]:
@@ -119,9 +120,7 @@ class Counters:
     refused: Counter[str] = field(default_factory=Counter)
 
     def snapshot(self, active: int) -> dict[str, Any]:
-        data: dict[str, Any] = {
-            k: v for k, v in vars(self).items() if not isinstance(v, Counter)
-        }
+        data: dict[str, Any] = {k: v for k, v in vars(self).items() if not isinstance(v, Counter)}
         data["auth_failures"] = dict(self.auth_failures)
         data["refused"] = dict(self.refused)
         data["active_connections"] = active
@@ -163,7 +162,7 @@ class Faults:
 
 
 class Endpoint:
-    """Listens on 127.0.0.1 and serves one :class:`Session` per client connection."""
+    """Listens on 127.0.0.1 and serves one `Session` per client connection."""
 
     def __init__(self, config: EndpointConfig, tls: ssl.SSLContext) -> None:
         self.config = config
@@ -305,7 +304,7 @@ class Endpoint:
 
 
 def _parse_is_commit(sql: str) -> bool:
-    from pglast import enums, parser
+    from pglast import ast, enums, parser
 
     try:
         statements = parser.parse_sql(sql)
@@ -315,7 +314,7 @@ def _parse_is_commit(sql: str) -> bool:
         return False
     stmt = statements[0].stmt
     return (
-        type(stmt).__name__ == "TransactionStmt"
+        isinstance(stmt, ast.TransactionStmt)
         and stmt.kind == enums.TransactionStmtKind.TRANS_STMT_COMMIT
     )
 
@@ -531,7 +530,7 @@ class Session:
     async def _client_pump(self) -> None:
         assert self.bwriter is not None
         buffer = wire.MessageBuffer()
-        while not self.closing:
+        while True:
             data = await self.creader.read(CHUNK)
             if not data:
                 return
@@ -547,7 +546,7 @@ class Session:
     async def _backend_pump(self) -> None:
         assert self.breader is not None
         buffer = wire.MessageBuffer()
-        while not self.closing:
+        while True:
             data = await self.breader.read(CHUNK)
             if not data:
                 return

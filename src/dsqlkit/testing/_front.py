@@ -3,7 +3,7 @@
 It runs apart from the test process so that its TLS handshakes and relaying never hold the
 test's GIL or stall the test's event loop (the pool benchmarks measure exactly that).
 
-Protocol with :class:`dsqlkit.testing.LocalDsql`, one JSON object per line:
+Protocol with `dsqlkit.testing.LocalDsql`, one JSON object per line:
 stdin receives the configuration, then requests ``{"op": ..., ...}``; stdout answers
 ``{"ok": true, ...}`` or ``{"ok": false, "error": ...}``. End of stdin (the parent exited or was
 killed) shuts everything down: sessions, PostgreSQL, and the work directory.

