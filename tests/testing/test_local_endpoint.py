@@ -326,3 +326,21 @@ def test_tokens_never_reach_the_logs(local_dsql: LocalDsql) -> None:
     assert "IAM authentication failed" in log
     assert "X-Amz-Signature" not in log
     assert token not in log
+
+
+def test_closed_and_dropped_clients_leave_no_backend_sessions(local_dsql: LocalDsql) -> None:
+    for _ in range(5):
+        psycopg.connect(local_dsql.conninfo(), autocommit=True).close()
+    psycopg.connect(local_dsql.conninfo(), autocommit=True)
+    local_dsql.drop_connections()
+    with psycopg.connect(local_dsql.backend_conninfo, autocommit=True) as backend:
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            row = backend.execute(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
+            ).fetchone()
+            if row == (0,):
+                break
+            time.sleep(0.05)
+        assert row == (0,)

@@ -368,6 +368,7 @@ class Session:
         self.statements: dict[str, str] = {}
         self.portals: dict[str, str] = {}
         self.closing = False
+        self.terminating = False
         self._age_timer: asyncio.TimerHandle | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -537,11 +538,15 @@ class Session:
             out = bytearray()
             for mtype, payload in buffer.feed(data):
                 self.on_client_message(mtype, payload, out)
-                if self.closing:
-                    return
+                if self.closing or self.terminating:
+                    break
+            if self.closing:
+                return
             if out:
                 self.bwriter.write(out)
                 await self.bwriter.drain()
+            if self.terminating:
+                return
 
     async def _backend_pump(self) -> None:
         assert self.breader is not None
@@ -587,9 +592,8 @@ class Session:
         elif mtype == b"C":
             kind, name = payload[:1], wire.read_cstring(payload, 1)[0]
             (self.statements if kind == b"S" else self.portals).pop(name, None)
-        elif mtype == b"X":
-            self.closing = True
-            return
+        elif mtype == b"X":  # Terminate: pass it on so the backend ends cleanly, then stop
+            self.terminating = True
 
         transform = None
         if commit and self.tx_status == b"T":

@@ -1,0 +1,76 @@
+"""Run dsqlkit's benchmarks and write raw numbers (JSON) and a side-by-side table (markdown).
+
+Usage: `nox -s bench` or `python benchmarks/run.py [--only NAME] [--out DIR]`.
+Variants compared with each other run interleaved in one process, against one endpoint, so
+machine noise hits both sides alike. Numbers are milliseconds unless a row says otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import bench_endpoint  # noqa: E402
+
+BENCHMARKS = {"endpoint": bench_endpoint.run}
+
+
+def summarize(samples: list[float]) -> dict[str, float]:
+    ordered = sorted(samples)
+    return {
+        "n": len(ordered),
+        "median": statistics.median(ordered),
+        "p90": ordered[int(0.9 * (len(ordered) - 1))],
+        "min": ordered[0],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--only", choices=sorted(BENCHMARKS), action="append")
+    parser.add_argument("--out", default="bench-results")
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    machine = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": __import__("os").cpu_count(),
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    results: dict[str, list[dict[str, object]]] = {}
+    lines = [f"# dsqlkit benchmarks\n\n{machine}\n"]
+    for name in args.only or sorted(BENCHMARKS):
+        print(f"running {name} ...", flush=True)
+        groups = BENCHMARKS[name]()
+        results[name] = []
+        lines.append(f"\n## {name}\n\n| measure | variant | n | median | p90 | ratio to baseline |")
+        lines.append("|---|---|---|---|---|---|")
+        for group in groups:
+            baseline = None
+            for variant, samples in group["variants"].items():
+                stats = summarize(samples)
+                baseline = baseline or stats["median"]
+                ratio = stats["median"] / baseline
+                results[name].append(
+                    {"measure": group["measure"], "variant": variant, **stats, "raw": samples}
+                )
+                lines.append(
+                    f"| {group['measure']} | {variant} | {stats['n']} | {stats['median']:.3f} "
+                    f"| {stats['p90']:.3f} | {ratio:.2f}x |"
+                )
+    (out / "results.json").write_text(json.dumps({"machine": machine, "results": results}))
+    (out / "results.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    print(f"\nwritten: {out / 'results.json'}, {out / 'results.md'}")
+
+
+if __name__ == "__main__":
+    main()
