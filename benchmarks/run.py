@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-import bench_endpoint  # noqa: E402
+import bench_endpoint
 
 BENCHMARKS = {"endpoint": bench_endpoint.run}
 

@@ -344,3 +344,33 @@ def test_closed_and_dropped_clients_leave_no_backend_sessions(local_dsql: LocalD
                 break
             time.sleep(0.05)
         assert row == (0,)
+
+
+def test_refusals_carry_dsql_sqlstates_on_the_wire(local_dsql: LocalDsql) -> None:
+    """libpq does not expose a startup error's SQLSTATE, so read the ErrorResponse directly."""
+    import socket
+    import ssl
+
+    from dsqlkit.testing import _wire as wire
+
+    def startup_error(password: str) -> dict[str, str]:
+        context = ssl.create_default_context(cafile=local_dsql.ca_file)
+        with socket.create_connection(("127.0.0.1", local_dsql.port)) as raw:
+            raw.sendall((8).to_bytes(4, "big") + wire.SSL_REQUEST_CODE.to_bytes(4, "big"))
+            assert raw.recv(1) == b"S"
+            with context.wrap_socket(raw, server_hostname=local_dsql.host) as tls:
+                params = {"user": "admin", "database": "postgres"}
+                tls.sendall(wire.startup_message(196608, params))
+                reply = tls.recv(65536)
+                if reply == wire.auth_request(3):  # asked for the password (the token)
+                    tls.sendall(wire.encode(b"p", wire.cstring(password)))
+                    reply = tls.recv(65536)
+        assert reply[:1] == b"E"
+        return wire.parse_fields(reply[5:])
+
+    fields = startup_error("not-a-token")
+    assert (fields["S"], fields["C"]) == ("FATAL", "28P01")
+    assert fields["M"] == 'IAM authentication failed for user "admin"'
+    local_dsql.refuse_connections(5, "53400")
+    fields = startup_error(local_dsql.token())
+    assert (fields["S"], fields["C"], fields["M"]) == ("FATAL", "53400", "rate exceeded")
