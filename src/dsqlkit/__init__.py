@@ -6,12 +6,28 @@ The local DSQL endpoint for tests lives apart, in `dsqlkit.testing`.
 
 from __future__ import annotations
 
-from ._errors import ConfigurationError, DsqlError, LocalEndpointError
+from ._config import DsqlEndpoint, InsecureTLSWarning
+from ._connect import AsyncDsqlConnection, DsqlConnection
+from ._errors import ConfigurationError, DsqlError, LocalEndpointError, TokenError
+from ._pool import AsyncDsqlConnectionPool, DsqlConnectionPool
+from ._shared import close_shared_pools, shared_pool
+from ._tokens import Boto3TokenProvider, TokenProvider
 from ._version import __version__
 
 __all__ = [
+    "AsyncDsqlConnection",
+    "AsyncDsqlConnectionPool",
+    "Boto3TokenProvider",
     "ConfigurationError",
+    "DsqlConnection",
+    "DsqlConnectionPool",
+    "DsqlEndpoint",
     "DsqlError",
+    "InsecureTLSWarning",
     "LocalEndpointError",
+    "TokenError",
+    "TokenProvider",
     "__version__",
+    "close_shared_pools",
+    "shared_pool",
 ]

@@ -3,6 +3,7 @@
 ```
 DsqlError                      base of everything raised by dsqlkit itself
 ├── ConfigurationError         bad input caught before any network I/O (also a ValueError)
+├── TokenError                 an IAM token could not be signed (e.g. no usable credentials)
 └── LocalEndpointError         dsqlkit.testing could not start or control the local endpoint
 ```
 
@@ -14,7 +15,7 @@ Messages say what is wrong and how to fix it. They never contain an IAM token.
 
 from __future__ import annotations
 
-__all__ = ["ConfigurationError", "DsqlError", "LocalEndpointError"]
+__all__ = ["ConfigurationError", "DsqlError", "LocalEndpointError", "TokenError"]
 
 
 class DsqlError(Exception):
@@ -23,6 +24,10 @@ class DsqlError(Exception):
 
 class ConfigurationError(DsqlError, ValueError):
     """An argument or environment setting is invalid; raised before any network I/O."""
+
+
+class TokenError(DsqlError):
+    """An IAM authentication token could not be made; the message says why (never the token)."""
 
 
 class LocalEndpointError(DsqlError):

@@ -21,6 +21,8 @@ from .._errors import ConfigurationError, LocalEndpointError
 
 if TYPE_CHECKING:
     import boto3
+
+    from .. import AsyncDsqlConnectionPool, DsqlConnectionPool
     from typing_extensions import Self
 
 __all__ = ["LocalDsql"]
@@ -237,6 +239,36 @@ class LocalDsql:
             params["sslnegotiation"] = sslnegotiation
         params.update(extra)
         return make_conninfo("", **params)
+
+    def pool_options(self, **overrides: Any) -> dict[str, Any]:
+        """Arguments that wire a dsqlkit pool to this endpoint (``overrides`` win)."""
+        kwargs = {"hostaddr": self.hostaddr, **dict(overrides.pop("kwargs", None) or {})}
+        options: dict[str, Any] = {
+            "port": self.port,
+            "boto3_session": self.boto3_session,
+            "sslrootcert": self.ca_file,
+            "kwargs": kwargs,
+        }
+        options.update(overrides)
+        return options
+
+    def pool(self, **overrides: Any) -> DsqlConnectionPool[Any]:
+        """A `dsqlkit.DsqlConnectionPool` connected to this endpoint.
+
+        ``overrides`` are any pool arguments (``min_size``, ``max_lifetime``, ``user``...).
+        The pool is not opened until used or opened (``open=False`` by default here).
+        """
+        from .. import DsqlConnectionPool
+
+        overrides.setdefault("open", False)
+        return DsqlConnectionPool(self.host, **self.pool_options(**overrides))
+
+    def async_pool(self, **overrides: Any) -> AsyncDsqlConnectionPool[Any]:
+        """An `dsqlkit.AsyncDsqlConnectionPool` connected to this endpoint (not yet open)."""
+        from .. import AsyncDsqlConnectionPool
+
+        overrides.setdefault("open", False)
+        return AsyncDsqlConnectionPool(self.host, **self.pool_options(**overrides))
 
     @property
     def backend_conninfo(self) -> str:

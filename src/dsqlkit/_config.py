@@ -1,0 +1,251 @@
+"""Where and how to connect: the DSQL endpoint, the Region, and TLS settings.
+
+Everything here is pure and runs before any network I/O, so bad input fails at construction
+with a `ConfigurationError` that says how to fix it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from ._errors import ConfigurationError
+
+__all__ = ["DsqlEndpoint", "InsecureTLSWarning", "TLSSettings", "default_ca_bundle"]
+
+CLUSTER_ID = re.compile(r"[a-z0-9]{26}")
+DSQL_HOST = re.compile(r"(?P<cluster>[a-z0-9]{26})\.dsql(?:-[a-z0-9]+)?\.(?P<region>[a-z0-9-]+)\.on\.aws")
+REGION = re.compile(r"[a-z]{2}(?:-gov|-iso[a-z]*)?-[a-z]+-\d{1,2}")
+HOSTNAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?")
+VERIFYING_SSLMODES = ("verify-full", "verify-ca")
+SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+DEFAULT_PORT = 5432
+DEFAULT_USER = "admin"
+DEFAULT_DBNAME = "postgres"
+
+
+class InsecureTLSWarning(UserWarning):
+    """A DSQL connection was configured without full server verification."""
+
+
+@dataclass(frozen=True)
+class DsqlEndpoint:
+    """A resolved endpoint: host, Region, port, user and database.
+
+    ``is_dsql`` is true for ``<cluster-id>.dsql.<region>.on.aws`` hosts: those get IAM tokens
+    and verified TLS. Any other host is "local mode" (plain PostgreSQL): no token, no rewriting.
+    """
+
+    host: str
+    region: str | None
+    port: int = DEFAULT_PORT
+    user: str = DEFAULT_USER
+    dbname: str = DEFAULT_DBNAME
+    cluster_id: str | None = None
+
+    @property
+    def is_dsql(self) -> bool:
+        return self.cluster_id is not None
+
+    @classmethod
+    def resolve(
+        cls,
+        endpoint: str,
+        *,
+        region: str | None = None,
+        port: int = DEFAULT_PORT,
+        user: str = DEFAULT_USER,
+        dbname: str = DEFAULT_DBNAME,
+        environ: dict[str, str] | None = None,
+    ) -> DsqlEndpoint:
+        """Resolve a host name or a bare cluster id (plus Region) into an endpoint.
+
+        The Region comes from ``region``, else the host name, else ``AWS_REGION`` /
+        ``AWS_DEFAULT_REGION``.
+        """
+        env = os.environ if environ is None else environ
+        if not isinstance(endpoint, str) or not endpoint.strip():
+            raise ConfigurationError(
+                "no DSQL endpoint given: pass a host name like "
+                "'<cluster-id>.dsql.us-east-1.on.aws' or a 26-character cluster id"
+            )
+        endpoint = endpoint.strip().rstrip(".")
+        if "://" in endpoint or "/" in endpoint or " " in endpoint:
+            raise ConfigurationError(
+                f"endpoint {endpoint!r} is not a host name: pass only the host, "
+                "e.g. '<cluster-id>.dsql.us-east-1.on.aws' (no scheme, path or spaces)"
+            )
+        _check_port(port)
+        if not user or not isinstance(user, str):
+            raise ConfigurationError("user must be a non-empty string (DSQL's default is 'admin')")
+
+        lowered = endpoint.lower()
+        host_match = DSQL_HOST.fullmatch(lowered)
+        if host_match:
+            host_region = host_match["region"]
+            if region is not None and region != host_region:
+                raise ConfigurationError(
+                    f"region {region!r} contradicts the host name, which is in {host_region!r}: "
+                    "leave region out or fix the host"
+                )
+            _check_region(host_region)
+            return cls(lowered, host_region, port, user, dbname, host_match["cluster"])
+
+        if CLUSTER_ID.fullmatch(endpoint) or _near_cluster_id(endpoint):
+            # A bare cluster id (or a mistyped one: better an error than a wrong host).
+            if not CLUSTER_ID.fullmatch(endpoint):
+                raise ConfigurationError(
+                    f"{endpoint!r} is not a DSQL cluster id: a cluster id is exactly 26 "
+                    "lowercase letters and digits (see the console or `aws dsql list-clusters`)"
+                )
+            region = region or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")
+            if not region:
+                raise ConfigurationError(
+                    f"cluster id {endpoint!r} needs a Region: pass region='us-east-1' or set "
+                    "AWS_REGION, or pass the full host name"
+                )
+            _check_region(region)
+            host = f"{endpoint}.dsql.{region}.on.aws"
+            return cls(host, region, port, user, dbname, endpoint)
+
+        if ".dsql" in lowered and lowered.endswith(".on.aws"):
+            raise ConfigurationError(
+                f"{endpoint!r} looks like a DSQL host but is malformed: expected "
+                "'<26-character cluster id>.dsql.<region>.on.aws'"
+            )
+        if not (HOSTNAME.fullmatch(endpoint) or _is_ip_address(endpoint)):
+            raise ConfigurationError(f"{endpoint!r} is not a valid host name or address")
+        if region is not None:
+            _check_region(region)
+        return cls(endpoint, region, port, user, dbname, None)
+
+    def __str__(self) -> str:
+        return f"{self.user}@{self.host}:{self.port}/{self.dbname}"
+
+
+@dataclass(frozen=True)
+class TLSSettings:
+    """libpq TLS parameters, defaulting to DSQL's recommended verified setup."""
+
+    sslmode: str | None
+    sslrootcert: str | None
+    sslnegotiation: str | None
+
+    @classmethod
+    def for_endpoint(
+        cls,
+        endpoint: DsqlEndpoint,
+        *,
+        sslmode: str | None = None,
+        sslrootcert: str | None = None,
+        sslnegotiation: str | None = None,
+        insecure_tls: bool = False,
+    ) -> TLSSettings:
+        """Verified TLS for DSQL hosts; libpq's own defaults for plain PostgreSQL hosts.
+
+        A DSQL host accepts only ``verify-full`` unless ``insecure_tls=True`` opts into
+        ``verify-ca`` or ``require`` (with an `InsecureTLSWarning`); modes that allow
+        plaintext are refused outright, since DSQL only speaks TLS.
+        """
+        if sslmode is not None and sslmode not in SSLMODES:
+            raise ConfigurationError(f"sslmode {sslmode!r} is not one of {', '.join(SSLMODES)}")
+        if sslnegotiation not in (None, "postgres", "direct"):
+            raise ConfigurationError("sslnegotiation must be 'postgres' or 'direct'")
+        if not endpoint.is_dsql:
+            if sslrootcert is not None:
+                _check_file(sslrootcert)
+            return cls(sslmode, sslrootcert, sslnegotiation)
+
+        sslmode = sslmode or "verify-full"
+        if sslmode in ("disable", "allow", "prefer"):
+            raise ConfigurationError(
+                f"sslmode={sslmode!r} cannot verify the server and DSQL requires TLS: "
+                "use the default 'verify-full'"
+            )
+        if sslmode != "verify-full":
+            if not insecure_tls:
+                raise ConfigurationError(
+                    f"sslmode={sslmode!r} does not verify the server's host name: use the "
+                    "default 'verify-full', or pass insecure_tls=True to accept the risk"
+                )
+            warnings.warn(
+                f"TLS to {endpoint.host} with sslmode={sslmode!r} does not fully verify the "
+                "server; use sslmode='verify-full' outside of experiments",
+                InsecureTLSWarning,
+                stacklevel=4,
+            )
+        if sslmode in VERIFYING_SSLMODES:
+            sslrootcert = sslrootcert or default_ca_bundle()
+            _check_file(sslrootcert)
+        if sslnegotiation is None:
+            sslnegotiation = "direct" if _libpq_version() >= 170000 else "postgres"
+        return cls(sslmode, sslrootcert, sslnegotiation)
+
+    def params(self) -> dict[str, str]:
+        return {k: v for k, v in vars(self).items() if v is not None}
+
+
+def default_ca_bundle() -> str:
+    """A CA bundle file that contains Amazon Root CA 1 and exists on a fresh machine.
+
+    psycopg-binary's bundled OpenSSL looks for system certificates in a directory that does
+    not exist, so ``sslrootcert=system`` fails there; an explicit file always works. Order:
+    ``$PGSSLROOTCERT``, ``$SSL_CERT_FILE``, certifi (if installed), botocore's bundle.
+    """
+    for name in ("PGSSLROOTCERT", "SSL_CERT_FILE"):
+        value = os.environ.get(name)
+        if value and Path(value).is_file():
+            return value
+    try:
+        import certifi
+
+        return str(certifi.where())
+    except ImportError:
+        pass
+    import botocore
+
+    return str(Path(botocore.__file__).parent / "cacert.pem")
+
+
+def _libpq_version() -> int:
+    import psycopg
+
+    return int(psycopg.pq.version())
+
+
+def _check_region(region: str) -> None:
+    if not isinstance(region, str) or not REGION.fullmatch(region):
+        raise ConfigurationError(
+            f"region {region!r} is not an AWS Region name like 'us-east-1' or 'eu-west-2'"
+        )
+
+
+def _check_port(port: int) -> None:
+    if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
+        raise ConfigurationError(f"port {port!r} is not a TCP port (1-65535; DSQL uses 5432)")
+
+
+def _check_file(path: str) -> None:
+    if path != "system" and not Path(path).is_file():
+        raise ConfigurationError(
+            f"sslrootcert {path!r} does not exist: pass the path of a PEM CA bundle "
+            "(the default bundle contains Amazon Root CA 1)"
+        )
+
+
+def _near_cluster_id(value: str) -> bool:
+    """A dotless alphanumeric name of about a cluster id's length."""
+    return "." not in value and 20 <= len(value) <= 32 and value.isalnum()
+
+
+def _is_ip_address(value: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True

@@ -1,0 +1,98 @@
+"""One memoized pool per process and configuration, for Lambda handlers and services.
+
+``shared_pool(...)`` returns the same `DsqlConnectionPool` for the same arguments in the same
+process, creating it (and opening it lazily) on first use. Shared pools are closed at
+interpreter exit and, if the process has no SIGTERM handler of its own, on SIGTERM (what Lambda
+and container runtimes send before stopping). After ``fork`` the child starts with no shared
+pools: it never touches the parent's sockets, and its first ``shared_pool`` call connects anew.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import signal
+import threading
+from typing import Any
+
+from ._pool import DsqlConnectionPool
+
+__all__ = ["close_shared_pools", "shared_pool"]
+
+_logger = logging.getLogger("dsqlkit.pool")
+_pools: dict[tuple[Any, ...], DsqlConnectionPool[Any]] = {}
+_lock = threading.Lock()
+_hooks_installed = False
+
+
+def shared_pool(endpoint: str | None = None, **options: Any) -> DsqlConnectionPool[Any]:
+    """The process-wide pool for these arguments, created on first call.
+
+    ``endpoint=None`` reads the environment like `DsqlConnectionPool.from_env`. The pool opens
+    in the background (``open=True``) unless ``open`` is given.
+    """
+    key = (endpoint, *sorted((k, _hashable(v)) for k, v in options.items()))
+    pool = _pools.get(key)
+    if pool is not None and not pool.closed:
+        return pool
+    with _lock:
+        pool = _pools.get(key)
+        if pool is None or pool.closed:
+            _install_hooks()
+            if endpoint is None:
+                pool = DsqlConnectionPool.from_env(**options)
+            else:
+                pool = DsqlConnectionPool(endpoint, **options)
+            _pools[key] = pool
+    return pool
+
+
+def close_shared_pools(timeout: float = 5.0) -> None:
+    """Close every shared pool of this process (called at exit and on SIGTERM)."""
+    with _lock:
+        pools = list(_pools.values())
+        _pools.clear()
+    for pool in pools:
+        try:
+            pool.close(timeout=timeout)
+        except Exception:  # closing at exit must not raise
+            _logger.warning("error closing shared pool %r", pool.name, exc_info=True)
+
+
+def _hashable(value: Any) -> Any:
+    try:
+        hash(value)
+    except TypeError:
+        return ("id", id(value))
+    return value
+
+
+def _forget_after_fork() -> None:
+    # The child inherits the parent's pool objects and sockets: drop them without closing
+    # (closing would send Terminate on the parent's connections).
+    global _lock
+    _pools.clear()
+    _lock = threading.Lock()
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    close_shared_pools()
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _install_hooks() -> None:
+    global _hooks_installed
+    if _hooks_installed:
+        return
+    _hooks_installed = True
+    atexit.register(close_shared_pools)
+    if hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=_forget_after_fork)
+    if threading.current_thread() is threading.main_thread():
+        try:
+            if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+                signal.signal(signal.SIGTERM, _on_sigterm)
+        except (ValueError, OSError):  # not the main interpreter, or no signals here
+            pass

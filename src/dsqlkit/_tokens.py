@@ -1,0 +1,179 @@
+"""IAM authentication tokens: who signs them, and what each one costs.
+
+A token is a SigV4-presigned URL made locally (no network) by boto3's ``dsql`` client. Making
+the *client* is the expensive part (milliseconds, and racy when done concurrently on first
+use), so dsqlkit keeps one client per (credentials source, Region), created once under a lock,
+and signs every token with it (about 0.1-0.2 ms).
+
+Anything with the `TokenProvider` signature can replace boto3, e.g. a function that fetches
+tokens from another service.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from ._errors import ConfigurationError, TokenError
+
+if TYPE_CHECKING:
+    import boto3
+
+__all__ = ["Boto3TokenProvider", "TokenProvider"]
+
+_logger = logging.getLogger("dsqlkit.tokens")
+
+#: Default token validity. A token matters only while connecting, so minutes are plenty and
+#: keep a leaked token's value low.
+DEFAULT_TOKEN_EXPIRES_IN = 300
+MAX_TOKEN_EXPIRES_IN = 604_800
+
+
+@runtime_checkable
+class TokenProvider(Protocol):
+    """Returns a fresh IAM token (the password) for ``user`` at ``host`` in ``region``.
+
+    Called once per physical connection, from a worker thread (never on an event loop), so
+    it may block briefly. It must not log or otherwise expose the token.
+    """
+
+    def __call__(self, *, host: str, region: str, user: str) -> str: ...
+
+
+_clients: dict[tuple[object, str], Any] = {}
+_clients_lock = threading.Lock()
+
+
+class Boto3TokenProvider:
+    """Signs tokens with boto3's ``dsql`` client: admin tokens for ``admin``, else DbConnect.
+
+    Args:
+        session: the ``boto3.Session`` whose credentials sign; default: boto3's default chain.
+        profile_name: a named profile instead of a session.
+        expires_in: token validity in seconds (default 300).
+    """
+
+    def __init__(
+        self,
+        session: boto3.Session | None = None,
+        *,
+        profile_name: str | None = None,
+        expires_in: int = DEFAULT_TOKEN_EXPIRES_IN,
+    ) -> None:
+        if session is not None and profile_name is not None:
+            raise ConfigurationError("pass either a boto3 session or a profile_name, not both")
+        if not isinstance(expires_in, int) or not 1 <= expires_in <= MAX_TOKEN_EXPIRES_IN:
+            raise ConfigurationError(
+                f"token expires_in must be 1 to {MAX_TOKEN_EXPIRES_IN} seconds, not {expires_in!r}"
+            )
+        self.session = session
+        self.profile_name = profile_name
+        self.expires_in = expires_in
+        self._session_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        source = self.profile_name or ("session" if self.session else "default chain")
+        return f"Boto3TokenProvider({source}, expires_in={self.expires_in})"
+
+    def _session(self) -> boto3.Session:
+        if self.session is None:
+            with self._session_lock:
+                if self.session is None:
+                    import boto3
+
+                    try:
+                        self.session = boto3.Session(profile_name=self.profile_name)
+                    except Exception as exc:  # botocore's ProfileNotFound and friends
+                        raise ConfigurationError(
+                            f"cannot use AWS profile {self.profile_name!r}: {exc}"
+                        ) from None
+        return self.session
+
+    def check_credentials(self) -> None:
+        """Raise `ConfigurationError` now if no credentials can be found for signing."""
+        if self._session().get_credentials() is None:
+            raise ConfigurationError(
+                "no AWS credentials found to sign DSQL tokens: set AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY, use an AWS profile, run with an IAM role, or pass "
+                "boto3_session="
+            )
+
+    def client(self, region: str) -> Any:
+        """The shared ``dsql`` client for this credentials source and ``region``."""
+        key = (self.session if self.session is not None else self.profile_name, region)
+        client = _clients.get(key)
+        if client is None:
+            session = self._session()
+            key = (self.session if self.session is not None else self.profile_name, region)
+            with _clients_lock:
+                client = _clients.get(key)
+                if client is None:
+                    client = session.client("dsql", region_name=region)
+                    _clients[key] = client
+        return client
+
+    def __call__(self, *, host: str, region: str, user: str) -> str:
+        client = self.client(region)
+        try:
+            if user == "admin":
+                token: str = client.generate_db_connect_admin_auth_token(
+                    host, region, self.expires_in
+                )
+            else:
+                token = client.generate_db_connect_auth_token(host, region, self.expires_in)
+        except Exception as exc:  # NoCredentialsError and friends; never includes the token
+            raise TokenError(
+                f"could not sign a DSQL token for user {user!r} in {region}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from None
+        return token
+
+
+@dataclass
+class TokenStats:
+    """Counters of a `TokenMinter`; read through the pool's ``get_stats()``."""
+
+    minted: int = 0
+    mint_ms: float = 0.0
+    failures: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def pop(self, reset: bool) -> dict[str, int]:
+        with self.lock:
+            values = {
+                "tokens_minted": self.minted,
+                "tokens_mint_ms": round(self.mint_ms),
+                "tokens_failed": self.failures,
+            }
+            if reset:
+                self.minted, self.mint_ms, self.failures = 0, 0.0, 0
+        return values
+
+
+class TokenMinter:
+    """Mints one token for one endpoint, counting how many and how long it took."""
+
+    def __init__(self, provider: TokenProvider, *, host: str, region: str, user: str) -> None:
+        self.provider = provider
+        self.host = host
+        self.region = region
+        self.user = user
+        self.stats = TokenStats()
+
+    def __call__(self) -> str:
+        start = time.perf_counter()
+        try:
+            token = self.provider(host=self.host, region=self.region, user=self.user)
+        except Exception:
+            with self.stats.lock:
+                self.stats.failures += 1
+            raise
+        elapsed = (time.perf_counter() - start) * 1000
+        with self.stats.lock:
+            self.stats.minted += 1
+            self.stats.mint_ms += elapsed
+        _logger.debug("minted a token for %s in %s (%.3f ms)", self.user, self.region, elapsed)
+        return token
