@@ -20,7 +20,7 @@ def tests(session: nox.Session) -> None:
 def soak(session: nox.Session) -> None:
     """Long-running soak tests only."""
     session.install("-e", ".[test]")
-    session.run("pytest", "-m", "soak", *session.posargs)
+    session.run("pytest", "-m", "soak", "-s", *session.posargs)
 
 
 @nox.session

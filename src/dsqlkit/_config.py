@@ -17,7 +17,9 @@ from ._errors import ConfigurationError
 __all__ = ["DsqlEndpoint", "InsecureTLSWarning", "TLSSettings", "default_ca_bundle"]
 
 CLUSTER_ID = re.compile(r"[a-z0-9]{26}")
-DSQL_HOST = re.compile(r"(?P<cluster>[a-z0-9]{26})\.dsql(?:-[a-z0-9]+)?\.(?P<region>[a-z0-9-]+)\.on\.aws")
+DSQL_HOST = re.compile(
+    r"(?P<cluster>[a-z0-9]{26})\.dsql(?:-[a-z0-9]+)?\.(?P<region>[a-z0-9-]+)\.on\.aws"
+)
 REGION = re.compile(r"[a-z]{2}(?:-gov|-iso[a-z]*)?-[a-z]+-\d{1,2}")
 HOSTNAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?")
 VERIFYING_SSLMODES = ("verify-full", "verify-ca")

@@ -173,9 +173,7 @@ class PoolCore:
         _check_positive("max_lifetime", max_lifetime)
         _check_positive("timeout", timeout)
         self.max_lifetime = float(max_lifetime)
-        self.idle_check_after = float(
-            options.get("idle_check_after", DEFAULT_IDLE_CHECK_AFTER)
-        )
+        self.idle_check_after = float(options.get("idle_check_after", DEFAULT_IDLE_CHECK_AFTER))
         if self.idle_check_after < 0:
             raise ConfigurationError("idle_check_after must be zero or more seconds")
         connect_timeout = options.get("connect_timeout", DEFAULT_CONNECT_TIMEOUT)
@@ -210,9 +208,7 @@ class PoolCore:
         }
         if self.password is not None:
             self.base_params["password"] = self.password
-        self.states: weakref.WeakKeyDictionary[Any, _ConnectionState] = (
-            weakref.WeakKeyDictionary()
-        )
+        self.states: weakref.WeakKeyDictionary[Any, _ConnectionState] = weakref.WeakKeyDictionary()
 
     def _make_minter(self, options: DsqlOptions) -> TokenMinter | None:
         provider = options.get("token_provider")
@@ -227,9 +223,7 @@ class PoolCore:
                 "token_provider if you need to supply tokens yourself"
             )
         if provider is None:
-            boto_provider = Boto3TokenProvider(
-                session, profile_name=profile, expires_in=expires_in
-            )
+            boto_provider = Boto3TokenProvider(session, profile_name=profile, expires_in=expires_in)
             boto_provider.check_credentials()
             provider = boto_provider
         elif session is not None or profile:
@@ -398,7 +392,7 @@ class DsqlConnectionPool(ConnectionPool[CT], Generic[CT]):
         *,
         connection_class: type[CT] = DsqlConnection,  # type: ignore[assignment]
         kwargs: Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None = None,
-        open: bool | None = None,  # noqa: A002 - psycopg_pool's name
+        open: bool | None = None,
         configure: Callable[[CT], None] | None = None,
         check: Callable[[CT], None] | None = None,
         reset: Callable[[CT], None] | None = None,
@@ -503,7 +497,7 @@ class AsyncDsqlConnectionPool(AsyncConnectionPool[ACT], Generic[ACT]):
         *,
         connection_class: type[ACT] = AsyncDsqlConnection,  # type: ignore[assignment]
         kwargs: Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None = None,
-        open: bool | None = None,  # noqa: A002 - psycopg_pool's name
+        open: bool | None = None,
         configure: Callable[[ACT], Any] | None = None,
         check: Callable[[ACT], Any] | None = None,
         reset: Callable[[ACT], Any] | None = None,

@@ -16,6 +16,7 @@ import signal
 import threading
 from typing import Any
 
+from ._errors import ConfigurationError
 from ._pool import DsqlConnectionPool
 
 __all__ = ["close_shared_pools", "shared_pool"]
@@ -29,9 +30,12 @@ _hooks_installed = False
 def shared_pool(endpoint: str | None = None, **options: Any) -> DsqlConnectionPool[Any]:
     """The process-wide pool for these arguments, created on first call.
 
-    ``endpoint=None`` reads the environment like `DsqlConnectionPool.from_env`. The pool opens
-    in the background (``open=True``) unless ``open`` is given.
+    ``endpoint=None`` reads the environment like `DsqlConnectionPool.from_env`. The pool is
+    opened when created (connections are made in the background); a pool someone closed is
+    replaced by a new one on the next call.
     """
+    if "open" in options:
+        raise ConfigurationError("shared_pool() always opens its pool: drop the open= argument")
     key = (endpoint, *sorted((k, _hashable(v)) for k, v in options.items()))
     pool = _pools.get(key)
     if pool is not None and not pool.closed:
@@ -41,9 +45,9 @@ def shared_pool(endpoint: str | None = None, **options: Any) -> DsqlConnectionPo
         if pool is None or pool.closed:
             _install_hooks()
             if endpoint is None:
-                pool = DsqlConnectionPool.from_env(**options)
+                pool = DsqlConnectionPool.from_env(open=True, **options)
             else:
-                pool = DsqlConnectionPool(endpoint, **options)
+                pool = DsqlConnectionPool(endpoint, open=True, **options)
             _pools[key] = pool
     return pool
 
@@ -61,6 +65,11 @@ def close_shared_pools(timeout: float = 5.0) -> None:
 
 
 def _hashable(value: Any) -> Any:
+    """A hashable stand-in: mappings and sequences by content, other objects by identity."""
+    if isinstance(value, dict):
+        return tuple(sorted((k, _hashable(v)) for k, v in value.items()))
+    if isinstance(value, (list, tuple)):
+        return tuple(_hashable(v) for v in value)
     try:
         hash(value)
     except TypeError:

@@ -46,6 +46,28 @@ class TokenProvider(Protocol):
 _clients: dict[tuple[object, str], Any] = {}
 _clients_lock = threading.Lock()
 
+#: botocore logs the canonical request and the signature at DEBUG: together, the token.
+#: While dsqlkit signs a token, records from these loggers are dropped (this thread only).
+_SIGNING_LOGGERS = ("botocore.auth", "botocore.signers", "botocore.hooks")
+_signing = threading.local()
+
+
+class _HideTokenSigning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(_signing, "active", False)
+
+
+_hide_signing = _HideTokenSigning()
+_filters_installed = False
+
+
+def _install_log_filters() -> None:
+    global _filters_installed
+    if not _filters_installed:
+        for name in _SIGNING_LOGGERS:
+            logging.getLogger(name).addFilter(_hide_signing)
+        _filters_installed = True
+
 
 class Boto3TokenProvider:
     """Signs tokens with boto3's ``dsql`` client: admin tokens for ``admin``, else DbConnect.
@@ -117,6 +139,8 @@ class Boto3TokenProvider:
 
     def __call__(self, *, host: str, region: str, user: str) -> str:
         client = self.client(region)
+        _install_log_filters()
+        _signing.active = True
         try:
             if user == "admin":
                 token: str = client.generate_db_connect_admin_auth_token(
@@ -129,6 +153,8 @@ class Boto3TokenProvider:
                 f"could not sign a DSQL token for user {user!r} in {region}: "
                 f"{type(exc).__name__}: {exc}"
             ) from None
+        finally:
+            _signing.active = False
         return token
 
 

@@ -281,11 +281,15 @@ class Endpoint:
             self._classify_cache[sql] = cached
         return cached
 
-    def drop_all(self) -> int:
+    async def drop_all(self) -> int:
+        """Drop every client connection; return once their sockets are really closed."""
         sessions = list(self.sessions)
         for session in sessions:
             session.abort()
         self.counters.connections_dropped += len(sessions)
+        closing = [session.closed for session in sessions]
+        if closing:
+            await asyncio.wait(closing, timeout=2.0)
         return len(sessions)
 
     async def close(self) -> None:
@@ -369,6 +373,7 @@ class Session:
         self.portals: dict[str, str] = {}
         self.closing = False
         self.terminating = False
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._age_timer: asyncio.TimerHandle | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -411,6 +416,12 @@ class Session:
             self.cwriter.transport.abort()
         if self.bwriter is not None:
             self.bwriter.transport.abort()
+        # The socket is closed on a later loop iteration; tell drop_all when it is.
+        asyncio.get_running_loop().call_soon(self._mark_closed)
+
+    def _mark_closed(self) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
 
     # -- startup ---------------------------------------------------------------------------
 

@@ -57,14 +57,14 @@ class Controller:
     def __init__(self, endpoint: Endpoint) -> None:
         self.endpoint = endpoint
 
-    def handle(self, request: dict[str, Any]) -> dict[str, Any]:
+    async def handle(self, request: dict[str, Any]) -> dict[str, Any]:
         op = request.get("op")
         endpoint = self.endpoint
         faults = endpoint.faults
         if op == "counters":
             return {"counters": endpoint.counters.snapshot(len(endpoint.sessions))}
         if op == "drop_connections":
-            return {"dropped": endpoint.drop_all()}
+            return {"dropped": await endpoint.drop_all()}
         if op == "refuse_connections":
             faults.refuse_until = time.monotonic() + float(request["seconds"])
             faults.refuse_code = str(request["code"])
@@ -127,7 +127,7 @@ async def serve(
             if request.get("op") == "shutdown":
                 break
             try:
-                _reply({"ok": True, **controller.handle(request)})
+                _reply({"ok": True, **(await controller.handle(request))})
             except Exception as exc:
                 _reply({"ok": False, "error": f"{type(exc).__name__}: {exc}"})
     except Exception as exc:

@@ -21,9 +21,9 @@ from .._errors import ConfigurationError, LocalEndpointError
 
 if TYPE_CHECKING:
     import boto3
+    from typing_extensions import Self
 
     from .. import AsyncDsqlConnectionPool, DsqlConnectionPool
-    from typing_extensions import Self
 
 __all__ = ["LocalDsql"]
 

@@ -1,0 +1,318 @@
+"""DsqlConnectionPool / AsyncDsqlConnectionPool against the local endpoint (real TLS and tokens)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg.conninfo import conninfo_to_dict
+from psycopg_pool import PoolTimeout
+
+from dsqlkit import Boto3TokenProvider, DsqlConnectionPool, shared_pool
+from dsqlkit.testing import LocalDsql
+
+
+class RecordingProvider:
+    """Signs real tokens, remembers them, and can hand out garbage for the first N calls."""
+
+    def __init__(self, local: LocalDsql, *, bad_first: int = 0, expires_in: int = 300) -> None:
+        self.real = Boto3TokenProvider(local.boto3_session, expires_in=expires_in)
+        self.bad_first = bad_first
+        self.tokens: list[str] = []
+        self.threads: set[str] = set()
+        self.on_event_loop = False
+        self.lock = threading.Lock()
+
+    def __call__(self, *, host: str, region: str, user: str) -> str:
+        try:
+            asyncio.get_running_loop()
+            self.on_event_loop = True
+        except RuntimeError:
+            pass
+        with self.lock:
+            self.threads.add(threading.current_thread().name)
+            if self.bad_first > 0:
+                self.bad_first -= 1
+                return "not-a-token"
+        token = self.real(host=host, region=region, user=user)
+        with self.lock:
+            self.tokens.append(token)
+        return token
+
+
+def query_one(pool: DsqlConnectionPool[Any], sql: str = "SELECT 1") -> Any:
+    with pool.connection() as conn:
+        row = conn.execute(sql).fetchone()
+        assert row is not None
+        return row[0]
+
+
+def test_every_physical_connection_gets_a_fresh_token(local_dsql: LocalDsql) -> None:
+    provider = RecordingProvider(local_dsql)
+    with local_dsql.pool(min_size=3, token_provider=provider, boto3_session=None) as pool:
+        pool.wait()
+        assert query_one(pool, "SELECT current_user") == "admin"
+        stats = pool.get_stats()
+    # One signing per physical connection (tokens signed in the same second are identical:
+    # SigV4 dates have one-second resolution).
+    assert stats["tokens_minted"] == stats["connections_num"] == len(provider.tokens) == 3
+    assert all("Action=DbConnectAdmin" in t for t in provider.tokens)
+
+
+def test_custom_role_gets_dbconnect_tokens(local_dsql: LocalDsql) -> None:
+    with psycopg.connect(local_dsql.conninfo(), autocommit=True) as admin:
+        admin.execute("CREATE ROLE pool_app WITH LOGIN")
+    provider = RecordingProvider(local_dsql)
+    with local_dsql.pool(
+        user="pool_app", min_size=1, token_provider=provider, boto3_session=None
+    ) as pool:
+        assert query_one(pool, "SELECT current_user") == "pool_app"
+    assert "Action=DbConnect&" in provider.tokens[0]
+
+
+def test_connections_use_verified_tls_and_name_themselves(local_dsql: LocalDsql) -> None:
+    with local_dsql.pool(min_size=1) as pool, pool.connection() as conn:
+        params = conninfo_to_dict(conn.info.dsn)
+        assert conn.pgconn.ssl_in_use
+        assert params["sslmode"] == "verify-full"
+        assert params["sslnegotiation"] == "direct"
+        app = conn.execute("SHOW application_name").fetchone()
+        assert app is not None
+        assert app[0].startswith("dsqlkit/")
+
+
+def test_idle_past_the_server_age_limit_like_freeze_thaw(local_dsql: LocalDsql) -> None:
+    local_dsql.set_max_connection_age(1.0)
+    with local_dsql.pool(min_size=2, max_lifetime=3600) as pool:
+        pool.wait()
+        assert query_one(pool) == 1
+        time.sleep(1.6)  # the container is "frozen"; the server closes its connections
+        for _ in range(4):
+            assert query_one(pool) == 1
+        stats = pool.get_stats()
+    assert stats["connections_dead_at_checkout"] >= 1
+
+
+def test_checkout_retires_connections_past_max_lifetime(local_dsql: LocalDsql) -> None:
+    with local_dsql.pool(min_size=1, max_size=1, max_lifetime=1.0) as pool:
+        first = query_one(pool, "SELECT pg_backend_pid()")
+        time.sleep(1.2)  # idle in the pool past its lifetime: psycopg_pool alone would hand it out
+        second = query_one(pool, "SELECT pg_backend_pid()")
+        stats = pool.get_stats()
+    assert first != second
+    assert stats["connections_retired_age"] >= 1
+
+
+def test_recently_used_connections_are_not_probed(local_dsql: LocalDsql) -> None:
+    with local_dsql.pool(min_size=1, max_size=1, idle_check_after=60) as pool:
+        for _ in range(20):
+            query_one(pool)
+        assert pool.get_stats()["liveness_probes"] == 0
+
+
+def test_next_request_succeeds_after_the_endpoint_drops_everything(
+    local_dsql: LocalDsql,
+) -> None:
+    with local_dsql.pool(min_size=4) as pool:
+        pool.wait()
+        assert query_one(pool) == 1
+        assert local_dsql.drop_connections() >= 4
+        for _ in range(6):
+            assert query_one(pool) == 1
+
+
+@pytest.mark.parametrize("code", ["53300", "53400"])
+def test_refused_connects_are_retried_until_the_window_ends(
+    local_dsql: LocalDsql, code: str
+) -> None:
+    with local_dsql.pool(min_size=1, timeout=10) as pool:
+        pool.wait()
+        local_dsql.refuse_connections(1.0, code)  # type: ignore[arg-type]
+        local_dsql.drop_connections()
+        start = time.monotonic()
+        assert query_one(pool) == 1
+        waited = time.monotonic() - start
+        stats = pool.get_stats()
+    assert stats["connects_retried"] >= 1
+    assert 0.9 <= waited < 10
+
+
+def test_an_auth_failure_remints_once(local_dsql: LocalDsql) -> None:
+    provider = RecordingProvider(local_dsql, bad_first=1)
+    with local_dsql.pool(min_size=1, token_provider=provider, boto3_session=None) as pool:
+        assert query_one(pool) == 1
+        stats = pool.get_stats()
+    assert stats["connects_reminted"] == 1
+    assert local_dsql.counters()["auth_failures"].get("malformed", 0) >= 1
+
+
+def test_a_permanent_auth_failure_names_the_cause_in_the_timeout(local_dsql: LocalDsql) -> None:
+    provider = RecordingProvider(local_dsql, bad_first=10**6)
+    with local_dsql.pool(min_size=1, token_provider=provider, boto3_session=None) as pool:
+        with pytest.raises(PoolTimeout, match="IAM authentication failed") as info:
+            pool.getconn(timeout=1.5)
+        assert "not-a-token" not in str(info.value)
+
+
+def test_local_mode_against_plain_postgresql(local_dsql: LocalDsql) -> None:
+    backend = conninfo_to_dict(local_dsql.backend_conninfo)
+    with DsqlConnectionPool(
+        str(backend["host"]), port=int(str(backend["port"])), user="postgres", min_size=1
+    ) as pool:
+        assert query_one(pool, "SELECT current_user") == "postgres"
+        with pool.connection() as conn:
+            params = conninfo_to_dict(conn.info.dsn)
+            assert "sslmode" not in params or params["sslmode"] != "verify-full"
+            assert not conn.pgconn.ssl_in_use
+        stats = pool.get_stats()
+    assert "tokens_minted" not in stats
+    assert "local" in repr(pool)
+
+
+def test_user_callbacks_and_kwargs_still_work(local_dsql: LocalDsql) -> None:
+    configured: list[int] = []
+
+    def configure(conn: psycopg.Connection[Any]) -> None:
+        configured.append(conn.info.backend_pid)
+        conn.execute("SET application_name = 'configured'")
+        conn.commit()
+
+    from psycopg.rows import dict_row
+
+    with (
+        local_dsql.pool(
+            min_size=1, configure=configure, kwargs={"row_factory": dict_row, "autocommit": True}
+        ) as pool,
+        pool.connection() as conn,
+    ):
+        assert conn.autocommit
+        assert conn.execute("SHOW application_name").fetchone() == {
+            "application_name": "configured"
+        }
+    assert configured
+
+
+async def test_async_pool_basics_and_signing_off_the_event_loop(local_dsql: LocalDsql) -> None:
+    provider = RecordingProvider(local_dsql)
+    async with local_dsql.async_pool(
+        min_size=2, token_provider=provider, boto3_session=None
+    ) as pool:
+        await pool.wait()
+        async with pool.connection() as conn:
+            cur = await conn.execute("SELECT current_user")
+            assert await cur.fetchone() == ("admin",)
+        local_dsql.drop_connections()
+        async with pool.connection() as conn:
+            cur = await conn.execute("SELECT 1")
+            assert await cur.fetchone() == (1,)
+        stats = pool.get_stats()
+    assert not provider.on_event_loop
+    assert stats["tokens_minted"] >= 3
+    assert stats["connections_dead_at_checkout"] >= 1
+
+
+async def test_async_pool_idle_past_the_server_age_limit(local_dsql: LocalDsql) -> None:
+    local_dsql.set_max_connection_age(1.0)
+    async with local_dsql.async_pool(min_size=2, max_lifetime=3600) as pool:
+        await pool.wait()
+        await asyncio.sleep(1.6)
+        for _ in range(3):
+            async with pool.connection() as conn:
+                await conn.execute("SELECT 1")
+
+
+def test_shared_pool_is_memoized_per_configuration(local_dsql: LocalDsql) -> None:
+    options = local_dsql.pool_options(min_size=1)
+    first = shared_pool(local_dsql.host, **options)
+    again = shared_pool(local_dsql.host, **local_dsql.pool_options(min_size=1))
+    other = shared_pool(local_dsql.host, **local_dsql.pool_options(min_size=2))
+    try:
+        assert first is again
+        assert first is not other
+    finally:
+        first.close()
+        other.close()
+    assert shared_pool(local_dsql.host, **options) is not first  # closed pools are replaced
+    shared_pool(local_dsql.host, **options).close()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_gets_its_own_connections(local_dsql: LocalDsql) -> None:
+    options = local_dsql.pool_options(min_size=1, max_size=1)
+    pool = shared_pool(local_dsql.host, **options)
+    try:
+        parent_pid = query_one(pool, "SELECT pg_backend_pid()")
+        read_end, write_end = os.pipe()
+        child = os.fork()
+        if child == 0:  # pragma: no cover - runs in the child
+            code = 1
+            try:
+                child_pool = shared_pool(local_dsql.host, **options)
+                result = {
+                    "same_pool": child_pool is pool,
+                    "backend_pid": query_one(child_pool, "SELECT pg_backend_pid()"),
+                }
+                os.write(write_end, json.dumps(result).encode())
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(write_end)
+        _, status = os.waitpid(child, 0)
+        result = json.loads(os.read(read_end, 4096))
+        os.close(read_end)
+        assert os.WEXITSTATUS(status) == 0
+        assert result["same_pool"] is False
+        assert result["backend_pid"] != parent_pid
+        # The parent's connection survived the child: nobody else used its socket.
+        assert query_one(pool, "SELECT pg_backend_pid()") == parent_pid
+    finally:
+        pool.close()
+
+
+def test_sigterm_closes_shared_pools(local_dsql: LocalDsql) -> None:
+    creds = local_dsql.boto3_session.get_credentials()
+    assert creds is not None
+    script = textwrap.dedent(
+        f"""
+        import sys, time, boto3
+        from dsqlkit import shared_pool
+        session = boto3.Session(aws_access_key_id={creds.access_key!r},
+            aws_secret_access_key={creds.secret_key!r}, region_name={local_dsql.region!r})
+        pool = shared_pool({local_dsql.host!r}, port={local_dsql.port}, boto3_session=session,
+            sslrootcert={local_dsql.ca_file!r}, kwargs={{"hostaddr": "127.0.0.1"}},
+            application_name="sigterm-test", min_size=2)
+        with pool.connection() as conn:
+            conn.execute("SELECT 1")
+        print("ready", flush=True)
+        time.sleep(60)
+        """
+    )
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None
+    assert child.stdout.readline().strip() == "ready"
+
+    def sessions() -> int:
+        with psycopg.connect(local_dsql.backend_conninfo, autocommit=True) as backend:
+            row = backend.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'sigterm-test'"
+            ).fetchone()
+            assert row is not None
+            return int(row[0])
+
+    assert sessions() == 2
+    child.send_signal(signal.SIGTERM)
+    assert child.wait(timeout=20) == -signal.SIGTERM
+    deadline = time.monotonic() + 5
+    while sessions() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sessions() == 0

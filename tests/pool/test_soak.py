@@ -1,0 +1,144 @@
+"""Token rotation soak: short-lived tokens, a server age limit and a shorter pool lifetime.
+
+Tokens expire after 1 s, the endpoint closes connections at 3 s, the pool retires them at 2 s,
+while 8 threads (or 8 asyncio tasks) query without pause. Every request must succeed, many
+physical connections must rotate, and no token may appear in any log record (DEBUG included).
+The default run soaks for a few seconds; `nox -s soak` runs the full 20 s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+
+import pytest
+
+from dsqlkit.testing import LocalDsql
+
+from .test_pool import RecordingProvider
+
+WORKERS = 8
+
+
+def soak_options(local: LocalDsql, provider: RecordingProvider) -> dict[str, object]:
+    local.set_max_connection_age(3.0)
+    return {
+        "token_provider": provider,
+        "boto3_session": None,
+        "min_size": 4,
+        "max_size": WORKERS,
+        "max_lifetime": 2.0,
+        "timeout": 10.0,
+    }
+
+
+def assert_no_token_logged(caplog: pytest.LogCaptureFixture, provider: RecordingProvider) -> None:
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert text  # DEBUG capture really captured something
+    for token in set(provider.tokens):
+        assert token not in text
+        assert token.rsplit("X-Amz-Signature=", 1)[1] not in text
+
+
+def _summary(stats: dict[str, int]) -> str:
+    keys = (
+        "connections_num",
+        "tokens_minted",
+        "connections_retired_age",
+        "connections_dead_at_checkout",
+        "liveness_probes",
+        "connects_retried",
+    )
+    return ", ".join(f"{k}={stats.get(k, 0)}" for k in keys)
+
+
+def run_sync(local: LocalDsql, seconds: float, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    provider = RecordingProvider(local, expires_in=1)
+    failures: list[BaseException] = []
+    done = 0
+    lock = threading.Lock()
+    stop = time.monotonic() + seconds
+
+    with local.pool(**soak_options(local, provider)) as pool:
+
+        def worker() -> None:
+            nonlocal done
+            while time.monotonic() < stop:
+                try:
+                    with pool.connection() as conn:
+                        conn.execute("SELECT 1").fetchone()
+                except BaseException as exc:
+                    failures.append(exc)
+                else:
+                    with lock:
+                        done += 1
+
+        threads = [threading.Thread(target=worker) for _ in range(WORKERS)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        stats = pool.get_stats()
+
+    print(f"\nsync soak {seconds:.0f}s: {done} requests, {len(failures)} failed, {_summary(stats)}")
+    assert failures == []
+    assert done > 100
+    assert stats["connections_num"] >= 20 * seconds / 20, stats
+    assert stats["tokens_minted"] >= stats["connections_num"]
+    assert_no_token_logged(caplog, provider)
+
+
+async def run_async(local: LocalDsql, seconds: float, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    provider = RecordingProvider(local, expires_in=1)
+    failures: list[BaseException] = []
+    done = 0
+    stop = time.monotonic() + seconds
+
+    async with local.async_pool(**soak_options(local, provider)) as pool:
+
+        async def worker() -> None:
+            nonlocal done
+            while time.monotonic() < stop:
+                try:
+                    async with pool.connection() as conn:
+                        await (await conn.execute("SELECT 1")).fetchone()
+                except BaseException as exc:
+                    failures.append(exc)
+                else:
+                    done += 1
+
+        await asyncio.gather(*(worker() for _ in range(WORKERS)))
+        stats = pool.get_stats()
+
+    print(
+        f"\nasync soak {seconds:.0f}s: {done} requests, {len(failures)} failed, {_summary(stats)}"
+    )
+    assert failures == []
+    assert done > 100
+    assert stats["connections_num"] >= 20 * seconds / 20, stats
+    assert not provider.on_event_loop
+    assert_no_token_logged(caplog, provider)
+
+
+def test_sync_rotation_short(local_dsql: LocalDsql, caplog: pytest.LogCaptureFixture) -> None:
+    run_sync(local_dsql, 5.0, caplog)
+
+
+async def test_async_rotation_short(
+    local_dsql: LocalDsql, caplog: pytest.LogCaptureFixture
+) -> None:
+    await run_async(local_dsql, 5.0, caplog)
+
+
+@pytest.mark.soak
+def test_sync_rotation_soak(local_dsql: LocalDsql, caplog: pytest.LogCaptureFixture) -> None:
+    run_sync(local_dsql, 20.0, caplog)
+
+
+@pytest.mark.soak
+async def test_async_rotation_soak(local_dsql: LocalDsql, caplog: pytest.LogCaptureFixture) -> None:
+    await run_async(local_dsql, 20.0, caplog)
