@@ -18,8 +18,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 import bench_endpoint
+import bench_pool
 
-BENCHMARKS = {"endpoint": bench_endpoint.run}
+BENCHMARKS = {"endpoint": bench_endpoint.run, "pool": bench_pool.run}
 
 
 def summarize(samples: list[float]) -> dict[str, float]:

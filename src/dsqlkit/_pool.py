@@ -17,6 +17,7 @@ What they add to psycopg_pool, in one shared core (`PoolCore`) with a thin sync/
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import select
@@ -30,7 +31,8 @@ from typing import TYPE_CHECKING, Any, Generic, TypedDict, TypeVar
 import psycopg
 from psycopg import pq
 from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
-from typing_extensions import Unpack
+from psycopg_pool.base import BasePool
+from typing_extensions import Self, Unpack
 
 from ._config import DEFAULT_DBNAME, DEFAULT_PORT, DEFAULT_USER, DsqlEndpoint, TLSSettings
 from ._connect import (
@@ -222,19 +224,23 @@ class PoolCore:
                 "a DSQL endpoint authenticates with IAM tokens: drop password=, or pass a "
                 "token_provider if you need to supply tokens yourself"
             )
-        if provider is None:
-            boto_provider = Boto3TokenProvider(session, profile_name=profile, expires_in=expires_in)
-            boto_provider.check_credentials()
-            provider = boto_provider
-        elif session is not None or profile:
-            raise ConfigurationError("pass token_provider or boto3_session/profile_name, not both")
-        elif not callable(provider):
-            raise ConfigurationError("token_provider must be callable(*, host, region, user)")
         region = self.endpoint.region
         if region is None:
             raise ConfigurationError(
                 f"no Region for {self.endpoint.host}: pass region= to sign tokens"
             )
+        if provider is None:
+            boto_provider = Boto3TokenProvider(session, profile_name=profile, expires_in=expires_in)
+            # Find credentials and build the shared client now, at construction: later, in a
+            # worker thread, loading botocore's models would hold the GIL (and stall an event
+            # loop) for tens of milliseconds.
+            boto_provider.check_credentials()
+            boto_provider.client(region)
+            provider = boto_provider
+        elif session is not None or profile:
+            raise ConfigurationError("pass token_provider or boto3_session/profile_name, not both")
+        elif not callable(provider):
+            raise ConfigurationError("token_provider must be callable(*, host, region, user)")
         return TokenMinter(
             provider, host=self.endpoint.host, region=region, user=self.endpoint.user
         )
@@ -272,17 +278,21 @@ class PoolCore:
             return DEAD
         state = self.states.get(conn)
         if state is None:
-            return PROBE
+            return self._probe()
         mono, wall = time.monotonic(), time.time()
         age = max(mono - state.created_mono, wall - state.created_wall)
         if age >= self.max_lifetime:
             return EXPIRED
         if _socket_readable(pgconn.socket):
-            return PROBE  # EOF or an unsolicited message while idle: find out which
+            return self._probe()  # EOF or an unsolicited message while idle: find out which
         idle = max(mono - state.used_mono, wall - state.used_wall)
         if idle >= self.idle_check_after:
-            return PROBE
+            return self._probe()
         return OK
+
+    def _probe(self) -> str:
+        self.checkout_stats.add("probes")
+        return PROBE
 
     def count_discard(self, verdict: str) -> None:
         if verdict == EXPIRED:
@@ -329,10 +339,6 @@ def _check_positive(name: str, value: float) -> None:
         raise ConfigurationError(f"{name} must be a positive number of seconds, not {value!r}")
 
 
-def _pool_name(core: PoolCore, name: str | None) -> str | None:
-    return name or f"dsql:{core.endpoint.host.split('.', 1)[0]}"
-
-
 def _env_endpoint(environ: Mapping[str, str]) -> tuple[str | None, DsqlOptions]:
     """Endpoint and options from DSQL_* / AWS_* environment variables."""
     options: DsqlOptions = {}
@@ -360,7 +366,62 @@ def _env_endpoint(environ: Mapping[str, str]) -> tuple[str | None, DsqlOptions]:
     return endpoint, options
 
 
-class DsqlConnectionPool(ConnectionPool[CT], Generic[CT]):
+class _DsqlPoolMixin(BasePool):
+    """The parts of both pools that do no I/O: set-up, endpoint, stats, repr, from_env."""
+
+    _core: PoolCore
+
+    def _dsql_arguments(
+        self,
+        endpoint: str | None,
+        options: Mapping[str, Any],
+        *,
+        kwargs: Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None,
+        connection_class: type[Any],
+        plan_base: type[Any],
+        max_lifetime: float,
+        timeout: float,
+        name: str | None,
+    ) -> dict[str, Any]:
+        """Build the core; return the arguments for psycopg_pool's constructor."""
+        dsql, pool_options = _split_options(options)
+        self._core = PoolCore(
+            endpoint, options=dsql, max_lifetime=max_lifetime, timeout=timeout, user_kwargs=kwargs
+        )
+        return {
+            "connection_class": with_plan_support(connection_class, plan_base),
+            "max_lifetime": max_lifetime,
+            "timeout": timeout,
+            "name": name or f"dsql:{self._core.endpoint.host.split('.', 1)[0]}",
+            **pool_options,
+        }
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Self:
+        """A pool configured from ``DSQL_ENDPOINT`` or ``DSQL_CLUSTER_ID``, ``DSQL_REGION`` /
+        ``AWS_REGION``, ``DSQL_USER``, ``DSQL_DBNAME`` and ``DSQL_PORT``; ``overrides`` win."""
+        endpoint, options = _env_endpoint(os.environ if environ is None else environ)
+        return cls(endpoint, **{**options, **overrides})  # type: ignore[call-arg, arg-type]
+
+    @property
+    def endpoint(self) -> DsqlEndpoint:
+        """The resolved endpoint this pool connects to."""
+        return self._core.endpoint
+
+    def get_stats(self) -> dict[str, int]:
+        """psycopg_pool's stats plus dsqlkit's (tokens, retirements, probes, retries)."""
+        return {**super().get_stats(), **self._core.stats(reset=False)}
+
+    def pop_stats(self) -> dict[str, int]:
+        """Like `get_stats`, then reset the counters (psycopg_pool's and dsqlkit's)."""
+        return {**super().pop_stats(), **self._core.stats(reset=True)}
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else "open"
+        return f"<{type(self).__name__} {self.name!r} {self._core.describe()} {state}>"
+
+
+class DsqlConnectionPool(_DsqlPoolMixin, ConnectionPool[CT], Generic[CT]):
     """A `psycopg_pool.ConnectionPool` for Aurora DSQL (or plain PostgreSQL in local mode).
 
     Args:
@@ -379,7 +440,8 @@ class DsqlConnectionPool(ConnectionPool[CT], Generic[CT]):
         sslnegotiation: ``direct`` by default with libpq >= 17 (saves a round trip).
         connect_timeout: seconds for each connection attempt (default 10).
         application_name: default ``dsqlkit/<version>``.
-        idle_check_after: probe a pooled connection idle this long before handing it out.
+        idle_check_after: probe a pooled connection idle this long before handing it out
+            (default 10 s).
         max_lifetime: retire connections older than this (default 50 minutes; psycopg_pool's
             jitter still spreads reconnects over the last 5%).
 
@@ -402,46 +464,32 @@ class DsqlConnectionPool(ConnectionPool[CT], Generic[CT]):
         name: str | None = None,
         **options: Unpack[_AllOptions],
     ) -> None:
-        dsql, pool_options = _split_options(options)
-        self._core = PoolCore(
+        arguments = self._dsql_arguments(
             endpoint,
-            options=dsql,
+            options,
+            kwargs=kwargs,
+            connection_class=connection_class,
+            plan_base=DsqlConnection,
             max_lifetime=max_lifetime,
             timeout=timeout,
-            user_kwargs=kwargs,
+            name=name,
         )
         self._user_configure = configure
         super().__init__(
             "",
-            connection_class=with_plan_support(connection_class, DsqlConnection),
             kwargs=self._core.connect_kwargs,
             open=open,
             configure=self._configure_new,
             check=check,
             reset=reset,
             reconnect_failed=reconnect_failed,
-            max_lifetime=max_lifetime,
-            timeout=timeout,
-            name=_pool_name(self._core, name),
-            **pool_options,
+            **arguments,
         )
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Any:
-        """A pool configured from ``DSQL_ENDPOINT`` or ``DSQL_CLUSTER_ID``, ``DSQL_REGION`` /
-        ``AWS_REGION``, ``DSQL_USER``, ``DSQL_DBNAME`` and ``DSQL_PORT``; ``overrides`` win."""
-        endpoint, options = _env_endpoint(os.environ if environ is None else environ)
-        return cls(endpoint, **{**options, **overrides})
 
     def _configure_new(self, conn: CT) -> None:
         self._core.connection_created(conn)
         if self._user_configure is not None:
             self._user_configure(conn)
-
-    @property
-    def endpoint(self) -> DsqlEndpoint:
-        """The resolved endpoint this pool connects to."""
-        return self._core.endpoint
 
     def getconn(self, timeout: float | None = None) -> CT:
         """Like psycopg_pool's, but never returns an expired or dead connection."""
@@ -449,14 +497,12 @@ class DsqlConnectionPool(ConnectionPool[CT], Generic[CT]):
         deadline = time.monotonic() + waited
         core = self._core
         while True:
-            remaining = deadline - time.monotonic()
             try:
-                conn = super().getconn(max(remaining, 0.0))
+                conn = super().getconn(max(deadline - time.monotonic(), 0.0))
             except PoolTimeout:
                 raise PoolTimeout(core.timeout_message(waited)) from None
             verdict = core.checkout_verdict(conn)
             if verdict == PROBE:
-                core.checkout_stats.add("probes")
                 try:
                     self.check_connection(conn)
                 except Exception:
@@ -473,22 +519,13 @@ class DsqlConnectionPool(ConnectionPool[CT], Generic[CT]):
         self._core.connection_returned(conn)
         super().putconn(conn)
 
-    def get_stats(self) -> dict[str, int]:
-        """psycopg_pool's stats plus dsqlkit's (tokens, retirements, probes, retries)."""
-        return {**super().get_stats(), **self._core.stats(reset=False)}
 
-    def pop_stats(self) -> dict[str, int]:
-        return {**super().pop_stats(), **self._core.stats(reset=True)}
-
-    def __repr__(self) -> str:
-        state = "closed" if self.closed else "open"
-        return f"<{type(self).__name__} {self.name!r} {self._core.describe()} {state}>"
-
-
-class AsyncDsqlConnectionPool(AsyncConnectionPool[ACT], Generic[ACT]):
+class AsyncDsqlConnectionPool(_DsqlPoolMixin, AsyncConnectionPool[ACT], Generic[ACT]):
     """The asyncio twin of `DsqlConnectionPool` (same arguments, same behaviour).
 
-    Tokens are minted in a worker thread, so signing never blocks the event loop.
+    Tokens are minted in a worker thread, so signing never blocks the event loop. Build the
+    pool before serving (e.g. in a lifespan hook): construction finds credentials and loads
+    boto3, which takes tens of milliseconds once per process.
     """
 
     def __init__(
@@ -507,39 +544,29 @@ class AsyncDsqlConnectionPool(AsyncConnectionPool[ACT], Generic[ACT]):
         name: str | None = None,
         **options: Unpack[_AllOptions],
     ) -> None:
-        dsql, pool_options = _split_options(options)
-        self._core = PoolCore(
+        arguments = self._dsql_arguments(
             endpoint,
-            options=dsql,
+            options,
+            kwargs=kwargs,
+            connection_class=connection_class,
+            plan_base=AsyncDsqlConnection,
             max_lifetime=max_lifetime,
             timeout=timeout,
-            user_kwargs=kwargs,
+            name=name,
         )
         self._user_configure = configure
         super().__init__(
             "",
-            connection_class=with_plan_support(connection_class, AsyncDsqlConnection),
             kwargs=self._connect_kwargs,
             open=open,
             configure=self._configure_new,
             check=check,
             reset=reset,
             reconnect_failed=reconnect_failed,
-            max_lifetime=max_lifetime,
-            timeout=timeout,
-            name=_pool_name(self._core, name),
-            **pool_options,
+            **arguments,
         )
 
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Any:
-        """Like `DsqlConnectionPool.from_env`."""
-        endpoint, options = _env_endpoint(os.environ if environ is None else environ)
-        return cls(endpoint, **{**options, **overrides})
-
     async def _connect_kwargs(self) -> dict[str, Any]:
-        import asyncio
-
         core = self._core
         kwargs = core.static_kwargs()
         if core.minter is not None:
@@ -551,25 +578,18 @@ class AsyncDsqlConnectionPool(AsyncConnectionPool[ACT], Generic[ACT]):
         if self._user_configure is not None:
             await self._user_configure(conn)
 
-    @property
-    def endpoint(self) -> DsqlEndpoint:
-        """The resolved endpoint this pool connects to."""
-        return self._core.endpoint
-
     async def getconn(self, timeout: float | None = None) -> ACT:
         """Like psycopg_pool's, but never returns an expired or dead connection."""
         waited = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + waited
         core = self._core
         while True:
-            remaining = deadline - time.monotonic()
             try:
-                conn = await super().getconn(max(remaining, 0.0))
+                conn = await super().getconn(max(deadline - time.monotonic(), 0.0))
             except PoolTimeout:
                 raise PoolTimeout(core.timeout_message(waited)) from None
             verdict = core.checkout_verdict(conn)
             if verdict == PROBE:
-                core.checkout_stats.add("probes")
                 try:
                     await self.check_connection(conn)
                 except Exception:
@@ -585,17 +605,6 @@ class AsyncDsqlConnectionPool(AsyncConnectionPool[ACT], Generic[ACT]):
     async def putconn(self, conn: ACT) -> None:
         self._core.connection_returned(conn)
         await super().putconn(conn)
-
-    def get_stats(self) -> dict[str, int]:
-        """psycopg_pool's stats plus dsqlkit's (tokens, retirements, probes, retries)."""
-        return {**super().get_stats(), **self._core.stats(reset=False)}
-
-    def pop_stats(self) -> dict[str, int]:
-        return {**super().pop_stats(), **self._core.stats(reset=True)}
-
-    def __repr__(self) -> str:
-        state = "closed" if self.closed else "open"
-        return f"<{type(self).__name__} {self.name!r} {self._core.describe()} {state}>"
 
 
 class _AllOptions(DsqlOptions, PoolOptions, total=False):
