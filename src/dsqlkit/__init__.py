@@ -8,16 +8,28 @@ from __future__ import annotations
 
 from ._config import DsqlEndpoint, InsecureTLSWarning
 from ._connect import AsyncDsqlConnection, DsqlConnection
-from ._errors import ConfigurationError, DsqlError, LocalEndpointError, TokenError
+from ._errors import (
+    CommitOutcomeUnknown,
+    ConfigurationError,
+    DsqlError,
+    LocalEndpointError,
+    TokenError,
+    TooManyRows,
+    UsageError,
+)
 from ._pool import AsyncDsqlConnectionPool, DsqlConnectionPool
+from ._retry import RetryEvent, RetryPolicy, RetryStats, occ_retry
 from ._shared import close_shared_pools, shared_pool
 from ._tokens import Boto3TokenProvider, TokenProvider
+from ._transaction import AsyncTransaction, Transaction, transactional
 from ._version import __version__
 
 __all__ = [
     "AsyncDsqlConnection",
     "AsyncDsqlConnectionPool",
+    "AsyncTransaction",
     "Boto3TokenProvider",
+    "CommitOutcomeUnknown",
     "ConfigurationError",
     "DsqlConnection",
     "DsqlConnectionPool",
@@ -25,9 +37,17 @@ __all__ = [
     "DsqlError",
     "InsecureTLSWarning",
     "LocalEndpointError",
+    "RetryEvent",
+    "RetryPolicy",
+    "RetryStats",
     "TokenError",
     "TokenProvider",
+    "TooManyRows",
+    "Transaction",
+    "UsageError",
     "__version__",
     "close_shared_pools",
+    "occ_retry",
     "shared_pool",
+    "transactional",
 ]

@@ -4,6 +4,10 @@
 DsqlError                      base of everything raised by dsqlkit itself
 ├── ConfigurationError         bad input caught before any network I/O (also a ValueError)
 ├── TokenError                 an IAM token could not be signed (e.g. no usable credentials)
+├── CommitOutcomeUnknown       the connection died while COMMIT was in flight: it may or may
+│                              not have committed, so dsqlkit never retries it
+├── UsageError                 the API was called the wrong way (also a TypeError)
+├── TooManyRows                query_one()/scalar() got more than one row
 └── LocalEndpointError         dsqlkit.testing could not start or control the local endpoint
 ```
 
@@ -15,7 +19,15 @@ Messages say what is wrong and how to fix it. They never contain an IAM token.
 
 from __future__ import annotations
 
-__all__ = ["ConfigurationError", "DsqlError", "LocalEndpointError", "TokenError"]
+__all__ = [
+    "CommitOutcomeUnknown",
+    "ConfigurationError",
+    "DsqlError",
+    "LocalEndpointError",
+    "TokenError",
+    "TooManyRows",
+    "UsageError",
+]
 
 
 class DsqlError(Exception):
@@ -28,6 +40,27 @@ class ConfigurationError(DsqlError, ValueError):
 
 class TokenError(DsqlError):
     """An IAM authentication token could not be made; the message says why (never the token)."""
+
+
+class CommitOutcomeUnknown(DsqlError):
+    """The connection was lost while COMMIT was in flight; the transaction may have committed.
+
+    dsqlkit never retries such a transaction by itself: re-running a non-idempotent one could
+    apply it twice. Check the database (or make the transaction idempotent) and decide.
+    ``__cause__`` is the connection error; ``attempts`` is how many attempts ran in total.
+    """
+
+    def __init__(self, message: str, *, attempts: int = 1) -> None:
+        super().__init__(message)
+        self.attempts = attempts
+
+
+class UsageError(DsqlError, TypeError):
+    """dsqlkit was called the wrong way (e.g. a coroutine where a result was expected)."""
+
+
+class TooManyRows(DsqlError):
+    """A call that expects at most one row got more."""
 
 
 class LocalEndpointError(DsqlError):

@@ -44,6 +44,7 @@ from ._connect import (
     with_plan_support,
 )
 from ._errors import ConfigurationError
+from ._retry import RetryStats
 from ._tokens import DEFAULT_TOKEN_EXPIRES_IN, Boto3TokenProvider, TokenMinter, TokenProvider
 from ._version import __version__
 
@@ -191,6 +192,7 @@ class PoolCore:
         self.password = options.get("password")
         self.minter = self._make_minter(options)
         self.connect_stats = ConnectStats()
+        self.retry_stats = RetryStats()
         self.checkout_stats = _CheckoutStats()
         self.last_connect_error: str | None = None
         self.plan = ConnectPlan(
@@ -305,6 +307,7 @@ class PoolCore:
     def stats(self, reset: bool) -> dict[str, int]:
         values = self.connect_stats.pop(reset)
         values.update(self.checkout_stats.pop(reset))
+        values.update(self.retry_stats.snapshot(reset))
         if self.minter is not None:
             values.update(self.minter.stats.pop(reset))
         return values

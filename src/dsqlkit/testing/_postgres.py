@@ -41,6 +41,8 @@ SERVER_SETTINGS = {
     "log_timezone": "UTC",
     "listen_addresses": "127.0.0.1",
     "logging_collector": "off",
+    # DSQL offers snapshot isolation only: PostgreSQL's REPEATABLE READ is the same model.
+    "default_transaction_isolation": "repeatable read",
 }
 
 
