@@ -38,7 +38,7 @@ def bench_mint(local: LocalDsql) -> dict[str, Any]:
     try:
         from dsql_core.token_manager import TokenManager
     except ImportError:
-        TokenManager = None  # noqa: N806
+        TokenManager = None
     if TokenManager is not None:
         variants["aurora-dsql-python-connector 0.2.x"] = []
         creds = local.boto3_session.get_credentials()

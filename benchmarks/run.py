@@ -19,8 +19,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import bench_endpoint
 import bench_pool
+import bench_retry
 
-BENCHMARKS = {"endpoint": bench_endpoint.run, "pool": bench_pool.run}
+BENCHMARKS = {
+    "endpoint": bench_endpoint.run,
+    "pool": bench_pool.run,
+    "retry": bench_retry.run,
+}
 
 
 def summarize(samples: list[float]) -> dict[str, float]:

@@ -430,23 +430,31 @@ class DsqlConnectionPool(_DsqlPoolMixin, ConnectionPool[CT], Generic[CT]):
     Args:
         endpoint: the cluster's host name (``<id>.dsql.<region>.on.aws``), a bare cluster id
             (with ``region``), or any other host for plain PostgreSQL ("local mode": no token).
-        region: AWS Region; default: from the host, else ``AWS_REGION``/``AWS_DEFAULT_REGION``.
-        user: database role (default ``admin``, which gets admin tokens).
-        dbname: database (DSQL has one: ``postgres``).
-        port: TCP port (5432).
-        token_provider: any `TokenProvider`; default: boto3 with ``boto3_session`` or
-            ``profile_name`` or the default credential chain.
-        token_expires_in: validity of each minted token, in seconds (default 300).
-        password: a static password, for local mode only.
-        sslmode: ``verify-full`` by default for DSQL hosts; weaker modes need ``insecure_tls``.
-        sslrootcert: CA bundle; default: a bundle with Amazon Root CA 1 that exists on disk.
-        sslnegotiation: ``direct`` by default with libpq >= 17 (saves a round trip).
-        connect_timeout: seconds for each connection attempt (default 10).
-        application_name: default ``dsqlkit/<version>``.
-        idle_check_after: probe a pooled connection idle this long before handing it out
-            (default 10 s).
         max_lifetime: retire connections older than this (default 50 minutes; psycopg_pool's
             jitter still spreads reconnects over the last 5%).
+
+    Other Parameters:
+        region (str | None): AWS Region; default: from the host, else ``AWS_REGION`` /
+            ``AWS_DEFAULT_REGION``.
+        user (str): database role (default ``admin``, which gets admin tokens).
+        dbname (str): database (DSQL has one: ``postgres``).
+        port (int): TCP port (5432).
+        token_provider (TokenProvider | None): any `TokenProvider`; default: boto3 with
+            ``boto3_session`` or ``profile_name`` or the default credential chain.
+        boto3_session (boto3.Session | None): the session whose credentials sign tokens.
+        profile_name (str | None): an AWS profile to sign with instead.
+        token_expires_in (int): validity of each minted token, in seconds (default 300).
+        password (str | None): a static password, for local mode only.
+        sslmode (str | None): ``verify-full`` by default for DSQL hosts; weaker modes need
+            ``insecure_tls``.
+        sslrootcert (str | None): CA bundle; default: a bundle with Amazon Root CA 1 that
+            exists on disk.
+        sslnegotiation (str | None): ``direct`` by default with libpq >= 17.
+        insecure_tls (bool): allow ``verify-ca`` / ``require`` with a DSQL host (warns).
+        connect_timeout (int): seconds for each connection attempt (default 10).
+        application_name (str | None): default ``dsqlkit/<version>``.
+        idle_check_after (float): probe a pooled connection idle this long before handing it
+            out (default 10 s).
 
     All other arguments are psycopg_pool's, with the same meaning.
     """

@@ -180,9 +180,10 @@ def test_giving_up_raises_the_last_conflict_with_the_attempt_count(
         tx.execute(f"UPDATE {table} SET v = v + 1 WHERE id = 1")
 
     local_dsql.fail_next_commits(10)
-    with caplog.at_level(logging.WARNING, "dsqlkit"), pytest.raises(
-        errors.SerializationFailure, match=r"\(OC000\)"
-    ) as info:
+    with (
+        caplog.at_level(logging.WARNING, "dsqlkit"),
+        pytest.raises(errors.SerializationFailure, match=r"\(OC000\)") as info,
+    ):
         bump()
     assert calls == 3
     assert info.value.occ_attempts == 3  # type: ignore[attr-defined]
@@ -461,7 +462,7 @@ def test_handle_bad_input(pool: DsqlConnectionPool[Any], table: str) -> None:
 
     with pytest.raises(TooManyRows, match="at most one row"):
         two_rows()
-    with pytest.raises(UsageError, match="str or a psycopg.sql.Composable"):
+    with pytest.raises(UsageError, match=r"str or a psycopg\.sql\.Composable"):
         not_sql()
     with pytest.raises(UsageError, match="use execute"):
         no_rows()

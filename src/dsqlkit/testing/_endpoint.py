@@ -39,27 +39,32 @@ CONFLICT_MESSAGES = {
     "OC001": "schema has been updated by another transaction, please retry: (OC001)",
 }
 REFUSAL_MESSAGES = {"53300": "too many open connections", "53400": "rate exceeded"}
+#: PostgreSQL errors that mean "another transaction got there first": DSQL reports all of
+#: them as an optimistic-concurrency conflict.
+CONFLICT_SQLSTATES = frozenset(("40001", "40P01", "55P03"))
 
-#: Set up in the backend once: a deferred constraint trigger that fails COMMIT with 40001.
-#: A session dooms its transaction by inserting one row; the backend itself then rolls back
-#: at COMMIT, so the wire conversation stays exactly PostgreSQL's, in both protocols.
+#: Set up in the backend once: a deferred constraint trigger that fails COMMIT. A session
+#: dooms its transaction by inserting one row (the error to raise); the backend itself then
+#: rolls back at COMMIT, so the wire conversation stays exactly PostgreSQL's, in both
+#: protocols. The trigger's CONTEXT line is removed on the way out (`dsql_error`).
 BOOTSTRAP_SQL = """
 CREATE ROLE admin WITH SUPERUSER LOGIN;
 CREATE SCHEMA dsqlkit_internal;
-CREATE TABLE dsqlkit_internal.injected_conflicts (code text NOT NULL);
-CREATE FUNCTION dsqlkit_internal.raise_conflict() RETURNS trigger
+CREATE TABLE dsqlkit_internal.doomed (sqlstate text NOT NULL, message text NOT NULL);
+CREATE FUNCTION dsqlkit_internal.fail_commit() RETURNS trigger
   LANGUAGE plpgsql SECURITY DEFINER AS $$
 BEGIN
-  RAISE EXCEPTION USING ERRCODE = '40001', MESSAGE = 'injected conflict ' || NEW.code;
+  RAISE EXCEPTION USING ERRCODE = NEW.sqlstate, MESSAGE = NEW.message;
 END $$;
-CREATE CONSTRAINT TRIGGER injected_conflict
-  AFTER INSERT ON dsqlkit_internal.injected_conflicts
+CREATE CONSTRAINT TRIGGER fail_commit
+  AFTER INSERT ON dsqlkit_internal.doomed
   DEFERRABLE INITIALLY DEFERRED FOR EACH ROW
-  EXECUTE FUNCTION dsqlkit_internal.raise_conflict();
+  EXECUTE FUNCTION dsqlkit_internal.fail_commit();
 GRANT USAGE ON SCHEMA dsqlkit_internal TO PUBLIC;
-GRANT INSERT ON dsqlkit_internal.injected_conflicts TO PUBLIC;
+GRANT INSERT ON dsqlkit_internal.doomed TO PUBLIC;
 """
-DOOM_SQL = "INSERT INTO dsqlkit_internal.injected_conflicts (code) VALUES ($1)"
+#: Dooms the current transaction: its COMMIT will fail with ($1, $2) and roll back.
+DOOM_SQL = "INSERT INTO dsqlkit_internal.doomed (sqlstate, message) VALUES ($1, $2)"
 DOOM_NAME = "_dsqlkit_doom"
 
 
@@ -305,6 +310,19 @@ class Endpoint:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def dsql_error(payload: bytes) -> bytes:
+    """An ErrorResponse as DSQL words it: lock waits and serialization failures are OCC
+    conflicts, and nothing of the endpoint's own plumbing (CONTEXT lines) shows."""
+    fields = wire.parse_fields(payload)
+    code = fields.get("C")
+    if code in CONFLICT_SQLSTATES and "OC00" not in fields.get("M", ""):
+        return wire.error_response("40001", CONFLICT_MESSAGES["OC000"])[5:]
+    if "dsqlkit_internal" in fields.get("W", ""):
+        detail = fields.get("D")
+        return wire.error_response(code or "XX000", fields.get("M", ""), detail=detail)[5:]
+    return payload
 
 
 def _parse_is_commit(sql: str) -> bool:
@@ -639,24 +657,24 @@ class Session:
             return drop_after_commit
 
         counters.commit_conflicts_injected += 1
-        if mtype == b"Q":
-            self._inject(out, wire.query(DOOM_SQL.replace("$1", f"'{fault.code}'")))
-        else:
-            self._inject(out, wire.encode(b"C", b"S" + wire.cstring(DOOM_NAME)))
-            self._inject(out, wire.parse(DOOM_NAME, DOOM_SQL))
-            self._inject(out, wire.bind_text(DOOM_NAME, DOOM_NAME, [fault.code]))
-            self._inject(out, wire.execute(DOOM_NAME))
-        conflict = wire.error_response("40001", CONFLICT_MESSAGES[fault.code])
+        self.doom(out, "40001", CONFLICT_MESSAGES[fault.code], extended=mtype != b"Q")
+        return None
 
-        def dsql_conflict(rtype: bytes, rpayload: bytes) -> bytes | None:
-            if rtype == b"E" and wire.parse_fields(rpayload).get("C") == "40001":
-                return conflict
-            return wire.encode(rtype, rpayload)
-
-        return dsql_conflict
+    def doom(self, out: bytearray, sqlstate: str, message: str, *, extended: bool) -> None:
+        """Make the open transaction's COMMIT fail with this error (and roll back)."""
+        if not extended:
+            literal = f"'{sqlstate}', '{message.replace(chr(39), chr(39) * 2)}'"
+            self._inject(out, wire.query(DOOM_SQL.replace("$1, $2", literal)))
+            return
+        self._inject(out, wire.encode(b"C", b"S" + wire.cstring(DOOM_NAME)))
+        self._inject(out, wire.parse(DOOM_NAME, DOOM_SQL))
+        self._inject(out, wire.bind_text(DOOM_NAME, DOOM_NAME, [sqlstate, message]))
+        self._inject(out, wire.execute(DOOM_NAME))
 
     def on_backend_message(self, mtype: bytes, payload: bytes, out: bytearray) -> None:
         """Route one backend message to the request it answers."""
+        if mtype == b"E":
+            payload = dsql_error(payload)
         pending = self.pending
         if mtype in ASYNCHRONOUS:
             if not (pending and pending[0].synthetic):

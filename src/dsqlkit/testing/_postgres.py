@@ -43,6 +43,10 @@ SERVER_SETTINGS = {
     "logging_collector": "off",
     # DSQL offers snapshot isolation only: PostgreSQL's REPEATABLE READ is the same model.
     "default_transaction_isolation": "repeatable read",
+    # DSQL never waits for a lock: a session that would wait longer than this gets DSQL's
+    # conflict error instead (see the endpoint's error mapping).
+    "lock_timeout": "25ms",
+    "deadlock_timeout": "10ms",
 }
 
 
