@@ -14,6 +14,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -38,6 +39,16 @@ def summarize(samples: list[float]) -> dict[str, float]:
     }
 
 
+def _metric_table(group: dict[str, Any]) -> list[str]:
+    rows: dict[str, dict[str, float]] = group["rows"]
+    metrics = list(next(iter(rows.values())))
+    lines = [f"\n| {group['measure']} | " + " | ".join(metrics) + " |"]
+    lines.append("|---" * (len(metrics) + 1) + "|")
+    for variant, values in rows.items():
+        lines.append(f"| {variant} | " + " | ".join(f"{values[m]:.1f}" for m in metrics) + " |")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--only", choices=sorted(BENCHMARKS), action="append")
@@ -57,9 +68,14 @@ def main() -> None:
         print(f"running {name} ...", flush=True)
         groups = BENCHMARKS[name]()
         results[name] = []
-        lines.append(f"\n## {name}\n\n| measure | variant | n | median | p90 | ratio to baseline |")
-        lines.append("|---|---|---|---|---|---|")
+        lines.append(f"\n## {name}")
         for group in groups:
+            if "rows" in group:  # one row per variant, one column per metric
+                lines += _metric_table(group)
+                results[name].append({"measure": group["measure"], "rows": group["rows"]})
+                continue
+            lines.append(f"\n| {group['measure']} | n | median | p90 | ratio to first |")
+            lines.append("|---|---|---|---|---|")
             baseline = None
             for variant, samples in group["variants"].items():
                 stats = summarize(samples)
@@ -69,7 +85,7 @@ def main() -> None:
                     {"measure": group["measure"], "variant": variant, **stats, "raw": samples}
                 )
                 lines.append(
-                    f"| {group['measure']} | {variant} | {stats['n']} | {stats['median']:.3f} "
+                    f"| {variant} | {stats['n']} | {stats['median']:.3f} "
                     f"| {stats['p90']:.3f} | {ratio:.2f}x |"
                 )
     (out / "results.json").write_text(json.dumps({"machine": machine, "results": results}))

@@ -163,7 +163,7 @@ class RetryPolicy:
 
     max_attempts: int = 20
     deadline: float = 30.0
-    base_delay: float = 0.005
+    base_delay: float = 0.05
     max_delay: float = 0.5
     on_retry: Callable[[RetryEvent], None] | None = field(default=None, compare=False)
 
