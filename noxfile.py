@@ -24,6 +24,13 @@ def soak(session: nox.Session) -> None:
 
 
 @nox.session
+def conformance(session: nox.Session) -> None:
+    """Replay real-cluster recordings (``$DSQL_RECORDINGS`` or ../shared/dsql-recordings)."""
+    session.install("-e", ".[test]")
+    session.run("pytest", "tests/conformance", "-s", "-q", *session.posargs)
+
+
+@nox.session
 def lint(session: nox.Session) -> None:
     """ruff check and ruff format --check."""
     session.install("ruff>=0.8")

@@ -82,9 +82,13 @@ class Controller:
         if op == "set_max_connection_age":
             endpoint.config.max_connection_age = float(request["seconds"])
             return {}
+        if op == "set_transaction_age_limit":
+            endpoint.config.transaction_age_limit = float(request["seconds"])
+            return {}
         if op == "reset":
             faults.reset()
             endpoint.config.max_connection_age = float(request["max_connection_age"])
+            endpoint.config.transaction_age_limit = float(request["transaction_age_limit"])
             return {}
         raise ValueError(f"unknown operation {op!r}")
 
@@ -107,6 +111,8 @@ async def serve(
                 credentials=credentials,
                 backend_socket=str(server.socket_path),
                 max_connection_age=float(config["max_connection_age"]),
+                dsql_rules=bool(config.get("dsql_rules", True)),
+                transaction_age_limit=float(config.get("transaction_age_limit", 300.0)),
             ),
             tls,
         )
@@ -158,7 +164,9 @@ async def _main() -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     lines: asyncio.Queue[str | None] = asyncio.Queue()
-    server = EmbeddedPostgres(workdir)
+    server = EmbeddedPostgres(
+        workdir, settings={"dsqlkit.row_limit": str(config.get("row_limit", 3000))}
+    )
     try:
         # Start PostgreSQL before any other thread exists: it is forked with a pre-exec hook.
         server.start()

@@ -61,6 +61,11 @@ class LocalDsql:
         max_connection_age: seconds after which the endpoint closes a connection (DSQL: 3600).
         startup_timeout: seconds to wait for the endpoint to be ready.
         port: TCP port to listen on; 0 picks a free one.
+        dsql_rules: apply DSQL's SQL and transaction rules (refusals, one DDL per
+            transaction, row and age limits, OCC conflicts at COMMIT); off, the endpoint is
+            a plain PostgreSQL relay behind TLS and IAM checks.
+        row_limit: rows one transaction may modify (DSQL: 3,000).
+        transaction_age_limit: seconds a transaction may stay open (DSQL: 300).
         debug: log every session event to ``endpoint.log`` in the work directory.
     """
 
@@ -72,6 +77,9 @@ class LocalDsql:
         max_connection_age: float = 3600.0,
         startup_timeout: float = 60.0,
         port: int = 0,
+        dsql_rules: bool = True,
+        row_limit: int = 3000,
+        transaction_age_limit: float = 300.0,
         debug: bool = False,
     ) -> None:
         if cluster_id is None:
@@ -85,6 +93,13 @@ class LocalDsql:
             raise ConfigurationError(f"region {region!r} is not an AWS Region name like us-east-1")
         if max_connection_age <= 0:
             raise ConfigurationError("max_connection_age must be a positive number of seconds")
+        if not isinstance(row_limit, int) or row_limit < 1:
+            raise ConfigurationError("row_limit must be a positive number of rows")
+        if transaction_age_limit <= 0:
+            raise ConfigurationError("transaction_age_limit must be a positive number of seconds")
+        self.dsql_rules = dsql_rules
+        self.row_limit = row_limit
+        self.transaction_age_limit = float(transaction_age_limit)
         self.cluster_id = cluster_id
         self.region = region
         self.host = f"{cluster_id}.dsql.{region}.on.aws"
@@ -114,6 +129,9 @@ class LocalDsql:
             "region": self.region,
             "credentials": {self._access_key_id: self._secret_access_key},
             "max_connection_age": self.max_connection_age,
+            "dsql_rules": self.dsql_rules,
+            "row_limit": self.row_limit,
+            "transaction_age_limit": self.transaction_age_limit,
             "port": self._requested_port,
             "debug": self.debug,
         }
@@ -327,9 +345,21 @@ class LocalDsql:
             raise ConfigurationError("max_connection_age must be a positive number of seconds")
         self._request({"op": "set_max_connection_age", "seconds": seconds})
 
+    def set_transaction_age_limit(self, seconds: float) -> None:
+        """Change the transaction age limit (DSQL: 300 s) for transactions from now on."""
+        if seconds <= 0:
+            raise ConfigurationError("transaction_age_limit must be a positive number of seconds")
+        self._request({"op": "set_transaction_age_limit", "seconds": seconds})
+
     def reset(self) -> None:
-        """Clear armed faults and restore the configured age limit (counters are kept)."""
-        self._request({"op": "reset", "max_connection_age": self.max_connection_age})
+        """Clear armed faults and restore the configured age limits (counters are kept)."""
+        self._request(
+            {
+                "op": "reset",
+                "max_connection_age": self.max_connection_age,
+                "transaction_age_limit": self.transaction_age_limit,
+            }
+        )
 
     def counters(self) -> dict[str, Any]:
         """Connections accepted, authentication failures by reason, closed for age, faults."""

@@ -91,8 +91,9 @@ def _parent_death_signal_hook() -> Callable[[], None] | None:
 class EmbeddedPostgres:
     """One PostgreSQL server in ``workdir``; ``start()`` then ``stop()``."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, settings: dict[str, str] | None = None) -> None:
         self.workdir = workdir
+        self.settings = {**SERVER_SETTINGS, **(settings or {})}
         self.datadir = workdir / "pgdata"
         self.socket_dir = workdir / "sock"
         self.logfile = workdir / "postgres.log"
@@ -155,7 +156,7 @@ class EmbeddedPostgres:
             )
 
         self.port = free_port()
-        settings = {**SERVER_SETTINGS, "port": str(self.port)}
+        settings = {**self.settings, "port": str(self.port)}
         settings["unix_socket_directories"] = str(self.socket_dir)
         command = [str(bindir / "postgres"), "-D", str(self.datadir)]
         for key, value in settings.items():
