@@ -13,10 +13,11 @@ re-runs everything.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
 import psycopg
@@ -194,10 +195,6 @@ def _shape(shape: RowShape) -> Any:
     return row_factory(shape)
 
 
-def _lost(conn: Any, exc: BaseException) -> bool:
-    return isinstance(exc, psycopg.OperationalError) and bool(conn.broken or conn.closed)
-
-
 def _commit_unknown(exc: BaseException, attempt: int) -> CommitOutcomeUnknown:
     _logger.warning("connection lost while COMMIT was in flight: outcome unknown, not retrying")
     return CommitOutcomeUnknown(
@@ -206,6 +203,34 @@ def _commit_unknown(exc: BaseException, attempt: int) -> CommitOutcomeUnknown:
         f"data, then decide): {exc}",
         attempts=attempt,
     )
+
+
+def _needs_rollback(conn: Any, exc: BaseException, *, committing: bool, attempt: int) -> bool:
+    """Classify an attempt's failure: lost while committing (raise), lost before (retry on a
+    new connection), or anything else (roll back, then let the policy decide)."""
+    if isinstance(exc, psycopg.OperationalError) and (conn.broken or conn.closed):
+        if committing:
+            raise _commit_unknown(exc, attempt) from exc
+        mark_lost_before_commit(exc)
+        return False
+    return not conn.closed
+
+
+def _restore_autocommit(conn: Any, autocommit: bool) -> bool:
+    return autocommit and not conn.closed and not conn.broken
+
+
+@contextlib.contextmanager
+def _accounted(stats: RetryStats) -> Iterator[None]:
+    """Count how a retried call ended (commit unknown, gave up) in ``stats``."""
+    try:
+        yield
+    except CommitOutcomeUnknown:
+        stats.record("commit_unknown")
+        raise
+    except BaseException as exc:
+        gave_up(exc, stats)
+        raise
 
 
 def run_sync(
@@ -221,7 +246,6 @@ def run_sync(
     joined = in_transaction.get()
     if joined and id(pool) in joined:
         return fn(joined[id(pool)], *args, **kwargs)
-
     attempts = 0
 
     def attempt() -> Any:
@@ -243,26 +267,16 @@ def run_sync(
                 conn.commit()
                 return result
             except BaseException as exc:
-                if _lost(conn, exc):
-                    if committing:
-                        raise _commit_unknown(exc, attempts) from exc
-                    mark_lost_before_commit(exc)
-                elif not conn.closed:
+                if _needs_rollback(conn, exc, committing=committing, attempt=attempts):
                     conn.rollback()
                 raise
             finally:
                 in_transaction.reset(token)
-                if autocommit and not conn.closed and not conn.broken:
+                if _restore_autocommit(conn, autocommit):
                     conn.autocommit = True
 
-    try:
+    with _accounted(stats):
         return policy.retrying(stats)(attempt)
-    except CommitOutcomeUnknown:
-        stats.record("commit_unknown")
-        raise
-    except BaseException as exc:
-        gave_up(exc, stats)
-        raise
 
 
 async def run_async(
@@ -274,11 +288,10 @@ async def run_async(
     policy: RetryPolicy,
     stats: RetryStats,
 ) -> Any:
-    """The asyncio twin of `run_sync`."""
+    """The asyncio twin of `run_sync` (same steps, awaited)."""
     joined = in_transaction.get()
     if joined and id(pool) in joined:
         return await fn(joined[id(pool)], *args, **kwargs)
-
     attempts = 0
 
     async def attempt() -> Any:
@@ -299,26 +312,16 @@ async def run_async(
                 await conn.commit()
                 return result
             except BaseException as exc:
-                if _lost(conn, exc):
-                    if committing:
-                        raise _commit_unknown(exc, attempts) from exc
-                    mark_lost_before_commit(exc)
-                elif not conn.closed:
+                if _needs_rollback(conn, exc, committing=committing, attempt=attempts):
                     await conn.rollback()
                 raise
             finally:
                 in_transaction.reset(token)
-                if autocommit and not conn.closed and not conn.broken:
+                if _restore_autocommit(conn, autocommit):
                     await conn.set_autocommit(True)
 
-    try:
+    with _accounted(stats):
         return await policy.async_retrying(stats)(attempt)
-    except CommitOutcomeUnknown:
-        stats.record("commit_unknown")
-        raise
-    except BaseException as exc:
-        gave_up(exc, stats)
-        raise
 
 
 def transactional(
