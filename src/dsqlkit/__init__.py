@@ -6,11 +6,13 @@ The local DSQL endpoint for tests lives apart, in `dsqlkit.testing`.
 
 from __future__ import annotations
 
+from ._bulk import BulkProgress, BulkResult
 from ._config import DsqlEndpoint, InsecureTLSWarning
 from ._connect import AsyncDsqlConnection, DsqlConnection
 from ._errors import (
     CommitOutcomeUnknown,
     ConfigurationError,
+    DatabaseUnavailable,
     DsqlError,
     LocalEndpointError,
     TokenError,
@@ -18,6 +20,7 @@ from ._errors import (
     UsageError,
 )
 from ._pool import AsyncDsqlConnectionPool, DsqlConnectionPool
+from ._repository import AsyncRepository, Ping, Repository, Rows, connect
 from ._retry import RetryEvent, RetryPolicy, RetryStats, occ_retry
 from ._shared import close_shared_pools, shared_pool
 from ._tokens import Boto3TokenProvider, TokenProvider
@@ -27,19 +30,26 @@ from ._version import __version__
 __all__ = [
     "AsyncDsqlConnection",
     "AsyncDsqlConnectionPool",
+    "AsyncRepository",
     "AsyncTransaction",
     "Boto3TokenProvider",
+    "BulkProgress",
+    "BulkResult",
     "CommitOutcomeUnknown",
     "ConfigurationError",
+    "DatabaseUnavailable",
     "DsqlConnection",
     "DsqlConnectionPool",
     "DsqlEndpoint",
     "DsqlError",
     "InsecureTLSWarning",
     "LocalEndpointError",
+    "Ping",
+    "Repository",
     "RetryEvent",
     "RetryPolicy",
     "RetryStats",
+    "Rows",
     "TokenError",
     "TokenProvider",
     "TooManyRows",
@@ -47,6 +57,7 @@ __all__ = [
     "UsageError",
     "__version__",
     "close_shared_pools",
+    "connect",
     "occ_retry",
     "shared_pool",
     "transactional",

@@ -8,6 +8,7 @@ DsqlError                      base of everything raised by dsqlkit itself
 │                              not have committed, so dsqlkit never retries it
 ├── UsageError                 the API was called the wrong way (also a TypeError)
 ├── TooManyRows                query_one()/scalar() got more than one row
+├── DatabaseUnavailable        a health check could not reach the database
 └── LocalEndpointError         dsqlkit.testing could not start or control the local endpoint
 ```
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 __all__ = [
     "CommitOutcomeUnknown",
     "ConfigurationError",
+    "DatabaseUnavailable",
     "DsqlError",
     "LocalEndpointError",
     "TokenError",
@@ -61,6 +63,10 @@ class UsageError(DsqlError, TypeError):
 
 class TooManyRows(DsqlError):
     """A call that expects at most one row got more."""
+
+
+class DatabaseUnavailable(DsqlError):
+    """The database could not be reached (a health check failed); ``__cause__`` says why."""
 
 
 class LocalEndpointError(DsqlError):

@@ -62,8 +62,9 @@ class LocalDsql:
         startup_timeout: seconds to wait for the endpoint to be ready.
         port: TCP port to listen on; 0 picks a free one.
         dsql_rules: apply DSQL's SQL and transaction rules (refusals, one DDL per
-            transaction, row and age limits, OCC conflicts at COMMIT); off, the endpoint is
-            a plain PostgreSQL relay behind TLS and IAM checks.
+            transaction, the transaction age limit, OCC conflicts at COMMIT, the 16.x server
+            version). Off, statements pass through unchanged; the row limit (enforced by the
+            database itself), REPEATABLE READ and the bounded lock wait stay.
         row_limit: rows one transaction may modify (DSQL: 3,000).
         transaction_age_limit: seconds a transaction may stay open (DSQL: 300).
         debug: log every session event to ``endpoint.log`` in the work directory.
@@ -346,7 +347,8 @@ class LocalDsql:
         self._request({"op": "set_max_connection_age", "seconds": seconds})
 
     def set_transaction_age_limit(self, seconds: float) -> None:
-        """Change the transaction age limit (DSQL: 300 s) for transactions from now on."""
+        """Change the transaction age limit (DSQL: 300 s); open transactions are checked
+        against the new value at their next statement."""
         if seconds <= 0:
             raise ConfigurationError("transaction_age_limit must be a positive number of seconds")
         self._request({"op": "set_transaction_age_limit", "seconds": seconds})
@@ -362,7 +364,9 @@ class LocalDsql:
         )
 
     def counters(self) -> dict[str, Any]:
-        """Connections accepted, authentication failures by reason, closed for age, faults."""
+        """Connections accepted and authenticated, authentication failures by reason,
+        connections closed for age or dropped, refused connects by SQLSTATE, faults fired,
+        statements refused by the DSQL rules and conflicts deferred to COMMIT."""
         counters: dict[str, Any] = self._request({"op": "counters"})["counters"]
         return counters
 

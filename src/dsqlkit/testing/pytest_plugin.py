@@ -2,7 +2,8 @@
 
 ``local_dsql`` is session-scoped: one endpoint and one PostgreSQL server per test session,
 started on first use. After every test that ran while it was up, armed faults are cleared and
-the configured connection age limit is restored, so tests do not leak faults into each other.
+the configured connection and transaction age limits are restored, so tests do not leak
+settings or faults into each other.
 """
 
 from __future__ import annotations
