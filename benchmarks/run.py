@@ -20,11 +20,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import bench_endpoint
 import bench_pool
+import bench_repository
 import bench_retry
 
 BENCHMARKS = {
     "endpoint": bench_endpoint.run,
     "pool": bench_pool.run,
+    "repository": bench_repository.run,
     "retry": bench_retry.run,
 }
 

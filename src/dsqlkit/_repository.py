@@ -141,12 +141,13 @@ class _RepositoryBase:
         self.pool = pool
         self.policy = resolve_policy(policy, policy_options)
         self.row_factory = row_factory
+        self._default_shape = _shape(row_factory)
         self._stats = _stats_for(pool)
         self._owns_pool = owns_pool
         self._opened = not owns_pool
 
     def _shape(self, row_factory: RowShape) -> Any:
-        return _shape(row_factory if row_factory is not None else self.row_factory)
+        return self._default_shape if row_factory is None else _shape(row_factory)
 
     def _joined(self) -> Any:
         joined = in_transaction.get()
@@ -213,7 +214,7 @@ class Repository(_RepositoryBase):
                     raise
 
         with _accounted(self._stats):
-            return self.policy.retrying(self._stats)(attempt)
+            return self.policy.call(attempt, self._stats)
 
     def query(self, sql: Any, params: Params = None, *, row_factory: RowShape = None) -> Rows:
         """All rows (dicts by default), as a `Rows` list."""
@@ -250,7 +251,7 @@ class Repository(_RepositoryBase):
                     raise
 
         with _accounted(self._stats):
-            return self.policy.retrying(self._stats, is_conflict)(attempt)
+            return int(self.policy.call(attempt, self._stats, is_conflict))
 
     def execute(self, sql: Any, params: Params = None) -> int:
         """Run one statement in autocommit; return the rows it affected."""
@@ -422,7 +423,7 @@ class AsyncRepository(_RepositoryBase):
                         await conn.set_autocommit(False)
 
         with _accounted(self._stats):
-            return await self.policy.async_retrying(self._stats)(attempt)
+            return await self.policy.call_async(attempt, self._stats)
 
     async def query(self, sql: Any, params: Params = None, *, row_factory: RowShape = None) -> Rows:
         """All rows (dicts by default), as a `Rows` list."""
@@ -462,7 +463,7 @@ class AsyncRepository(_RepositoryBase):
                         await conn.set_autocommit(False)
 
         with _accounted(self._stats):
-            return await self.policy.async_retrying(self._stats, is_conflict)(attempt)
+            return int(await self.policy.call_async(attempt, self._stats, is_conflict))
 
     async def executemany(self, sql: Any, params_seq: Iterable[ParamSet]) -> int:
         """Like `Repository.executemany`."""

@@ -19,14 +19,18 @@ Rules, shared by `dsqlkit.transactional`, `occ_retry` and the Repository:
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import contextvars
 import functools
 import inspect
 import logging
+import random
 import re
 import threading
+import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
@@ -190,47 +194,36 @@ class RetryPolicy:
         return replace(self, **changes)
 
     def _tenacity_options(
-        self, stats: RetryStats, retry_on: Callable[[BaseException], bool]
+        self,
+        stats: RetryStats,
+        retry_on: Callable[[BaseException], bool],
+        *,
+        offset: int = 0,
+        elapsed: float = 0.0,
     ) -> dict[str, Any]:
+        """tenacity's strategies for this policy; ``offset`` attempts already ran."""
+
         def before(state: tenacity.RetryCallState) -> None:
             stats.record("attempts")
 
         def after(state: tenacity.RetryCallState) -> None:
             assert state.outcome is not None
             exc = state.outcome.exception()
-            if exc is None:
-                return
-            exc.occ_attempts = state.attempt_number  # type: ignore[attr-defined]
-            if is_retryable(exc):
-                reason = retry_reason(exc)
-                if reason == "disconnect":
-                    stats.record("disconnects_retried")
-                else:
-                    stats.record("conflicts", reason)
+            if exc is not None:
+                self._account_failure(exc, state.attempt_number + offset, stats, retry_on)
 
         def before_sleep(state: tenacity.RetryCallState) -> None:
             assert state.outcome is not None
             assert state.next_action is not None
             exc = state.outcome.exception()
             assert exc is not None
-            stats.record("retries")
-            event = RetryEvent(
-                state.attempt_number, retry_reason(exc), state.next_action.sleep, exc
-            )
-            _logger.debug(
-                "transaction attempt %d failed (%s); retrying in %.3fs",
-                event.attempt,
-                event.code,
-                event.delay,
-            )
-            if self.on_retry is not None:
-                self.on_retry(event)
+            self._announce(exc, state.attempt_number + offset, state.next_action.sleep, stats)
 
         return {
-            "stop": tenacity.stop_after_attempt(self.max_attempts)
-            | tenacity.stop_before_delay(self.deadline),
+            "stop": tenacity.stop_after_attempt(self.max_attempts - offset)
+            | tenacity.stop_before_delay(self.deadline - elapsed),
             "wait": tenacity.wait_random_exponential(
-                multiplier=self.base_delay, max=self.max_delay
+                multiplier=self.base_delay * 2**offset, max=self.max_delay
             ),
             "retry": tenacity.retry_if_exception(retry_on),
             "before": before,
@@ -250,6 +243,95 @@ class RetryPolicy:
     ) -> tenacity.AsyncRetrying:
         """A tenacity ``AsyncRetrying`` applying this policy."""
         return tenacity.AsyncRetrying(**self._tenacity_options(stats, retry_on))
+
+    # The first attempt runs without tenacity's machinery (tens of microseconds a call): most
+    # calls never conflict. After a retryable failure, tenacity takes over, one attempt in.
+
+    def call(
+        self,
+        fn: Callable[[], Any],
+        stats: RetryStats,
+        retry_on: Callable[[BaseException], bool] = is_retryable,
+    ) -> Any:
+        """Run ``fn()`` under this policy (sync)."""
+        started = time.monotonic()
+        stats.record("attempts")
+        try:
+            return fn()
+        except BaseException as exc:
+            delay = self._after_first_failure(exc, stats, retry_on, started)
+            if delay is None:
+                raise
+        time.sleep(delay)
+        rest = self._tenacity_options(stats, retry_on, offset=1, elapsed=time.monotonic() - started)
+        return tenacity.Retrying(**rest)(fn)
+
+    async def call_async(
+        self,
+        fn: Callable[[], Awaitable[Any]],
+        stats: RetryStats,
+        retry_on: Callable[[BaseException], bool] = is_retryable,
+    ) -> Any:
+        """Run ``await fn()`` under this policy; ``fn`` must be an ``async def`` function
+        (tenacity awaits only what it recognises as a coroutine function)."""
+        started = time.monotonic()
+        stats.record("attempts")
+        try:
+            return await fn()
+        except BaseException as exc:
+            delay = self._after_first_failure(exc, stats, retry_on, started)
+            if delay is None:
+                raise
+        await asyncio.sleep(delay)
+        rest = self._tenacity_options(stats, retry_on, offset=1, elapsed=time.monotonic() - started)
+        return await tenacity.AsyncRetrying(**rest)(fn)
+
+    def _after_first_failure(
+        self,
+        exc: BaseException,
+        stats: RetryStats,
+        retry_on: Callable[[BaseException], bool],
+        started: float,
+    ) -> float | None:
+        """The delay before attempt 2, or None when ``exc`` must propagate now."""
+        if not self._account_failure(exc, 1, stats, retry_on) or self.max_attempts < 2:
+            return None
+        delay = random.uniform(0, min(self.max_delay, self.base_delay))  # noqa: S311 - jitter
+        if time.monotonic() - started + delay >= self.deadline:
+            return None
+        self._announce(exc, 1, delay, stats)
+        return delay
+
+    def _account_failure(
+        self,
+        exc: BaseException,
+        attempt: int,
+        stats: RetryStats,
+        retry_on: Callable[[BaseException], bool],
+    ) -> bool:
+        """Record a failed attempt; whether it may be retried."""
+        with contextlib.suppress(AttributeError):
+            exc.occ_attempts = attempt  # type: ignore[attr-defined]
+        if not retry_on(exc):
+            return False
+        reason = retry_reason(exc)
+        if reason == "disconnect":
+            stats.record("disconnects_retried")
+        else:
+            stats.record("conflicts", reason)
+        return True
+
+    def _announce(self, exc: BaseException, attempt: int, delay: float, stats: RetryStats) -> None:
+        stats.record("retries")
+        event = RetryEvent(attempt, retry_reason(exc), delay, exc)
+        _logger.debug(
+            "transaction attempt %d failed (%s); retrying in %.3fs",
+            event.attempt,
+            event.code,
+            event.delay,
+        )
+        if self.on_retry is not None:
+            self.on_retry(event)
 
 
 DEFAULT_POLICY = RetryPolicy()
@@ -317,9 +399,12 @@ def occ_retry(fn: F | None = None, /, *, policy: RetryPolicy | None = None, **op
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
                 if in_transaction.get():
                     return await func(*args, **kwargs)
-                retrying = resolved.async_retrying(stats, is_conflict)
+
+                async def attempt() -> Any:  # a coroutine function: tenacity awaits it
+                    return await func(*args, **kwargs)
+
                 try:
-                    return await retrying(func, *args, **kwargs)
+                    return await resolved.call_async(attempt, stats, is_conflict)
                 except BaseException as exc:
                     gave_up(exc, stats)
                     raise
@@ -336,9 +421,8 @@ def occ_retry(fn: F | None = None, /, *, policy: RetryPolicy | None = None, **op
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             if in_transaction.get():
                 return call_once(*args, **kwargs)
-            retrying = resolved.retrying(stats, is_conflict)
             try:
-                return retrying(call_once, *args, **kwargs)
+                return resolved.call(lambda: call_once(*args, **kwargs), stats, is_conflict)
             except BaseException as exc:
                 gave_up(exc, stats)
                 raise

@@ -276,7 +276,7 @@ def run_sync(
                     conn.autocommit = True
 
     with _accounted(stats):
-        return policy.retrying(stats)(attempt)
+        return policy.call(attempt, stats)
 
 
 async def run_async(
@@ -321,7 +321,7 @@ async def run_async(
                     await conn.set_autocommit(True)
 
     with _accounted(stats):
-        return await policy.async_retrying(stats)(attempt)
+        return await policy.call_async(attempt, stats)
 
 
 def transactional(
