@@ -32,7 +32,15 @@ VALUE_OVERHEAD = 8
 
 @dataclass(frozen=True)
 class BulkProgress:
-    """Passed to the progress callback after each committed chunk."""
+    """Passed to the progress callback after each committed chunk.
+
+    Attributes:
+        rows_done: rows handled so far (written or skipped).
+        rows_total: rows in the whole load.
+        written: rows inserted or updated so far.
+        chunks_done: chunks (transactions) committed so far.
+        chunks_total: chunks in the whole load.
+    """
 
     rows_done: int
     rows_total: int
@@ -43,7 +51,14 @@ class BulkProgress:
 
 @dataclass(frozen=True)
 class BulkResult:
-    """What a bulk write did."""
+    """What a bulk write did.
+
+    Attributes:
+        rows: rows given.
+        written: rows inserted or updated (the others already existed and were skipped).
+        chunks: transactions committed, one per chunk.
+        seconds: wall time.
+    """
 
     #: Rows given.
     rows: int
@@ -56,10 +71,12 @@ class BulkResult:
 
     @property
     def skipped(self) -> int:
+        """Rows not written because their key already existed."""
         return self.rows - self.written
 
     @property
     def rows_per_second(self) -> float:
+        """Rows given per second of wall time."""
         return self.rows / self.seconds if self.seconds > 0 else float("inf")
 
 

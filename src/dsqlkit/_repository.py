@@ -69,6 +69,7 @@ class Rows(list[Any]):
     ``to_pandas()`` returns a ``pandas.DataFrame`` when pandas is installed.
     """
 
+    #: Column names, in order.
     columns: list[str]
 
     def __init__(self, rows: Iterable[Any] = (), columns: Sequence[str] = ()) -> None:
@@ -76,6 +77,7 @@ class Rows(list[Any]):
         self.columns = list(columns)
 
     def to_pandas(self) -> Any:
+        """The rows as a ``pandas.DataFrame`` (`UsageError` if pandas is not installed)."""
         try:
             import pandas as pd
         except ImportError:
@@ -101,7 +103,12 @@ class Rows(list[Any]):
 
 @dataclass(frozen=True)
 class Ping:
-    """A health check's answer."""
+    """A health check's answer.
+
+    Attributes:
+        latency_ms: round trip of a ``SELECT 1``, checkout included, in milliseconds.
+        server_version: the server's version as it reports it (DSQL: 16.x).
+    """
 
     #: Round trip of a ``SELECT 1`` (including the checkout), in milliseconds.
     latency_ms: float

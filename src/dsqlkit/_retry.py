@@ -97,7 +97,14 @@ def retry_reason(exc: BaseException) -> str:
 
 @dataclass(frozen=True)
 class RetryEvent:
-    """What the ``on_retry`` hook receives before each retry."""
+    """What the ``on_retry`` hook receives before each retry.
+
+    Attributes:
+        attempt: the attempt that just failed (1 for the first).
+        code: ``OC000``, ``OC001``, ``40001`` (a conflict without a DSQL code) or ``disconnect``.
+        delay: seconds until the next attempt.
+        error: the error that failed the attempt.
+    """
 
     #: The attempt that just failed (1 for the first).
     attempt: int
