@@ -14,7 +14,7 @@ import pytest
 from psycopg import errors
 
 from dsqlkit.testing import LocalDsql
-from dsqlkit.testing._rules import classify
+from dsqlkit._sqlrules import classify
 
 Connect = Callable[..., psycopg.Connection]
 

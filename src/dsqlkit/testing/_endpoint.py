@@ -25,8 +25,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from .._sqlrules import FAKE_SERVER_VERSION, Refusal, Statement, classify
 from . import _wire as wire
-from ._rules import FAKE_SERVER_VERSION, Refusal, Statement, classify
 from ._sigv4 import Credentials, TokenRejected, verify_token
 
 _logger = logging.getLogger("dsqlkit.testing")

@@ -1,5 +1,8 @@
 """DSQL's SQL rules, decided by parsing each statement with PostgreSQL's own parser (pglast).
 
+Shared by the local endpoint (which enforces them) and migrations (which lint files before
+running them). Needs the ``migrations`` (or ``local``) extra.
+
 `classify` turns SQL text into one `Statement` per statement: what kind it is (DDL, DML,
 transaction control...), whether DSQL refuses it (and with which SQLSTATE and message, as a
 real cluster words it), and how the endpoint must rewrite it (``CREATE INDEX ASYNC``,
