@@ -109,7 +109,7 @@ def test_an_edited_applied_file_is_refused_before_anything_runs(
     Migrator(repo, folder, table=names["ledger"]).migrate()
     (folder / "002_items.sql").write_text((folder / "002_items.sql").read_text() + "\n-- edit\n")
     write(folder, {"004_more.sql": f"CREATE TABLE {names['item']}_more (id int PRIMARY KEY);"})
-    with pytest.raises(MigrationError, match="002_items.sql was applied .* changed"):
+    with pytest.raises(MigrationError, match=r"002_items\.sql was applied .* changed"):
         Migrator(repo, folder, table=names["ledger"]).migrate()
     assert repo.scalar("SELECT to_regclass(%s)", (f"{names['item']}_more",)) is None
 
@@ -137,10 +137,10 @@ def test_a_failing_file_reports_precisely_and_resumes_after_the_fix(
     write(folder, {"001_shelves.sql": fixed})
     report = migrator.migrate()  # statement 1 is not run again (it would fail: exists)
     assert report.versions == [1]
-    assert repo.query_one(
-        "SELECT 1 AS ok FROM information_schema.columns WHERE table_name = %s AND column_name = 'note'",
-        (shelf,),
-    ) == {"ok": 1}
+    columns = repo.query(
+        "SELECT column_name FROM information_schema.columns WHERE table_name = %s", (shelf,)
+    )
+    assert {c["column_name"] for c in columns} == {"id", "name", "note"}
     assert migrator.status().partial == {}
 
 
@@ -164,21 +164,9 @@ def test_a_crash_between_commit_and_record_is_recovered_without_guessing(
     text = f"CREATE TABLE {shelf} (id int);\nCREATE INDEX ASYNC {shelf}_id ON {shelf} (id);\n"
     folder = write(tmp_path / "m", {"001_a.sql": text})
     migrator = Migrator(repo, folder, table=names["ledger"])
-    with pytest.raises(LintFailed):  # nothing to do with the crash: just creates no tables
-        Migrator(
-            repo, write(tmp_path / "x", {"001_x.sql": "TRUNCATE t;"}), table="unused_x"
-        ).migrate()
-    migrator.status()
+    migrator._create_ledger()
     # The process died right after CREATE TABLE committed: marked running, never done.
     repo.execute(f"CREATE TABLE {shelf} (id int)")
-    for statement in (
-        f"CREATE TABLE IF NOT EXISTS {names['ledger']} (version text PRIMARY KEY, name text NOT NULL, "
-        "checksum text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now(), duration_ms integer NOT NULL)",
-        f"CREATE TABLE IF NOT EXISTS {names['ledger']}_progress (version text NOT NULL, statement integer "
-        "NOT NULL, part integer NOT NULL, checksum text NOT NULL, state text NOT NULL, applied_at "
-        "timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (version, statement, part))",
-    ):
-        repo.execute(statement)
     first = migrator.migrations()[0].statements[0]
     repo.execute(
         f"INSERT INTO {names['ledger']}_progress (version, statement, part, checksum, state) "
@@ -292,7 +280,7 @@ def test_lint_failures_stop_before_any_database_io(
     repo: Repository, names: dict[str, str], tmp_path: Path
 ) -> None:
     folder = write(tmp_path / "m", {"001_bad.sql": "TRUNCATE x;\n"})
-    with pytest.raises(LintFailed, match="001_bad.sql:1"):
+    with pytest.raises(LintFailed, match=r"001_bad\.sql:1"):
         Migrator(repo, folder, table=names["ledger"]).migrate()
     assert repo.scalar("SELECT to_regclass(%s)", (names["ledger"],)) is None
 
@@ -301,7 +289,7 @@ def test_bad_files_and_names(tmp_path: Path) -> None:
     with pytest.raises(MigrationError, match="does not exist"):
         lint_directory(tmp_path / "nowhere")
     write(tmp_path / "a", {"first.sql": "SELECT 1;"})
-    with pytest.raises(MigrationError, match="<version>_<name>.sql"):
+    with pytest.raises(MigrationError, match=r"<version>_<name>\.sql"):
         lint_directory(tmp_path / "a")
     write(tmp_path / "b", {"1_a.sql": "SELECT 1;", "01_b.sql": "SELECT 2;"})
     with pytest.raises(MigrationError, match="version 1 is used twice"):

@@ -13,8 +13,8 @@ import psycopg
 import pytest
 from psycopg import errors
 
-from dsqlkit.testing import LocalDsql
 from dsqlkit._sqlrules import classify
+from dsqlkit.testing import LocalDsql
 
 Connect = Callable[..., psycopg.Connection]
 
