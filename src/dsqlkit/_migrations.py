@@ -56,6 +56,8 @@ __all__ = [
 _logger = logging.getLogger("dsqlkit.migrations")
 
 FILE_NAME = re.compile(r"(?P<version>\d+)_(?P<name>[A-Za-z0-9][A-Za-z0-9_\-]*)\.sql")
+#: Scanner tokens that are not part of a statement's text.
+NOT_STATEMENT_TOKENS = frozenset(("SQL_COMMENT", "C_COMMENT", "ASCII_59"))
 ALREADY_EXISTS = frozenset(("42P07", "42710", "42701", "42P06", "42723", "23505"))
 ROLE_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 IAM_ROLE_ARN = re.compile(r"arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]+")
@@ -188,12 +190,23 @@ def _parse_file(path: Path) -> Migration:
             f"{path.name} is not named <version>_<name>.sql (e.g. 20260101120000_items.sql)"
         )
     text = path.read_text()
+    slices = list(parser.split(text, with_parser=False, only_slices=True))
+    covered = [(sl.start, sl.stop) for sl in slices]
+    for token in parser.scan(text):
+        if token.name in NOT_STATEMENT_TOKENS:
+            continue
+        if not any(start <= token.start < stop for start, stop in covered):
+            line = text.count("\n", 0, token.start) + 1
+            snippet = text[token.start : token.end + 1]
+            raise MigrationError(
+                f"{path.name}:{line}: syntax error at or near {snippet!r} (not a statement)"
+            )
     units: list[Statement] = []
     block: list[tuple[int, str, Any]] = []
     block_start: tuple[int, str] | None = None
-    for piece in parser.split(text, with_parser=False, only_slices=True):
+    for piece in slices:
         chunk = text[piece]
-        tokens = list(parser.scan(chunk))
+        tokens = [t for t in parser.scan(chunk) if t.name not in NOT_STATEMENT_TOKENS]
         if not tokens:
             continue
         start = piece.start + tokens[0].start
@@ -207,7 +220,12 @@ def _parse_file(path: Path) -> Migration:
             block = []
             continue
         if block_start is not None:
-            if kind in ("commit", "rollback"):
+            if kind == "rollback":
+                raise MigrationError(
+                    f"{path.name}:{block_start[0]}: a BEGIN ... ROLLBACK block would do nothing; "
+                    "end it with COMMIT or remove it"
+                )
+            if kind == "commit":
                 number = len(units) + 1
                 texts = tuple(b for _, b, _ in block)
                 units.append(
@@ -363,7 +381,9 @@ class Migrator:
         chunk_rows: the most rows one ``INSERT ... VALUES`` statement may write at once.
         wait_for_lock: wait for a concurrent runner to finish (else `MigrationLocked`).
         lock_timeout: seconds to wait for the lock.
-        lease: seconds a lock holder may go silent before another runner may take over.
+        lease: seconds a lock holder may go silent before another runner may take over;
+            renewed after every statement and while waiting for an index. The default is
+            longer than DSQL's 300 s transaction limit, so no single statement outlives it.
     """
 
     def __init__(
@@ -376,11 +396,13 @@ class Migrator:
         chunk_rows: int = 3000,
         wait_for_lock: bool = True,
         lock_timeout: float = 300.0,
-        lease: float = 120.0,
+        lease: float = 330.0,
     ) -> None:
         from ._repository import Repository
 
         self.repo = target if isinstance(target, Repository) else Repository(target)
+        if not isinstance(chunk_rows, int) or not 1 <= chunk_rows <= 3000:
+            raise MigrationError("chunk_rows must be 1 to 3,000 (DSQL's rows per transaction)")
         self.directory = Path(directory)
         if not re.fullmatch(r"[a-z_][a-z0-9_]{0,40}", table):
             raise MigrationError(f"table {table!r} must be a plain lowercase identifier")
@@ -633,6 +655,9 @@ class Migrator:
             if status == "completed":
                 return
             if status in ("failed", "cancelled"):
+                # Not "running" any more: a failed index left in the catalog must not later
+                # pass for an applied statement.
+                self._forget(migration, unit, 0)
                 raise MigrationError(
                     f"{migration.path.name}: statement {unit.number} (line {unit.line}): index "
                     f"{name} failed to build (job {job_id}): {(job or {}).get('details')}"
@@ -642,6 +667,7 @@ class Migrator:
                     f"{migration.path.name}: index {name} (job {job_id}) still building after "
                     f"{self.index_timeout:g}s; raise index_timeout or check sys.jobs"
                 )
+            self._heartbeat()
             time.sleep(delay)
             delay = min(delay * 2, 2.0)
 

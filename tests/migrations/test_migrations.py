@@ -285,6 +285,15 @@ def test_lint_failures_stop_before_any_database_io(
     assert repo.scalar("SELECT to_regclass(%s)", (names["ledger"],)) is None
 
 
+def test_syntax_the_splitter_cannot_see_and_rollback_blocks_are_refused(tmp_path: Path) -> None:
+    write(tmp_path / "a", {"1_a.sql": "CREATE TABLE a (id int);\nSELEC 1;\n"})
+    with pytest.raises(MigrationError, match=r"1_a\.sql:2: syntax error"):
+        lint_directory(tmp_path / "a")
+    write(tmp_path / "b", {"1_b.sql": "BEGIN;\nINSERT INTO a VALUES (1);\nROLLBACK;\n"})
+    with pytest.raises(MigrationError, match="ROLLBACK block would do nothing"):
+        lint_directory(tmp_path / "b")
+
+
 def test_bad_files_and_names(tmp_path: Path) -> None:
     with pytest.raises(MigrationError, match="does not exist"):
         lint_directory(tmp_path / "nowhere")
