@@ -22,12 +22,14 @@ import bench_endpoint
 import bench_pool
 import bench_repository
 import bench_retry
+import bench_startup
 
 BENCHMARKS = {
     "endpoint": bench_endpoint.run,
     "pool": bench_pool.run,
     "repository": bench_repository.run,
     "retry": bench_retry.run,
+    "startup": bench_startup.run,
 }
 
 
@@ -49,6 +51,40 @@ def _metric_table(group: dict[str, Any]) -> list[str]:
     for variant, values in rows.items():
         lines.append(f"| {variant} | " + " | ".join(f"{values[m]:.1f}" for m in metrics) + " |")
     return lines
+
+
+def _chart(results: dict[str, list[dict[str, Any]]], path: Path) -> Path | None:
+    """Medians of every compared measure as bar charts (needs matplotlib: the bench extra)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no chart (pip install 'dsqlkit[bench]')")
+        return None
+    groups: dict[str, dict[str, float]] = {}
+    for entries in results.values():
+        for entry in entries:
+            if "variant" in entry:
+                groups.setdefault(str(entry["measure"]), {})[str(entry["variant"])] = float(
+                    entry["median"]  # type: ignore[arg-type]
+                )
+    compared = {m: v for m, v in groups.items() if len(v) > 1}
+    if not compared:
+        return None
+    fig, axes = plt.subplots(len(compared), 1, figsize=(9, 2.2 * len(compared)))
+    axes_list = list(getattr(axes, "flat", [axes]))
+    for axis, (measure, variants) in zip(axes_list, compared.items(), strict=True):
+        names = list(variants)
+        axis.barh(names, [variants[n] for n in names], color="#4c72b0")
+        axis.set_title(measure, fontsize=9, loc="left")
+        axis.tick_params(labelsize=7)
+        axis.invert_yaxis()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def main() -> None:
@@ -91,6 +127,9 @@ def main() -> None:
                     f"| {stats['p90']:.3f} | {ratio:.2f}x |"
                 )
     (out / "results.json").write_text(json.dumps({"machine": machine, "results": results}))
+    chart = _chart(results, out / "results.png")
+    if chart:
+        lines.append(f"\n![benchmarks]({chart.name})")
     (out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     print(f"\nwritten: {out / 'results.json'}, {out / 'results.md'}")

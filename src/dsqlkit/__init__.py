@@ -23,7 +23,7 @@ from ._pool import AsyncDsqlConnectionPool, DsqlConnectionPool
 from ._repository import AsyncRepository, Ping, Repository, Rows, connect
 from ._retry import RetryEvent, RetryPolicy, RetryStats, occ_retry
 from ._shared import close_shared_pools, shared_pool
-from ._tokens import Boto3TokenProvider, TokenProvider
+from ._tokens import Boto3TokenProvider, EnvTokenProvider, TokenProvider
 from ._transaction import AsyncTransaction, Transaction, transactional
 from ._version import __version__
 
@@ -42,6 +42,7 @@ __all__ = [
     "DsqlConnectionPool",
     "DsqlEndpoint",
     "DsqlError",
+    "EnvTokenProvider",
     "InsecureTLSWarning",
     "LocalEndpointError",
     "Ping",

@@ -201,15 +201,19 @@ def default_ca_bundle() -> str:
         value = os.environ.get(name)
         if value and Path(value).is_file():
             return value
-    try:
-        import certifi
+    # Found without importing either package (botocore's import alone takes ~100 ms).
+    import importlib.util
 
-        return str(certifi.where())
-    except ImportError:
-        pass
-    import botocore
-
-    return str(Path(botocore.__file__).parent / "cacert.pem")
+    for package in ("certifi", "botocore"):
+        spec = importlib.util.find_spec(package)
+        if spec is not None and spec.origin is not None:
+            bundle = Path(spec.origin).parent / "cacert.pem"
+            if bundle.is_file():
+                return str(bundle)
+    raise ConfigurationError(
+        "no CA bundle found for verifying DSQL's certificate: pass sslrootcert= (a PEM file "
+        "with Amazon Root CA 1) or set PGSSLROOTCERT"
+    )
 
 
 def _libpq_version() -> int:

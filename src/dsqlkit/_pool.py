@@ -45,7 +45,13 @@ from ._connect import (
 )
 from ._errors import ConfigurationError
 from ._retry import RetryStats
-from ._tokens import DEFAULT_TOKEN_EXPIRES_IN, Boto3TokenProvider, TokenMinter, TokenProvider
+from ._tokens import (
+    DEFAULT_TOKEN_EXPIRES_IN,
+    Boto3TokenProvider,
+    EnvTokenProvider,
+    TokenMinter,
+    TokenProvider,
+)
 from ._version import __version__
 
 if TYPE_CHECKING:
@@ -231,7 +237,10 @@ class PoolCore:
             raise ConfigurationError(
                 f"no Region for {self.endpoint.host}: pass region= to sign tokens"
             )
-        if provider is None:
+        if provider is None and session is None and not profile and EnvTokenProvider.available():
+            # Credentials in the environment (Lambda, containers): sign without boto3.
+            provider = EnvTokenProvider(expires_in=expires_in)
+        elif provider is None:
             boto_provider = Boto3TokenProvider(session, profile_name=profile, expires_in=expires_in)
             # Find credentials and build the shared client now, at construction: later, in a
             # worker thread, loading botocore's models would hold the GIL (and stall an event

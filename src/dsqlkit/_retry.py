@@ -32,10 +32,12 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import psycopg
-import tenacity
+
+if TYPE_CHECKING:
+    import tenacity
 
 from ._errors import ConfigurationError, UsageError
 
@@ -208,7 +210,12 @@ class RetryPolicy:
         offset: int = 0,
         elapsed: float = 0.0,
     ) -> dict[str, Any]:
-        """tenacity's strategies for this policy; ``offset`` attempts already ran."""
+        """tenacity's strategies for this policy; ``offset`` attempts already ran.
+
+        tenacity is imported here, not at module load: the first attempt never needs it, and
+        its import (it probes for tornado, among others) would cost every process start-up.
+        """
+        import tenacity
 
         def before(state: tenacity.RetryCallState) -> None:
             stats.record("attempts")
@@ -243,12 +250,16 @@ class RetryPolicy:
         self, stats: RetryStats, retry_on: Callable[[BaseException], bool] = is_retryable
     ) -> tenacity.Retrying:
         """A tenacity ``Retrying`` applying this policy (sync)."""
+        import tenacity
+
         return tenacity.Retrying(**self._tenacity_options(stats, retry_on))
 
     def async_retrying(
         self, stats: RetryStats, retry_on: Callable[[BaseException], bool] = is_retryable
     ) -> tenacity.AsyncRetrying:
         """A tenacity ``AsyncRetrying`` applying this policy."""
+        import tenacity
+
         return tenacity.AsyncRetrying(**self._tenacity_options(stats, retry_on))
 
     # The first attempt runs without tenacity's machinery (tens of microseconds a call): most
@@ -270,6 +281,8 @@ class RetryPolicy:
             if delay is None:
                 raise
         time.sleep(delay)
+        import tenacity
+
         rest = self._tenacity_options(stats, retry_on, offset=1, elapsed=time.monotonic() - started)
         return tenacity.Retrying(**rest)(fn)
 
@@ -290,6 +303,8 @@ class RetryPolicy:
             if delay is None:
                 raise
         await asyncio.sleep(delay)
+        import tenacity
+
         rest = self._tenacity_options(stats, retry_on, offset=1, elapsed=time.monotonic() - started)
         return await tenacity.AsyncRetrying(**rest)(fn)
 

@@ -11,18 +11,23 @@ tokens from another service.
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
+import hmac
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from urllib.parse import quote
 
 from ._errors import ConfigurationError, TokenError
 
 if TYPE_CHECKING:
     import boto3
 
-__all__ = ["Boto3TokenProvider", "TokenProvider"]
+__all__ = ["Boto3TokenProvider", "EnvTokenProvider", "TokenProvider"]
 
 _logger = logging.getLogger("dsqlkit.tokens")
 
@@ -156,6 +161,102 @@ class Boto3TokenProvider:
         finally:
             _signing.active = False
         return token
+
+
+class EnvTokenProvider:
+    """Signs tokens from ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` (and
+    ``AWS_SESSION_TOKEN``) without loading boto3.
+
+    The same SigV4 presigning botocore does (the test suite checks the tokens are identical),
+    in about 20 µs and without botocore's ~120 ms import: what a Lambda function's cold start
+    pays otherwise. The default when those variables are set and no session, profile or
+    provider is given. Credentials are read at each signing, so rotated values are picked up.
+    """
+
+    def __init__(self, *, expires_in: int = DEFAULT_TOKEN_EXPIRES_IN) -> None:
+        if not isinstance(expires_in, int) or not 1 <= expires_in <= MAX_TOKEN_EXPIRES_IN:
+            raise ConfigurationError(
+                f"token expires_in must be 1 to {MAX_TOKEN_EXPIRES_IN} seconds, not {expires_in!r}"
+            )
+        self.expires_in = expires_in
+
+    def __repr__(self) -> str:
+        return f"EnvTokenProvider(expires_in={self.expires_in})"
+
+    @staticmethod
+    def available(environ: Any = None) -> bool:
+        env = os.environ if environ is None else environ
+        return bool(env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY"))
+
+    def __call__(self, *, host: str, region: str, user: str, now: dt.datetime | None = None) -> str:
+        key_id = os.environ.get("AWS_ACCESS_KEY_ID", "")
+        secret = os.environ.get("AWS_SECRET_ACCESS_KEY", "")
+        if not key_id or not secret:
+            raise TokenError(
+                "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY are no longer set; pass boto3_session="
+            )
+        return presign(
+            host=host,
+            region=region,
+            action="DbConnectAdmin" if user == "admin" else "DbConnect",
+            key_id=key_id,
+            secret=secret,
+            session_token=os.environ.get("AWS_SESSION_TOKEN") or None,
+            expires_in=self.expires_in,
+            now=now or dt.datetime.now(dt.timezone.utc),
+        )
+
+
+def _hmac(key: bytes, msg: str) -> bytes:
+    return hmac.new(key, msg.encode(), hashlib.sha256).digest()
+
+
+def presign(
+    *,
+    host: str,
+    region: str,
+    action: str,
+    key_id: str,
+    secret: str,
+    session_token: str | None,
+    expires_in: int,
+    now: dt.datetime,
+) -> str:
+    """A DSQL token: a SigV4 query-string presigned ``GET https://<host>/?Action=...``."""
+    amz_date = now.strftime("%Y%m%dT%H%M%SZ")
+    date = amz_date[:8]
+    scope = f"{date}/{region}/dsql/aws4_request"
+    params = {
+        "Action": action,
+        "X-Amz-Algorithm": "AWS4-HMAC-SHA256",
+        "X-Amz-Credential": f"{key_id}/{scope}",
+        "X-Amz-Date": amz_date,
+        "X-Amz-Expires": str(expires_in),
+        "X-Amz-SignedHeaders": "host",
+    }
+    if session_token:
+        params["X-Amz-Security-Token"] = session_token
+    query = "&".join(
+        f"{quote(k, safe='-_.~')}={quote(v, safe='-_.~')}" for k, v in sorted(params.items())
+    )
+    canonical = "\n".join(["GET", "/", query, f"host:{host}", "", "host", _EMPTY_SHA256])
+    to_sign = "\n".join(
+        ["AWS4-HMAC-SHA256", amz_date, scope, hashlib.sha256(canonical.encode()).hexdigest()]
+    )
+    key = _hmac(_hmac(_hmac(_hmac(("AWS4" + secret).encode(), date), region), "dsql"),
+                "aws4_request")  # fmt: skip
+    signature = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
+    # botocore signs over the sorted query but writes the security token after the others.
+    shown = {k: v for k, v in sorted(params.items()) if k != "X-Amz-Security-Token"}
+    if session_token:
+        shown["X-Amz-Security-Token"] = session_token
+    url_query = "&".join(
+        f"{quote(k, safe='-_.~')}={quote(v, safe='-_.~')}" for k, v in shown.items()
+    )
+    return f"{host}/?{url_query}&X-Amz-Signature={signature}"
+
+
+_EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 
 
 @dataclass
