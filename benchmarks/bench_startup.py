@@ -3,7 +3,8 @@
 Each sample is a fresh interpreter that imports the library, connects to one LocalDsql with an
 IAM token (minted from the same credentials, through the same environment) and fetches one
 row; the two libraries alternate. Time is measured from spawning the process until its first
-row reaches the parent; peak RSS is the child's ru_maxrss.
+row reaches the parent. Peak memory is the child's own VmHWM (Linux), read at its end: the
+kernel's ru_maxrss would also count the parent's pages copied by fork() before exec.
 """
 
 from __future__ import annotations
@@ -18,24 +19,37 @@ from dsqlkit.testing import LocalDsql
 
 RUNS = 15
 
-OURS = """
+PEAK = """
+print([l.split()[1] for l in open("/proc/self/status") if l.startswith("VmHWM")][0], flush=True)
+"""
+
+OURS = (
+    """
 import dsqlkit
 repo = dsqlkit.connect(min_size=1, max_size=1)
 print(repo.scalar("SELECT 1"), flush=True)
 """
+    + PEAK
+)
 
-PEER = """
+PEER = (
+    """
 import os
 import aurora_dsql_psycopg as dsql
 conn = dsql.connect(host=os.environ["DSQL_ENDPOINT"], region=os.environ["AWS_REGION"],
                     user="admin", port=int(os.environ["DSQL_PORT"]))
 print(conn.execute("SELECT 1").fetchone()[0], flush=True)
 """
+    + PEAK
+)
 
-BASELINE = """
+BASELINE = (
+    """
 import psycopg
 print(1, flush=True)
 """
+    + PEAK
+)
 
 
 def _environment(local: LocalDsql) -> dict[str, str]:
@@ -65,16 +79,10 @@ def _sample(script: str, env: dict[str, str]) -> tuple[float, float]:
     assert child.stdout is not None
     line = child.stdout.readline()
     first_row = (time.perf_counter() - start) * 1000
-    _, status, usage = os.wait4(child.pid, 0)
-    child.returncode = os.waitstatus_to_exitcode(status)
-    stderr = child.stderr.read().decode() if child.stderr else ""
-    child.stdout.close()
-    if child.stderr:
-        child.stderr.close()
+    hwm, stderr = child.communicate()
     if line.strip() != b"1" or child.returncode != 0:
-        raise RuntimeError(f"benchmark child failed ({child.returncode}): {stderr[-2000:]}")
-    peak = usage.ru_maxrss / 1024 if sys.platform != "darwin" else usage.ru_maxrss / 2**20
-    return first_row, peak
+        raise RuntimeError(f"benchmark child failed ({child.returncode}): {stderr[-2000:]!r}")
+    return first_row, int(hwm.split()[0]) / 1024
 
 
 def run() -> list[dict[str, Any]]:
