@@ -19,7 +19,7 @@ import psycopg
 from psycopg.conninfo import make_conninfo
 from psycopg_pool import ConnectionPool
 
-from dsqlkit import Boto3TokenProvider
+from dsqlkit import Boto3TokenProvider, EnvTokenProvider
 from dsqlkit.testing import LocalDsql
 
 MINTS = 100
@@ -48,10 +48,20 @@ def bench_mint(local: LocalDsql) -> dict[str, Any]:
         params = {"host": local.host, "region": local.region, "user": "admin",
                   "token_duration_secs": 60}  # fmt: skip
         TokenManager.get_token(params)
+    env_variant = "dsqlkit (environment credentials, no boto3)"
+    variants[env_variant] = []
+    creds_env = local.boto3_session.get_credentials()
+    assert creds_env is not None
+    os.environ["AWS_ACCESS_KEY_ID"] = creds_env.access_key
+    os.environ["AWS_SECRET_ACCESS_KEY"] = creds_env.secret_key
+    from_env = EnvTokenProvider()
     for _ in range(MINTS):
         start = time.perf_counter()
         ours(host=local.host, region=local.region, user="admin")
         variants["dsqlkit (reused client)"].append(_ms(start))
+        start = time.perf_counter()
+        from_env(host=local.host, region=local.region, user="admin")
+        variants[env_variant].append(_ms(start))
         if TokenManager is not None:
             start = time.perf_counter()
             TokenManager.get_token(params)
