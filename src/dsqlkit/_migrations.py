@@ -494,7 +494,11 @@ class Migrator:
                 try:
                     self.repo.execute(query)
                     break
-                except (psycopg.errors.UniqueViolation, psycopg.errors.DuplicateTable):
+                except (
+                    psycopg.errors.UniqueViolation,
+                    psycopg.errors.DuplicateTable,
+                    psycopg.errors.DuplicateObject,
+                ):
                     # Created concurrently by another runner: IF NOT EXISTS sees it next time.
                     if attempt == 9:
                         raise
