@@ -53,20 +53,8 @@ print(1, flush=True)
 
 
 def _environment(local: LocalDsql) -> dict[str, str]:
-    creds = local.boto3_session.get_credentials()
-    assert creds is not None
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "DSQL_", "PG"))}
-    env.update(
-        {
-            "AWS_ACCESS_KEY_ID": creds.access_key,
-            "AWS_SECRET_ACCESS_KEY": creds.secret_key,
-            "AWS_REGION": local.region,
-            "DSQL_ENDPOINT": local.host,
-            "DSQL_PORT": str(local.port),
-            "PGHOSTADDR": local.hostaddr,  # connect here, verify the DSQL host name
-            "PGSSLROOTCERT": local.ca_file,
-        }
-    )
+    env.update(local.environment())
     return env
 
 

@@ -61,18 +61,7 @@ def _load_example(name: str, monkeypatch: pytest.MonkeyPatch) -> Any:
 
 def _dsql_env(local: LocalDsql, monkeypatch: pytest.MonkeyPatch) -> None:
     """Point dsqlkit at ``local`` through the environment only, as a deployment would."""
-    creds = local.boto3_session.get_credentials()
-    assert creds is not None
-    env = {
-        "DSQL_ENDPOINT": local.host,
-        "DSQL_PORT": str(local.port),
-        "AWS_ACCESS_KEY_ID": creds.access_key,
-        "AWS_SECRET_ACCESS_KEY": creds.secret_key,
-        "AWS_REGION": local.region,
-        "PGHOSTADDR": local.hostaddr,  # libpq: connect here, verify the DSQL host name
-        "PGSSLROOTCERT": local.ca_file,  # the default CA bundle lookup honours it
-    }
-    for key, value in env.items():
+    for key, value in local.environment().items():
         monkeypatch.setenv(key, value)
 
 

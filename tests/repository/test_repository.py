@@ -306,18 +306,7 @@ def _load_example(name: str) -> Any:
 def test_lambda_handler_survives_freeze_thaw(
     local_dsql: LocalDsql, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    creds = local_dsql.boto3_session.get_credentials()
-    assert creds is not None
-    env = {
-        "DSQL_ENDPOINT": local_dsql.host,
-        "DSQL_PORT": str(local_dsql.port),
-        "AWS_ACCESS_KEY_ID": creds.access_key,
-        "AWS_SECRET_ACCESS_KEY": creds.secret_key,
-        "AWS_REGION": local_dsql.region,
-        "PGHOSTADDR": local_dsql.hostaddr,  # libpq: connect here, verify the DSQL host name
-        "PGSSLROOTCERT": local_dsql.ca_file,  # the default CA bundle lookup honours it
-    }
-    for key, value in env.items():
+    for key, value in local_dsql.environment().items():  # configured like a deployment
         monkeypatch.setenv(key, value)
     with psycopg.connect(local_dsql.conninfo(), autocommit=True) as conn:
         conn.execute("CREATE TABLE IF NOT EXISTS visits (path text)")

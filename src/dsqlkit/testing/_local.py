@@ -289,6 +289,26 @@ class LocalDsql:
         overrides.setdefault("open", False)
         return AsyncDsqlConnectionPool(self.host, **self.pool_options(**overrides))
 
+    def environment(self) -> dict[str, str]:
+        """Environment variables that point dsqlkit (and libpq) at this endpoint.
+
+        For code configured from the environment, as deployments are (``shared_pool()``,
+        ``DsqlConnectionPool.from_env()``, a Lambda handler, a web service in a subprocess):
+        the endpoint, the signing credentials, ``PGHOSTADDR`` (connect here while verifying
+        the DSQL host name) and ``PGSSLROOTCERT`` (the throwaway CA).
+        """
+        creds = self.boto3_session.get_credentials()
+        assert creds is not None
+        return {
+            "DSQL_ENDPOINT": self.host,
+            "DSQL_PORT": str(self.port),
+            "AWS_REGION": self.region,
+            "AWS_ACCESS_KEY_ID": creds.access_key,
+            "AWS_SECRET_ACCESS_KEY": creds.secret_key,
+            "PGHOSTADDR": self.hostaddr,
+            "PGSSLROOTCERT": self.ca_file,
+        }
+
     @property
     def backend_conninfo(self) -> str:
         """Plain conninfo of the PostgreSQL server behind the endpoint (no TLS, no token).
