@@ -288,7 +288,6 @@ class Endpoint:
         self._listener: socket.socket | None = None
         self._accept_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._classify_cache: dict[str, bool] = {}
 
     async def start(self, port: int = 0) -> int:
         listener = socket.socket()
@@ -385,15 +384,11 @@ class Endpoint:
         writer = asyncio.StreamWriter(transport, protocol, reader, loop)
         return reader, writer
 
-    def is_commit(self, sql: str) -> bool:
-        """Whether ``sql`` is exactly one COMMIT/END statement (parsed, cached)."""
-        cached = self._classify_cache.get(sql)
-        if cached is None:
-            cached = _parse_is_commit(sql)
-            if len(self._classify_cache) > 4096:
-                self._classify_cache.clear()
-            self._classify_cache[sql] = cached
-        return cached
+    @staticmethod
+    def is_commit(sql: str) -> bool:
+        """Whether ``sql`` is exactly one COMMIT/END statement (the shared, cached parse)."""
+        statements = classify(sql)
+        return len(statements) == 1 and statements[0].kind == "commit"
 
     async def drop_all(self) -> int:
         """Drop every client connection; return once their sockets are really closed."""
@@ -432,22 +427,6 @@ def dsql_error(payload: bytes) -> bytes:
         detail = fields.get("D")
         return wire.error_response(code or "XX000", fields.get("M", ""), detail=detail)[5:]
     return payload
-
-
-def _parse_is_commit(sql: str) -> bool:
-    from pglast import ast, enums, parser
-
-    try:
-        statements = parser.parse_sql(sql)
-    except Exception:  # a syntax error is the backend's to report
-        return False
-    if len(statements) != 1:
-        return False
-    stmt = statements[0].stmt
-    return (
-        isinstance(stmt, ast.TransactionStmt)
-        and stmt.kind == enums.TransactionStmtKind.TRANS_STMT_COMMIT
-    )
 
 
 async def _peek(loop: asyncio.AbstractEventLoop, sock: socket.socket, size: int) -> bytes:
