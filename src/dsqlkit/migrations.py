@@ -12,36 +12,7 @@ concurrent runners. Needs the ``migrations`` extra (PostgreSQL's parser, pglast)
 
 from __future__ import annotations
 
-from ._migrations import (
-    AppliedMigration,
-    LintFailed,
-    LintIssue,
-    Migration,
-    MigrationError,
-    MigrationFailed,
-    MigrationLocked,
-    MigrationReport,
-    MigrationStatus,
-    Migrator,
-    bootstrap_role,
-    lint_directory,
-    new_migration,
-    role_statements,
-)
+from . import _migrations
+from ._migrations import *  # noqa: F403 - the public names, listed once in _migrations
 
-__all__ = [
-    "AppliedMigration",
-    "LintFailed",
-    "LintIssue",
-    "Migration",
-    "MigrationError",
-    "MigrationFailed",
-    "MigrationLocked",
-    "MigrationReport",
-    "MigrationStatus",
-    "Migrator",
-    "bootstrap_role",
-    "lint_directory",
-    "new_migration",
-    "role_statements",
-]
+__all__ = list(_migrations.__all__)
