@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 import psycopg
+from _timing import ms_since
 from psycopg.conninfo import make_conninfo
 
 from dsqlkit.testing import LocalDsql
@@ -13,16 +14,12 @@ from dsqlkit.testing import LocalDsql
 CONNECTS = 200
 
 
-def _ms(start: float) -> float:
-    return (time.perf_counter() - start) * 1000
-
-
 def run() -> list[dict[str, Any]]:
     startups = []
     for _ in range(5):
         start = time.perf_counter()
         with LocalDsql():
-            startups.append(_ms(start))  # ready to accept connections
+            startups.append(ms_since(start))  # ready to accept connections
     groups: list[dict[str, Any]] = [
         {"measure": "LocalDsql start-up (ms)", "variant": None, "variants": {"start": startups}}
     ]
@@ -42,7 +39,7 @@ def run() -> list[dict[str, Any]]:
                 start = time.perf_counter()
                 conn = psycopg.connect(conninfo, autocommit=True)
                 conn.execute("SELECT 1")
-                samples[name].append(_ms(start))
+                samples[name].append(ms_since(start))
                 conn.close()
         groups.append({"measure": "connect + SELECT 1 (ms)", "variants": samples})
     return groups

@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 import psycopg
+from _timing import ms_since
 from psycopg.conninfo import make_conninfo
 from psycopg_pool import ConnectionPool
 
@@ -25,10 +26,6 @@ from dsqlkit.testing import LocalDsql
 MINTS = 100
 CONNECTS = 200
 CHECKOUTS = 3000
-
-
-def _ms(start: float) -> float:
-    return (time.perf_counter() - start) * 1000
 
 
 def bench_mint(local: LocalDsql) -> dict[str, Any]:
@@ -58,14 +55,14 @@ def bench_mint(local: LocalDsql) -> dict[str, Any]:
     for _ in range(MINTS):
         start = time.perf_counter()
         ours(host=local.host, region=local.region, user="admin")
-        variants["dsqlkit (reused client)"].append(_ms(start))
+        variants["dsqlkit (reused client)"].append(ms_since(start))
         start = time.perf_counter()
         from_env(host=local.host, region=local.region, user="admin")
-        variants[env_variant].append(_ms(start))
+        variants[env_variant].append(ms_since(start))
         if TokenManager is not None:
             start = time.perf_counter()
             TokenManager.get_token(params)
-            variants["aurora-dsql-python-connector 0.2.x"].append(_ms(start))
+            variants["aurora-dsql-python-connector 0.2.x"].append(ms_since(start))
     return {"measure": "token mint per physical connection (ms)", "variants": variants}
 
 
@@ -90,7 +87,7 @@ def bench_new_connection(local: LocalDsql) -> dict[str, Any]:
         for name, connect in plan if i % 2 else plan[::-1]:  # alternate who goes first
             start = time.perf_counter()
             conn = connect()
-            variants[name].append(_ms(start))
+            variants[name].append(ms_since(start))
             conn.close()
     return {"measure": "new physical connection (ms)", "variants": variants}
 
@@ -111,7 +108,7 @@ def bench_checkout(local: LocalDsql) -> dict[str, Any]:
                 start = time.perf_counter()
                 with pool.connection() as conn:
                     conn.execute("SELECT 1").fetchone()
-                variants[name].append(_ms(start))
+                variants[name].append(ms_since(start))
     return {"measure": "checkout + SELECT 1 (ms)", "variants": variants}
 
 
@@ -127,7 +124,7 @@ async def _stall(open_connections: Any) -> tuple[float, float]:
         while not stop.is_set():
             start, cpu = time.perf_counter(), time.thread_time()
             await asyncio.sleep(0.001)
-            worst = max(worst, _ms(start) - 1.0)
+            worst = max(worst, ms_since(start) - 1.0)
             worst_cpu = max(worst_cpu, (time.thread_time() - cpu) * 1000)
 
     task = asyncio.create_task(ticker())

@@ -14,6 +14,7 @@ import uuid
 from typing import Any
 
 import psycopg
+from _timing import ms_since
 from psycopg.conninfo import make_conninfo
 from psycopg_pool import ConnectionPool
 
@@ -23,10 +24,6 @@ from dsqlkit.testing import LocalDsql
 QUERIES = 3000
 BULK_ROWS = 100_000
 NAIVE_ROWS = 5_000
-
-
-def _ms(start: float) -> float:
-    return (time.perf_counter() - start) * 1000
 
 
 def bench_query(local: LocalDsql) -> dict[str, Any]:
@@ -61,7 +58,7 @@ def bench_query(local: LocalDsql) -> dict[str, Any]:
             for name, call in plan if i % 2 else plan[::-1]:
                 start = time.perf_counter()
                 call()
-                variants[name].append(_ms(start))
+                variants[name].append(ms_since(start))
     return {"measure": "Repository vs hand-written reads: checkout + SELECT 1 (ms)",
             "variants": variants}  # fmt: skip
 
