@@ -6,14 +6,17 @@ Then, under a lease lock (DSQL has no advisory locks), each pending file runs st
 statement:
 
 - each DDL statement in its own transaction; ``CREATE INDEX ASYNC`` waits for its job;
-- DML in autocommit; an ``INSERT ... VALUES`` of more than ``chunk_rows`` rows is split;
-- a ``BEGIN ... COMMIT`` block runs as one transaction (DML only: DSQL refuses the rest);
+- each DML statement in a transaction with its own "done" mark, so a crash can never make
+  it run twice; an ``INSERT ... VALUES`` of more than ``chunk_rows`` rows is split;
+- a ``BEGIN ... COMMIT`` block runs as one transaction (DML only: DSQL refuses the rest),
+  again with its "done" mark;
 - progress is recorded after every statement, and the ledger row only when the whole file
   succeeded. A failure stops with the file, statement number and line; fix the statement and
   run again: statements already applied are skipped (their text may not change).
 
-Each statement is marked "running" before it is sent and "done" after it committed. A crash
-in between leaves it "running"; on the next run, that statement failing with "already exists"
+Each DDL statement is marked "running" before it is sent and "done" after it committed (DDL
+cannot share a transaction with the mark). A crash in between leaves it "running"; on the
+next run, that statement failing with "already exists"
 (SQLSTATE 42P07, 42710, 42701, 42P06, 42723) or a unique violation (23505) counts as applied,
 and nothing else is ever skipped on a guess.
 """
@@ -34,7 +37,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from ._errors import DsqlError
+from ._backoff import full_jitter
+from ._errors import LintFailed, MigrationError, MigrationFailed, MigrationLocked
 
 __all__ = [
     "AppliedMigration",
@@ -60,6 +64,8 @@ FILE_NAME = re.compile(r"(?P<version>\d+)_(?P<name>[A-Za-z0-9][A-Za-z0-9_\-]*)\.
 NOT_STATEMENT_TOKENS = frozenset(("SQL_COMMENT", "C_COMMENT", "ASCII_59"))
 ALREADY_EXISTS = frozenset(("42P07", "42710", "42701", "42P06", "42723", "23505"))
 ROLE_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+#: Rows one DML statement may write: DSQL's 3,000 per transaction, less its "done" mark.
+MAX_DML_ROWS = 2999
 IAM_ROLE_ARN = re.compile(r"arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]+")
 FIXES = {
     "IndexStmt": "use CREATE INDEX ASYNC (then the migrator waits for the job)",
@@ -70,38 +76,6 @@ FIXES = {
     "CreateFunctionStmt": "write the function in LANGUAGE sql",
     "VacuumStmt": "remove it; DSQL maintains storage itself",
 }
-
-
-class MigrationError(DsqlError):
-    """A migration could not be planned or applied."""
-
-
-class LintFailed(MigrationError):
-    """Statements DSQL would refuse; ``issues`` lists each with file, line and fix."""
-
-    def __init__(self, issues: Sequence[LintIssue]) -> None:
-        self.issues = list(issues)
-        lines = "\n".join(f"  {issue}" for issue in self.issues)
-        super().__init__(f"{len(self.issues)} statement(s) DSQL would refuse:\n{lines}")
-
-
-class MigrationFailed(MigrationError):
-    """A statement failed; nothing after it ran. Fix it and migrate again to resume."""
-
-    def __init__(self, migration: Migration, statement: Statement, error: BaseException) -> None:
-        self.migration = migration
-        self.statement = statement
-        self.error = error
-        sqlstate = getattr(error, "sqlstate", None)
-        super().__init__(
-            f"{migration.path.name}: statement {statement.number} (line {statement.line}) "
-            f"failed{f' with {sqlstate}' if sqlstate else ''}: {error}. Statements before it "
-            "are applied and recorded; fix this one and run migrate() again to resume."
-        )
-
-
-class MigrationLocked(MigrationError):
-    """Another runner holds the migration lock."""
 
 
 @dataclass(frozen=True)
@@ -393,16 +367,19 @@ class Migrator:
         *,
         table: str = "dsqlkit_migrations",
         index_timeout: float = 600.0,
-        chunk_rows: int = 3000,
+        chunk_rows: int = MAX_DML_ROWS,
         wait_for_lock: bool = True,
         lock_timeout: float = 300.0,
         lease: float = 330.0,
     ) -> None:
-        from ._repository import Repository
+        from ._repository_sync import Repository
 
         self.repo = target if isinstance(target, Repository) else Repository(target)
-        if not isinstance(chunk_rows, int) or not 1 <= chunk_rows <= 3000:
-            raise MigrationError("chunk_rows must be 1 to 3,000 (DSQL's rows per transaction)")
+        if not isinstance(chunk_rows, int) or not 1 <= chunk_rows <= MAX_DML_ROWS:
+            raise MigrationError(
+                f"chunk_rows must be 1 to {MAX_DML_ROWS:,} (DSQL's 3,000 rows per transaction, "
+                "less the statement's own progress mark, which commits with it)"
+            )
         self.directory = Path(directory)
         if not re.fullmatch(r"[a-z_][a-z0-9_]{0,40}", table):
             raise MigrationError(f"table {table!r} must be a plain lowercase identifier")
@@ -588,16 +565,12 @@ class Migrator:
                 continue
             if checksum != unit.checksum:
                 previous = ""  # edited since: whatever ran before was another statement
+            if unit.kind in ("block", "dml"):
+                self._run_with_mark(migration, unit, part, text)
+                continue
             self._record(migration, unit, part, "running")
             try:
-                if unit.kind == "block":
-
-                    def block(tx: Any) -> None:
-                        for statement in unit.block:
-                            tx.execute(statement)
-
-                    repo.transaction(block)
-                elif unit.node == "IndexStmt":  # the lint let only CREATE INDEX ASYNC through
+                if unit.node == "IndexStmt":  # the lint let only CREATE INDEX ASYNC through
                     row = repo.query_one(text)
                     if row is not None and "job_id" in row:
                         self._wait_for_index(migration, unit, row["job_id"])
@@ -612,6 +585,25 @@ class Migrator:
                 _logger.info("%s statement %d had been applied before an interruption",
                              migration.path.name, unit.number)  # fmt: skip
             self._record(migration, unit, part, "done")
+
+    def _run_with_mark(self, migration: Migration, unit: Statement, part: int, text: str) -> None:
+        """DML commits together with its own "done" mark: after a crash it either ran and is
+        marked, or neither, so it is never applied twice (DDL cannot share a transaction with
+        the mark; it relies on the "running" mark and "already exists" instead)."""
+        statements = unit.block if unit.kind == "block" else (text,)
+
+        def apply(tx: Any) -> None:
+            for statement in statements:
+                tx.execute(statement)
+            tx.execute(
+                sql.SQL("INSERT INTO {} (version, statement, part, checksum, state) "
+                        "VALUES (%s, %s, %s, %s, 'done') ON CONFLICT (version, statement, part) "
+                        "DO UPDATE SET state = 'done', checksum = EXCLUDED.checksum").format(
+                    self.progress),
+                (migration.key, unit.number, part, unit.checksum),
+            )  # fmt: skip
+
+        self.repo.transaction(apply)
 
     def _forget(self, migration: Migration, unit: Statement, part: int) -> None:
         self.repo.execute(
@@ -679,6 +671,7 @@ class Migrator:
 
     def _acquire(self) -> None:
         deadline = time.monotonic() + self.lock_timeout
+        waits = 0
         while True:
             taken = self.repo.execute(
                 sql.SQL("INSERT INTO {} (name, owner, expires_at) VALUES ('migrations', %s, "
@@ -697,7 +690,8 @@ class Migrator:
                     "another runner is migrating (the lock is held); wait for it, or after a "
                     f"crash for its lease ({self.lease:g}s) to expire"
                 )
-            time.sleep(0.2)
+            waits += 1
+            time.sleep(full_jitter(waits, 0.05, 1.0))
 
     def _heartbeat(self) -> None:
         renewed = self.repo.execute(
@@ -763,7 +757,7 @@ def bootstrap_role(
     ``apply_iam=False`` skips ``AWS IAM GRANT`` (which only real DSQL understands; the local
     endpoint does not): the statement is still validated by `role_statements`.
     """
-    from ._repository import Repository
+    from ._repository_sync import Repository
 
     repo = target if isinstance(target, Repository) else Repository(target)
     statements = role_statements(role, iam_role_arn=iam_role_arn, schema=schema,
