@@ -36,7 +36,15 @@ from typing import Any
 from pglast import ast, enums, parser
 from pglast.stream import RawStream
 
-__all__ = ["RULES", "Refusal", "Rule", "Statement", "classify", "rule_table_markdown"]
+__all__ = [
+    "RULES",
+    "Refusal",
+    "Rule",
+    "Statement",
+    "classify",
+    "primary_key_drop",
+    "rule_table_markdown",
+]
 
 #: ``SET`` is accepted only for these parameters (and ``enable_*``); anything else is 0A000.
 SETTABLE = frozenset(
@@ -580,6 +588,15 @@ RULES: dict[str, Rule] = {
         "use ALTER TABLE ASYNC ... VALIDATE CONSTRAINT ... (it returns a job_id; the migrator "
         "waits for the job)",
         EMULATOR.format("alters/alter_validate_constraint_sync"),
+    ),
+    "alter.drop_pk_column": _r(
+        "ALTER TABLE",
+        "`DROP COLUMN` of a primary-key column (the endpoint needs the catalog; the lint "
+        "knows the keys its files declared)",
+        "0A000",
+        "cannot drop primary key column {name}",
+        "a primary key cannot change: create a new table with the new key and copy the rows",
+        EMULATOR.format("alters/alter_drop_pk_column"),
     ),
     "alter.column_type": _r(
         "ALTER TABLE",
@@ -1210,7 +1227,7 @@ def _strip_async(sql: str) -> tuple[str, bool]:
 def _async_tokens(sql: str) -> list[tuple[int, int, str]]:
     """(start, end, job kind) of each ``ASYNC`` token in DSQL's two async forms."""
     try:
-        tokens = list(parser.scan(sql))
+        tokens = [t for t in parser.scan(sql) if t.name not in ("SQL_COMMENT", "C_COMMENT")]
     except Exception:
         return []
     names = [t.name for t in tokens]
@@ -1448,6 +1465,41 @@ def _without_locking(stmt: Any) -> Any:
     values = {name: getattr(stmt, name) for name in stmt.__slots__}
     values["lockingClause"] = None
     return ast.SelectStmt(**values)
+
+
+def primary_key_drop(stmt: Any, keys: dict[str, set[str]]) -> Refusal | None:
+    """DSQL's refusal of a ``DROP COLUMN`` of a primary-key column, knowing ``keys``.
+
+    ``keys`` maps table names to their primary-key columns; it is updated from ``stmt``
+    (``CREATE TABLE``, ``DROP TABLE``, renames), so a caller that feeds statements in order
+    (the migration lint) knows every key declared so far.
+    """
+    node = type(stmt).__name__
+    if node == "CreateStmt":
+        columns: set[str] = set()
+        for element in stmt.tableElts or ():
+            if type(element).__name__ == "ColumnDef":
+                if any(_contype(c) == "CONSTR_PRIMARY" for c in _constraints(element)):
+                    columns.add(element.colname)
+            elif _contype(element) == "CONSTR_PRIMARY":
+                columns.update(k.sval for k in element.keys or ())
+        keys[stmt.relation.relname] = columns
+    elif node == "DropStmt" and stmt.removeType.name == "OBJECT_TABLE":
+        for names in stmt.objects or ():
+            keys.pop(getattr(names[-1], "sval", ""), None)
+    elif node == "RenameStmt" and stmt.relation is not None:
+        table = stmt.relation.relname
+        if stmt.renameType.name == "OBJECT_TABLE" and table in keys:
+            keys[stmt.newname] = keys.pop(table)
+        elif stmt.renameType.name == "OBJECT_COLUMN" and stmt.subname in keys.get(table, ()):
+            keys[table] = (keys[table] - {stmt.subname}) | {stmt.newname}
+    elif node == "AlterTableStmt" and stmt.relation is not None:
+        for cmd in stmt.cmds or ():
+            if cmd.subtype.name == "AT_DropColumn" and cmd.name in keys.get(
+                stmt.relation.relname, ()
+            ):
+                return _refuse("alter.drop_pk_column", cmd.name)
+    return None
 
 
 # -- the rule table as documentation ---------------------------------------------------------
