@@ -1105,6 +1105,8 @@ def _refusal(stmt: Any, *, is_async: bool = False) -> Refusal | None:
         refusal = _index(stmt, is_async=is_async)
         if refusal is not None:
             return refusal
+    if node == "SelectStmt" and stmt.intoClause is not None:  # PostgreSQL's form of CTAS
+        return unsupported("CreateTableAsStmt", UNSUPPORTED_FIXES["CreateTableAsStmt"])
     if node == "CopyStmt" and (stmt.filename is not None or stmt.is_program):
         return _refuse("statement.copy_file")
     if node in UNSUPPORTED:
@@ -1179,7 +1181,7 @@ def _kind(stmt: Any) -> str:
     if node in DML:
         return "dml"
     if node == "SelectStmt":
-        return "dml" if stmt.intoClause is not None else "select"
+        return "ddl" if stmt.intoClause is not None else "select"  # SELECT INTO: a CTAS
     if node.endswith("Stmt") and node not in NOT_DDL:
         return "ddl"
     return "other"

@@ -342,6 +342,12 @@ REFUSED = [
         "statement.unsupported",
     ),
     (
+        "SELECT 1 AS x INTO t2",
+        "0A000",
+        "unsupported statement: CreateTableAs",
+        "statement.unsupported",
+    ),
+    (
         "CREATE MATERIALIZED VIEW mv AS SELECT 1 AS x",
         "0A000",
         "unsupported statement: CreateTableAs",
@@ -761,7 +767,7 @@ def test_every_rule_is_exercised_and_sourced() -> None:
         ("ROLLBACK", "rollback"),
         ("SAVEPOINT s", "txn"),
         ("SELECT 1", "select"),
-        ("SELECT 1 INTO t2", "dml"),
+        ("SELECT 1 INTO t2", "ddl"),
         ("INSERT INTO t VALUES (1)", "dml"),
         ("COPY t FROM STDIN", "dml"),
         ("CREATE TABLE t (id int)", "ddl"),
