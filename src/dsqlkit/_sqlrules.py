@@ -1508,6 +1508,7 @@ def primary_key_drop(stmt: Any, keys: dict[str, set[str]]) -> Refusal | None:
 
 
 def _cell(text: str) -> str:
+    text = re.sub(r"\{(\w+)\}", r"<\1>", text)  # placeholders read as <name>
     return text.replace("|", "\\|").replace("\n", " ")
 
 
