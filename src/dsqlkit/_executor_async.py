@@ -121,30 +121,39 @@ class AsyncExecutor:
         take: Callable[..., Any],
         pure: bool,
     ) -> Any:
-        async with self.pool.connection() as conn:
-            attempt.connection = conn
-            attempt.read_only = True
-            async with conn.cursor(row_factory=row_factory) as cur, _autocommit(conn, True):
-                try:
-                    if pure:
+        conn = await self.pool.getconn()
+        attempt.connection = conn
+        attempt.read_only = True
+        autocommit = conn.autocommit
+        try:
+            if not autocommit:
+                await conn.set_autocommit(True)  # sync: conn.autocommit = True
+            cur = conn.cursor(row_factory=row_factory)
+            try:
+                if pure:
+                    await cur.execute(query, params)
+                else:  # one round trip: BEGIN READ ONLY, the statement, COMMIT
+                    async with conn.pipeline():
+                        await conn.execute(b"BEGIN READ ONLY")
                         await cur.execute(query, params)
-                    else:  # one round trip: BEGIN READ ONLY, the statement, COMMIT
-                        async with conn.pipeline():
-                            await conn.execute(b"BEGIN READ ONLY")
-                            await cur.execute(query, params)
-                            await conn.execute(b"COMMIT")
-                    return await take(cur)
-                except errors.ReadOnlySqlTransaction:
-                    await _rollback_quietly(conn)
-                except BaseException:
-                    await _rollback_quietly(conn)
-                    raise
-                # A write: the server refused it in the READ ONLY transaction, so nothing was
-                # written. Run it once, as an autocommit write.
-                attempt.read_only = False
-                attempt.writing = True
-                await cur.execute(query, params)
+                        await conn.execute(b"COMMIT")
                 return await take(cur)
+            except errors.ReadOnlySqlTransaction:
+                await _rollback_quietly(conn)
+            except BaseException:
+                await _rollback_quietly(conn)
+                raise
+            # A write: the server refused it in the READ ONLY transaction, so nothing was
+            # written. Run it once, as an autocommit write.
+            attempt.read_only = False
+            attempt.writing = True
+            await cur.execute(query, params)
+            return await take(cur)
+        finally:
+            if not autocommit and not conn.closed and not conn.broken:
+                with contextlib.suppress(psycopg.Error):
+                    await conn.set_autocommit(False)  # sync: conn.autocommit = False
+            await self.pool.putconn(conn)
 
     async def write(self, run: Callable[..., Any]) -> Any:
         """``run(cursor)`` in autocommit: one statement, which is its own COMMIT."""

@@ -123,30 +123,39 @@ class Executor:
         take: Callable[..., Any],
         pure: bool,
     ) -> Any:
-        with self.pool.connection() as conn:
-            attempt.connection = conn
-            attempt.read_only = True
-            with conn.cursor(row_factory=row_factory) as cur, _autocommit(conn, True):
-                try:
-                    if pure:
+        conn = self.pool.getconn()
+        attempt.connection = conn
+        attempt.read_only = True
+        autocommit = conn.autocommit
+        try:
+            if not autocommit:
+                conn.autocommit = True
+            cur = conn.cursor(row_factory=row_factory)
+            try:
+                if pure:
+                    cur.execute(query, params)
+                else:  # one round trip: BEGIN READ ONLY, the statement, COMMIT
+                    with conn.pipeline():
+                        conn.execute(b"BEGIN READ ONLY")
                         cur.execute(query, params)
-                    else:  # one round trip: BEGIN READ ONLY, the statement, COMMIT
-                        with conn.pipeline():
-                            conn.execute(b"BEGIN READ ONLY")
-                            cur.execute(query, params)
-                            conn.execute(b"COMMIT")
-                    return take(cur)
-                except errors.ReadOnlySqlTransaction:
-                    _rollback_quietly(conn)
-                except BaseException:
-                    _rollback_quietly(conn)
-                    raise
-                # A write: the server refused it in the READ ONLY transaction, so nothing was
-                # written. Run it once, as an autocommit write.
-                attempt.read_only = False
-                attempt.writing = True
-                cur.execute(query, params)
+                        conn.execute(b"COMMIT")
                 return take(cur)
+            except errors.ReadOnlySqlTransaction:
+                _rollback_quietly(conn)
+            except BaseException:
+                _rollback_quietly(conn)
+                raise
+            # A write: the server refused it in the READ ONLY transaction, so nothing was
+            # written. Run it once, as an autocommit write.
+            attempt.read_only = False
+            attempt.writing = True
+            cur.execute(query, params)
+            return take(cur)
+        finally:
+            if not autocommit and not conn.closed and not conn.broken:
+                with contextlib.suppress(psycopg.Error):
+                    conn.autocommit = False
+            self.pool.putconn(conn)
 
     def write(self, run: Callable[..., Any]) -> Any:
         """``run(cursor)`` in autocommit: one statement, which is its own COMMIT."""

@@ -247,6 +247,11 @@ _pure_cache: dict[str, bool] = {}
 
 def is_pure_read(sql: Any) -> bool:
     """Whether the text of ``sql`` proves it reads only (see above); cached per text."""
+    if isinstance(sql, pgsql.Composable):
+        try:
+            sql = sql.as_string()
+        except Exception:  # a Composable that needs a connection to render
+            return False
     if not isinstance(sql, str):
         return False
     known = _pure_cache.get(sql)

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import psycopg
+from psycopg import pq
 from psycopg import sql as pgsql
 from psycopg.rows import tuple_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
@@ -42,6 +43,8 @@ from ._repository import RepositoryBase, unavailable
 from ._results import Ping, Rows
 
 __all__ = ["AsyncRepository"]
+
+_TUPLES_OK = pq.ExecStatus.TUPLES_OK
 
 
 class AsyncRepository(RepositoryBase):
@@ -238,6 +241,7 @@ async def _take_rows(cur: Any) -> Rows:
 
 
 async def _take_one(cur: Any) -> Any:
-    if cur.description is None:
+    result = cur.pgresult
+    if result is None or result.status != _TUPLES_OK:
         return None
     return single(await cur.fetchmany(2), "query_one()")
