@@ -310,3 +310,22 @@ def test_a_missing_extra_is_named(module: str, blocked: str, extra: str) -> None
     )
     assert done.returncode == 0, done.stderr
     assert f"dsqlkit[{extra}]" in done.stdout
+
+
+def test_retirements_dsqlkit_expects_do_not_warn(
+    local_dsql: LocalDsql, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A thaw's dead connections and expired ones are replaced without psycopg_pool's
+    "discarding closed connection" warning (they are what dsqlkit's checkout is for)."""
+    caplog.set_level(logging.WARNING)
+    local_dsql.set_max_connection_age(1.0)
+    with local_dsql.pool(min_size=2, max_lifetime=1.5) as pool:
+        pool.wait()
+        _backend_pid(pool)
+        time.sleep(1.6)  # frozen: the server closes them, and they are past max_lifetime
+        for _ in range(4):
+            _backend_pid(pool)
+        stats = pool.get_stats()
+    retired = stats["connections_dead_at_checkout"] + stats["connections_retired_age"]
+    assert retired >= 1
+    assert "discarding closed connection" not in caplog.text
