@@ -148,6 +148,10 @@ class Statement:
     wait_for_job: bool = False
     params: int = 0
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
+    #: The pglast statement node (``None`` when the text did not parse).
+    parsed: Any = field(default=None, compare=False)
+    #: DSQL's ``ASYNC`` keyword was given (``CREATE INDEX ASYNC``, ``ALTER TABLE ASYNC``).
+    is_async: bool = False
 
 
 def unsupported(node: str) -> Refusal:
@@ -401,6 +405,8 @@ def classify(sql: str) -> tuple[Statement, ...]:
                     f"{_dollar_quote(piece)}) AS job_id",
                     tag="CREATE INDEX",
                     params=params,
+                    parsed=stmt,
+                    is_async=True,
                 )
             )
             continue
@@ -415,6 +421,7 @@ def classify(sql: str) -> tuple[Statement, ...]:
                     tag="CALL",
                     wait_for_job=True,
                     params=params,
+                    parsed=stmt,
                 )
             )
             continue
@@ -437,6 +444,7 @@ def classify(sql: str) -> tuple[Statement, ...]:
                 rerun_sql=rerun_sql,
                 value=_version_probe(stmt),
                 params=params,
+                parsed=stmt,
             )
         )
     return tuple(statements)
