@@ -384,19 +384,11 @@ def test_rules_can_be_switched_off() -> None:
 
 
 def test_classification_details() -> None:
-    (update,) = classify("UPDATE t SET a = $1 FROM u WHERE t.id = $2 AND u.x = t.x")
-    assert update.plain_dml
-    assert update.count_sql == "SELECT count(*) FROM t, u WHERE t.id = $2 AND u.x = t.x"
-    (insert,) = classify("INSERT INTO t VALUES (1), (2), (3)")
-    assert insert.values_rows == 3
-    (returning,) = classify("DELETE FROM t WHERE id = 1 RETURNING id")
-    assert not returning.plain_dml
+    # What the endpoint does with a statement is tested in test_rules.py; here, the facts.
     (index,) = classify("CREATE UNIQUE INDEX ASYNC IF NOT EXISTS i ON t (a) WHERE a <> ''")
     assert index.kind == "ddl"
-    assert index.tag == "CREATE INDEX"
-    assert "create_index_async" in (index.rewrite or "")
-    (read,) = classify("SELECT * FROM t WHERE id = $1 FOR UPDATE")
-    assert read.rerun_sql == "SELECT * FROM t WHERE id = $1"
+    assert index.is_async
+    assert type(index.parsed).__name__ == "IndexStmt"
     kinds = [
         s.kind for s in classify("BEGIN; CREATE TABLE a (id int); INSERT INTO a VALUES (1); COMMIT")
     ]
