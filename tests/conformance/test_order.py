@@ -37,7 +37,7 @@ def test_the_shared_recordings_replay_in_the_readme_order() -> None:
         return  # no recordings here (see test_conformance)
     groups = [group for group, _ in harness.load(directory)]
     readme = ["unsupported", "transaction", "index", "environment", "occ", "occ_conflict"]
-    assert [g for g in groups if g in readme + ["multi_statement"]][:7] == [
+    assert [g for g in groups if g in [*readme, "multi_statement"]][:7] == [
         *readme,
         "multi_statement",
     ]

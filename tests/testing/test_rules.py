@@ -79,7 +79,7 @@ def test_wait_for_job_is_a_function_call() -> None:
             "CALL dsqlkit_internal.aws_iam_grant('app', 'arn:aws:iam::111122223333:role/app')",
         ),
         (
-            'aws iam revoke "My App" from \'arn:aws:iam::111122223333:user/o\'\'b\';',
+            "aws iam revoke \"My App\" from 'arn:aws:iam::111122223333:user/o''b';",
             "CALL dsqlkit_internal.aws_iam_revoke('My App', 'arn:aws:iam::111122223333:user/o''b')",
         ),
         ("AWS IAM GRANT App TO 'x'", "CALL dsqlkit_internal.aws_iam_grant('app', 'x')"),
