@@ -343,7 +343,7 @@ class Startup:
                     continue
                 out += wire.encode(mtype, payload)
                 if mtype == b"Z":
-                    if self._needs_mapping(signer) and not await self._mapped(signer, buffer):
+                    if self._needs_mapping(signer) and not await self._mapped(signer):
                         return await self._auth_failed(
                             "not_mapped",
                             f"{signer.arn or signer.access_key_id} is not mapped to the role "
@@ -354,8 +354,9 @@ class Startup:
                     await session.cwriter.drain()
                     return True
 
-    async def _mapped(self, signer: Credentials, buffer: wire.MessageBuffer) -> bool:
+    async def _mapped(self, signer: Credentials) -> bool:
         """Ask the new backend session whether the signer's ARN is mapped to its role."""
+        buffer = wire.MessageBuffer()  # the backend sent nothing after ReadyForQuery
         session = self.session
         assert session.breader is not None
         assert session.bwriter is not None
