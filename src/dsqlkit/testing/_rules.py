@@ -167,11 +167,17 @@ def _validate_job(stmt: Any) -> Emulation | None:
         return None
     if cmds[0].subtype != enums.AlterTableType.AT_ValidateConstraint:
         return None
-    return Emulation(rewrite=_job_sql(_ddl_text(stmt), "validate"), tag="ALTER TABLE", kind="ddl")
+    from pglast.stream import RawStream
+
+    relation = _literal(str(RawStream()(stmt.relation)))
+    extra = f"{relation}, {_literal(cmds[0].name)}"
+    rewrite = _job_sql(_ddl_text(stmt), "validate", extra)
+    return Emulation(rewrite=rewrite, tag="ALTER TABLE", kind="ddl")
 
 
-def _job_sql(ddl: str, kind: str) -> str:
-    return f"SELECT dsqlkit_internal.run_job({_dollar_quote(ddl)}, '{kind}') AS job_id"
+def _job_sql(ddl: str, kind: str, extra: str = "") -> str:
+    args = f"{_dollar_quote(ddl)}, '{kind}'" + (f", {extra}" if extra else "")
+    return f"SELECT dsqlkit_internal.run_job({args}) AS job_id"
 
 
 def _ddl_text(stmt: Any) -> str:

@@ -67,7 +67,9 @@ $$;
 -- CREATE INDEX ASYNC (kind 'index') and ALTER TABLE ASYNC ... VALIDATE CONSTRAINT (kind
 -- 'validate'): the DDL runs at once and is recorded as a finished job. A build or validation
 -- that fails on the data fails the job, not the statement (as on DSQL).
-CREATE FUNCTION dsqlkit_internal.run_job(ddl text, kind text) RETURNS text
+CREATE FUNCTION dsqlkit_internal.run_job(
+  ddl text, kind text, relation text DEFAULT NULL, constraint_name text DEFAULT NULL)
+  RETURNS text
   LANGUAGE plpgsql AS $$
 DECLARE
   job text := (SELECT string_agg(substr('abcdefghijklmnopqrstuvwxyz234567',
@@ -79,14 +81,7 @@ DECLARE
   target oid;
   target_name text;
   newest oid := (SELECT max(oid) FROM pg_class);
-  validated oid;
 BEGIN
-  IF kind = 'validate' THEN
-    -- The constraint that is still NOT VALID and named in the DDL.
-    SELECT c.oid, c.conname INTO validated, target_name FROM pg_constraint c
-     WHERE NOT c.convalidated
-       AND position(quote_ident(c.conname) IN ddl) > 0 ORDER BY c.oid DESC LIMIT 1;
-  END IF;
   BEGIN
     EXECUTE ddl;
   EXCEPTION WHEN integrity_constraint_violation THEN
@@ -99,9 +94,8 @@ BEGIN
     PERFORM dsqlkit_internal.record_job(job, state, why, 'INDEX_BUILD', target, target_name,
                                         started);
   ELSE
-    SELECT c.conrelid INTO target FROM pg_constraint c WHERE c.oid = validated;
-    PERFORM dsqlkit_internal.record_job(job, state, why, 'VALIDATE_CONSTRAINT', target,
-                                        target_name, started);
+    PERFORM dsqlkit_internal.record_job(job, state, why, 'VALIDATE_CONSTRAINT',
+                                        to_regclass(relation), constraint_name, started);
   END IF;
   RETURN job;
 END $$;
