@@ -10,6 +10,7 @@ This package is never imported by the runtime library.
 
 from __future__ import annotations
 
+from ._errors import LocalEndpointError
 from ._local import LocalDsql
 
-__all__ = ["LocalDsql"]
+__all__ = ["LocalDsql", "LocalEndpointError"]

@@ -18,7 +18,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
-from .._errors import ConfigurationError, LocalEndpointError
+from .._errors import ConfigurationError
+from ._errors import LocalEndpointError
 
 if TYPE_CHECKING:
     import boto3
