@@ -35,6 +35,7 @@ __all__ = [
     "TxState",
     "decide",
     "emulation",
+    "iam_statement",
 ]
 
 #: DSQL's server identity, as a real cluster reports it (recordings: environment.json).
@@ -130,20 +131,31 @@ def emulation(statement: Statement) -> Emulation:
     return Emulation(rewrite=rewrite) if rewrite else NOTHING
 
 
+def iam_statement(text: str) -> Emulation | None:
+    """``AWS IAM GRANT``/``REVOKE`` as a procedure call (also with the SQL rules off: the IAM
+    model belongs to the connection, not to the rules)."""
+    if text.lstrip()[:3].upper() != "AWS":
+        return None
+    match = _IAM.match(text)
+    if match is None:
+        return None
+    verb = match["verb"].upper()
+    role = match["role"]
+    role = role[1:-1].replace('""', '"') if role.startswith('"') else role.lower()
+    arn = match["arn"].replace("''", "'")
+    procedure = "aws_iam_grant" if verb == "GRANT" else "aws_iam_revoke"
+    return Emulation(
+        rewrite=f"CALL dsqlkit_internal.{procedure}({_literal(role)}, {_literal(arn)})",
+        tag=f"AWS IAM {verb}",
+        kind="other",
+    )
+
+
 def _unparsed(text: str) -> Emulation:
     """DSQL-only syntax the shared classifier could not parse."""
-    match = _IAM.match(text)
-    if match is not None:
-        verb = match["verb"].upper()
-        role = match["role"]
-        role = role[1:-1].replace('""', '"') if role.startswith('"') else role.lower()
-        arn = match["arn"].replace("''", "'")
-        procedure = "aws_iam_grant" if verb == "GRANT" else "aws_iam_revoke"
-        return Emulation(
-            rewrite=f"CALL dsqlkit_internal.{procedure}({_literal(role)}, {_literal(arn)})",
-            tag=f"AWS IAM {verb}",
-            kind="other",
-        )
+    iam = iam_statement(text)
+    if iam is not None:
+        return iam
     match = _ALTER_ASYNC.match(text)
     if match is not None:
         from pglast import parser

@@ -24,7 +24,7 @@ from .._sqlrules import Refusal, Statement, classify
 from . import _wire as wire
 from ._faults import CONFLICT_MESSAGES, CONFLICT_SQLSTATES
 from ._occ_guard import Guard, OccGuard
-from ._rules import SERVER_VERSION, Emulation, TxState, decide, emulation
+from ._rules import SERVER_VERSION, Emulation, TxState, decide, emulation, iam_statement
 
 if TYPE_CHECKING:
     from ._listener import Endpoint
@@ -285,7 +285,11 @@ class Session:
             types = payload[len(name.encode()) + len(sql.encode()) + 2 :]
             statement = self._classify_one(sql)
             self.statements[name] = Prepared(name, sql, statement, types)
-            rewrite = emulation(statement).rewrite if statement is not None else None
+            if statement is not None:
+                rewrite = emulation(statement).rewrite
+            else:
+                iam = iam_statement(sql)
+                rewrite = iam.rewrite if iam is not None else None
             if rewrite is not None:
                 payload = wire.cstring(name) + wire.cstring(rewrite) + types
         elif mtype == b"B":
@@ -325,7 +329,10 @@ class Session:
         self.occ.more_in_unit()
         transform: Transform | None = None
         guard = None
-        if statement is None:
+        iam = iam_statement(sql) if statement is None else None
+        if iam is not None:
+            transform = _result_rewriter([(iam.tag, None)])
+        elif statement is None:
             if self.endpoint.is_commit(sql):
                 transform = self._commit(out, extended=True)
                 if self.closing:
@@ -347,7 +354,11 @@ class Session:
         sql, _ = wire.read_cstring(payload, 0)
         transform: Transform | None = None
         if not self.rules:
-            if self.endpoint.is_commit(sql):
+            iam = iam_statement(sql)
+            if iam is not None and iam.rewrite is not None:
+                payload = wire.cstring(iam.rewrite)
+                transform = _result_rewriter([(iam.tag, None)])
+            elif self.endpoint.is_commit(sql):
                 transform = self._commit(out, extended=False)
             out += wire.encode(b"Q", payload)
             self.expect(b"Q", transform)
