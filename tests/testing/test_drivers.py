@@ -368,3 +368,46 @@ def test_raw_simple_query_with_several_statements(local_dsql: LocalDsql, table: 
         assert answer[-1] == (b"Z", b"I")
     finally:
         client.close()
+
+
+def test_raw_pipelined_units_are_judged_in_their_own_order(local_dsql: LocalDsql) -> None:
+    """Two autocommit DDL statements, each with its Sync, sent at once: two transactions."""
+    names = ["pipe_" + uuid.uuid4().hex[:8] for _ in range(3)]
+    client = RawClient(local_dsql)
+
+    def unit(sql: str) -> list[bytes]:
+        return [
+            wire.parse("", sql),
+            wire.bind_text("", "", []),
+            wire.execute(""),
+            wire.encode(b"S"),
+        ]
+
+    try:
+        client.send(
+            *unit(f"CREATE TABLE {names[0]} (id int)"),
+            *unit(f"CREATE TABLE {names[1]} (id int)"),
+            *unit("BEGIN"),
+            *unit(f"INSERT INTO {names[0]} VALUES (1)"),
+            *unit(f"CREATE TABLE {names[2]} (id int)"),  # DDL after DML: refused
+            *unit("ROLLBACK"),
+            *unit(f"CREATE TABLE {names[2]} (id int)"),  # a new transaction: fine
+        )
+        answers = [client.until_ready() for _ in range(7)]
+        tags = [
+            wire.read_cstring(p, 0)[0] if t == b"C" else wire.parse_fields(p)["C"]
+            for answer in answers
+            for t, p in answer
+            if t in (b"C", b"E")
+        ]
+        assert tags == [
+            "CREATE TABLE",
+            "CREATE TABLE",
+            "BEGIN",
+            "INSERT 0 1",
+            "0A000",
+            "ROLLBACK",
+            "CREATE TABLE",
+        ]
+    finally:
+        client.close()

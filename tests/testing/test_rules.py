@@ -129,6 +129,21 @@ def test_transaction_rules() -> None:
     assert run("AWS IAM GRANT app TO 'arn:aws:iam::111122223333:role/a'", tx) == ("forward", "")
 
 
+def test_commit_and_rollback_end_the_transaction() -> None:
+    tx = TxState()
+    run("BEGIN", tx)
+    run("INSERT INTO a VALUES (1)", tx)
+    assert run("ROLLBACK", tx) == ("forward", "")
+    assert tx == TxState()
+    assert run("CREATE TABLE b (id int)", tx) == ("forward", "")
+    assert run("COMMIT", tx) == ("forward", "")  # no transaction open: no COMMIT fault
+    assert tx == TxState()
+    run("BEGIN", tx)
+    decision = decide(one("COMMIT"), tx, aborted=True, single=True, now=0.0, age_limit=1.0)
+    assert decision.action == "forward"  # an aborted transaction's COMMIT rolls back
+    assert tx == TxState()
+
+
 def test_wait_for_job_only_outside_a_block() -> None:
     assert run("CALL sys.wait_for_job('x')", TxState()) == ("forward", "")
     tx = TxState(explicit=True)

@@ -306,6 +306,13 @@ class TxState:
     dml: bool = False
     started: float = 0.0
 
+    def end(self) -> None:
+        """The transaction is over (COMMIT, ROLLBACK, or the end of an implicit one)."""
+        self.explicit = False
+        self.ddl = 0
+        self.dml = False
+        self.started = 0.0
+
 
 @dataclass(frozen=True)
 class Decision:
@@ -327,6 +334,9 @@ def decide(
 ) -> Decision:
     """Decide one statement against the transaction state, updating ``tx``.
 
+    The state follows the client's messages, not the backend's answers, so pipelined
+    requests are judged in their own order. ``commit`` means an open transaction's COMMIT
+    (where COMMIT faults apply); COMMIT and ROLLBACK end ``tx`` whatever their outcome.
     ``aborted``: the backend transaction is in error (the backend itself answers 25P02).
     ``single``: the statement is alone in its query (not part of a multi-statement string,
     which PostgreSQL runs as one implicit transaction). ``now`` and ``age_limit`` are
@@ -334,13 +344,16 @@ def decide(
     its COMMIT fails (``doom_commit``).
     """
     emulated = emulation(statement)
-    if aborted:
-        return Decision("forward", emulated)
     kind = emulated.kind or statement.kind
+    if aborted:
+        if kind in ("commit", "rollback"):
+            tx.end()
+        return Decision("forward", emulated)
     in_block = tx.explicit or not single
     if tx.explicit and now - tx.started > age_limit and kind != "rollback":
         too_old = Refusal("54000", f"transaction age limit of {age_limit:g}s exceeded")
         if kind == "commit":
+            tx.end()
             return Decision("doom_commit", emulated, too_old)
         return Decision("refuse", emulated, too_old)
     refusal = statement.refusal
@@ -364,6 +377,9 @@ def decide(
         tx.ddl += 1
     elif kind == "dml":
         tx.dml = True
-    elif kind == "commit" and single:
-        return Decision("commit", emulated)
+    elif kind in ("commit", "rollback"):
+        was_open = tx.explicit
+        tx.end()
+        if kind == "commit" and single and was_open:
+            return Decision("commit", emulated)
     return Decision("forward", emulated)

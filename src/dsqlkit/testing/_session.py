@@ -302,6 +302,8 @@ class Session:
             else:
                 self.portals.pop(name, None)
         elif mtype == b"S":
+            if not self.tx.explicit:  # Sync ends an implicit transaction
+                self.tx.end()
             out += wire.encode(mtype, payload)
             pending = self.expect(mtype)
             self.unit_executes = 0
@@ -388,6 +390,8 @@ class Session:
             guard = self.occ.maybe_guard(statements[0], emulated, None, out)
         if changed:
             payload = wire.cstring("; ".join(pieces))
+        if not self.tx.explicit:  # the query string was an implicit transaction
+            self.tx.end()
         out += wire.encode(b"Q", payload)
         pending = self.expect(b"Q", transform, guard=guard)
         self.occ.close_unit(out, pending, extended=False)
@@ -416,7 +420,8 @@ class Session:
             self.doom(out, refusal.sqlstate, refusal.message, extended=extended)
             return Verdict(emulated)
         if decision.action == "commit":
-            return Verdict(emulated, transform=self._commit(out, extended=extended))
+            transform = self._commit(out, extended=extended, open_tx=True)
+            return Verdict(emulated, transform=transform)
         if emulated.tag or emulated.value:
             return Verdict(emulated, transform=_result_rewriter([(emulated.tag, emulated.value)]))
         return Verdict(emulated)
@@ -433,8 +438,16 @@ class Session:
 
     # -- COMMIT faults -----------------------------------------------------------------------
 
-    def _commit(self, out: bytearray, *, extended: bool) -> Transform | None:
-        if self.tx_status != b"T":
+    def _commit(
+        self, out: bytearray, *, extended: bool, open_tx: bool | None = None
+    ) -> Transform | None:
+        """Apply an armed COMMIT fault to the COMMIT of an open transaction.
+
+        ``open_tx``: whether a transaction is open, as the rules tracked it; ``None`` (rules
+        off, or a statement they did not classify): as the backend last reported it.
+        """
+        is_open = self.tx_status == b"T" if open_tx is None else open_tx
+        if not is_open or self.tx_status == b"E":
             return None
         fault = self.endpoint.faults.take_commit_fault(self.backend_pid)
         if fault is None:
@@ -491,8 +504,10 @@ class Session:
             return
         if mtype == b"Z":
             self.tx_status = payload[:1]
-            if self.tx_status == b"I":
-                self.tx = TxState()
+            if self.tx_status == b"I" and not any(not p.synthetic for p in list(pending)[1:]):
+                # Idle with nothing more from the client in flight: whatever ended the
+                # transaction (even something the rules did not track), it is over.
+                self.tx.end()
         if not pending:
             sink += wire.encode(mtype, payload)
             return
