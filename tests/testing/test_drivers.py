@@ -44,7 +44,9 @@ def tls_context(local: LocalDsql) -> ssl.SSLContext:
     return context
 
 
-async def asyncpg_connect(local: LocalDsql, user: str = "admin") -> asyncpg.Connection:
+async def asyncpg_connect(
+    local: LocalDsql, user: str = "admin", **options: Any
+) -> asyncpg.Connection:
     return await asyncpg.connect(
         host=local.hostaddr,
         port=local.port,
@@ -52,17 +54,19 @@ async def asyncpg_connect(local: LocalDsql, user: str = "admin") -> asyncpg.Conn
         password=local.token(user),
         database="postgres",
         ssl=tls_context(local),
+        **options,
     )
 
 
 # -- asyncpg: untyped Parse, binary Bind, named statements -----------------------------------
 
 
+@pytest.mark.parametrize("cache", [100, 0], ids=["named-statements", "unnamed-statements"])
 async def test_asyncpg_conflict_fails_commit_not_the_binary_update(
-    local_dsql: LocalDsql, table: str
+    local_dsql: LocalDsql, table: str, cache: int
 ) -> None:
-    first = await asyncpg_connect(local_dsql)
-    second = await asyncpg_connect(local_dsql)
+    first = await asyncpg_connect(local_dsql, statement_cache_size=cache)
+    second = await asyncpg_connect(local_dsql, statement_cache_size=cache)
     try:
         tx1, tx2 = first.transaction(), second.transaction()
         await tx1.start()
@@ -154,10 +158,13 @@ async def test_asyncpg_workload(local_dsql: LocalDsql, table: str) -> None:
 # -- psycopg: binary parameters, pipeline mode -------------------------------------------------
 
 
-def test_psycopg_binary_parameters_conflict_at_commit(connect: Connect, table: str) -> None:
+@pytest.mark.parametrize("prepare", [False, True], ids=["unnamed", "prepared"])
+def test_psycopg_binary_parameters_conflict_at_commit(
+    connect: Connect, table: str, prepare: bool
+) -> None:
     first, second = connect(), connect()
     first.execute(f"UPDATE {table} SET v = %b WHERE id = %b", (1, 1))
-    cur = second.execute(f"UPDATE {table} SET v = %b WHERE id = %b", (2, 1))
+    cur = second.execute(f"UPDATE {table} SET v = %b WHERE id = %b", (2, 1), prepare=prepare)
     assert cur.statusmessage == "UPDATE 1"
     rows = second.execute(f"SELECT id FROM {table} WHERE id = %b FOR UPDATE", (1,), binary=True)
     assert rows.fetchall() == [(1,)]
