@@ -44,6 +44,19 @@ def test_every_version_probe_reports_dsql(
     assert conn.info.parameter_status("server_version") == "16.15"
 
 
+@pytest.mark.parametrize("protocol", ["extended", "simple"])
+def test_show_all(connect: Connect, protocol: str) -> None:
+    conn = connect(autocommit=True)
+    cur: Any = conn.cursor() if protocol == "extended" else psycopg.ClientCursor(conn)
+    cur.execute("SHOW ALL")
+    assert cur.statusmessage == "SHOW"
+    assert [c.name for c in cur.description] == ["name", "setting", "description"]
+    settings = {name: value for name, value, _ in cur.fetchall()}
+    assert settings["server_version"] == "16.15"
+    assert settings["server_version_num"] == "160015"
+    assert settings["TimeZone"] == "UTC"
+
+
 def test_other_settings_are_the_servers_own(connect: Connect) -> None:
     conn = connect(autocommit=True)
     assert conn.execute("SELECT current_setting('TimeZone')").fetchone() == ("UTC",)

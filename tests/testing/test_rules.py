@@ -95,6 +95,9 @@ def test_show_of_the_server_identity() -> None:
     assert emulation(one("SHOW server_version")).value == "16.15"
     assert emulation(one("show SERVER_VERSION_NUM")).value == "160015"
     assert emulation(one("SHOW timezone")).value is None
+    show_all = emulation(one("SHOW ALL"))
+    assert show_all.tag == "SHOW"
+    assert "pg_settings" in (show_all.rewrite or "")
     # Everything else (version(), current_setting, pg_settings) is answered by the backend.
     assert emulation(one("SELECT current_setting('server_version')")).rewrite is None
 

@@ -43,6 +43,12 @@ SERVER_VERSION = "16.15"
 SERVER_VERSION_NUM = "160015"
 SHOW_VALUES = {"server_version": SERVER_VERSION, "server_version_num": SERVER_VERSION_NUM}
 
+#: ``SHOW ALL`` with the server identity of ``pg_settings`` (same columns and order).
+SHOW_ALL = (
+    "SELECT name, pg_catalog.current_setting(name) AS setting, short_desc AS description"
+    " FROM pg_catalog.pg_settings ORDER BY lower(name)"
+)
+
 #: Catalog columns renamed after PostgreSQL 16: clients that believe the server is 16 (it says
 #: so) ask for the old names; the backend is newer.
 CATALOG_RENAMES = {"daticulocale": "datlocale", "colliculocale": "colllocale"}
@@ -116,7 +122,10 @@ def emulation(statement: Statement) -> Emulation:
             wait_for_job=True,
         )
     if node == "VariableShowStmt":
-        value = SHOW_VALUES.get((stmt.name or "").lower())
+        name = (stmt.name or "").lower()
+        if name == "all":  # SHOW ALL reads the settings itself: ask pg_settings instead
+            return Emulation(rewrite=SHOW_ALL, tag="SHOW")
+        value = SHOW_VALUES.get(name)
         return Emulation(value=value) if value else NOTHING
     rewrite = _catalog_compat(statement.text)
     if node in ("InsertStmt", "UpdateStmt", "DeleteStmt") and not _returning(stmt):
