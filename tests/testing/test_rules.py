@@ -193,3 +193,11 @@ def test_statement_sequence_and_bind_parts() -> None:
     )
     assert wire.first_value(wire.data_row("16.15")[5:]) == "16.15"
     assert wire.first_value(wire.data_row(None)[5:]) is None
+
+
+def test_server_side_sql_ships_as_package_resources() -> None:
+    from dsqlkit.testing._front import sql_resource
+
+    assert "CREATE SCHEMA dsqlkit_internal" in sql_resource("bootstrap.sql")
+    assert "sys.iam_pg_role_mappings" in sql_resource("bootstrap.sql")
+    assert "pg_catalog.version()" in sql_resource("identity.sql")
