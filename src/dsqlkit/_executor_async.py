@@ -81,6 +81,8 @@ def _heat(pool: Any, key: Any, seconds: float) -> None:
     if len(units) >= _HOT_UNITS:
         units.pop(next(iter(units)))
     units.setdefault(key, _Gate(until))
+
+
 _INERROR = pq.TransactionStatus.INERROR
 
 
