@@ -36,6 +36,7 @@ from ._transaction_sync import Transaction
 __all__ = ["Executor"]
 
 _IDLE = pq.TransactionStatus.IDLE
+_INERROR = pq.TransactionStatus.INERROR
 #: Hot units per pool (see `AsyncExecutor._hot_transaction_once`), at most this many each.
 _HOT_UNITS = 1024
 _hot: weakref.WeakKeyDictionary[Any, dict[Any, _Gate]] = weakref.WeakKeyDictionary()
@@ -83,9 +84,6 @@ def _heat(pool: Any, key: Any, seconds: float) -> None:
     if len(units) >= _HOT_UNITS:
         units.pop(next(iter(units)))
     units.setdefault(key, _Gate(until))
-
-
-_INERROR = pq.TransactionStatus.INERROR
 
 
 class Executor:
