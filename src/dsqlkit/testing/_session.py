@@ -91,6 +91,62 @@ class Prepared:
 
 
 @dataclass(slots=True)
+class CsvEndOfData:
+    """PostgreSQL 16's end-of-data marker in ``COPY ... FROM STDIN (FORMAT csv)``.
+
+    DSQL (PostgreSQL 16) ends CSV data at a line holding only ``\\.`` (outside quotes) and
+    ignores the rest; PostgreSQL 18 (the backend) reads that line as data. psql before 18
+    sends the marker of inline ``\\copy`` data, so the endpoint cuts the stream there.
+    """
+
+    quote: int = ord('"')
+    in_quote: bool = False
+    line_start: bool = True
+    ended: bool = False
+
+    @classmethod
+    def of(cls, statement: Statement | None) -> CsvEndOfData | None:
+        """A scanner for a CSV ``COPY ... FROM STDIN`` statement, else ``None``."""
+        stmt: Any = statement.parsed if statement is not None else None
+        if type(stmt).__name__ != "CopyStmt" or not stmt.is_from or stmt.filename is not None:
+            return None
+        options = {o.defname: getattr(o.arg, "sval", None) for o in stmt.options or ()}
+        if (options.get("format") or "").lower() != "csv":
+            return None
+        quote = options.get("quote") or '"'
+        return cls(quote=ord(quote[:1] or '"'))
+
+    def feed(self, chunk: bytes) -> bytes:
+        """The part of one CopyData payload the backend gets (nothing after the marker)."""
+        if self.ended:
+            return b""
+        quote = bytes((self.quote,))
+        position = chunk.find(b"\\.")
+        while position >= 0:
+            at_line_start = chunk[position - 1 : position] in (b"\n", b"\r") or (
+                position == 0 and self.line_start
+            )
+            quoted = self.in_quote ^ bool(chunk.count(quote, 0, position) & 1)
+            if (
+                at_line_start
+                and not quoted
+                and chunk[position + 2 : position + 3]
+                in (
+                    b"",
+                    b"\n",
+                    b"\r",
+                )
+            ):
+                self.ended = True
+                return chunk[:position]
+            position = chunk.find(b"\\.", position + 1)
+        self.in_quote ^= bool(chunk.count(quote) & 1)
+        if chunk:
+            self.line_start = chunk[-1:] in (b"\n", b"\r")
+        return chunk
+
+
+@dataclass(slots=True)
 class Bound:
     """A portal the client bound: its statement and the Bind message's parts."""
 
@@ -126,6 +182,8 @@ class Session:
         self.barrier: asyncio.Event | None = None
         self.occ = OccGuard(self)
         self.unit_executes = 0
+        #: The CSV COPY FROM STDIN the client is sending data for, if any.
+        self.csv_copy: CsvEndOfData | None = None
         self.closing = False
         self.terminating = False
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -274,6 +332,16 @@ class Session:
 
     def on_client_message(self, mtype: bytes, payload: bytes, out: bytearray) -> None:
         """Decide what the backend gets for one client message (the rules' hook)."""
+        if mtype in (b"d", b"c", b"f"):  # COPY data, done, fail
+            copy = self.csv_copy
+            if mtype == b"d" and copy is not None:
+                payload = copy.feed(payload)
+                if not payload:
+                    return
+            elif mtype != b"d":
+                self.csv_copy = None
+            out += wire.encode(mtype, payload)
+            return
         if mtype == b"Q":
             self._on_query(payload, out)
             return
@@ -349,6 +417,7 @@ class Session:
             transform = decision.transform
             if decision.emulation.guarded:
                 guard = self.occ.maybe_guard(statement, decision.emulation, bound, out)
+        self.csv_copy = CsvEndOfData.of(statement)
         out += wire.encode(b"E", payload)
         self.expect(b"E", transform, guard=guard)
 
@@ -388,6 +457,7 @@ class Session:
         guard = None
         if len(statements) == 1 and emulated is not None and emulated.guarded:
             guard = self.occ.maybe_guard(statements[0], emulated, None, out)
+        self.csv_copy = CsvEndOfData.of(statements[-1]) if statements and not changed else None
         if changed:
             payload = wire.cstring("; ".join(pieces))
         if not self.tx.explicit:  # the query string was an implicit transaction

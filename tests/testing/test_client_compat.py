@@ -1,0 +1,98 @@
+"""Regressions found by pointing third-party clients at the endpoint (tests/thirdparty):
+each is a difference from DSQL that a client saw, pinned here with the smallest client."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+import psycopg
+import pytest
+from psycopg import errors
+
+from dsqlkit.testing import LocalDsql
+
+Connect = Callable[..., psycopg.Connection]
+
+
+@pytest.fixture
+def two_columns(connect: Connect) -> str:
+    conn = connect(autocommit=True)
+    name = "cc_" + __import__("uuid").uuid4().hex[:8]
+    conn.execute(f"CREATE TABLE {name} (id int PRIMARY KEY, v text)")
+    return name
+
+
+# -- COPY FROM STDIN in CSV: PostgreSQL 16's end-of-data marker -------------------------------
+
+
+def test_csv_copy_ends_at_the_end_of_data_marker(connect: Connect, two_columns: str) -> None:
+    """psql < 18 sends ``\\.`` after inline ``\\copy`` data; DSQL (PostgreSQL 16) ends the
+    data there in CSV too, PostgreSQL 18 would read it as a row ("missing data")."""
+    conn = connect(autocommit=True)
+    with conn.cursor() as cur:
+        with cur.copy(f"COPY {two_columns} FROM STDIN WITH (FORMAT csv)") as copy:
+            copy.write(b'1,"a\n\\.\nb"\n2,x\n')  # inside quotes: data
+            copy.write(b"\\.\n")  # the marker, in a message of its own
+            copy.write(b"3,ignored\n")
+        assert cur.rowcount == 2
+        with cur.copy(f"COPY {two_columns} FROM STDIN (FORMAT csv)") as copy:
+            copy.write(b"4,y\n\\.\r\n5,ignored\n")
+    rows = conn.execute(f"SELECT id, v FROM {two_columns} ORDER BY id").fetchall()
+    assert rows == [(1, "a\n\\.\nb"), (2, "x"), (4, "y")]
+    # A marker that is not alone on its line is data (and here a bad row).
+    with (
+        pytest.raises(errors.InvalidTextRepresentation),
+        conn.cursor() as cur,
+        cur.copy(f"COPY {two_columns} FROM STDIN (FORMAT csv)") as copy,
+    ):
+        copy.write(b"9,a\n\\.x\n")
+    # Text format and binary COPY are not touched.
+    with conn.cursor() as cur, cur.copy(f"COPY {two_columns} FROM STDIN") as copy:
+        copy.write(b"10\t\\\\.\n")
+    assert conn.execute(f"SELECT v FROM {two_columns} WHERE id = 10").fetchone() == ("\\.",)
+
+
+# -- CancelRequest without TLS -----------------------------------------------------------------
+
+
+def test_plaintext_cancel_request_reaches_the_backend(local_dsql: LocalDsql) -> None:
+    """libpq's PQcancel (psycopg's and psycopg2's ``cancel()``, psql's Ctrl-C) sends its
+    CancelRequest on a new connection without TLS: it must cancel, not be dropped."""
+    with psycopg.connect(local_dsql.conninfo(), autocommit=True) as conn:
+        timer = threading.Timer(0.3, conn.cancel)
+        timer.start()
+        try:
+            with pytest.raises(errors.QueryCanceled):
+                conn.execute("SELECT pg_sleep(20)")
+        finally:
+            timer.cancel()
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    plaintext = local_dsql.counters()["plaintext_refused"]
+    # A plaintext startup is still refused.
+    with pytest.raises(psycopg.OperationalError, match="TLS is required"):
+        psycopg.connect(local_dsql.conninfo(sslmode="disable"))
+    assert local_dsql.counters()["plaintext_refused"] == plaintext + 1
+
+
+# -- the row-limit trigger is the endpoint's, not the user's ----------------------------------
+
+
+def test_row_limit_trigger_is_not_in_the_users_catalog(connect: Connect, two_columns: str) -> None:
+    conn = connect(autocommit=True)
+    visible = conn.execute(
+        "SELECT count(*) FROM information_schema.triggers WHERE event_object_table = %s",
+        (two_columns,),
+    ).fetchone()
+    user_triggers = conn.execute(
+        "SELECT count(*) FROM pg_trigger WHERE tgrelid = %s::regclass AND NOT tgisinternal",
+        (two_columns,),
+    ).fetchone()
+    assert visible == (0,)
+    assert user_triggers == (0,)
+    # It still counts rows.
+    with LocalDsql(row_limit=2) as local, psycopg.connect(local.conninfo()) as limited:
+        limited.execute("CREATE TABLE t (id int)")
+        limited.commit()
+        with pytest.raises(errors.ProgramLimitExceeded):
+            limited.execute("INSERT INTO t SELECT generate_series(1, 3)")
