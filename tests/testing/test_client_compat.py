@@ -96,3 +96,36 @@ def test_row_limit_trigger_is_not_in_the_users_catalog(connect: Connect, two_col
         limited.commit()
         with pytest.raises(errors.ProgramLimitExceeded):
             limited.execute("INSERT INTO t SELECT generate_series(1, 3)")
+
+
+# -- functions PostgreSQL 16 does not have -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        "uuidv7()",
+        "uuidv4()",
+        "random(1, 10)",
+        "casefold('A')",
+        "array_sort(ARRAY[2, 1])",
+        "to_bin(5)",
+        "uuid_extract_version(gen_random_uuid())",
+        "crc32('a'::bytea)",
+        "reverse('ab'::bytea)",
+    ],
+)
+def test_functions_newer_than_postgresql_16_do_not_exist(connect: Connect, call: str) -> None:
+    """The backend is PostgreSQL 18; DSQL is 16: a test must not pass on ``uuidv7()``."""
+    conn = connect(autocommit=True)
+    with pytest.raises(errors.UndefinedFunction, match="does not exist"):
+        conn.execute(f"SELECT {call}")
+
+
+def test_postgresql_16_overloads_of_those_functions_remain(connect: Connect) -> None:
+    conn = connect(autocommit=True)
+    row = conn.execute(
+        "SELECT random() < 1, reverse('ab'), json_strip_nulls('{\"a\": null}'::json)::text,"
+        " gen_random_uuid() IS NOT NULL, array_sample(ARRAY[1], 1)"
+    ).fetchone()
+    assert row == (True, "ba", "{}", True, [1])
