@@ -4,6 +4,7 @@ each is a difference from DSQL that a client saw, pinned here with the smallest 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 
 import psycopg
@@ -129,3 +130,81 @@ def test_postgresql_16_overloads_of_those_functions_remain(connect: Connect) -> 
         " gen_random_uuid() IS NOT NULL, array_sample(ARRAY[1], 1)"
     ).fetchone()
     assert row == (True, "ba", "{}", True, [1])
+
+
+# -- a conflict in a pipeline the client reads before Sync -------------------------------------
+
+
+def _held_row(connect: Connect, two_columns: str) -> psycopg.Connection:
+    """A connection whose open transaction has updated row 1 (and holds it)."""
+    setup = connect(autocommit=True)
+    setup.execute(f"INSERT INTO {two_columns} VALUES (1, 'a')")
+    holder = connect()
+    holder.execute(f"UPDATE {two_columns} SET v = 'holder' WHERE id = 1")
+    return holder
+
+
+@pytest.mark.timeout(30)
+def test_pipeline_locking_read_fetched_before_sync(connect: Connect, two_columns: str) -> None:
+    """psycopg fetches a pipeline result with a Flush, not a Sync: a conflict the endpoint
+    would defer to COMMIT must reach the client at once (it used to hang)."""
+    holder = _held_row(connect, two_columns)
+    conn = connect(autocommit=True)
+    with pytest.raises(errors.SerializationFailure, match=r"\(OC000\)"), conn.pipeline() as p:  # noqa: PT012
+        conn.execute("BEGIN")
+        p.sync()
+        cur = conn.execute(f"SELECT v FROM {two_columns} WHERE id = %s FOR UPDATE", (1,))
+        cur.fetchone()
+    assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR
+    conn.execute("ROLLBACK")
+    holder.commit()
+    assert conn.execute(f"SELECT v FROM {two_columns}").fetchone() == ("holder",)
+
+
+@pytest.mark.timeout(30)
+def test_pipeline_conflict_before_the_next_statement_arrives(
+    connect: Connect, two_columns: str
+) -> None:
+    """The guarded UPDATE's conflict comes back before the client sends its next statement
+    of the same pipeline: the withheld error must still reach the client (it used to hang)."""
+    holder = _held_row(connect, two_columns)
+    conn = connect(autocommit=True)
+    with pytest.raises(errors.SerializationFailure), conn.pipeline() as p:  # noqa: PT012
+        conn.execute("BEGIN")
+        p.sync()
+        conn.execute(f"UPDATE {two_columns} SET v = 'mine' WHERE id = %s", (1,))
+        time.sleep(0.3)  # the error is back (and withheld) before the next Execute
+        conn.execute("SELECT 1")
+        p.sync()
+    assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR
+    conn.execute("ROLLBACK")
+    holder.commit()
+    assert conn.execute(f"SELECT v FROM {two_columns}").fetchone() == ("holder",)
+
+
+@pytest.mark.timeout(30)
+def test_requests_sent_after_a_pipeline_error_came_back(
+    connect: Connect, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """After an error the backend discards requests up to the next Sync, also those the
+    client sends after the error came back: the relay must not wait for their answers (it
+    used to, and then matched later answers to the wrong requests)."""
+    conn = connect(autocommit=True)
+    with pytest.raises(errors.DivisionByZero), conn.pipeline() as p:  # noqa: PT012
+        conn.execute("SELECT 1 / %s", (0,))
+        time.sleep(0.3)
+        conn.execute("SELECT 2")
+        conn.execute("SELECT 3")
+        p.sync()
+    # The relay still knows which answer is whose: an answer it rewrites (SHOW), a refused
+    # statement (answered through injected requests) and plain queries.
+    assert conn.execute("SHOW server_version").fetchone() == ("16.15",)
+    with pytest.raises(errors.FeatureNotSupported, match="Truncate"):
+        conn.execute("TRUNCATE nothing_here")
+    for i in range(3):
+        assert conn.execute("SELECT %s::int", (i,)).fetchone() == (i,)
+    with conn.pipeline():
+        cursors = [conn.execute("SELECT %s::int", (i,)) for i in range(5)]
+    assert [c.fetchone() for c in cursors] == [(i,) for i in range(5)]
+    # libpq reports answers to requests it never sent ("arrived from server while idle").
+    assert "arrived from server" not in capfd.readouterr().err

@@ -175,6 +175,8 @@ class Session:
         self.backend_pid = 0
         self.tx_status = b"I"
         self.pending: deque[Pending] = deque()
+        #: The backend discards requests until the next Sync (an extended-protocol error).
+        self.skip_to_sync = False
         self.statements: dict[str, Prepared] = {}
         self.portals: dict[str, Bound] = {}
         self.tx = TxState()
@@ -291,8 +293,18 @@ class Session:
 
     def expect(self, kind: bytes, transform: Transform | None = None, **extra: Any) -> Pending:
         pending = Pending(kind, transform=transform, **extra)
-        self.pending.append(pending)
+        self._enqueue(pending)
         return pending
+
+    def _enqueue(self, pending: Pending) -> None:
+        """Wait for the answer to a request, unless the backend will skip it: after an error
+        in an extended-protocol request it discards everything up to the next Sync, also
+        what the client sends after the error came back (a pipeline that goes on)."""
+        if self.skip_to_sync:
+            if pending.kind != b"S":
+                return
+            self.skip_to_sync = False
+        self.pending.append(pending)
 
     def inject(
         self,
@@ -306,7 +318,7 @@ class Session:
         out += message
         kind = message[:1]
         if kind in COMPLETES:
-            self.pending.append(Pending(kind, synthetic=True, quiet=quiet, observe=observe))
+            self._enqueue(Pending(kind, synthetic=True, quiet=quiet, observe=observe))
 
     def inject_all(
         self,
@@ -377,6 +389,8 @@ class Session:
             self.unit_executes = 0
             self.occ.close_unit(out, pending, extended=True)
             return
+        elif mtype == b"H":  # Flush: the client waits for answers before any Sync
+            self.occ.more_in_unit()
         elif mtype == b"X":  # Terminate: pass it on so the backend ends cleanly, then stop
             self.terminating = True
         out += wire.encode(mtype, payload)
@@ -594,6 +608,7 @@ class Session:
             and (wire.parse_fields(payload).get("C") == "40001")
         ):
             head.guard.conflicted = True  # lost a conflict: report it at COMMIT instead
+            head.guard.error = payload
             self.hold = bytearray()
         elif head.transform is not None:
             replaced = head.transform(mtype, payload)
@@ -602,15 +617,19 @@ class Session:
         else:
             if mtype == b"T" and head.guard is not None:
                 head.guard.row_description_sent = True
-            if mtype == b"Z" and head.unit_end is not None and head.unit_end.conflicted:
+            end = head.unit_end
+            if mtype == b"Z" and end is not None and end.conflicted and not end.disarmed:
                 payload = b"T"  # the savepoint fix-up keeps the transaction alive
             (self.hold if self.hold is not None else out).extend(wire.encode(mtype, payload))
         if mtype in COMPLETES[head.kind]:
             pending.popleft()
             if mtype == b"E" and head.kind in EXTENDED:
-                # After an error the backend skips everything up to the next Sync.
+                # After an error the backend skips everything up to the next Sync, including
+                # requests not sent yet.
                 while pending and pending[0].kind != b"S":
                     pending.popleft()
+                if not pending:
+                    self.skip_to_sync = True
             for callback in head.on_done:
                 callback()
             if head.unit_end is not None:
