@@ -212,3 +212,44 @@ def test_sqlalchemy_fail_next_commit(local_dsql: LocalDsql, kv_table: str) -> No
                 assert conn.scalar(sa.text(f"SELECT v FROM {kv_table} WHERE id = 1")) == 0
         finally:
             eng.dispose()
+
+
+async def test_asyncpg_pool_recovers_from_dropped_connections(
+    local_dsql: LocalDsql, kv_table: str
+) -> None:
+    from .conftest import asyncpg_options
+
+    async def reset(conn: asyncpg.Connection) -> None:
+        await conn.execute("RESET ALL")
+
+    async with asyncpg.create_pool(
+        min_size=2, max_size=2, reset=reset, **asyncpg_options(local_dsql)
+    ) as pool:
+        assert await pool.fetchval("SELECT 1") == 1
+        await asyncio.to_thread(local_dsql.drop_connections)
+        # The dropped connections fail once (or are noticed closed), then are replaced.
+        for _ in range(3):
+            try:
+                assert await pool.fetchval(f"SELECT count(*) FROM {kv_table}") == 3
+                break
+            except (asyncpg.ConnectionDoesNotExistError, ConnectionError, OSError):
+                continue
+        else:
+            pytest.fail("the pool never recovered")
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_psycopg2_drop_at_commit(local_dsql: LocalDsql, kv_table: str, when: str) -> None:
+    """The connection drops at COMMIT: psycopg2 raises, and the outcome is what the fault
+    says (committed only when dropped after the backend committed)."""
+    conn = psycopg2.connect(local_dsql.conninfo())
+    try:
+        conn.cursor().execute(f"UPDATE {kv_table} SET v = 7 WHERE id = 1")
+        local_dsql.drop_next_commit(when)  # type: ignore[arg-type]
+        with pytest.raises((psycopg2.OperationalError, psycopg2.InterfaceError)):
+            conn.commit()
+    finally:
+        conn.close()
+    with psycopg.connect(local_dsql.conninfo()) as check:
+        row = check.execute(f"SELECT v FROM {kv_table} WHERE id = 1").fetchone()
+    assert row == ((7,) if when == "after" else (0,))
