@@ -208,3 +208,43 @@ def test_requests_sent_after_a_pipeline_error_came_back(
     assert [c.fetchone() for c in cursors] == [(i,) for i in range(5)]
     # libpq reports answers to requests it never sent ("arrived from server while idle").
     assert "arrived from server" not in capfd.readouterr().err
+
+
+# -- COMMIT faults on a COMMIT inside a multi-statement query ----------------------------------
+
+
+def test_commit_faults_hit_a_commit_inside_a_multi_statement_query(
+    local_dsql: LocalDsql, connect: Connect, two_columns: str
+) -> None:
+    """``psql -c "BEGIN; ...; COMMIT"`` sends one query: an armed fault must hit its COMMIT,
+    not pass it by (a silent success) and hit some later COMMIT instead."""
+    conn = connect(autocommit=True)
+    conn.execute(f"INSERT INTO {two_columns} VALUES (1, 'a')")
+    local_dsql.fail_next_commits(1)
+    with pytest.raises(errors.SerializationFailure, match=r"\(OC000\)"):
+        conn.execute(f"BEGIN; UPDATE {two_columns} SET v = 'b' WHERE id = 1; COMMIT")
+    assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    assert conn.execute(f"SELECT v FROM {two_columns}").fetchone() == ("a",)
+    # The fault was used up there: the next transaction commits.
+    conn.execute(f"BEGIN; UPDATE {two_columns} SET v = 'c' WHERE id = 1; COMMIT")
+    # A transaction opened before, committed at the start of a query string.
+    conn.execute("BEGIN")
+    conn.execute(f"UPDATE {two_columns} SET v = 'd' WHERE id = 1")
+    local_dsql.fail_next_commits(1, "OC001")
+    with pytest.raises(errors.SerializationFailure, match=r"\(OC001\)"):
+        conn.execute("COMMIT; SELECT 1")
+    assert conn.execute(f"SELECT v FROM {two_columns}").fetchone() == ("c",)
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_drop_at_a_commit_inside_a_multi_statement_query(
+    local_dsql: LocalDsql, connect: Connect, two_columns: str, when: str
+) -> None:
+    conn = connect(autocommit=True)
+    conn.execute(f"INSERT INTO {two_columns} VALUES (1, 'a')")
+    local_dsql.drop_next_commit(when)  # type: ignore[arg-type]
+    with pytest.raises(psycopg.OperationalError):
+        conn.execute(f"BEGIN; UPDATE {two_columns} SET v = 'b' WHERE id = 1; COMMIT")
+    check = connect(autocommit=True)
+    value = check.execute(f"SELECT v FROM {two_columns}").fetchone()
+    assert value == (("b",) if when == "after" else ("a",))

@@ -453,6 +453,7 @@ class Session:
         rewrites: list[tuple[str | None, str | None]] = []
         changed = False
         emulated: Emulation | None = None
+        abort_at: int | None = None
         for statement in statements:
             decision = self._decide(statement, out, extended=False, single=len(statements) == 1)
             if self.closing:
@@ -461,12 +462,21 @@ class Session:
                 pieces.append(_raise_sql(decision.refusal))
                 changed = True
                 break  # PostgreSQL stops a multi-statement query at its first error anyway
+            if decision.commit:
+                fault = self._commit_fault_in_query(pieces, rewrites)
+                if fault == "drop_before":  # the connection is gone: nothing of it runs
+                    return
+                if fault == "drop_after":
+                    abort_at = len(rewrites)  # the COMMIT's result
+                changed = changed or fault == "conflict"
             emulated = decision.emulation
             transform = decision.transform or transform
             pieces.append(emulated.rewrite or statement.text)
             changed = changed or emulated.rewrite is not None
             rewrites.append((emulated.tag, emulated.value))
-        if any(tag or value for tag, value in rewrites):
+        if abort_at is not None:
+            transform = _result_rewriter(rewrites, abort_at=abort_at, abort=self._drop_after_commit)
+        elif any(tag or value for tag, value in rewrites):
             transform = _result_rewriter(rewrites)
         guard = None
         if len(statements) == 1 and emulated is not None and emulated.guarded:
@@ -504,6 +514,8 @@ class Session:
             self.doom(out, refusal.sqlstate, refusal.message, extended=extended)
             return Verdict(emulated)
         if decision.action == "commit":
+            if not single:  # a COMMIT inside a multi-statement query: see _on_query
+                return Verdict(emulated, commit=True)
             transform = self._commit(out, extended=extended, open_tx=True)
             return Verdict(emulated, transform=transform)
         if emulated.tag or emulated.value:
@@ -556,6 +568,36 @@ class Session:
         counters.commit_conflicts_injected += 1
         self.doom(out, "40001", CONFLICT_MESSAGES[fault.code], extended=extended)
         return None
+
+    def _commit_fault_in_query(
+        self, pieces: list[str], rewrites: list[tuple[str | None, str | None]]
+    ) -> str | None:
+        """Apply an armed COMMIT fault to a COMMIT inside a multi-statement query.
+
+        A conflict runs the doom statement just before the COMMIT, in the same query string
+        (its result hidden); ``drop_before`` drops the connection before anything of the
+        query runs; ``drop_after`` is returned for the caller to drop at the COMMIT's result.
+        """
+        if self.tx_status == b"E":
+            return None
+        fault = self.endpoint.faults.take_commit_fault(self.backend_pid)
+        if fault is None:
+            return None
+        counters = self.endpoint.counters
+        if fault.action == "drop_before":
+            counters.commit_drops += 1
+            _logger.info("fault: dropping connection before COMMIT reaches the backend")
+            self.abort()
+        elif fault.action == "conflict":
+            counters.commit_conflicts_injected += 1
+            pieces.append(_doom_literal("40001", CONFLICT_MESSAGES[fault.code]))
+            rewrites.append((HIDDEN, None))
+        return fault.action
+
+    def _drop_after_commit(self) -> None:
+        self.endpoint.counters.commit_drops += 1
+        _logger.info("fault: dropping connection after the backend committed")
+        self.abort()
 
     def doom(self, out: bytearray, sqlstate: str, message: str, *, extended: bool) -> None:
         """Make the open transaction's COMMIT fail with this error (and roll back)."""
@@ -643,6 +685,8 @@ class Verdict:
     emulation: Emulation
     refusal: Refusal | None = None
     transform: Transform | None = None
+    #: An open transaction's COMMIT inside a multi-statement query (COMMIT faults apply).
+    commit: bool = False
 
 
 def dsql_error(payload: bytes) -> bytes:
@@ -676,8 +720,18 @@ def _doom_literal(sqlstate: str, message: str) -> str:
     return DOOM_SQL.replace("$1, $2", literal)
 
 
-def _result_rewriter(rewrites: list[tuple[str | None, str | None]]) -> Transform:
-    """Rewrite command tags and single values of successive results (in order)."""
+#: A rewrite tag that hides a result (of a statement the endpoint added to the query).
+HIDDEN = "\x00hidden"
+
+
+def _result_rewriter(
+    rewrites: list[tuple[str | None, str | None]],
+    *,
+    abort_at: int | None = None,
+    abort: Callable[[], None] | None = None,
+) -> Transform:
+    """Rewrite command tags and single values of successive results (in order); hide the
+    results tagged `HIDDEN`; call ``abort`` instead of passing on result ``abort_at``."""
     index = 0
 
     def rewrite(rtype: bytes, rpayload: bytes) -> bytes | None:
@@ -686,7 +740,13 @@ def _result_rewriter(rewrites: list[tuple[str | None, str | None]]) -> Transform
         if rtype == b"D" and value is not None:
             return wire.data_row(value)
         if rtype in (b"C", b"I", b"E"):
+            current = index
             index += 1
+            if rtype == b"C" and current == abort_at and abort is not None:
+                abort()
+                return None
+            if rtype == b"C" and tag == HIDDEN:
+                return None
             if rtype == b"C" and tag is not None:
                 return wire.encode(b"C", wire.cstring(tag))
         return wire.encode(rtype, rpayload)
