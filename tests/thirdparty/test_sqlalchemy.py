@@ -170,3 +170,16 @@ def test_asyncpg_dialect(local_dsql: LocalDsql, table_name: str) -> None:
                 await eng.dispose()
 
     asyncio.run(run())
+
+
+@pytest.mark.parametrize("driver", ["psycopg", "psycopg2"])
+def test_pre_ping_replaces_dropped_connections(local_dsql: LocalDsql, driver: str) -> None:
+    eng = engine(local_dsql, driver, pool_pre_ping=True)
+    try:
+        with eng.connect() as conn:
+            assert conn.scalar(sa.text("SELECT 1")) == 1
+        assert local_dsql.drop_connections() >= 1
+        with eng.connect() as conn:
+            assert conn.scalar(sa.text("SELECT 2")) == 2
+    finally:
+        eng.dispose()
