@@ -127,16 +127,8 @@ class CsvEndOfData:
                 position == 0 and self.line_start
             )
             quoted = self.in_quote ^ bool(chunk.count(quote, 0, position) & 1)
-            if (
-                at_line_start
-                and not quoted
-                and chunk[position + 2 : position + 3]
-                in (
-                    b"",
-                    b"\n",
-                    b"\r",
-                )
-            ):
+            alone = chunk[position + 2 : position + 3] in (b"", b"\n", b"\r")
+            if at_line_start and alone and not quoted:
                 self.ended = True
                 return chunk[:position]
             position = chunk.find(b"\\.", position + 1)
