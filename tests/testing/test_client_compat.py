@@ -248,3 +248,24 @@ def test_drop_at_a_commit_inside_a_multi_statement_query(
     check = connect(autocommit=True)
     value = check.execute(f"SELECT v FROM {two_columns}").fetchone()
     assert value == (("b",) if when == "after" else ("a",))
+
+
+# -- the endpoint's own statements do not linger ------------------------------------------------
+
+
+def test_guard_statements_do_not_stay_prepared(connect: Connect, two_columns: str) -> None:
+    """A guarded UPDATE that loses a conflict runs the endpoint's savepoint, count and doom
+    statements in the client's session; none stays in its ``pg_prepared_statements``."""
+    setup = connect(autocommit=True)
+    setup.execute(f"INSERT INTO {two_columns} VALUES (1, 'a')")
+    first, second = connect(), connect()
+    first.execute(f"UPDATE {two_columns} SET v = %s WHERE id = %s", ("first", 1))
+    assert (
+        second.execute(f"UPDATE {two_columns} SET v = %s WHERE id = %s", ("second", 1)).rowcount
+        == 1
+    )
+    first.commit()
+    names = second.execute("SELECT name FROM pg_prepared_statements").fetchall()
+    assert not [name for (name,) in names if name.startswith("_dsqlkit")]
+    with pytest.raises(errors.SerializationFailure):
+        second.commit()

@@ -87,7 +87,7 @@ class OccGuard:
             return None
         guard = Guard(statement, emulation, bound, extended)
         if extended:
-            messages = wire.statement_sequence("_dsqlkit_sp", f"SAVEPOINT {SAVEPOINT}")
+            messages = wire.statement_sequence("_dsqlkit_sp", f"SAVEPOINT {SAVEPOINT}", close=True)
             session.inject_all(out, messages, quiet=True)
         else:
             session.inject(out, wire.query(f"SAVEPOINT {SAVEPOINT}"), quiet=True)
@@ -168,6 +168,7 @@ class OccGuard:
                     parameters=bound.bind.parameters,
                     result_formats=result_formats,
                     sync=True,
+                    close=True,
                 )
                 session.inject_all(out, messages, quiet=True, observe=observe)
             else:
@@ -203,7 +204,7 @@ class OccGuard:
     ) -> None:
         """Run ``sql`` quietly as a named statement: a simple query would destroy the
         client's unnamed statement and portal."""
-        messages = wire.statement_sequence("_dsqlkit_occ", sql, sync=True)
+        messages = wire.statement_sequence("_dsqlkit_occ", sql, sync=True, close=True)
         self.session.inject_all(out, messages, quiet=True, observe=observe)
 
     def _write(self, out: bytearray) -> None:

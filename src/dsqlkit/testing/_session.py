@@ -597,7 +597,10 @@ class Session:
             self.inject(out, wire.query(_doom_literal(sqlstate, message)))
             return
         messages = wire.statement_sequence(
-            "_dsqlkit_doom", DOOM_SQL, parameters=wire.text_parameters([sqlstate, message])
+            "_dsqlkit_doom",
+            DOOM_SQL,
+            parameters=wire.text_parameters([sqlstate, message]),
+            close=True,
         )
         self.inject_all(out, messages)
 
