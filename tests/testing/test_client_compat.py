@@ -269,3 +269,12 @@ def test_guard_statements_do_not_stay_prepared(connect: Connect, two_columns: st
     assert not [name for (name,) in names if name.startswith("_dsqlkit")]
     with pytest.raises(errors.SerializationFailure):
         second.commit()
+
+
+def test_refusal_statement_does_not_stay_prepared(connect: Connect) -> None:
+    conn = connect(autocommit=True)
+    with pytest.raises(errors.FeatureNotSupported):
+        conn.execute("SELECT pg_advisory_lock(%s)", (1,))  # extended protocol
+    names = conn.execute("SELECT name FROM pg_prepared_statements").fetchall()
+    assert names == []
+    assert conn.execute("SELECT %s::int", (5,)).fetchone() == (5,)

@@ -59,6 +59,7 @@ Transform = Callable[[bytes, bytes], bytes | None]
 #: Dooms the current transaction: its COMMIT will fail with ($1, $2) and roll back.
 DOOM_SQL = "INSERT INTO dsqlkit_internal.doomed (sqlstate, message) VALUES ($1, $2)"
 RAISE_SQL = "SELECT dsqlkit_internal.raise_error($1, $2)"
+RAISE_NAME = "_dsqlkit_raise"
 
 
 @dataclass(slots=True)
@@ -176,6 +177,8 @@ class Session:
         self.barrier: asyncio.Event | None = None
         self.occ = OccGuard(self)
         self.unit_executes = 0
+        #: A refusal was raised with the extended protocol: close its statement after Sync.
+        self.raised = False
         #: The CSV COPY FROM STDIN the client is sending data for, if any.
         self.csv_copy: CsvEndOfData | None = None
         self.closing = False
@@ -380,6 +383,14 @@ class Session:
             pending = self.expect(mtype)
             self.unit_executes = 0
             self.occ.close_unit(out, pending, extended=True)
+            if self.raised:  # the refusal's statement: close it once the backend takes requests
+                self.raised = False
+                raise_name = wire.cstring(RAISE_NAME)
+                closing = [
+                    wire.encode(b"C", b"S" + raise_name),
+                    wire.encode(b"C", b"P" + raise_name),
+                ]
+                self.inject_all(out, [*closing, wire.encode(b"S")], quiet=True)
             return
         elif mtype == b"H":  # Flush: the client waits for answers before any Sync
             self.occ.more_in_unit()
@@ -516,13 +527,15 @@ class Session:
 
     def _refuse_execute(self, out: bytearray, refusal: Refusal) -> None:
         """Answer the client's Execute with a DSQL error raised by the backend itself."""
-        name = "_dsqlkit_raise"
         messages = wire.statement_sequence(
-            name, RAISE_SQL, parameters=wire.text_parameters([refusal.sqlstate, refusal.message])
+            RAISE_NAME,
+            RAISE_SQL,
+            parameters=wire.text_parameters([refusal.sqlstate, refusal.message]),
         )
         self.inject_all(out, messages[:-1], quiet=True)
         out += messages[-1]
         self.expect(b"E")  # the client's Execute: answered by the raised error
+        self.raised = True
 
     # -- COMMIT faults -----------------------------------------------------------------------
 
