@@ -4,6 +4,7 @@ version, and what DSQL refuses (savepoints, SERIALIZABLE, LISTEN, the default po
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import decimal
 import io
@@ -135,7 +136,7 @@ async def test_what_dsql_refuses(asyncpg_connect: Callable[..., Any], kv_table: 
     with pytest.raises(asyncpg.FeatureNotSupportedError, match="statement_timeout"):
         await conn.execute("SET statement_timeout = 1000")
     # A timeout cancels the query (asyncpg cancels over TLS) and the connection goes on.
-    with pytest.raises(TimeoutError):
+    with pytest.raises(asyncio.TimeoutError):
         await conn.fetchval("SELECT pg_sleep(20)", timeout=0.3)
     assert await conn.fetchval("SELECT 1") == 1
 
@@ -155,8 +156,6 @@ async def test_pool(local_dsql: LocalDsql, kv_table: str) -> None:
             async with pool.acquire() as conn, conn.transaction():
                 await conn.execute(f"INSERT INTO {kv_table} VALUES ($1, $2)", 100 + i, i)
                 return int(await conn.fetchval("SELECT $1::int", i))
-
-        import asyncio
 
         assert sorted(await asyncio.gather(*(work(i) for i in range(12)))) == list(range(12))
         assert await pool.fetchval(f"SELECT count(*) FROM {kv_table}") == 15
