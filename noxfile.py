@@ -24,6 +24,15 @@ def soak(session: nox.Session) -> None:
 
 
 @nox.session
+def thirdparty(session: nox.Session) -> None:
+    """Other clients against LocalDsql (tests/thirdparty), with the optional ones installed:
+    Django, Alembic and greenlet (SQLAlchemy's asyncio layer). Without them the default run
+    skips those tests."""
+    session.install("-e", ".[test]", "django>=5", "alembic>=1.13", "greenlet")
+    session.run("pytest", "tests/thirdparty", *session.posargs)
+
+
+@nox.session
 def conformance(session: nox.Session) -> None:
     """Replay real-cluster recordings (``$DSQL_RECORDINGS`` or ../shared/dsql-recordings)."""
     session.install("-e", ".[test]")
