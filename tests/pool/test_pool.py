@@ -323,6 +323,7 @@ def test_sigterm_closes_shared_pools(local_dsql: LocalDsql) -> None:
     assert sessions() == 2
     child.send_signal(signal.SIGTERM)
     assert child.wait(timeout=20) == -signal.SIGTERM
+    child.stdout.close()
     deadline = time.monotonic() + 5
     while sessions() and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -83,6 +83,7 @@ def test_sigkill_of_the_test_process_stops_the_endpoint(tmp_path: Path) -> None:
     assert alive(info["postgres"])
     child.send_signal(signal.SIGKILL)
     child.wait()
+    child.stdout.close()
     wait_gone([info["front"], info["postgres"]], Path(info["workdir"]))
 
 
