@@ -112,8 +112,7 @@ def test_close_after_the_endpoint_died_is_quiet() -> None:
     script = textwrap.dedent(
         """
         import gc, os, signal
-        from dsqlkit import LocalEndpointError
-        from dsqlkit.testing import LocalDsql
+        from dsqlkit.testing import LocalDsql, LocalEndpointError
         local = LocalDsql().start()
         os.kill(local._process.pid, signal.SIGKILL)
         local._process.wait()
