@@ -15,6 +15,7 @@ from pathlib import Path
 
 import nox
 
+nox.needs_version = ">=2025.10.14"  # sessions' download_python (never fetch an interpreter)
 nox.options.sessions = ["lint", "typecheck", "tests"]
 nox.options.reuse_existing_virtualenvs = True
 nox.options.error_on_external_run = True
