@@ -131,7 +131,8 @@ def test_reads_are_retried_on_conflicts_and_lost_connections(
     local_dsql.set_max_connection_age(0.3)
     local_dsql.drop_connections()
     assert repo.scalar(f"SELECT count(*) FROM {items}, pg_sleep(0.6)") == 3
-    assert pool.get_stats()["occ_disconnects_retried"] == 1
+    # At least one retry: a connection the pool opened while the 0.3 s limit was on may die too.
+    assert pool.get_stats()["occ_disconnects_retried"] >= 1
     local_dsql.fail_next_commits(1)  # injected at COMMIT: not seen by autocommit reads
     assert repo.scalar("SELECT 1") == 1
 
