@@ -34,7 +34,7 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 from psycopg_pool.base import BasePool
 from typing_extensions import Self, Unpack
 
-from ._config import DEFAULT_DBNAME, DEFAULT_PORT, DEFAULT_USER, DsqlEndpoint, TLSSettings
+from ._config import DsqlEndpoint, TLSSettings, endpoint_from_env
 from ._connect import (
     PLAN_KEY,
     AsyncDsqlConnection,
@@ -165,13 +165,7 @@ class PoolCore:
                 "no endpoint: pass the DSQL host name or cluster id as the first argument, "
                 "or use from_env() with DSQL_ENDPOINT / DSQL_CLUSTER_ID set"
             )
-        self.endpoint = DsqlEndpoint.resolve(
-            endpoint,
-            region=options.get("region"),
-            port=options.get("port", DEFAULT_PORT),
-            user=options.get("user", DEFAULT_USER),
-            dbname=options.get("dbname", DEFAULT_DBNAME),
-        )
+        self.endpoint = DsqlEndpoint.from_options(endpoint, options)
         self.tls = TLSSettings.for_endpoint(
             self.endpoint,
             sslmode=options.get("sslmode"),
@@ -351,33 +345,6 @@ def _check_positive(name: str, value: float) -> None:
         raise ConfigurationError(f"{name} must be a positive number of seconds, not {value!r}")
 
 
-def _env_endpoint(environ: Mapping[str, str]) -> tuple[str | None, DsqlOptions]:
-    """Endpoint and options from DSQL_* / AWS_* environment variables."""
-    options: DsqlOptions = {}
-    endpoint = environ.get("DSQL_ENDPOINT") or environ.get("DSQL_CLUSTER_ID")
-    region = environ.get("DSQL_REGION") or environ.get("AWS_REGION")
-    region = region or environ.get("AWS_DEFAULT_REGION")
-    if region:
-        options["region"] = region
-    if environ.get("DSQL_USER"):
-        options["user"] = environ["DSQL_USER"]
-    if environ.get("DSQL_DBNAME"):
-        options["dbname"] = environ["DSQL_DBNAME"]
-    if environ.get("DSQL_PORT"):
-        try:
-            options["port"] = int(environ["DSQL_PORT"])
-        except ValueError:
-            raise ConfigurationError(
-                f"DSQL_PORT={environ['DSQL_PORT']!r} is not a port number"
-            ) from None
-    if endpoint is None:
-        raise ConfigurationError(
-            "set DSQL_ENDPOINT (the cluster's host name) or DSQL_CLUSTER_ID (with AWS_REGION) "
-            "to build a pool from the environment"
-        )
-    return endpoint, options
-
-
 class _DsqlPoolMixin(BasePool):
     """The parts of both pools that do no I/O: set-up, endpoint, stats, repr, from_env."""
 
@@ -411,8 +378,9 @@ class _DsqlPoolMixin(BasePool):
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Self:
         """A pool configured from ``DSQL_ENDPOINT`` or ``DSQL_CLUSTER_ID``, ``DSQL_REGION`` /
-        ``AWS_REGION``, ``DSQL_USER``, ``DSQL_DBNAME`` and ``DSQL_PORT``; ``overrides`` win."""
-        endpoint, options = _env_endpoint(os.environ if environ is None else environ)
+        ``AWS_REGION``, ``DSQL_USER``, ``DSQL_DBNAME`` and ``DSQL_PORT``, then libpq's
+        ``PGHOST``, ``PGUSER``, ``PGDATABASE`` and ``PGPORT``; ``overrides`` win."""
+        endpoint, options = endpoint_from_env(os.environ if environ is None else environ)
         return cls(endpoint, **{**options, **overrides})  # type: ignore[call-arg, arg-type]
 
     @property
