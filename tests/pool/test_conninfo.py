@@ -128,10 +128,12 @@ def test_async_pool_takes_a_conninfo(local_dsql: LocalDsql) -> None:
     conninfo = f"host={local_dsql.host} port={local_dsql.port} user=admin dbname=postgres"
 
     async def main() -> Any:
-        async with AsyncDsqlConnectionPool(conninfo, **options) as pool:
-            async with pool.connection() as conn:
-                cur = await conn.execute("SELECT current_user")
-                return await cur.fetchone()
+        async with (
+            AsyncDsqlConnectionPool(conninfo, **options) as pool,
+            pool.connection() as conn,
+        ):
+            cur = await conn.execute("SELECT current_user")
+            return await cur.fetchone()
 
     assert asyncio.run(main()) == ("admin",)
 
