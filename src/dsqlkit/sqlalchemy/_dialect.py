@@ -118,6 +118,10 @@ class DsqlDialectAsync(PGDialectAsync_psycopg):
         kwargs.setdefault("use_native_hstore", False)
         super().__init__(**kwargs)
 
+    @classmethod
+    def get_async_dialect_cls(cls, url: Any) -> type[DsqlDialectAsync]:
+        return cls
+
 
 def register() -> None:
     """Make ``dsql+psycopg://`` and ``dsql+psycopg_async://`` URLs resolve to these dialects."""
@@ -125,4 +129,3 @@ def register() -> None:
     registry.register("dsql", module, "DsqlDialect")
     registry.register("dsql.psycopg", module, "DsqlDialect")
     registry.register("dsql.psycopg_async", module, "DsqlDialectAsync")
-

@@ -20,6 +20,7 @@ import contextvars
 import functools
 import inspect
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import psycopg
@@ -27,7 +28,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from .._errors import CommitOutcomeUnknown, ConfigurationError, UsageError
+from .._errors import ConfigurationError, UsageError
 from .._retry import (
     RetryPolicy,
     RetryStats,
@@ -102,6 +103,7 @@ def transactional(bind: Any, *, policy: RetryPolicy | None = None, **options: An
             )  # fmt: skip
             kind_name = "an async" if is_async_fn else "a sync"
             raise UsageError(f"{fn.__qualname__} is {kind_name} function: it needs {wanted}")
+        unit = _Unit(bind, kind, key, fn)
 
         if is_async_fn:
 
@@ -115,7 +117,7 @@ def transactional(bind: Any, *, policy: RetryPolicy | None = None, **options: An
                 async def attempt() -> Any:
                     nonlocal attempts
                     attempts += 1
-                    return await _attempt_async(bind, kind, key, fn, args, kwargs, attempts)
+                    return await _attempt_async(unit, args, kwargs, number=attempts)
 
                 return await run_unit_async(attempt, resolved, stats)
 
@@ -132,7 +134,7 @@ def transactional(bind: Any, *, policy: RetryPolicy | None = None, **options: An
             def attempt() -> Any:
                 nonlocal attempts
                 attempts += 1
-                return _attempt(bind, kind, key, fn, args, kwargs, attempts)
+                return _attempt(unit, args, kwargs, number=attempts)
 
             return run_unit(attempt, resolved, stats)
 
@@ -142,10 +144,19 @@ def transactional(bind: Any, *, policy: RetryPolicy | None = None, **options: An
     return decorate
 
 
-def _attempt(
-    bind: Any, kind: str, key: int, fn: Any, args: Any, kwargs: Any, number: int
-) -> Any:
+@dataclass(frozen=True)
+class _Unit:
+    """What each attempt needs: where to get a handle, and the function to run."""
+
+    bind: Any
+    kind: str
+    key: int
+    fn: Any
+
+
+def _attempt(unit: _Unit, args: Any, kwargs: Any, *, number: int) -> Any:
     """One attempt, sync: open, run ``fn``, commit; classify a failure."""
+    bind, kind, key, fn = unit.bind, unit.kind, unit.key, unit.fn
     handle_cm = bind.connect() if kind == "engine" else bind()
     with handle_cm as handle:
         token = _joined.set({**(_joined.get() or {}), key: handle})
@@ -167,10 +178,9 @@ def _attempt(
             _joined.reset(token)
 
 
-async def _attempt_async(
-    bind: Any, kind: str, key: int, fn: Any, args: Any, kwargs: Any, number: int
-) -> Any:
+async def _attempt_async(unit: _Unit, args: Any, kwargs: Any, *, number: int) -> Any:
     """The asyncio twin of `_attempt`."""
+    bind, kind, key, fn = unit.bind, unit.kind, unit.key, unit.fn
     handle_cm = bind.connect() if kind == "async_engine" else bind()
     async with handle_cm as handle:
         token = _joined.set({**(_joined.get() or {}), key: handle})
@@ -239,7 +249,10 @@ def _check_transactional(driver: Any, fn: Any) -> None:
 
 def _check_not_aborted(driver: Any, fn: Any) -> None:
     """A function that swallowed a database error must not be reported as committed."""
-    if driver is not None and driver.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
+    if (
+        driver is not None
+        and driver.info.transaction_status == psycopg.pq.TransactionStatus.INERROR
+    ):
         raise UsageError(
             f"{fn.__qualname__} returned normally, but an earlier error aborted its "
             "transaction: nothing was committed (let the database error propagate, or raise "

@@ -19,7 +19,7 @@ run interrupted half-way is completed by running it again.
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy import schema as sa_schema
