@@ -345,6 +345,11 @@ def _check_positive(name: str, value: float) -> None:
         raise ConfigurationError(f"{name} must be a positive number of seconds, not {value!r}")
 
 
+def _env_endpoint(environ: Mapping[str, str]) -> tuple[str | None, DsqlOptions]:
+    """Endpoint and options from DSQL_* / AWS_* variables, then libpq's PG*."""
+    return endpoint_from_env(environ)  # type: ignore[return-value]
+
+
 class _DsqlPoolMixin(BasePool):
     """The parts of both pools that do no I/O: set-up, endpoint, stats, repr, from_env."""
 
@@ -378,9 +383,8 @@ class _DsqlPoolMixin(BasePool):
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Self:
         """A pool configured from ``DSQL_ENDPOINT`` or ``DSQL_CLUSTER_ID``, ``DSQL_REGION`` /
-        ``AWS_REGION``, ``DSQL_USER``, ``DSQL_DBNAME`` and ``DSQL_PORT``, then libpq's
-        ``PGHOST``, ``PGUSER``, ``PGDATABASE`` and ``PGPORT``; ``overrides`` win."""
-        endpoint, options = endpoint_from_env(os.environ if environ is None else environ)
+        ``AWS_REGION``, ``DSQL_USER``, ``DSQL_DBNAME`` and ``DSQL_PORT``; ``overrides`` win."""
+        endpoint, options = _env_endpoint(os.environ if environ is None else environ)
         return cls(endpoint, **{**options, **overrides})  # type: ignore[call-arg, arg-type]
 
     @property
