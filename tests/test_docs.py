@@ -14,6 +14,7 @@ the previous block, e.g. its asyncio twin, that must not rebind its names).
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -62,10 +63,7 @@ def blocks_of(page: str) -> list[Block]:
         while end < len(lines) and lines[end].strip() != "```":
             end += 1
         if lang == "python":
-            body = [
-                line[len(indent) :] if line.startswith(indent) else line
-                for line in lines[i + 1 : end]
-            ]
+            body = [line.removeprefix(indent) for line in lines[i + 1 : end]]
             previous = next((lines[j] for j in range(i - 1, -1, -1) if lines[j].strip()), "")
             mark = _MARK.search(previous)
             found.append(Block(page, i + 2, "\n".join(body) + "\n", mark["what"] if mark else None))
@@ -112,7 +110,7 @@ def test_page_snippets_run(page: str, docs_endpoint: LocalDsql, tmp_path: Path) 
     script = tmp_path / "blocks.json"
     script.write_text(json.dumps([asdict(b) for b in runnable]))
     _drop_user_tables(docs_endpoint)
-    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith(("DSQL_", "PG"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DSQL_", "PG"))}
     env.update(docs_endpoint.environment())
     out = subprocess.run(
         [sys.executable, "-c", _RUNNER, str(script)],
