@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from typing import Any
 
 import psycopg
@@ -267,6 +268,8 @@ def test_sqlalchemy_urls_and_bad_options(local_dsql: LocalDsql) -> None:
         dsa.create_engine(f"postgresql+psycopg://admin:pw@{host}/postgres", **options)
     with pytest.raises(ConfigurationError, match="not PostgreSQL's"):
         dsa.create_engine(f"mysql://admin@{host}/postgres", **options)
+    with pytest.raises(ConfigurationError, match="run on psycopg 3"):
+        dsa.create_engine(f"postgresql+asyncpg://admin@{host}/postgres", **options)
     with pytest.raises(ConfigurationError, match="pool_recycle"):
         dsa.create_engine(host, pool_recycle=7200, **options)
     with pytest.raises(ConfigurationError, match="creator= is dsqlkit's"):
@@ -333,3 +336,27 @@ def test_failed_index_build_is_reported(engine: Engine) -> None:
         assert isinstance(dsa.IndexBuildFailed("x"), dsqlkit.DsqlError)
     finally:
         dsa.drop_all(engine, models.metadata)
+
+
+def test_connections_are_recycled_by_age(local_dsql: LocalDsql) -> None:
+    engine = dsa.create_engine(local_dsql.host, **local_dsql.pool_options())
+    assert engine.pool._recycle == 50 * 60  # under DSQL's 60 minutes by default
+    engine.dispose()
+    engine = dsa.create_engine(local_dsql.host, **local_dsql.pool_options(), pool_recycle=0.2)
+    try:
+        with engine.connect() as conn:
+            first = conn.execute(text("SELECT pg_backend_pid()")).scalar()
+        time.sleep(0.3)  # older than pool_recycle now
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT pg_backend_pid()")).scalar() != first
+    finally:
+        engine.dispose()
+
+
+def test_dialect_urls_resolve_without_a_creator() -> None:
+    url = "dsql+psycopg://admin@abcdefghijklmnopqrstuvwxyz.dsql.us-east-1.on.aws/postgres"
+    engine = sqlalchemy.create_engine(url)  # e.g. for compiling DDL offline
+    assert isinstance(engine.dialect, dsa.DsqlDialect)
+    table = Table("t", MetaData(), Column("id", Integer, primary_key=True))
+    ddl = str(sqlalchemy.schema.CreateTable(table).compile(engine))
+    assert "IDENTITY (CACHE 65536)" in ddl

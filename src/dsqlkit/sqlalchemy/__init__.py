@@ -20,7 +20,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
         "dsqlkit.sqlalchemy needs SQLAlchemy 2: pip install 'dsqlkit[sqlalchemy]'"
     ) from exc
 
-from ._dialect import DsqlDialect, DsqlDialectAsync
+from ._dialect import DsqlDialect, DsqlDialectAsync, register
 from ._engine import create_async_engine, create_engine, get_stats
 from ._retry import transactional
 from ._schema import IndexBuildFailed, create_all, create_all_async, drop_all, drop_all_async
@@ -38,3 +38,5 @@ __all__ = [
     "get_stats",
     "transactional",
 ]
+
+register()  # dsql+psycopg:// and dsql+psycopg_async:// URLs

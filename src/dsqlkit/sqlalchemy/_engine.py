@@ -199,11 +199,16 @@ def _endpoint_text(url: str | URL | None) -> str | None:
     scheme, separator, rest = url.partition("://")
     if not separator:
         return url
-    base = scheme.split("+", 1)[0].lower()
+    base, _, driver = scheme.lower().partition("+")
     if base not in ("postgresql", "postgres", "dsql"):
         raise ConfigurationError(
             f"URL scheme {scheme!r} is not PostgreSQL's: use postgresql://, "
             "postgresql+psycopg:// or dsql+psycopg://"
+        )
+    if driver not in ("", "psycopg", "psycopg_async"):
+        raise ConfigurationError(
+            f"URL scheme {scheme!r} names the {driver} driver: dsqlkit's engines run on "
+            "psycopg 3; use postgresql+psycopg:// (sync and asyncio alike)"
         )
     return "postgresql://" + rest
 
