@@ -360,3 +360,27 @@ def test_dialect_urls_resolve_without_a_creator() -> None:
     table = Table("t", MetaData(), Column("id", Integer, primary_key=True))
     ddl = str(sqlalchemy.schema.CreateTable(table).compile(engine))
     assert "IDENTITY (CACHE 65536)" in ddl
+
+
+def test_threads_with_conflicts_lose_nothing(
+    engine: Engine, models: Models, local_dsql: LocalDsql
+) -> None:
+    Author = models.Author
+    Session = sessionmaker(engine)
+    with Session() as session, session.begin():
+        session.add(Author(id=1, email="hot@example.com", name="Hot", books=0))
+
+    @dsa.transactional(Session)
+    def bump(session: Session) -> None:
+        author = session.get(Author, 1)
+        author.books += 1  # read-modify-write of one row: threads conflict at COMMIT
+
+    local_dsql.fail_next_commits(2)
+    threads = [threading.Thread(target=lambda: [bump() for _ in range(5)]) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    with Session() as session:
+        assert session.get(Author, 1).books == 20
+    assert dsa.get_stats(engine)["occ_retries"] >= 2
