@@ -31,9 +31,16 @@ def conformance(session: nox.Session) -> None:
 
 
 @nox.session
+def generate(session: nox.Session) -> None:
+    """Regenerate the sync modules from their asyncio sources (tools/async_to_sync.py)."""
+    session.install("ruff==0.17.6")
+    session.run("python", "tools/async_to_sync.py")
+
+
+@nox.session
 def lint(session: nox.Session) -> None:
     """ruff check and ruff format --check."""
-    session.install("ruff>=0.8")
+    session.install("ruff==0.17.6")  # the version tests/test_generated.py formats with
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
 

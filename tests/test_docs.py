@@ -33,7 +33,7 @@ PLACEHOLDER = "<cluster-id>.dsql.us-east-1.on.aws"
 PAGES = {
     "getting-started.md": 1,
     "repository.md": 2,
-    "retry.md": 0,
+    "retry.md": 1,
     "sqlalchemy.md": 0,
 }
 _FENCE = re.compile(r"^(?P<indent>[ \t]*)```(?P<lang>[\w-]*)[^\n]*$")

@@ -8,23 +8,34 @@ from __future__ import annotations
 
 from ._bulk import BulkProgress, BulkResult
 from ._config import DsqlEndpoint, InsecureTLSWarning
-from ._connect import AsyncDsqlConnection, DsqlConnection
+from ._connect_async import AsyncDsqlConnection
+from ._connect_sync import DsqlConnection
 from ._errors import (
     CommitOutcomeUnknown,
     ConfigurationError,
     DatabaseUnavailable,
     DsqlError,
+    LintFailed,
     LocalEndpointError,
+    MigrationError,
+    MigrationFailed,
+    MigrationLocked,
+    MissingDependency,
     TokenError,
     TooManyRows,
+    TransactionAborted,
     UsageError,
 )
-from ._pool import AsyncDsqlConnectionPool, DsqlConnectionPool
-from ._repository import AsyncRepository, Ping, Repository, Rows, connect
-from ._retry import RetryEvent, RetryPolicy, RetryStats, occ_retry
+from ._pool_async import AsyncDsqlConnectionPool
+from ._pool_sync import DsqlConnectionPool
+from ._repository import connect
+from ._repository_async import AsyncRepository
+from ._repository_sync import Repository
+from ._results import Ping, Rows
+from ._retry import RetryEvent, RetryPolicy, RetryStats, commit_outcome_unknown
 from ._shared import close_shared_pools, shared_pool
 from ._tokens import Boto3TokenProvider, EnvTokenProvider, TokenProvider
-from ._transaction import AsyncTransaction, Transaction, transactional
+from ._transaction import AsyncTransaction, Transaction, occ_retry, transactional
 from ._version import __version__
 
 __all__ = [
@@ -44,7 +55,12 @@ __all__ = [
     "DsqlError",
     "EnvTokenProvider",
     "InsecureTLSWarning",
+    "LintFailed",
     "LocalEndpointError",
+    "MigrationError",
+    "MigrationFailed",
+    "MigrationLocked",
+    "MissingDependency",
     "Ping",
     "Repository",
     "RetryEvent",
@@ -55,9 +71,11 @@ __all__ = [
     "TokenProvider",
     "TooManyRows",
     "Transaction",
+    "TransactionAborted",
     "UsageError",
     "__version__",
     "close_shared_pools",
+    "commit_outcome_unknown",
     "connect",
     "occ_retry",
     "shared_pool",

@@ -9,17 +9,16 @@ since). Anything else (bad TLS, unknown database) fails at once.
 libpq does not expose the SQLSTATE of an error received while connecting, so errors are
 classified by their message text, which is stable for DSQL and libpq.
 
-The retry loop lives in the connection class's ``connect`` classmethod, the hook psycopg_pool
-calls for every physical connection; the pool passes its `ConnectPlan` through the connection
-keyword arguments.
+This module is the pure part: classification, the `ConnectPlan` a pool hands to its
+connections, and `ConnectAttempt`, which decides what each failure means. The retry loop lives
+in the connection classes' ``connect`` classmethod (`dsqlkit._connect_async`, with its
+generated sync twin), the hook psycopg_pool calls for every physical connection.
 """
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import logging
-import random
 import threading
 import time
 from collections.abc import Callable
@@ -27,8 +26,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
-from psycopg.rows import Row
-from typing_extensions import Self
+
+from ._backoff import full_jitter
+from ._stats import Counters
 
 _logger = logging.getLogger("dsqlkit.pool")
 
@@ -71,37 +71,28 @@ def classify_connect_error(exc: BaseException) -> ConnectErrorKind:
 
 
 @dataclass
-class ConnectStats:
-    retries: int = 0
-    remints: int = 0
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    def add(self, *, retries: int = 0, remints: int = 0) -> None:
-        with self.lock:
-            self.retries += retries
-            self.remints += remints
-
-    def pop(self, reset: bool) -> dict[str, int]:
-        with self.lock:
-            values = {"connects_retried": self.retries, "connects_reminted": self.remints}
-            if reset:
-                self.retries = self.remints = 0
-        return values
-
-
-@dataclass
 class ConnectPlan:
     """How a pool wants each physical connection opened."""
 
     deadline: float
     mint: Callable[[], str] | None
-    stats: ConnectStats
+    stats: Counters
     base_delay: float = 0.05
     max_delay: float = 2.0
+    #: Called with every connect error (the pool remembers the last one for its timeouts).
     on_failure: Callable[[BaseException], None] | None = None
+    #: Called with a connect error that retrying will not cure (bad TLS, unknown database,
+    #: credentials refused twice), so the pool can fail its waiting clients at once.
+    on_permanent_failure: Callable[[BaseException], None] | None = None
+    #: Set when the pool closes: a connect waiting to retry gives up at once.
+    closing: threading.Event = field(default_factory=threading.Event)
 
     def start(self) -> ConnectAttempt:
         return ConnectAttempt(self, time.monotonic() + self.deadline)
+
+    def failed_permanently(self, exc: BaseException) -> None:
+        if self.on_permanent_failure is not None:
+            self.on_permanent_failure(exc)
 
 
 @dataclass
@@ -115,63 +106,25 @@ class ConnectAttempt:
 
     def after_failure(self, exc: psycopg.OperationalError) -> tuple[bool, float]:
         """``(remint, delay)`` for the next try, or re-raise ``exc`` when it is final."""
+        plan = self.plan
+        if plan.on_failure is not None:
+            plan.on_failure(exc)
         kind = classify_connect_error(exc)
-        if kind is ConnectErrorKind.AUTH and not self.reminted and self.plan.mint is not None:
+        if kind is ConnectErrorKind.AUTH and not self.reminted and plan.mint is not None:
             self.reminted = True
-            self.plan.stats.add(remints=1)
+            plan.stats.add("connects_reminted")
             _logger.info("authentication failed; retrying once with a new token")
             return True, 0.0
-        if kind is ConnectErrorKind.TRANSIENT:
-            cap = min(self.plan.max_delay, self.plan.base_delay * 2**self.tries)
-            delay = random.uniform(0, cap)  # noqa: S311 - jitter, not cryptography
+        if kind is ConnectErrorKind.TRANSIENT and not plan.closing.is_set():
             self.tries += 1
+            delay = full_jitter(self.tries, plan.base_delay, plan.max_delay)
             if time.monotonic() + delay < self.deadline:
-                self.plan.stats.add(retries=1)
+                plan.stats.add("connects_retried")
                 _logger.info("connect failed (%s); retry %d in %.3fs", exc, self.tries, delay)
                 return False, delay
-        if self.plan.on_failure is not None:
-            self.plan.on_failure(exc)
+        if kind is not ConnectErrorKind.TRANSIENT:
+            plan.failed_permanently(exc)
         raise exc
-
-
-class DsqlConnection(psycopg.Connection[Row]):
-    """A psycopg connection whose ``connect`` applies a pool's `ConnectPlan`."""
-
-    @classmethod
-    def connect(cls, conninfo: str = "", **kwargs: Any) -> Self:
-        plan: ConnectPlan | None = kwargs.pop(PLAN_KEY, None)
-        if plan is None:
-            return super().connect(conninfo, **kwargs)
-        attempt = plan.start()
-        while True:
-            try:
-                return super().connect(conninfo, **kwargs)
-            except psycopg.OperationalError as exc:
-                remint, delay = attempt.after_failure(exc)
-            if remint:
-                assert plan.mint is not None
-                kwargs["password"] = plan.mint()
-            time.sleep(delay)
-
-
-class AsyncDsqlConnection(psycopg.AsyncConnection[Row]):
-    """The asyncio twin of `DsqlConnection`; tokens are minted in a worker thread."""
-
-    @classmethod
-    async def connect(cls, conninfo: str = "", **kwargs: Any) -> Self:
-        plan: ConnectPlan | None = kwargs.pop(PLAN_KEY, None)
-        if plan is None:
-            return await super().connect(conninfo, **kwargs)
-        attempt = plan.start()
-        while True:
-            try:
-                return await super().connect(conninfo, **kwargs)
-            except psycopg.OperationalError as exc:
-                remint, delay = attempt.after_failure(exc)
-            if remint:
-                assert plan.mint is not None
-                kwargs["password"] = await asyncio.to_thread(plan.mint)
-            await asyncio.sleep(delay)
 
 
 def with_plan_support(connection_class: type[Any], base: type[Any]) -> type[Any]:

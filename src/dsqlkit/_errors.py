@@ -7,10 +7,21 @@ DsqlError                      base of everything raised by dsqlkit itself
 ├── CommitOutcomeUnknown       the connection died while COMMIT was in flight: it may or may
 │                              not have committed, so dsqlkit never retries it
 ├── UsageError                 the API was called the wrong way (also a TypeError)
+├── TransactionAborted         a transaction function returned normally, but its transaction
+│                              had failed (it caught a database error): nothing committed
 ├── TooManyRows                query_one()/scalar() got more than one row
 ├── DatabaseUnavailable        a health check could not reach the database
+├── MissingDependency          an optional feature's extra is not installed (also an ImportError)
+├── MigrationError             dsqlkit.migrations could not plan or apply a migration
+│   ├── LintFailed             statements DSQL would refuse, found before any I/O
+│   ├── MigrationFailed        a statement failed; what ran before it is applied and recorded
+│   └── MigrationLocked        another runner holds the migration lock
 └── LocalEndpointError         dsqlkit.testing could not start or control the local endpoint
 ```
+
+A deadline or cancellation that lands while COMMIT is in flight keeps its own type (so
+``asyncio.timeout()`` and task cancellation work as asyncio intends), carries a note saying the
+outcome is unknown, and is recognised by `dsqlkit.commit_outcome_unknown(exc)`.
 
 Errors that come from the database keep their psycopg class (``psycopg.errors.*``): dsqlkit
 does not wrap a ``SerializationFailure`` in something that hides its SQLSTATE.
@@ -20,14 +31,26 @@ Messages say what is wrong and how to fix it. They never contain an IAM token.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._migrations import LintIssue, Migration, Statement
+
 __all__ = [
     "CommitOutcomeUnknown",
     "ConfigurationError",
     "DatabaseUnavailable",
     "DsqlError",
+    "LintFailed",
     "LocalEndpointError",
+    "MigrationError",
+    "MigrationFailed",
+    "MigrationLocked",
+    "MissingDependency",
     "TokenError",
     "TooManyRows",
+    "TransactionAborted",
     "UsageError",
 ]
 
@@ -61,6 +84,33 @@ class UsageError(DsqlError, TypeError):
     """dsqlkit was called the wrong way (e.g. a coroutine where a result was expected)."""
 
 
+class TransactionAborted(DsqlError):
+    """A transaction function returned normally while its transaction had already failed.
+
+    PostgreSQL (and DSQL) answer COMMIT of a failed transaction with a silent ROLLBACK, so
+    without this error the caller would be told it committed. Nothing was committed.
+    """
+
+
+class MissingDependency(DsqlError, ImportError):
+    """An optional part of dsqlkit needs an extra that is not installed; the message names it."""
+
+
+def require(module: str, extra: str, feature: str) -> None:
+    """Check that ``module`` is installed for ``feature`` (without importing it), or raise
+    `MissingDependency` naming the extra to install: ``pip install 'dsqlkit[extra]'``."""
+    import importlib.util
+
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        raise MissingDependency(
+            f"{feature} needs the {module!r} package: pip install 'dsqlkit[{extra}]'"
+        )
+
+
 class TooManyRows(DsqlError):
     """A call that expects at most one row got more."""
 
@@ -71,3 +121,35 @@ class DatabaseUnavailable(DsqlError):
 
 class LocalEndpointError(DsqlError):
     """The local DSQL endpoint (``dsqlkit.testing``) failed to start, answer or stop."""
+
+
+class MigrationError(DsqlError):
+    """A migration could not be planned or applied."""
+
+
+class LintFailed(MigrationError):
+    """Statements DSQL would refuse; ``issues`` lists each with file, line and fix."""
+
+    def __init__(self, issues: Sequence[LintIssue]) -> None:
+        self.issues = list(issues)
+        lines = "\n".join(f"  {issue}" for issue in self.issues)
+        super().__init__(f"{len(self.issues)} statement(s) DSQL would refuse:\n{lines}")
+
+
+class MigrationFailed(MigrationError):
+    """A statement failed; nothing after it ran. Fix it and migrate again to resume."""
+
+    def __init__(self, migration: Migration, statement: Statement, error: BaseException) -> None:
+        self.migration = migration
+        self.statement = statement
+        self.error = error
+        sqlstate = getattr(error, "sqlstate", None)
+        super().__init__(
+            f"{migration.path.name}: statement {statement.number} (line {statement.line}) "
+            f"failed{f' with {sqlstate}' if sqlstate else ''}: {error}. Statements before it "
+            "are applied and recorded; fix this one and run migrate() again to resume."
+        )
+
+
+class MigrationLocked(MigrationError):
+    """Another runner holds the migration lock."""

@@ -5,15 +5,19 @@ Files are split into statements with PostgreSQL's parser and linted before any d
 Then, under a lease lock (DSQL has no advisory locks), each pending file runs statement by
 statement:
 
-- each DDL statement in its own transaction; ``CREATE INDEX ASYNC`` waits for its job;
-- DML in autocommit; an ``INSERT ... VALUES`` of more than ``chunk_rows`` rows is split;
-- a ``BEGIN ... COMMIT`` block runs as one transaction (DML only: DSQL refuses the rest);
+- each DDL statement in its own transaction; ``CREATE INDEX ASYNC`` and
+  ``ALTER TABLE ASYNC ... VALIDATE CONSTRAINT`` wait for their job;
+- each DML statement in a transaction with its own "done" mark, so a crash can never make
+  it run twice; an ``INSERT ... VALUES`` of more than ``chunk_rows`` rows is split;
+- a ``BEGIN ... COMMIT`` block runs as one transaction (DML only: DSQL refuses the rest),
+  again with its "done" mark;
 - progress is recorded after every statement, and the ledger row only when the whole file
   succeeded. A failure stops with the file, statement number and line; fix the statement and
   run again: statements already applied are skipped (their text may not change).
 
-Each statement is marked "running" before it is sent and "done" after it committed. A crash
-in between leaves it "running"; on the next run, that statement failing with "already exists"
+Each DDL statement is marked "running" before it is sent and "done" after it committed (DDL
+cannot share a transaction with the mark). A crash in between leaves it "running"; on the
+next run, that statement failing with "already exists"
 (SQLSTATE 42P07, 42710, 42701, 42P06, 42723) or a unique violation (23505) counts as applied,
 and nothing else is ever skipped on a guess.
 """
@@ -34,7 +38,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from ._errors import DsqlError
+from ._backoff import full_jitter
+from ._errors import LintFailed, MigrationError, MigrationFailed, MigrationLocked
 
 __all__ = [
     "AppliedMigration",
@@ -60,48 +65,9 @@ FILE_NAME = re.compile(r"(?P<version>\d+)_(?P<name>[A-Za-z0-9][A-Za-z0-9_\-]*)\.
 NOT_STATEMENT_TOKENS = frozenset(("SQL_COMMENT", "C_COMMENT", "ASCII_59"))
 ALREADY_EXISTS = frozenset(("42P07", "42710", "42701", "42P06", "42723", "23505"))
 ROLE_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+#: Rows one DML statement may write: DSQL's 3,000 per transaction, less its "done" mark.
+MAX_DML_ROWS = 2999
 IAM_ROLE_ARN = re.compile(r"arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]+")
-FIXES = {
-    "IndexStmt": "use CREATE INDEX ASYNC (then the migrator waits for the job)",
-    "TruncateStmt": "use DELETE in chunks of at most 3,000 rows",
-    "CreateTrigStmt": "move the logic into the application; DSQL has no triggers",
-    "CreateExtensionStmt": "remove it; DSQL has no extensions",
-    "CreateTableAsStmt": "create the table, then INSERT ... SELECT in another statement",
-    "CreateFunctionStmt": "write the function in LANGUAGE sql",
-    "VacuumStmt": "remove it; DSQL maintains storage itself",
-}
-
-
-class MigrationError(DsqlError):
-    """A migration could not be planned or applied."""
-
-
-class LintFailed(MigrationError):
-    """Statements DSQL would refuse; ``issues`` lists each with file, line and fix."""
-
-    def __init__(self, issues: Sequence[LintIssue]) -> None:
-        self.issues = list(issues)
-        lines = "\n".join(f"  {issue}" for issue in self.issues)
-        super().__init__(f"{len(self.issues)} statement(s) DSQL would refuse:\n{lines}")
-
-
-class MigrationFailed(MigrationError):
-    """A statement failed; nothing after it ran. Fix it and migrate again to resume."""
-
-    def __init__(self, migration: Migration, statement: Statement, error: BaseException) -> None:
-        self.migration = migration
-        self.statement = statement
-        self.error = error
-        sqlstate = getattr(error, "sqlstate", None)
-        super().__init__(
-            f"{migration.path.name}: statement {statement.number} (line {statement.line}) "
-            f"failed{f' with {sqlstate}' if sqlstate else ''}: {error}. Statements before it "
-            "are applied and recorded; fix this one and run migrate() again to resume."
-        )
-
-
-class MigrationLocked(MigrationError):
-    """Another runner holds the migration lock."""
 
 
 @dataclass(frozen=True)
@@ -128,6 +94,10 @@ class Statement:
     node: str = ""
     block: tuple[str, ...] = ()
     index_name: str | None = None
+    #: The job an async statement starts ("INDEX_BUILD", "VALIDATE_CONSTRAINT"), waited for.
+    job: str | None = None
+    #: What the job works on, for messages: ``index i``, ``constraint c of t``.
+    job_object: str | None = None
 
 
 @dataclass(frozen=True)
@@ -243,27 +213,31 @@ def _parse_file(path: Path) -> Migration:
                 continue
             block.append((line, body, info))
             continue
-        index_name = None
-        if node == "IndexStmt" and info is not None and info.rewrite is not None:
-            index_name = _index_name(body)
+        index_name = job_object = None
+        job = info.async_job if info is not None else None
+        if job == "INDEX_BUILD" and info is not None:
+            index_name = getattr(info.parsed, "idxname", None)
+            job_object = f"index {index_name or '(unnamed index)'}"
+        elif job is not None and info is not None:
+            table = info.parsed.relation.relname
+            job_object = f"constraint {info.parsed.cmds[0].name} of {table}"
         units.append(
-            Statement(len(units) + 1, line, body, kind, _checksum(body), node, (), index_name)
+            Statement(
+                len(units) + 1,
+                line,
+                body,
+                kind,
+                _checksum(body),
+                node,
+                (),
+                index_name,
+                job,
+                job_object,
+            )
         )
     if block_start is not None:
         raise MigrationError(f"{path.name}:{block_start[0]}: BEGIN without COMMIT")
     return Migration(int(match["version"]), match["name"], path, _checksum(text), tuple(units))
-
-
-def _index_name(body: str) -> str | None:
-    from pglast import parser
-
-    from ._sqlrules import _strip_async
-
-    try:
-        (raw,) = parser.parse_sql(_strip_async(body)[0])
-    except Exception:
-        return None
-    return getattr(raw.stmt, "idxname", None)
 
 
 def load_directory(directory: str | Path) -> list[Migration]:
@@ -284,40 +258,41 @@ def load_directory(directory: str | Path) -> list[Migration]:
 
 
 def lint(migrations: Sequence[Migration]) -> list[LintIssue]:
-    """Statements DSQL would refuse, with file:line and the fix; no database I/O."""
-    from ._sqlrules import classify
+    """Statements DSQL would refuse, with file:line and the fix; no database I/O.
+
+    Uses the same rules as the local endpoint (`dsqlkit._sqlrules`), so every statement
+    DSQL refuses for a reason visible in its text is reported. Primary keys declared by
+    earlier statements are remembered, so dropping a primary-key column is reported too.
+    """
+    from ._sqlrules import classify, primary_key_drop
 
     issues: list[LintIssue] = []
+    keys: dict[str, set[str]] = {}  # table -> primary-key columns, from CREATE TABLE
     for migration in migrations:
         for unit in migration.statements:
+
+            def report(
+                message: str, fix: str, path: Path = migration.path, unit: Statement = unit
+            ) -> None:
+                issues.append(LintIssue(path, unit.line, unit.number, message, fix))
+
             texts = unit.block or (unit.text,)
             ddl = dml = 0
             for text in texts:
                 for info in classify(text):
                     if info.node == "Unparsed":
-                        issues.append(LintIssue(migration.path, unit.line, unit.number,
-                                                _syntax_error(text), "fix the syntax"))  # fmt: skip
+                        report(_syntax_error(text), "fix the syntax")
                         continue
-                    if info.refusal is not None:
-                        fix = FIXES.get(info.node, "remove or rewrite it; DSQL does not support it")
-                        if info.refusal.sqlstate == "42704":  # serial
-                            fix = ("use bigint GENERATED BY DEFAULT AS IDENTITY (CACHE 1 or "
-                                   ">= 65536) or uuid DEFAULT gen_random_uuid()")  # fmt: skip
-                        if "transaction statement" in info.refusal.message:
-                            fix = "remove it; DSQL has no savepoints"
-                        issues.append(LintIssue(migration.path, unit.line, unit.number,
-                                                info.refusal.message, fix))  # fmt: skip
+                    refusal = info.refusal or primary_key_drop(info.parsed, keys)
+                    if refusal is not None:
+                        report(refusal.message, refusal.fix or "remove or rewrite it")
                     ddl += info.kind == "ddl"
                     dml += info.kind == "dml"
             if unit.block and ddl > 1:
-                issues.append(LintIssue(migration.path, unit.line, unit.number,
-                                        "several DDL statements in one BEGIN ... COMMIT block",
-                                        "remove BEGIN/COMMIT: each DDL runs in its own "
-                                        "transaction"))  # fmt: skip
+                report("several DDL statements in one BEGIN ... COMMIT block",
+                       "remove BEGIN/COMMIT: each DDL runs in its own transaction")  # fmt: skip
             elif unit.block and ddl and dml:
-                issues.append(LintIssue(migration.path, unit.line, unit.number,
-                                        "DDL and DML in one BEGIN ... COMMIT block",
-                                        "move the DDL out of the block"))  # fmt: skip
+                report("DDL and DML in one BEGIN ... COMMIT block", "move the DDL out of the block")
     return issues
 
 
@@ -377,7 +352,8 @@ class Migrator:
         target: a `dsqlkit.Repository` or a `DsqlConnectionPool`.
         directory: the folder of ``<version>_<name>.sql`` files.
         table: name of the ledger table (``<table>_progress`` and ``<table>_lock`` too).
-        index_timeout: seconds to wait for each ``CREATE INDEX ASYNC`` job.
+        index_timeout: seconds to wait for each async job (``CREATE INDEX ASYNC``,
+            ``ALTER TABLE ASYNC ... VALIDATE CONSTRAINT``).
         chunk_rows: the most rows one ``INSERT ... VALUES`` statement may write at once.
         wait_for_lock: wait for a concurrent runner to finish (else `MigrationLocked`).
         lock_timeout: seconds to wait for the lock.
@@ -393,16 +369,19 @@ class Migrator:
         *,
         table: str = "dsqlkit_migrations",
         index_timeout: float = 600.0,
-        chunk_rows: int = 3000,
+        chunk_rows: int = MAX_DML_ROWS,
         wait_for_lock: bool = True,
         lock_timeout: float = 300.0,
         lease: float = 330.0,
     ) -> None:
-        from ._repository import Repository
+        from ._repository_sync import Repository
 
         self.repo = target if isinstance(target, Repository) else Repository(target)
-        if not isinstance(chunk_rows, int) or not 1 <= chunk_rows <= 3000:
-            raise MigrationError("chunk_rows must be 1 to 3,000 (DSQL's rows per transaction)")
+        if not isinstance(chunk_rows, int) or not 1 <= chunk_rows <= MAX_DML_ROWS:
+            raise MigrationError(
+                f"chunk_rows must be 1 to {MAX_DML_ROWS:,} (DSQL's 3,000 rows per transaction, "
+                "less the statement's own progress mark, which commits with it)"
+            )
         self.directory = Path(directory)
         if not re.fullmatch(r"[a-z_][a-z0-9_]{0,40}", table):
             raise MigrationError(f"table {table!r} must be a plain lowercase identifier")
@@ -588,19 +567,15 @@ class Migrator:
                 continue
             if checksum != unit.checksum:
                 previous = ""  # edited since: whatever ran before was another statement
+            if unit.kind in ("block", "dml"):
+                self._run_with_mark(migration, unit, part, text)
+                continue
             self._record(migration, unit, part, "running")
             try:
-                if unit.kind == "block":
-
-                    def block(tx: Any) -> None:
-                        for statement in unit.block:
-                            tx.execute(statement)
-
-                    repo.transaction(block)
-                elif unit.node == "IndexStmt":  # the lint let only CREATE INDEX ASYNC through
+                if unit.job is not None:  # CREATE INDEX ASYNC, ALTER TABLE ASYNC: a job
                     row = repo.query_one(text)
                     if row is not None and "job_id" in row:
-                        self._wait_for_index(migration, unit, row["job_id"])
+                        self._wait_for_job(migration, unit, row["job_id"])
                 else:
                     repo.execute(text)
             except psycopg.Error as exc:
@@ -612,6 +587,25 @@ class Migrator:
                 _logger.info("%s statement %d had been applied before an interruption",
                              migration.path.name, unit.number)  # fmt: skip
             self._record(migration, unit, part, "done")
+
+    def _run_with_mark(self, migration: Migration, unit: Statement, part: int, text: str) -> None:
+        """DML commits together with its own "done" mark: after a crash it either ran and is
+        marked, or neither, so it is never applied twice (DDL cannot share a transaction with
+        the mark; it relies on the "running" mark and "already exists" instead)."""
+        statements = unit.block if unit.kind == "block" else (text,)
+
+        def apply(tx: Any) -> None:
+            for statement in statements:
+                tx.execute(statement)
+            tx.execute(
+                sql.SQL("INSERT INTO {} (version, statement, part, checksum, state) "
+                        "VALUES (%s, %s, %s, %s, 'done') ON CONFLICT (version, statement, part) "
+                        "DO UPDATE SET state = 'done', checksum = EXCLUDED.checksum").format(
+                    self.progress),
+                (migration.key, unit.number, part, unit.checksum),
+            )  # fmt: skip
+
+        self.repo.transaction(apply)
 
     def _forget(self, migration: Migration, unit: Statement, part: int) -> None:
         self.repo.execute(
@@ -646,11 +640,12 @@ class Migrator:
             parts.append(RawStream()(type(stmt)(**insert)))
         return parts
 
-    def _wait_for_index(self, migration: Migration, unit: Statement, job_id: str) -> None:
-        """Poll ``sys.jobs`` (what ``sys.wait_for_job`` waits on) until the build ends."""
+    def _wait_for_job(self, migration: Migration, unit: Statement, job_id: str) -> None:
+        """Poll ``sys.jobs`` (what ``sys.wait_for_job`` waits on) until the job ends."""
         deadline = time.monotonic() + self.index_timeout
         delay = 0.05
-        name = unit.index_name or "(unnamed index)"
+        name = unit.job_object or "(unnamed index)"
+        verb = "failed to build" if unit.job == "INDEX_BUILD" else "failed to validate"
         while True:
             job = self.repo.query_one(
                 "SELECT status, details FROM sys.jobs WHERE job_id = %s", (job_id,)
@@ -663,12 +658,12 @@ class Migrator:
                 # pass for an applied statement.
                 self._forget(migration, unit, 0)
                 raise MigrationError(
-                    f"{migration.path.name}: statement {unit.number} (line {unit.line}): index "
-                    f"{name} failed to build (job {job_id}): {(job or {}).get('details')}"
+                    f"{migration.path.name}: statement {unit.number} (line {unit.line}): "
+                    f"{name} {verb} (job {job_id}): {(job or {}).get('details')}"
                 )
             if time.monotonic() > deadline:
                 raise MigrationError(
-                    f"{migration.path.name}: index {name} (job {job_id}) still building after "
+                    f"{migration.path.name}: {name} (job {job_id}) still running after "
                     f"{self.index_timeout:g}s; raise index_timeout or check sys.jobs"
                 )
             self._heartbeat()
@@ -679,6 +674,7 @@ class Migrator:
 
     def _acquire(self) -> None:
         deadline = time.monotonic() + self.lock_timeout
+        waits = 0
         while True:
             taken = self.repo.execute(
                 sql.SQL("INSERT INTO {} (name, owner, expires_at) VALUES ('migrations', %s, "
@@ -697,7 +693,8 @@ class Migrator:
                     "another runner is migrating (the lock is held); wait for it, or after a "
                     f"crash for its lease ({self.lease:g}s) to expire"
                 )
-            time.sleep(0.2)
+            waits += 1
+            time.sleep(full_jitter(waits, 0.05, 1.0))
 
     def _heartbeat(self) -> None:
         renewed = self.repo.execute(
@@ -763,7 +760,7 @@ def bootstrap_role(
     ``apply_iam=False`` skips ``AWS IAM GRANT`` (which only real DSQL understands; the local
     endpoint does not): the statement is still validated by `role_statements`.
     """
-    from ._repository import Repository
+    from ._repository_sync import Repository
 
     repo = target if isinstance(target, Repository) else Repository(target)
     statements = role_statements(role, iam_role_arn=iam_role_arn, schema=schema,

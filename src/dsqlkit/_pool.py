@@ -17,34 +17,26 @@ What they add to psycopg_pool, in one shared core (`PoolCore`) with a thin sync/
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import logging
+import math
 import os
 import select
-import threading
 import time
 import weakref
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, TypedDict, TypeVar
+from typing import TYPE_CHECKING, Any, TypedDict
 
-import psycopg
 from psycopg import pq
-from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
+from psycopg_pool import PoolTimeout
 from psycopg_pool.base import BasePool
-from typing_extensions import Self, Unpack
+from typing_extensions import Self
 
 from ._config import DsqlEndpoint, TLSSettings, endpoint_from_env
-from ._connect import (
-    PLAN_KEY,
-    AsyncDsqlConnection,
-    ConnectPlan,
-    ConnectStats,
-    DsqlConnection,
-    with_plan_support,
-)
+from ._connect import PLAN_KEY, ConnectPlan, with_plan_support
 from ._errors import ConfigurationError
 from ._retry import RetryStats
+from ._stats import Counters
 from ._tokens import (
     DEFAULT_TOKEN_EXPIRES_IN,
     Boto3TokenProvider,
@@ -57,7 +49,7 @@ from ._version import __version__
 if TYPE_CHECKING:
     import boto3
 
-__all__ = ["AsyncDsqlConnectionPool", "DsqlConnectionPool", "DsqlOptions"]
+__all__ = ["DsqlOptions", "PoolCore"]
 
 _logger = logging.getLogger("dsqlkit.pool")
 
@@ -78,8 +70,9 @@ _OWN_PARAMETERS = {
     "connect_timeout": "connect_timeout",
 }
 
-CT = TypeVar("CT", bound=psycopg.Connection[Any])
-ACT = TypeVar("ACT", bound=psycopg.AsyncConnection[Any])
+#: DSQL closes any connection after 60 minutes.
+MAX_CONNECTION_AGE = 3600.0
+_CONN_OK = pq.ConnStatus.OK
 
 
 class DsqlOptions(TypedDict, total=False):
@@ -114,38 +107,36 @@ class PoolOptions(TypedDict, total=False):
     num_workers: int
 
 
-@dataclass
 class _ConnectionState:
-    created_mono: float
-    created_wall: float
-    used_mono: float
-    used_wall: float
+    """When a pooled connection was made and last returned (both clocks), and its poller."""
 
+    __slots__ = ("created_mono", "created_wall", "poller", "used_mono", "used_wall")
 
-@dataclass
-class _CheckoutStats:
-    retired_for_age: int = 0
-    dead_at_checkout: int = 0
-    probes: int = 0
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    def __init__(self, fd: int) -> None:
+        mono, wall = time.monotonic(), time.time()
+        self.created_mono = self.used_mono = mono
+        self.created_wall = self.used_wall = wall
+        self.poller: Any = None
+        if hasattr(select, "poll"):
+            self.poller = select.poll()
+            self.poller.register(fd, select.POLLIN | select.POLLERR | select.POLLHUP)
 
-    def add(self, name: str) -> None:
-        with self.lock:
-            setattr(self, name, getattr(self, name) + 1)
-
-    def pop(self, reset: bool) -> dict[str, int]:
-        with self.lock:
-            values = {
-                "connections_retired_age": self.retired_for_age,
-                "connections_dead_at_checkout": self.dead_at_checkout,
-                "liveness_probes": self.probes,
-            }
-            if reset:
-                self.retired_for_age = self.dead_at_checkout = self.probes = 0
-        return values
+    def readable(self, fd: int) -> bool:
+        """Whether the idle socket has something to read (EOF counts): no round trip."""
+        try:
+            if self.poller is not None:
+                return bool(self.poller.poll(0))
+            readable, _, _ = select.select([fd], [], [], 0)
+            return bool(readable)
+        except (OSError, ValueError):
+            return True
 
 
 OK, PROBE, EXPIRED, DEAD = "ok", "probe", "expired", "dead"
+_STATE = "_dsqlkit_state"
+#: Bumped in every child process right after fork (see `_after_fork_in_child`).
+_fork_generation = 0
+_live_pools: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
 class PoolCore:
@@ -173,14 +164,25 @@ class PoolCore:
             sslnegotiation=options.get("sslnegotiation"),
             insecure_tls=options.get("insecure_tls", False),
         )
-        _check_positive("max_lifetime", max_lifetime)
-        _check_positive("timeout", timeout)
-        self.max_lifetime = float(max_lifetime)
-        self.idle_check_after = float(options.get("idle_check_after", DEFAULT_IDLE_CHECK_AFTER))
-        if self.idle_check_after < 0:
-            raise ConfigurationError("idle_check_after must be zero or more seconds")
+        self.max_lifetime = _check_seconds("max_lifetime", max_lifetime)
+        if self.max_lifetime > MAX_CONNECTION_AGE:
+            raise ConfigurationError(
+                f"max_lifetime={max_lifetime!r} is beyond DSQL's connection limit of 60 minutes "
+                f"({MAX_CONNECTION_AGE:.0f} s), after which the server closes connections: use "
+                "at most 3600 (the default, 3000, leaves room for psycopg_pool's jitter)"
+            )
+        self.timeout = _check_seconds("timeout", timeout)
+        self.idle_check_after = _check_seconds(
+            "idle_check_after",
+            options.get("idle_check_after", DEFAULT_IDLE_CHECK_AFTER),
+            allow_zero=True,
+        )
         connect_timeout = options.get("connect_timeout", DEFAULT_CONNECT_TIMEOUT)
-        if not isinstance(connect_timeout, int) or connect_timeout < 1:
+        if (
+            not isinstance(connect_timeout, int)
+            or isinstance(connect_timeout, bool)
+            or (connect_timeout < 1)
+        ):
             raise ConfigurationError("connect_timeout must be a whole number of seconds >= 1")
         if isinstance(user_kwargs, Mapping):
             for key, argument in _OWN_PARAMETERS.items():
@@ -191,15 +193,30 @@ class PoolCore:
         self.user_kwargs = user_kwargs
         self.password = options.get("password")
         self.minter = self._make_minter(options)
-        self.connect_stats = ConnectStats()
+        self.counters = Counters(
+            (
+                "connects_retried",
+                "connects_reminted",
+                "connections_retired_age",
+                "connections_dead_at_checkout",
+                "liveness_probes",
+            )
+        )
         self.retry_stats = RetryStats()
-        self.checkout_stats = _CheckoutStats()
-        self.last_connect_error: str | None = None
+        #: The last error a connect (or a token mint) ended with, and whether retrying will
+        #: not cure it; cleared by the next connection made.
+        self.last_error: BaseException | None = None
+        self.permanent_error: BaseException | None = None
+        #: Called with a permanent error so the pool can fail its waiting clients at once.
+        self.fail_waiters: Callable[[BaseException], None] | None = None
+        self.fork_generation = _fork_generation
+        self.connections: weakref.WeakSet[Any] = weakref.WeakSet()
         self.plan = ConnectPlan(
             deadline=timeout,
             mint=self.minter,
-            stats=self.connect_stats,
-            on_failure=self._remember_failure,
+            stats=self.counters,
+            on_failure=self.failed,
+            on_permanent_failure=self.failed_permanently,
         )
         self.base_params: dict[str, Any] = {
             "host": self.endpoint.host,
@@ -212,7 +229,6 @@ class PoolCore:
         }
         if self.password is not None:
             self.base_params["password"] = self.password
-        self.states: weakref.WeakKeyDictionary[Any, _ConnectionState] = weakref.WeakKeyDictionary()
 
     def _make_minter(self, options: DsqlOptions) -> TokenMinter | None:
         provider = options.get("token_provider")
@@ -250,8 +266,16 @@ class PoolCore:
             provider, host=self.endpoint.host, region=region, user=self.endpoint.user
         )
 
-    def _remember_failure(self, exc: BaseException) -> None:
-        self.last_connect_error = str(exc)
+    def failed(self, exc: BaseException) -> None:
+        """Remember why the last connect failed (named by every pool timeout after it)."""
+        self.last_error = exc
+
+    def failed_permanently(self, exc: BaseException) -> None:
+        """A connect failed in a way retrying will not cure: fail waiting clients now."""
+        _logger.warning("cannot connect to %s: %s", self.endpoint.host, exc)
+        self.last_error = self.permanent_error = exc
+        if self.fail_waiters is not None:
+            self.fail_waiters(exc)
 
     # -- per physical connection ---------------------------------------------------------
 
@@ -260,89 +284,118 @@ class PoolCore:
         user = self.user_kwargs() if callable(self.user_kwargs) else (self.user_kwargs or {})
         return {**user, **self.base_params, PLAN_KEY: self.plan}
 
-    def connect_kwargs(self) -> dict[str, Any]:
-        """Sync: everything plus a freshly minted token."""
-        kwargs = self.static_kwargs()
-        if self.minter is not None:
-            kwargs["password"] = self.minter()
-        return kwargs
+    def mint(self) -> str:
+        """A fresh token (blocking: the async pool calls this in a worker thread)."""
+        assert self.minter is not None
+        try:
+            return self.minter()
+        except Exception as exc:
+            self.failed_permanently(exc)
+            raise
 
     def connection_created(self, conn: Any) -> None:
-        mono, wall = time.monotonic(), time.time()
-        self.states[conn] = _ConnectionState(mono, wall, mono, wall)
+        setattr(conn, _STATE, _ConnectionState(conn.pgconn.socket))
+        self.connections.add(conn)
+        self.last_error = self.permanent_error = None
 
     def connection_returned(self, conn: Any) -> None:
-        state = self.states.get(conn)
+        state: _ConnectionState | None = getattr(conn, _STATE, None)
         if state is not None:
             state.used_mono, state.used_wall = time.monotonic(), time.time()
 
     def checkout_verdict(self, conn: Any) -> str:
         """OK to hand out, PROBE first, or discard (EXPIRED / DEAD). No I/O but a poll."""
         pgconn = conn.pgconn
-        if conn.closed or pgconn.status != pq.ConnStatus.OK:
+        if pgconn.status != _CONN_OK:
             return DEAD
-        state = self.states.get(conn)
+        state: _ConnectionState | None = getattr(conn, _STATE, None)
         if state is None:
             return self._probe()
         mono, wall = time.monotonic(), time.time()
-        age = max(mono - state.created_mono, wall - state.created_wall)
-        if age >= self.max_lifetime:
+        if max(mono - state.created_mono, wall - state.created_wall) >= self.max_lifetime:
             return EXPIRED
-        if _socket_readable(pgconn.socket):
+        if state.readable(pgconn.socket):
             return self._probe()  # EOF or an unsolicited message while idle: find out which
-        idle = max(mono - state.used_mono, wall - state.used_wall)
-        if idle >= self.idle_check_after:
+        if max(mono - state.used_mono, wall - state.used_wall) >= self.idle_check_after:
             return self._probe()
         return OK
 
     def _probe(self) -> str:
-        self.checkout_stats.add("probes")
+        self.counters.add("liveness_probes")
         return PROBE
 
     def count_discard(self, verdict: str) -> None:
         if verdict == EXPIRED:
-            self.checkout_stats.add("retired_for_age")
+            self.counters.add("connections_retired_age")
             _logger.debug("retiring a connection past max_lifetime at checkout")
         else:
-            self.checkout_stats.add("dead_at_checkout")
+            self.counters.add("connections_dead_at_checkout")
             _logger.info("discarding a connection that died while idle")
 
     def stats(self, reset: bool) -> dict[str, int]:
-        values = self.connect_stats.pop(reset)
-        values.update(self.checkout_stats.pop(reset))
+        values = self.counters.snapshot(reset)
         values.update(self.retry_stats.snapshot(reset))
         if self.minter is not None:
             values.update(self.minter.stats.pop(reset))
         return values
+
+    def forked(self) -> bool:
+        """Whether this process is a fork child that has not reset the pool yet."""
+        return self.fork_generation != _fork_generation
 
     def describe(self) -> str:
         region = self.endpoint.region or "-"
         mode = "dsql" if self.endpoint.is_dsql else "local"
         return f"{self.endpoint} region={region} mode={mode}"
 
-    def timeout_message(self, waited: float) -> str:
-        message = f"couldn't get a connection to {self.endpoint.host} after {waited:.2f} sec"
-        if self.last_connect_error:
-            message += f"; last connect error: {self.last_connect_error}"
-        return message
+    def timeout_error(self, waited: float, what: str = "get a connection") -> PoolTimeout:
+        """The `PoolTimeout` to raise (``from self.last_error``): it names the last cause."""
+        message = f"couldn't {what} to {self.endpoint.host} after {waited:.2f} sec"
+        if self.last_error is not None:
+            kind = "connect error" if self.permanent_error is None else "permanent connect error"
+            message += f"; last {kind}: {type(self.last_error).__name__}: {self.last_error}"
+        return PoolTimeout(message)
 
 
-def _socket_readable(fd: int) -> bool:
-    """Whether an idle connection's socket has something to read (EOF counts)."""
+def _check_seconds(name: str, value: Any, *, allow_zero: bool = False) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or math.isnan(value):
+        raise ConfigurationError(f"{name} must be a number of seconds, not {value!r}")
+    if value < 0 or (value == 0 and not allow_zero) or math.isinf(value):
+        low = "zero or more" if allow_zero else "more than zero"
+        raise ConfigurationError(f"{name} must be a finite number of seconds, {low}: {value!r}")
+    return float(value)
+
+
+def _check_positive(name: str, value: Any) -> None:
+    _check_seconds(name, value)
+
+
+def _neutralize(conn: Any) -> None:
+    """In a fork child: detach an inherited connection from its socket without a word to the
+    server (the parent still uses that session), so closing it later sends nothing."""
     try:
-        if hasattr(select, "poll"):
-            poller = select.poll()
-            poller.register(fd, select.POLLIN | select.POLLERR | select.POLLHUP)
-            return bool(poller.poll(0))
-        readable, _, _ = select.select([fd], [], [], 0)
-        return bool(readable)
-    except (OSError, ValueError):
-        return True
+        fd = conn.pgconn.socket
+    except Exception:
+        return
+    with contextlib.suppress(OSError):
+        devnull = os.open(os.devnull, os.O_RDWR)
+        try:
+            os.dup2(devnull, fd)
+        finally:
+            os.close(devnull)
 
 
-def _check_positive(name: str, value: float) -> None:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
-        raise ConfigurationError(f"{name} must be a positive number of seconds, not {value!r}")
+def _after_fork_in_child() -> None:
+    global _fork_generation
+    _fork_generation += 1
+    for pool in list(_live_pools):
+        for conn in list(pool._core.connections):
+            _neutralize(conn)
+        pool._core.connections = weakref.WeakSet()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _env_endpoint(environ: Mapping[str, str]) -> tuple[str | None, DsqlOptions]:
@@ -372,6 +425,8 @@ class _DsqlPoolMixin(BasePool):
         self._core = PoolCore(
             endpoint, options=dsql, max_lifetime=max_lifetime, timeout=timeout, user_kwargs=kwargs
         )
+        self._init_arguments = (endpoint, dict(options), kwargs, connection_class, name)
+        _live_pools.add(self)
         return {
             "connection_class": with_plan_support(connection_class, plan_base),
             "max_lifetime": max_lifetime,
@@ -392,6 +447,32 @@ class _DsqlPoolMixin(BasePool):
         """The resolved endpoint this pool connects to."""
         return self._core.endpoint
 
+    @property
+    def retry_stats(self) -> RetryStats:
+        """The counters of every unit of work run on this pool (``occ_*`` in `get_stats`)."""
+        return self._core.retry_stats
+
+    def _reset_after_fork(self) -> bool:
+        """In a fork child: forget the parent's connections, workers and waiters, and start
+        afresh (the pool is reopened if it was open). Whether the pool needs opening."""
+        core = self._core
+        core.fork_generation = _fork_generation
+        was_open = not self.closed
+        pool: Any = self  # psycopg_pool's private state, reset as its __init__ sets it
+        pool._pool.clear()
+        pool._waiting.clear()
+        pool._workers = []
+        pool._sched_runner = None
+        pool._pool_full_event = None
+        pool._lock = type(pool._lock)()
+        pool._nconns = pool._nconns_min = pool._min_size
+        pool._growing = False
+        pool._closed, pool._opened = True, False
+        core.plan.closing.clear()
+        core.last_error = core.permanent_error = None
+        _logger.info("pool %r used in a forked process: starting with new connections", self.name)
+        return was_open
+
     def get_stats(self) -> dict[str, int]:
         """psycopg_pool's stats plus dsqlkit's (tokens, retirements, probes, retries)."""
         return {**super().get_stats(), **self._core.stats(reset=False)}
@@ -403,200 +484,6 @@ class _DsqlPoolMixin(BasePool):
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"
         return f"<{type(self).__name__} {self.name!r} {self._core.describe()} {state}>"
-
-
-class DsqlConnectionPool(_DsqlPoolMixin, ConnectionPool[CT], Generic[CT]):
-    """A `psycopg_pool.ConnectionPool` for Aurora DSQL (or plain PostgreSQL in local mode).
-
-    Args:
-        endpoint: the cluster's host name (``<id>.dsql.<region>.on.aws``), a bare cluster id
-            (with ``region``), or any other host for plain PostgreSQL ("local mode": no token).
-        max_lifetime: retire connections older than this (default 50 minutes; psycopg_pool's
-            jitter still spreads reconnects over the last 5%).
-
-    Other Parameters:
-        region (str | None): AWS Region; default: from the host, else ``AWS_REGION`` /
-            ``AWS_DEFAULT_REGION``.
-        user (str): database role (default ``admin``, which gets admin tokens).
-        dbname (str): database (DSQL has one: ``postgres``).
-        port (int): TCP port (5432).
-        token_provider (TokenProvider | None): any `TokenProvider`; default: boto3 with
-            ``boto3_session`` or ``profile_name`` or the default credential chain.
-        boto3_session (boto3.Session | None): the session whose credentials sign tokens.
-        profile_name (str | None): an AWS profile to sign with instead.
-        token_expires_in (int): validity of each minted token, in seconds (default 300).
-        password (str | None): a static password, for local mode only.
-        sslmode (str | None): ``verify-full`` by default for DSQL hosts; weaker modes need
-            ``insecure_tls``.
-        sslrootcert (str | None): CA bundle; default: a bundle with Amazon Root CA 1 that
-            exists on disk.
-        sslnegotiation (str | None): ``direct`` by default with libpq >= 17.
-        insecure_tls (bool): allow ``verify-ca`` / ``require`` with a DSQL host (warns).
-        connect_timeout (int): seconds for each connection attempt (default 10).
-        application_name (str | None): default ``dsqlkit/<version>``.
-        idle_check_after (float): probe a pooled connection idle this long before handing it
-            out (default 10 s).
-
-    All other arguments are psycopg_pool's, with the same meaning.
-    """
-
-    def __init__(
-        self,
-        endpoint: str | None = None,
-        *,
-        connection_class: type[CT] = DsqlConnection,  # type: ignore[assignment]
-        kwargs: Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None = None,
-        open: bool | None = None,
-        configure: Callable[[CT], None] | None = None,
-        check: Callable[[CT], None] | None = None,
-        reset: Callable[[CT], None] | None = None,
-        reconnect_failed: Callable[[ConnectionPool[CT]], None] | None = None,
-        max_lifetime: float = DEFAULT_MAX_LIFETIME,
-        timeout: float = 30.0,
-        name: str | None = None,
-        **options: Unpack[_AllOptions],
-    ) -> None:
-        arguments = self._dsql_arguments(
-            endpoint,
-            options,
-            kwargs=kwargs,
-            connection_class=connection_class,
-            plan_base=DsqlConnection,
-            max_lifetime=max_lifetime,
-            timeout=timeout,
-            name=name,
-        )
-        self._user_configure = configure
-        super().__init__(
-            "",
-            kwargs=self._core.connect_kwargs,
-            open=open,
-            configure=self._configure_new,
-            check=check,
-            reset=reset,
-            reconnect_failed=reconnect_failed,
-            **arguments,
-        )
-
-    def _configure_new(self, conn: CT) -> None:
-        self._core.connection_created(conn)
-        if self._user_configure is not None:
-            self._user_configure(conn)
-
-    def getconn(self, timeout: float | None = None) -> CT:
-        """Like psycopg_pool's, but never returns an expired or dead connection."""
-        waited = self.timeout if timeout is None else timeout
-        deadline = time.monotonic() + waited
-        core = self._core
-        while True:
-            try:
-                conn = super().getconn(max(deadline - time.monotonic(), 0.0))
-            except PoolTimeout:
-                raise PoolTimeout(core.timeout_message(waited)) from None
-            verdict = core.checkout_verdict(conn)
-            if verdict == PROBE:
-                try:
-                    self.check_connection(conn)
-                except Exception:
-                    verdict = DEAD
-                else:
-                    verdict = OK
-            if verdict == OK:
-                return conn
-            core.count_discard(verdict)
-            conn.close()
-            super().putconn(conn)  # a closed connection: the pool replaces it
-
-    def putconn(self, conn: CT) -> None:
-        self._core.connection_returned(conn)
-        super().putconn(conn)
-
-
-class AsyncDsqlConnectionPool(_DsqlPoolMixin, AsyncConnectionPool[ACT], Generic[ACT]):
-    """The asyncio twin of `DsqlConnectionPool` (same arguments, same behaviour).
-
-    Tokens are minted in a worker thread, so signing never blocks the event loop. Build the
-    pool before serving (e.g. in a lifespan hook): construction finds credentials and loads
-    boto3, which takes tens of milliseconds once per process.
-    """
-
-    def __init__(
-        self,
-        endpoint: str | None = None,
-        *,
-        connection_class: type[ACT] = AsyncDsqlConnection,  # type: ignore[assignment]
-        kwargs: Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None = None,
-        open: bool | None = None,
-        configure: Callable[[ACT], Any] | None = None,
-        check: Callable[[ACT], Any] | None = None,
-        reset: Callable[[ACT], Any] | None = None,
-        reconnect_failed: Callable[[AsyncConnectionPool[ACT]], Any] | None = None,
-        max_lifetime: float = DEFAULT_MAX_LIFETIME,
-        timeout: float = 30.0,
-        name: str | None = None,
-        **options: Unpack[_AllOptions],
-    ) -> None:
-        arguments = self._dsql_arguments(
-            endpoint,
-            options,
-            kwargs=kwargs,
-            connection_class=connection_class,
-            plan_base=AsyncDsqlConnection,
-            max_lifetime=max_lifetime,
-            timeout=timeout,
-            name=name,
-        )
-        self._user_configure = configure
-        super().__init__(
-            "",
-            kwargs=self._connect_kwargs,
-            open=open,
-            configure=self._configure_new,
-            check=check,
-            reset=reset,
-            reconnect_failed=reconnect_failed,
-            **arguments,
-        )
-
-    async def _connect_kwargs(self) -> dict[str, Any]:
-        core = self._core
-        kwargs = core.static_kwargs()
-        if core.minter is not None:
-            kwargs["password"] = await asyncio.to_thread(core.minter)
-        return kwargs
-
-    async def _configure_new(self, conn: ACT) -> None:
-        self._core.connection_created(conn)
-        if self._user_configure is not None:
-            await self._user_configure(conn)
-
-    async def getconn(self, timeout: float | None = None) -> ACT:
-        """Like psycopg_pool's, but never returns an expired or dead connection."""
-        waited = self.timeout if timeout is None else timeout
-        deadline = time.monotonic() + waited
-        core = self._core
-        while True:
-            try:
-                conn = await super().getconn(max(deadline - time.monotonic(), 0.0))
-            except PoolTimeout:
-                raise PoolTimeout(core.timeout_message(waited)) from None
-            verdict = core.checkout_verdict(conn)
-            if verdict == PROBE:
-                try:
-                    await self.check_connection(conn)
-                except Exception:
-                    verdict = DEAD
-                else:
-                    verdict = OK
-            if verdict == OK:
-                return conn
-            core.count_discard(verdict)
-            await conn.close()
-            await super().putconn(conn)
-
-    async def putconn(self, conn: ACT) -> None:
-        self._core.connection_returned(conn)
-        await super().putconn(conn)
 
 
 class _AllOptions(DsqlOptions, PoolOptions, total=False):
@@ -615,11 +502,21 @@ def _split_options(options: Mapping[str, Any]) -> tuple[DsqlOptions, PoolOptions
     dsql: Any = {k: v for k, v in options.items() if k in dsql_keys}
     pool: Any = {k: v for k, v in options.items() if k in pool_keys}
     for key in ("min_size", "num_workers", "max_waiting"):
-        if key in pool and (not isinstance(pool[key], int) or pool[key] < 0):
-            raise ConfigurationError(f"{key} must be a non-negative integer, not {pool[key]!r}")
+        value = pool.get(key, 0)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ConfigurationError(f"{key} must be a non-negative integer, not {value!r}")
+    if pool.get("num_workers", 1) < 1:
+        raise ConfigurationError("num_workers must be at least 1")
     max_size = pool.get("max_size")
-    if max_size is not None and (not isinstance(max_size, int) or max_size < 1):
+    if max_size is not None and (
+        not isinstance(max_size, int) or isinstance(max_size, bool) or max_size < 1
+    ):
         raise ConfigurationError(f"max_size must be a positive integer, not {max_size!r}")
+    min_size = pool.get("min_size", 4)
+    if max_size is None and min_size == 0:
+        raise ConfigurationError("min_size=0 needs max_size >= 1 (how many connections at most)")
+    if max_size is not None and max_size < min_size:
+        raise ConfigurationError(f"max_size ({max_size}) must be at least min_size ({min_size})")
     for key in ("max_idle", "reconnect_timeout"):
         if key in pool:
             _check_positive(key, pool[key])

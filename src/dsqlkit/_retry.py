@@ -1,62 +1,56 @@
-"""Optimistic-concurrency retries: one policy, built from tenacity's strategies.
+"""Optimistic-concurrency retries, as pure logic: the policy, the verdict on a failed attempt,
+and the counters. The loop that applies them is `dsqlkit._executor_async` (and its generated
+sync twin); nothing here does I/O.
 
 DSQL never waits for locks. A transaction that conflicts with a concurrent one fails, usually
 at COMMIT, with SQLSTATE 40001 and the DSQL code in the message: ``(OC000)`` for data,
 ``(OC001)`` for schema (catalog) conflicts. The only remedy is to run the *whole* transaction
-again. `RetryPolicy` says how: which errors to retry, how long to wait (full-jitter
-exponential backoff, so competing clients spread out), and when to give up (an attempt limit
-and a deadline).
+again. Whether an attempt may run again is decided in one place, `judge`, by asking whether
+the failed attempt can have written anything:
 
-Rules, shared by `dsqlkit.transactional`, `occ_retry` and the Repository:
-
-- retry 40001 wherever it shows: at a statement or at COMMIT, on the exception or anywhere in
-  its ``__cause__`` chain;
-- retry a connection lost *before* COMMIT was sent (nothing committed); a connection lost
-  *while* COMMIT was in flight is `CommitOutcomeUnknown`, never retried;
-- everything else (constraint violations, syntax errors, 54000 limits) propagates at once;
-- on giving up, the last 40001 error itself propagates, with ``occ_attempts`` set on it.
+- 40001 anywhere in the error's ``__cause__`` chain: DSQL wrote nothing, retry;
+- a connection lost in a ``READ ONLY`` transaction, or before COMMIT (or an autocommit
+  write) was sent: nothing was written, retry on a new connection;
+- a connection lost, or a cancellation landing, while COMMIT (or an autocommit write) was in
+  flight: it may have committed, so the outcome is unknown and nothing is retried;
+- everything else (constraint violations, syntax errors, 54000 limits) propagates at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
-import functools
-import inspect
+import enum
 import logging
-import random
+import math
 import re
-import threading
 import time
-from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import psycopg
+
+from ._backoff import full_jitter
+from ._errors import CommitOutcomeUnknown, ConfigurationError
+from ._stats import Counters
 
 if TYPE_CHECKING:
     import tenacity
 
-from ._errors import ConfigurationError, UsageError
-
-__all__ = ["RetryEvent", "RetryPolicy", "RetryStats", "occ_retry"]
+__all__ = ["RetryEvent", "RetryPolicy", "RetryStats"]
 
 _logger = logging.getLogger("dsqlkit.retry")
 
-F = TypeVar("F", bound=Callable[..., Any])
-
 _OC_CODE = re.compile(r"\((OC\d{3})\)")
-#: Attribute set on a connection error that happened before COMMIT was sent.
-_SAFE_DISCONNECT = "_dsqlkit_lost_before_commit"
 #: DSQL ends any transaction after 300 s; a retry budget longer than that buys nothing.
 MAX_DEADLINE = 300.0
-
-#: Set while a dsqlkit transaction runs: nested calls join it instead of retrying alone.
-in_transaction: contextvars.ContextVar[dict[int, Any] | None] = contextvars.ContextVar(
-    "dsqlkit_in_transaction", default=None
+#: The note added to a cancellation (or interrupt) that landed while COMMIT was in flight.
+COMMIT_UNKNOWN_NOTE = (
+    "dsqlkit: this interruption landed while COMMIT was in flight, so the transaction may or "
+    "may not have committed (commit outcome unknown); see dsqlkit.commit_outcome_unknown()"
 )
+_UNKNOWN_MARK = "__dsqlkit_commit_outcome_unknown__"
 
 
 def find_conflict(exc: BaseException | None) -> psycopg.Error | None:
@@ -80,16 +74,73 @@ def conflict_code(error: BaseException) -> str:
     return match.group(1) if match else "40001"
 
 
-def mark_lost_before_commit(exc: BaseException) -> None:
-    setattr(exc, _SAFE_DISCONNECT, True)
-
-
 def is_conflict(exc: BaseException) -> bool:
     return find_conflict(exc) is not None
 
 
-def is_retryable(exc: BaseException) -> bool:
-    return getattr(exc, _SAFE_DISCONNECT, False) or find_conflict(exc) is not None
+def commit_outcome_unknown(exc: BaseException | None) -> bool:
+    """Whether ``exc`` (or an error it was raised from or during) means "may have committed".
+
+    True for `CommitOutcomeUnknown`, and for a cancellation, timeout or interrupt that landed
+    while dsqlkit had COMMIT in flight (e.g. ``asyncio.timeout()`` expiring during COMMIT:
+    the ``TimeoutError`` keeps its type so asyncio works as usual, and this finds the mark on
+    the cancellation it came from).
+    """
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, CommitOutcomeUnknown) or getattr(exc, _UNKNOWN_MARK, False):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+class Outcome(enum.Enum):
+    """What a failed attempt means for the unit of work."""
+
+    #: Nothing was written: run the unit again (if the policy allows).
+    RETRY = "retry"
+    #: It may have committed: report `CommitOutcomeUnknown`, never re-run.
+    UNKNOWN = "unknown"
+    #: An interruption landed during COMMIT: re-raise it, marked as commit-outcome-unknown.
+    INTERRUPTED = "interrupted"
+    #: Any other error: propagate it unchanged.
+    FAIL = "fail"
+
+
+@dataclass
+class Attempt:
+    """One try at a unit of work, as the executor tracks it.
+
+    ``writing`` turns true the moment something that can commit is sent (COMMIT, or an
+    autocommit statement); ``read_only`` means the server guarantees nothing is written.
+    """
+
+    number: int
+    connection: Any = None
+    writing: bool = False
+    read_only: bool = False
+    #: For reads: the statement turned out to be a write and must now run exactly once.
+    upgraded: bool = False
+
+
+def judge(exc: BaseException, attempt: Attempt) -> Outcome:
+    """The verdict on an attempt that raised ``exc`` (pure: looks at the error and state)."""
+    if find_conflict(exc) is not None:
+        return Outcome.RETRY
+    conn = attempt.connection
+    error = getattr(exc, "orig", exc)  # SQLAlchemy wraps the driver's error (in .orig)
+    lost = isinstance(error, psycopg.OperationalError) and conn is not None
+    lost = lost and bool(conn.broken or conn.closed)
+    if lost:
+        if attempt.read_only or not attempt.writing:
+            return Outcome.RETRY
+        return Outcome.UNKNOWN
+    if attempt.writing and isinstance(
+        exc, (asyncio.CancelledError, KeyboardInterrupt, TimeoutError, SystemExit)
+    ):
+        return Outcome.INTERRUPTED
+    return Outcome.FAIL
 
 
 def retry_reason(exc: BaseException) -> str:
@@ -118,42 +169,49 @@ class RetryEvent:
     error: BaseException
 
 
-@dataclass
-class RetryStats:
-    """Counters of one pool's (or one decorated function's) transactions."""
+class RetryStats(Counters):
+    """Counters of a pool's (or one decorated function's) units of work, as ``occ_*`` keys.
 
-    attempts: int = 0
-    retries: int = 0
-    conflicts: Counter[str] = field(default_factory=Counter)
-    disconnects_retried: int = 0
-    gave_up: int = 0
-    commit_unknown: int = 0
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    ``occ_attempts``, ``occ_retries``, ``occ_disconnects_retried``, ``occ_gave_up``,
+    ``occ_commit_unknown`` and one ``occ_conflicts_<code>`` per conflict code seen.
+    """
 
-    def record(self, name: str, code: str | None = None) -> None:
-        with self.lock:
-            if code is not None:
-                self.conflicts[code] += 1
-            else:
-                setattr(self, name, getattr(self, name) + 1)
+    __slots__ = ()
 
-    def snapshot(self, reset: bool = False) -> dict[str, int]:
-        """Counters as ``occ_*`` keys (merged into the pool's ``get_stats()``)."""
-        with self.lock:
-            values = {
-                "occ_attempts": self.attempts,
-                "occ_retries": self.retries,
-                "occ_disconnects_retried": self.disconnects_retried,
-                "occ_gave_up": self.gave_up,
-                "occ_commit_unknown": self.commit_unknown,
-            }
-            for code, count in sorted(self.conflicts.items()):
-                values[f"occ_conflicts_{code.lower()}"] = count
-            if reset:
-                self.attempts = self.retries = self.disconnects_retried = 0
-                self.gave_up = self.commit_unknown = 0
-                self.conflicts.clear()
-        return values
+    NAMES = (
+        "occ_attempts",
+        "occ_retries",
+        "occ_disconnects_retried",
+        "occ_gave_up",
+        "occ_commit_unknown",
+    )
+
+    def __init__(self) -> None:
+        super().__init__(self.NAMES)
+
+    @property
+    def attempts(self) -> int:
+        return self["occ_attempts"]
+
+    @property
+    def retries(self) -> int:
+        return self["occ_retries"]
+
+    @property
+    def gave_up(self) -> int:
+        return self["occ_gave_up"]
+
+    @property
+    def commit_unknown(self) -> int:
+        return self["occ_commit_unknown"]
+
+
+def _check_seconds(name: str, value: object, *, allow_zero: bool = False) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or math.isnan(value):
+        raise ConfigurationError(f"{name} must be a number of seconds, not {value!r}")
+    if value < 0 or (value == 0 and not allow_zero) or math.isinf(value):
+        raise ConfigurationError(f"{name} must be a finite positive number, not {value!r}")
+    return float(value)
 
 
 @dataclass(frozen=True)
@@ -181,16 +239,22 @@ class RetryPolicy:
     on_retry: Callable[[RetryEvent], None] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.max_attempts, int) or self.max_attempts < 1:
-            raise ConfigurationError(
-                f"max_attempts must be an integer >= 1, not {self.max_attempts!r}"
-            )
-        if not 0 < self.deadline <= MAX_DEADLINE:
+        attempts = self.max_attempts
+        if not isinstance(attempts, int) or isinstance(attempts, bool) or attempts < 1:
+            raise ConfigurationError(f"max_attempts must be an integer >= 1, not {attempts!r}")
+        deadline = _check_seconds("deadline", self.deadline)
+        if deadline > MAX_DEADLINE:
             raise ConfigurationError(
                 f"deadline must be more than 0 and at most {MAX_DEADLINE:.0f} seconds (DSQL ends "
                 f"any transaction after 300 s), not {self.deadline!r}"
             )
-        if self.base_delay < 0 or self.max_delay < self.base_delay:
+        base, cap = self.base_delay, self.max_delay
+        for name, value in (("base_delay", base), ("max_delay", cap)):
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise ConfigurationError(f"{name} must be a number of seconds, not {value!r}")
+            if math.isnan(value) or math.isinf(value):
+                raise ConfigurationError(f"{name} must be a finite number of seconds: {value!r}")
+        if not 0 <= base <= cap:
             raise ConfigurationError("delays must satisfy 0 <= base_delay <= max_delay")
         if self.on_retry is not None and not callable(self.on_retry):
             raise ConfigurationError("on_retry must be callable(RetryEvent)")
@@ -202,158 +266,133 @@ class RetryPolicy:
             raise ConfigurationError(f"unknown retry option(s): {', '.join(sorted(unknown))}")
         return replace(self, **changes)
 
-    def _tenacity_options(
-        self,
-        stats: RetryStats,
-        retry_on: Callable[[BaseException], bool],
-        *,
-        offset: int = 0,
-        elapsed: float = 0.0,
-    ) -> dict[str, Any]:
-        """tenacity's strategies for this policy; ``offset`` attempts already ran.
+    def delay(self, retry: int) -> float:
+        """Seconds to wait before retry number ``retry`` (1 for the first)."""
+        return full_jitter(retry, self.base_delay, self.max_delay)
 
-        tenacity is imported here, not at module load: the first attempt never needs it, and
-        its import (it probes for tornado, among others) would cost every process start-up.
-        """
+    def start(self, stats: RetryStats) -> RetryRun:
+        """The bookkeeping for one unit of work run under this policy."""
+        return RetryRun(self, stats)
+
+    def retrying(self, stats: RetryStats | None = None) -> tenacity.Retrying:
+        """This policy as a tenacity ``Retrying`` that retries conflicts (40001) only, for code
+        that runs its own transactions (tenacity is imported on first use)."""
         import tenacity
 
-        def before(state: tenacity.RetryCallState) -> None:
-            stats.record("attempts")
+        return tenacity.Retrying(**self._tenacity_options())
 
-        def after(state: tenacity.RetryCallState) -> None:
-            assert state.outcome is not None
-            exc = state.outcome.exception()
-            if exc is not None:
-                self._account_failure(exc, state.attempt_number + offset, stats, retry_on)
+    def async_retrying(self, stats: RetryStats | None = None) -> tenacity.AsyncRetrying:
+        """Like `retrying`, as a tenacity ``AsyncRetrying``."""
+        import tenacity
 
-        def before_sleep(state: tenacity.RetryCallState) -> None:
-            assert state.outcome is not None
-            assert state.next_action is not None
-            exc = state.outcome.exception()
-            assert exc is not None
-            self._announce(exc, state.attempt_number + offset, state.next_action.sleep, stats)
+        return tenacity.AsyncRetrying(**self._tenacity_options())
+
+    def _tenacity_options(self) -> dict[str, Any]:
+        import tenacity
 
         return {
-            "stop": tenacity.stop_after_attempt(self.max_attempts - offset)
-            | tenacity.stop_before_delay(self.deadline - elapsed),
+            "stop": tenacity.stop_after_attempt(self.max_attempts)
+            | tenacity.stop_before_delay(self.deadline),
             "wait": tenacity.wait_random_exponential(
-                multiplier=self.base_delay * 2**offset, max=self.max_delay
+                multiplier=self.base_delay, max=self.max_delay
             ),
-            "retry": tenacity.retry_if_exception(retry_on),
-            "before": before,
-            "after": after,
-            "before_sleep": before_sleep,
+            "retry": tenacity.retry_if_exception(is_conflict),
             "reraise": True,
         }
 
-    def retrying(
-        self, stats: RetryStats, retry_on: Callable[[BaseException], bool] = is_retryable
-    ) -> tenacity.Retrying:
-        """A tenacity ``Retrying`` applying this policy (sync)."""
-        import tenacity
 
-        return tenacity.Retrying(**self._tenacity_options(stats, retry_on))
+class RetryRun:
+    """The state of one unit of work under a policy: attempts, elapsed time, the verdicts.
 
-    def async_retrying(
-        self, stats: RetryStats, retry_on: Callable[[BaseException], bool] = is_retryable
-    ) -> tenacity.AsyncRetrying:
-        """A tenacity ``AsyncRetrying`` applying this policy."""
-        import tenacity
+    The executor calls `next_attempt` before each try and `failed` after a failure; `failed`
+    does the accounting, logging and ``on_retry`` call, and answers with the delay before the
+    next attempt, or with what to raise instead.
+    """
 
-        return tenacity.AsyncRetrying(**self._tenacity_options(stats, retry_on))
+    __slots__ = ("attempts", "policy", "started", "stats")
 
-    # The first attempt runs without tenacity's machinery (tens of microseconds a call): most
-    # calls never conflict. After a retryable failure, tenacity takes over, one attempt in.
+    def __init__(self, policy: RetryPolicy, stats: RetryStats) -> None:
+        self.policy = policy
+        self.stats = stats
+        self.started = time.monotonic()
+        self.attempts = 0
 
-    def call(
-        self,
-        fn: Callable[[], Any],
-        stats: RetryStats,
-        retry_on: Callable[[BaseException], bool] = is_retryable,
-    ) -> Any:
-        """Run ``fn()`` under this policy (sync)."""
-        started = time.monotonic()
-        stats.record("attempts")
-        try:
-            return fn()
-        except BaseException as exc:
-            delay = self._after_first_failure(exc, stats, retry_on, started)
-            if delay is None:
-                raise
-        time.sleep(delay)
-        import tenacity
+    def next_attempt(self, **state: Any) -> Attempt:
+        self.attempts += 1
+        self.stats.add("occ_attempts")
+        return Attempt(self.attempts, **state)
 
-        rest = self._tenacity_options(stats, retry_on, offset=1, elapsed=time.monotonic() - started)
-        return tenacity.Retrying(**rest)(fn)
-
-    async def call_async(
-        self,
-        fn: Callable[[], Awaitable[Any]],
-        stats: RetryStats,
-        retry_on: Callable[[BaseException], bool] = is_retryable,
-    ) -> Any:
-        """Run ``await fn()`` under this policy; ``fn`` must be an ``async def`` function
-        (tenacity awaits only what it recognises as a coroutine function)."""
-        started = time.monotonic()
-        stats.record("attempts")
-        try:
-            return await fn()
-        except BaseException as exc:
-            delay = self._after_first_failure(exc, stats, retry_on, started)
-            if delay is None:
-                raise
-        await asyncio.sleep(delay)
-        import tenacity
-
-        rest = self._tenacity_options(stats, retry_on, offset=1, elapsed=time.monotonic() - started)
-        return await tenacity.AsyncRetrying(**rest)(fn)
-
-    def _after_first_failure(
-        self,
-        exc: BaseException,
-        stats: RetryStats,
-        retry_on: Callable[[BaseException], bool],
-        started: float,
-    ) -> float | None:
-        """The delay before attempt 2, or None when ``exc`` must propagate now."""
-        if not self._account_failure(exc, 1, stats, retry_on) or self.max_attempts < 2:
+    def failed(
+        self, exc: BaseException, attempt: Attempt, retry_on: Callable[[BaseException], bool]
+    ) -> float | BaseException | None:
+        """The delay before the next attempt, an error to raise from ``exc``, or None to
+        re-raise ``exc`` itself."""
+        outcome = judge(exc, attempt) if retry_on is judge_all else _only(retry_on, exc)
+        if outcome is Outcome.FAIL:
             return None
-        delay = random.uniform(0, min(self.max_delay, self.base_delay))  # noqa: S311 - jitter
-        if time.monotonic() - started + delay >= self.deadline:
-            return None
-        self._announce(exc, 1, delay, stats)
-        return delay
-
-    def _account_failure(
-        self,
-        exc: BaseException,
-        attempt: int,
-        stats: RetryStats,
-        retry_on: Callable[[BaseException], bool],
-    ) -> bool:
-        """Record a failed attempt; whether it may be retried."""
-        with contextlib.suppress(AttributeError):
-            exc.occ_attempts = attempt  # type: ignore[attr-defined]
-        if not retry_on(exc):
-            return False
+        if outcome is Outcome.UNKNOWN or outcome is Outcome.INTERRUPTED:
+            self.stats.add("occ_commit_unknown")
+            _logger.warning("connection lost or interrupted while COMMIT was in flight: outcome "
+                            "unknown, not retrying")  # fmt: skip
+            if outcome is Outcome.INTERRUPTED:
+                mark_commit_unknown(exc)
+                return None
+            return CommitOutcomeUnknown(
+                "the connection was lost while COMMIT (or an autocommit write) was in flight, so "
+                "it may or may not have committed; dsqlkit does not repeat it (make it "
+                f"idempotent, or check the data, then decide): {exc}",
+                attempts=attempt.number,
+            )
         reason = retry_reason(exc)
         if reason == "disconnect":
-            stats.record("disconnects_retried")
+            self.stats.add("occ_disconnects_retried")
         else:
-            stats.record("conflicts", reason)
-        return True
+            self.stats.add(f"occ_conflicts_{reason.lower()}")
+        policy = self.policy
+        delay = policy.delay(attempt.number)
+        spent = time.monotonic() - self.started
+        if attempt.number >= policy.max_attempts or spent + delay >= policy.deadline:
+            self.stats.add("occ_gave_up")
+            _set_attempts(exc, attempt.number)
+            _logger.warning("transaction gave up after %d attempt(s): %s", attempt.number, reason)
+            return None
+        self.stats.add("occ_retries")
+        event = RetryEvent(attempt.number, reason, delay, exc)
+        _logger.debug("attempt %d failed (%s); retrying in %.3fs", attempt.number, reason, delay)
+        if policy.on_retry is not None:
+            policy.on_retry(event)
+        return delay
 
-    def _announce(self, exc: BaseException, attempt: int, delay: float, stats: RetryStats) -> None:
-        stats.record("retries")
-        event = RetryEvent(attempt, retry_reason(exc), delay, exc)
-        _logger.debug(
-            "transaction attempt %d failed (%s); retrying in %.3fs",
-            event.attempt,
-            event.code,
-            event.delay,
-        )
-        if self.on_retry is not None:
-            self.on_retry(event)
+
+def judge_all(exc: BaseException) -> bool:
+    """Marker for `RetryRun.failed`: use the full verdict of `judge` (units dsqlkit runs)."""
+    return True
+
+
+def _only(retry_on: Callable[[BaseException], bool], exc: BaseException) -> Outcome:
+    return Outcome.RETRY if retry_on(exc) else Outcome.FAIL
+
+
+def _set_attempts(exc: BaseException, attempts: int) -> None:
+    with contextlib.suppress(AttributeError):  # exceptions with __slots__
+        exc.occ_attempts = attempts  # type: ignore[attr-defined]
+
+
+def mark_commit_unknown(exc: BaseException) -> None:
+    """Mark an interruption that landed during COMMIT (a note, and a flag for the helper)."""
+    try:
+        setattr(exc, _UNKNOWN_MARK, True)
+    except AttributeError:  # pragma: no cover
+        return
+    notes = getattr(exc, "__notes__", None)
+    if notes is None:
+        notes = []
+        try:
+            setattr(exc, "__notes__", notes)  # noqa: B010 - add_note() is Python 3.11+
+        except AttributeError:  # pragma: no cover
+            return
+    if COMMIT_UNKNOWN_NOTE not in notes:
+        notes.append(COMMIT_UNKNOWN_NOTE)
 
 
 DEFAULT_POLICY = RetryPolicy()
@@ -364,94 +403,3 @@ def resolve_policy(policy: RetryPolicy | None, options: dict[str, Any]) -> Retry
     if not isinstance(base, RetryPolicy):
         raise ConfigurationError("policy must be a dsqlkit.RetryPolicy")
     return base.with_options(**options) if options else base
-
-
-def gave_up(exc: BaseException, stats: RetryStats) -> None:
-    """Account for (and log) a retryable error that exhausted the policy."""
-    if is_retryable(exc):
-        stats.record("gave_up")
-        _logger.warning(
-            "transaction gave up after %s attempt(s): %s",
-            getattr(exc, "occ_attempts", "?"),
-            retry_reason(exc),
-        )
-
-
-def check_callable(fn: Callable[..., Any], what: str) -> None:
-    """Refuse generator functions: their body runs later, outside any retry or transaction."""
-    if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
-        raise UsageError(
-            f"{what} cannot retry a generator function ({fn.__qualname__}): its body runs "
-            "lazily, after the transaction ended; return a list instead of yielding"
-        )
-    if not callable(fn):
-        raise UsageError(f"{what} needs a function, not {type(fn).__name__}")
-
-
-def refuse_awaitable(result: Any, fn: Callable[..., Any]) -> None:
-    """A sync wrapper got a coroutine: nothing ran yet, so retrying it would retry nothing."""
-    if inspect.isawaitable(result):
-        if inspect.iscoroutine(result):
-            result.close()
-        raise UsageError(
-            f"{fn.__qualname__} returned an awaitable from a sync retry wrapper: decorate the "
-            "async function itself (async def) so dsqlkit awaits it inside the retry loop"
-        )
-
-
-def occ_retry(fn: F | None = None, /, *, policy: RetryPolicy | None = None, **options: Any) -> Any:
-    """Decorate a function that runs exactly one transaction itself: retry it on 40001.
-
-    Works on sync and async functions, bare (``@occ_retry``) or with options
-    (``@occ_retry(max_attempts=5)``). The function manages its own connection and COMMIT, so
-    only conflicts (40001) are retried: a lost connection may have lost the COMMIT's answer,
-    and only the caller can know whether that is safe. Called inside a dsqlkit transaction, it
-    runs once and lets the conflict reach the outer retry loop (which re-runs everything).
-    The decorated function's ``retry_stats`` holds its counters.
-    """
-    resolved = resolve_policy(policy, options)
-
-    def decorate(func: F) -> F:
-        check_callable(func, "occ_retry")
-        stats = RetryStats()
-
-        if inspect.iscoroutinefunction(func):
-
-            @functools.wraps(func)
-            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                if in_transaction.get():
-                    return await func(*args, **kwargs)
-
-                async def attempt() -> Any:  # a coroutine function: tenacity awaits it
-                    return await func(*args, **kwargs)
-
-                try:
-                    return await resolved.call_async(attempt, stats, is_conflict)
-                except BaseException as exc:
-                    gave_up(exc, stats)
-                    raise
-
-            async_wrapper.retry_stats = stats  # type: ignore[attr-defined]
-            return async_wrapper  # type: ignore[return-value]
-
-        def call_once(*args: Any, **kwargs: Any) -> Any:
-            result = func(*args, **kwargs)
-            refuse_awaitable(result, func)
-            return result
-
-        @functools.wraps(func)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            if in_transaction.get():
-                return call_once(*args, **kwargs)
-            try:
-                return resolved.call(lambda: call_once(*args, **kwargs), stats, is_conflict)
-            except BaseException as exc:
-                gave_up(exc, stats)
-                raise
-
-        wrapper.retry_stats = stats  # type: ignore[attr-defined]
-        return wrapper  # type: ignore[return-value]
-
-    if fn is not None:
-        return decorate(fn)
-    return decorate

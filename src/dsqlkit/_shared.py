@@ -17,7 +17,7 @@ import threading
 from typing import Any
 
 from ._errors import ConfigurationError
-from ._pool import DsqlConnectionPool
+from ._pool_sync import DsqlConnectionPool
 
 __all__ = ["close_shared_pools", "shared_pool"]
 

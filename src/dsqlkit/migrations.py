@@ -12,7 +12,11 @@ concurrent runners. Needs the ``migrations`` extra (PostgreSQL's parser, pglast)
 
 from __future__ import annotations
 
-from . import _migrations
-from ._migrations import *  # noqa: F403 - the public names, listed once in _migrations
+from ._errors import require
+
+require("pglast", "migrations", "dsqlkit.migrations")
+
+from . import _migrations  # noqa: E402
+from ._migrations import *  # noqa: E402, F403 - the public names, listed once in _migrations
 
 __all__ = list(_migrations.__all__)

@@ -291,6 +291,7 @@ def test_sigterm_closes_shared_pools(local_dsql: LocalDsql) -> None:
         pool = shared_pool({local_dsql.host!r}, port={local_dsql.port}, boto3_session=session,
             sslrootcert={local_dsql.ca_file!r}, kwargs={{"hostaddr": "127.0.0.1"}},
             application_name="sigterm-test", min_size=2)
+        pool.wait()
         with pool.connection() as conn:
             conn.execute("SELECT 1")
         print("ready", flush=True)

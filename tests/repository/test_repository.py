@@ -97,8 +97,10 @@ def test_bad_input_is_typed_and_writes_nothing(repo: Repository, items: str) -> 
         repo.query(object())
     with pytest.raises(TooManyRows, match="at most one row"):
         repo.query_one(f"SELECT * FROM {items}")
-    with pytest.raises(UsageError, match="use execute"):
-        repo.query(f"UPDATE {items} SET qty = qty WHERE id = 1")
+    # A write given to a read method runs exactly once (never commit-then-raise).
+    assert repo.query(f"UPDATE {items} SET qty = qty + 100 WHERE id = 1") == []
+    assert repo.scalar(f"SELECT qty FROM {items} WHERE id = 1") == 101
+    repo.execute(f"UPDATE {items} SET qty = qty - 100 WHERE id = 1")
     with pytest.raises(UsageError, match="row 1 has a different shape"):
         repo.insert_many(items, [{"id": 10, "name": "x", "qty": 1}, {"id": 11, "name": "y"}])
     with pytest.raises(UsageError, match="row 1 has 2 values"):

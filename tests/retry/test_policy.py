@@ -2,12 +2,32 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import psycopg
 import pytest
 from psycopg import errors
 
 from dsqlkit import ConfigurationError, RetryPolicy, RetryStats
-from dsqlkit._retry import conflict_code, find_conflict, is_retryable, mark_lost_before_commit
+from dsqlkit._retry import (
+    Attempt,
+    Outcome,
+    commit_outcome_unknown,
+    conflict_code,
+    find_conflict,
+    judge,
+    mark_commit_unknown,
+)
+
+
+def is_retryable(exc: BaseException) -> bool:
+    return judge(exc, Attempt(1)) is Outcome.RETRY
+
+
+class _Conn:
+    def __init__(self, *, broken: bool) -> None:
+        self.broken = broken
+        self.closed = False
 
 
 def conflict(message: str = "change conflicts with another transaction (OC000)") -> Exception:
@@ -60,11 +80,34 @@ def test_other_errors_are_not_retried(error: Exception) -> None:
     assert not is_retryable(error)
 
 
-def test_lost_before_commit_is_retryable_only_when_marked() -> None:
+def test_a_lost_connection_is_retried_only_when_nothing_can_have_been_written() -> None:
     lost = psycopg.OperationalError("consuming input failed")
-    assert not is_retryable(lost)
-    mark_lost_before_commit(lost)
-    assert is_retryable(lost)
+    assert not is_retryable(lost)  # no connection known: not a lost connection
+    dead = _Conn(broken=True)
+    assert judge(lost, Attempt(1, connection=dead)) is Outcome.RETRY  # before COMMIT
+    assert judge(lost, Attempt(1, connection=dead, writing=True)) is Outcome.UNKNOWN
+    reading = Attempt(1, connection=dead, writing=True, read_only=True)
+    assert judge(lost, reading) is Outcome.RETRY  # the server guaranteed nothing was written
+    alive = _Conn(broken=False)
+    assert judge(lost, Attempt(1, connection=alive, writing=True)) is Outcome.FAIL
+
+
+@pytest.mark.parametrize(
+    "interruption", [asyncio.CancelledError(), TimeoutError(), KeyboardInterrupt()]
+)
+def test_an_interruption_during_commit_is_marked_outcome_unknown(
+    interruption: BaseException,
+) -> None:
+    assert judge(interruption, Attempt(1)) is Outcome.FAIL
+    assert judge(interruption, Attempt(1, writing=True)) is Outcome.INTERRUPTED
+    assert not commit_outcome_unknown(interruption)
+    mark_commit_unknown(interruption)
+    assert commit_outcome_unknown(interruption)
+    assert any("commit outcome unknown" in note for note in interruption.__notes__)
+    try:
+        raise TimeoutError from interruption  # what asyncio.timeout() raises
+    except TimeoutError as outer:
+        assert commit_outcome_unknown(outer)
 
 
 def test_conflict_codes() -> None:
@@ -81,6 +124,11 @@ def test_conflict_codes() -> None:
         ({"base_delay": -1}, "delays"),
         ({"base_delay": 1.0, "max_delay": 0.5}, "delays"),
         ({"on_retry": "print"}, "on_retry"),
+        ({"deadline": float("nan")}, "deadline"),
+        ({"base_delay": float("nan")}, "base_delay"),
+        ({"max_delay": float("inf")}, "max_delay"),
+        ({"max_attempts": True}, "max_attempts"),
+        ({"max_attempts": 2.0}, "max_attempts"),
     ],
 )
 def test_policy_validation(options: dict[str, object], message: str) -> None:
@@ -112,11 +160,19 @@ def test_backoff_is_full_jitter_exponential_and_capped() -> None:
     assert ceilings[-1] > 0.05  # reaches the cap region
 
 
+def test_policy_delay_is_the_shared_full_jitter_schedule() -> None:
+    policy = RetryPolicy(base_delay=0.01, max_delay=0.08)
+    assert all(0 <= policy.delay(1) <= 0.01 for _ in range(200))
+    assert all(0 <= policy.delay(3) <= 0.04 for _ in range(200))
+    assert max(policy.delay(30) for _ in range(300)) > 0.05
+    assert all(policy.delay(10_000) <= 0.08 for _ in range(50))  # no overflow
+
+
 def test_stats_snapshot_and_reset() -> None:
     stats = RetryStats()
-    stats.record("attempts")
-    stats.record("conflicts", "OC001")
-    stats.record("gave_up")
+    stats.add("occ_attempts")
+    stats.add("occ_conflicts_oc001")
+    stats.add("occ_gave_up")
     snap = stats.snapshot(reset=True)
     assert snap["occ_attempts"] == 1
     assert snap["occ_conflicts_oc001"] == 1

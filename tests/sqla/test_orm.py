@@ -303,7 +303,7 @@ def test_misuse_gets_clear_errors(engine: Engine, models: Models) -> None:
         with contextlib.suppress(sa_exc.DBAPIError):  # the transaction is aborted now
             session.connection().exec_driver_sql("SELECT 1/0")
 
-    with pytest.raises(UsageError, match="nothing was committed"):
+    with pytest.raises(dsqlkit.TransactionAborted, match="nothing was committed"):
         swallow()
     with sessionmaker(engine)() as session:
         assert session.scalar(select(func.count()).select_from(models.Author)) == 0

@@ -69,7 +69,7 @@ def simple(conn: psycopg.Connection[Any], sql: str) -> psycopg.ClientCursor[Any]
             "0A000",
             "language plpgsql not supported",
         ),
-        ("CREATE TABLE arr_x (tags text[])", "0A000", "array types"),
+        ("CREATE TABLE arr_x (tags text[])", "0A000", "datatype text[] not supported"),
         ("COPY {t} FROM '/etc/passwd'", "0A000", "STDIN"),
     ],
 )

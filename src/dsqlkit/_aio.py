@@ -1,0 +1,38 @@
+"""The asyncio side of the I/O shims that async sources call (`_sio` is the sync side).
+
+`tools/async_to_sync.py` renames ``_aio`` to ``_sio`` in generated code, so one source
+expresses "sleep", "run a blocking call off the loop" and "wait for a flag" for both worlds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+#: How often an async wait looks at a thread-safe flag.
+_POLL = 0.02
+
+
+async def sleep(seconds: float) -> None:
+    await asyncio.sleep(seconds)
+
+
+async def to_thread(fn: Callable[..., T], /, *args: Any) -> T:
+    """Run a blocking call (token signing) in a worker thread, off the event loop."""
+    return await asyncio.to_thread(fn, *args)
+
+
+async def wait_flag(flag: threading.Event, timeout: float) -> bool:
+    """Sleep up to ``timeout`` seconds, returning early (True) once ``flag`` is set."""
+    deadline = time.monotonic() + timeout
+    while not flag.is_set():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        await asyncio.sleep(min(left, _POLL))
+    return True

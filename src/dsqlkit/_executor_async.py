@@ -1,0 +1,208 @@
+"""The one executor that runs every unit of work (asyncio source; `_executor_sync` is generated).
+
+A unit of work is a transaction function, a read, an autocommit write, or a function that
+runs its own transaction (`occ_retry`). `AsyncExecutor` runs it attempt by attempt: it takes a
+connection, tracks what the attempt has sent (`Attempt`: nothing yet, COMMIT in flight, a
+``READ ONLY`` transaction), and on failure asks `dsqlkit._retry.RetryRun` for the verdict:
+run again after a backoff (nothing was written), raise `CommitOutcomeUnknown` (it may have
+committed), or propagate. Accounting goes to the pool's one `RetryStats`.
+
+Reads run as one autocommit statement when their text proves they cannot write
+(`is_pure_read`), otherwise in a ``READ ONLY`` transaction sent as one pipeline (one round
+trip): either way, re-running a read after a lost connection can never repeat a write. A
+"read" that turns out to write (the server refuses it in the READ ONLY transaction, so
+nothing was written) then runs exactly once as an autocommit write.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import psycopg
+from psycopg import errors, pq
+
+from . import _aio
+from ._errors import TransactionAborted
+from ._query import JOINED, joined_handle, refuse_awaitable
+from ._retry import Attempt, RetryPolicy, RetryStats, is_conflict, judge_all
+from ._transaction_async import AsyncTransaction
+
+__all__ = ["AsyncExecutor"]
+
+_IDLE = pq.TransactionStatus.IDLE
+_INERROR = pq.TransactionStatus.INERROR
+
+
+class AsyncExecutor:
+    """Runs units of work on one pool under one policy, counting into one `RetryStats`."""
+
+    __slots__ = ("policy", "pool", "stats")
+
+    def __init__(self, pool: Any, policy: RetryPolicy, stats: RetryStats) -> None:
+        self.pool = pool
+        self.policy = policy
+        self.stats = stats
+
+    async def _run(self, once: Callable[..., Any], retry_on: Any, *args: Any) -> Any:
+        """The retry loop: ``once(attempt, *args)`` until it succeeds or the verdict stops it."""
+        run = self.policy.start(self.stats)
+        while True:
+            attempt = run.next_attempt()
+            try:
+                return await once(attempt, *args)
+            except BaseException as exc:
+                verdict = run.failed(exc, attempt, retry_on)
+                if verdict is None:
+                    raise
+                if isinstance(verdict, BaseException):
+                    raise verdict from exc
+            await _aio.sleep(verdict)
+
+    # -- transactions ------------------------------------------------------------------------
+
+    async def transaction(self, fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
+        """``fn(tx, *args, **kwargs)`` as one transaction, re-run whole on a conflict."""
+        joined = joined_handle(self.pool)
+        if joined is not None:  # nested on the same pool: join, and let the outer call retry
+            return await fn(joined, *args, **kwargs)
+        return await self._run(self._transaction_once, judge_all, fn, args, kwargs)
+
+    async def _transaction_once(
+        self, attempt: Attempt, fn: Callable[..., Any], args: Any, kwargs: Any
+    ) -> Any:
+        async with self.pool.connection() as conn:
+            attempt.connection = conn
+            if conn.info.transaction_status != _IDLE:
+                await conn.rollback()  # a dirty checkout must never nest (savepoints)
+            async with _autocommit(conn, False):
+                handle = AsyncTransaction(conn)
+                token = JOINED.set({**(JOINED.get() or {}), id(self.pool): handle})
+                try:
+                    result = await fn(handle, *args, **kwargs)
+                    refuse_awaitable(result, fn)
+                    if conn.info.transaction_status == _INERROR:
+                        raise TransactionAborted(
+                            f"{getattr(fn, '__qualname__', fn)!s} returned normally, but its "
+                            "transaction had failed (a database error was caught inside it), "
+                            "so nothing was committed; let the error propagate, or check "
+                            "before the statement instead of catching its error (DSQL has "
+                            "no savepoints)"
+                        )
+                    attempt.writing = True
+                    await conn.commit()
+                    return result
+                except BaseException:
+                    await _rollback_quietly(conn)
+                    raise
+                finally:
+                    JOINED.reset(token)
+
+    # -- reads and autocommit writes ---------------------------------------------------------
+
+    async def read(
+        self, query: Any, params: Any, row_factory: Any, take: Callable[..., Any], pure: bool
+    ) -> Any:
+        """Run a statement that returns rows and ``take(cursor)`` its result."""
+        joined = joined_handle(self.pool)
+        if joined is not None:
+            async with joined.connection.cursor(row_factory=row_factory) as cur:
+                await cur.execute(query, params)
+                return await take(cur)
+        return await self._run(self._read_once, judge_all, query, params, row_factory, take, pure)
+
+    async def _read_once(  # noqa: PLR0917 - the executor's own call, positional by design
+        self,
+        attempt: Attempt,
+        query: Any,
+        params: Any,
+        row_factory: Any,
+        take: Callable[..., Any],
+        pure: bool,
+    ) -> Any:
+        conn = await self.pool.getconn()
+        attempt.connection = conn
+        attempt.read_only = True
+        autocommit = conn.autocommit
+        try:
+            if not autocommit:
+                await conn.set_autocommit(True)  # sync: conn.autocommit = True
+            cur = conn.cursor(row_factory=row_factory)
+            try:
+                if pure:
+                    await cur.execute(query, params)
+                else:  # one round trip: BEGIN READ ONLY, the statement, COMMIT
+                    async with conn.pipeline():
+                        await conn.execute(b"BEGIN READ ONLY")
+                        await cur.execute(query, params)
+                        await conn.execute(b"COMMIT")
+                return await take(cur)
+            except errors.ReadOnlySqlTransaction:
+                await _rollback_quietly(conn)
+            except BaseException:
+                await _rollback_quietly(conn)
+                raise
+            # A write: the server refused it in the READ ONLY transaction, so nothing was
+            # written. Run it once, as an autocommit write.
+            attempt.read_only = False
+            attempt.writing = True
+            await cur.execute(query, params)
+            return await take(cur)
+        finally:
+            if not autocommit and not conn.closed and not conn.broken:
+                with contextlib.suppress(psycopg.Error):
+                    await conn.set_autocommit(False)  # sync: conn.autocommit = False
+            await self.pool.putconn(conn)
+
+    async def write(self, run: Callable[..., Any]) -> Any:
+        """``run(cursor)`` in autocommit: one statement, which is its own COMMIT."""
+        joined = joined_handle(self.pool)
+        if joined is not None:
+            async with joined.connection.cursor() as cur:
+                return await run(cur)
+        return await self._run(self._write_once, judge_all, run)
+
+    async def _write_once(self, attempt: Attempt, run: Callable[..., Any]) -> Any:
+        async with self.pool.connection() as conn:
+            attempt.connection = conn
+            async with _autocommit(conn, True), conn.cursor() as cur:
+                attempt.writing = True
+                return await run(cur)
+
+    # -- functions that run their own transaction --------------------------------------------
+
+    async def call(self, fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
+        """``fn(*args, **kwargs)``, re-run on a conflict only (`occ_retry`): the function owns
+        its connection and COMMIT, so a lost connection is its caller's to judge."""
+        return await self._run(self._call_once, is_conflict, fn, args, kwargs)
+
+    async def _call_once(
+        self, attempt: Attempt, fn: Callable[..., Any], args: Any, kwargs: Any
+    ) -> Any:
+        result = await fn(*args, **kwargs)
+        refuse_awaitable(result, fn)
+        return result
+
+
+@contextlib.asynccontextmanager
+async def _autocommit(conn: Any, value: bool) -> AsyncIterator[None]:
+    """Run with ``conn.autocommit == value``, then restore it (if the connection survived)."""
+    previous = conn.autocommit
+    if previous != value:
+        await conn.set_autocommit(value)  # sync: conn.autocommit = value
+    try:
+        yield
+    finally:
+        if previous != value and not conn.closed and not conn.broken:
+            await _rollback_quietly(conn)  # a failed transaction must end before the switch
+            with contextlib.suppress(psycopg.Error):
+                await conn.set_autocommit(previous)  # sync: conn.autocommit = previous
+
+
+async def _rollback_quietly(conn: Any) -> None:
+    """End a failed attempt's transaction if the connection still can; never raise."""
+    if conn.closed or conn.broken or conn.info.transaction_status == _IDLE:
+        return
+    with contextlib.suppress(psycopg.Error):
+        await conn.rollback()

@@ -1,0 +1,247 @@
+"""`AsyncRepository` (asyncio source; `Repository` in `_repository_sync` is generated from it).
+
+Each method takes a connection from the pool and gives it back; the executor decides what may
+run again (see `dsqlkit._executor_async`):
+
+- reads (`query`, `query_one`, `scalar`) are re-run after a conflict or a lost connection,
+  because they provably wrote nothing: their text proves it, or they ran in a ``READ ONLY``
+  transaction. A statement given to a read method that turns out to write runs exactly once;
+- writes (`execute`) run in autocommit, re-run on a conflict (nothing committed); a
+  connection lost mid-statement raises `CommitOutcomeUnknown`;
+- `transaction` runs a function as one OCC-retried transaction (like `dsqlkit.transactional`);
+- `insert_many` / `upsert_many` load any number of rows in chunks within DSQL's limits;
+- `ping` is a health check.
+
+Called inside a dsqlkit transaction on the same pool, the query methods join it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import psycopg
+from psycopg import pq
+from psycopg import sql as pgsql
+from psycopg.rows import tuple_row
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from ._bulk import (
+    DEFAULT_CHUNK_BYTES,
+    BulkPlan,
+    BulkProgress,
+    BulkResult,
+    plan,
+    progress_reporter,
+    timed_result,
+)
+from ._errors import UsageError
+from ._executor_async import AsyncExecutor, _autocommit
+from ._query import Params, ParamSet, RowShape, check_callable, check_sql, is_pure_read, single
+from ._repository import RepositoryBase, unavailable
+from ._results import Ping, Rows
+
+__all__ = ["AsyncRepository"]
+
+_TUPLES_OK = pq.ExecStatus.TUPLES_OK
+
+
+class AsyncRepository(RepositoryBase):
+    """Query helpers and OCC-retried transactions over an `AsyncDsqlConnectionPool`.
+
+    Args:
+        pool: the pool (any psycopg_pool pool of the same kind works; dsqlkit's adds tokens).
+        policy: the `RetryPolicy` for conflicts; keyword options override its fields.
+        row_factory: default row shape: ``None`` for dicts, a psycopg row factory such as
+            ``tuple_row``, or a class (built with ``class_row``).
+    """
+
+    def __init__(
+        self,
+        pool: AsyncConnectionPool[Any],
+        *,
+        policy: Any = None,
+        row_factory: RowShape = None,
+        **policy_options: Any,
+    ) -> None:
+        if not isinstance(pool, AsyncConnectionPool):
+            raise UsageError(
+                f"{type(self).__name__} needs a pool of the matching kind "
+                f"(AsyncConnectionPool), not {type(pool).__name__}"
+            )
+        super().__init__(pool, policy=policy, row_factory=row_factory, **policy_options)
+        self._executor = AsyncExecutor(pool, self.policy, self._stats)
+
+    # -- reads -------------------------------------------------------------------------------
+
+    async def query(self, sql: Any, params: Params = None, *, row_factory: RowShape = None) -> Rows:
+        """All rows (dicts by default), as a `Rows` list."""
+        await self._ensure_open()
+        query = check_sql(sql)
+        shape = self._shape(row_factory)
+        rows: Rows = await self._executor.read(
+            query, params, shape, _take_rows, is_pure_read(query)
+        )
+        return rows
+
+    async def query_one(
+        self, sql: Any, params: Params = None, *, row_factory: RowShape = None
+    ) -> Any | None:
+        """The only row, or None; `TooManyRows` if there are more."""
+        await self._ensure_open()
+        query = check_sql(sql)
+        shape = self._shape(row_factory)
+        return await self._executor.read(query, params, shape, _take_one, is_pure_read(query))
+
+    async def scalar(self, sql: Any, params: Params = None) -> Any | None:
+        """The first column of the only row, or None if there is no row."""
+        await self._ensure_open()
+        query = check_sql(sql)
+        row = await self._executor.read(query, params, tuple_row, _take_one, is_pure_read(query))
+        return None if row is None else row[0]
+
+    # -- writes ------------------------------------------------------------------------------
+
+    async def execute(self, sql: Any, params: Params = None) -> int:
+        """Run one statement in autocommit; return the rows it affected."""
+        await self._ensure_open()
+        query = check_sql(sql)
+
+        async def run(cur: Any) -> int:
+            await cur.execute(query, params)
+            return int(cur.rowcount)
+
+        return int(await self._executor.write(run))
+
+    async def executemany(self, sql: Any, params_seq: Iterable[ParamSet]) -> int:
+        """Run one statement per parameter set, in one transaction; return rows affected.
+
+        All the sets commit together or not at all (and are retried together on conflict),
+        so keep them within DSQL's 3,000 rows; for more, use `insert_many`.
+        """
+        query = check_sql(sql)
+        sets = list(params_seq)
+        if not sets:
+            raise UsageError("executemany() got no parameter sets")
+
+        async def work(tx: Any) -> int:
+            return int(await tx.executemany(query, sets))
+
+        return int(await self.transaction(work))
+
+    # -- transactions and bulk writes --------------------------------------------------------
+
+    async def transaction(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        """Run ``fn(tx, *args, **kwargs)`` as one OCC-retried transaction; return its result."""
+        check_callable(fn, "transaction")
+        await self._ensure_open()
+        return await self._executor.transaction(fn, args, kwargs)
+
+    async def insert_many(
+        self,
+        table: str | Sequence[str] | pgsql.Composable,
+        rows: Iterable[Mapping[str, Any] | Sequence[Any]],
+        *,
+        columns: Sequence[str] | None = None,
+        key: str | Sequence[str] | None = None,
+        chunk_rows: int = 3000,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        progress: Callable[[BulkProgress], None] | None = None,
+        show_progress: bool | None = None,
+    ) -> BulkResult:
+        """Insert any number of rows; rows whose ``key`` already exists are skipped.
+
+        Rows are dicts (columns from their keys) or tuples (with ``columns=``). Each chunk of
+        at most ``chunk_rows`` rows and ``chunk_bytes`` is one OCC-retried transaction with
+        ``ON CONFLICT (key) DO NOTHING`` (any unique key, without ``key``), so re-running a
+        load that stopped half way writes each row exactly once. All rows are checked before
+        the first write. ``progress`` is called after each chunk; a tqdm bar shows in a
+        terminal or notebook when tqdm is installed (``show_progress`` forces it on or off).
+        """
+        load = plan(table, rows, columns=columns, key=key, update=None, upsert=False,
+                    chunk_rows=chunk_rows, chunk_bytes=chunk_bytes)  # fmt: skip
+        return await self._load(load, progress, show_progress)
+
+    async def upsert_many(
+        self,
+        table: str | Sequence[str] | pgsql.Composable,
+        rows: Iterable[Mapping[str, Any] | Sequence[Any]],
+        *,
+        key: str | Sequence[str],
+        update: Sequence[str] | None = None,
+        columns: Sequence[str] | None = None,
+        chunk_rows: int = 3000,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        progress: Callable[[BulkProgress], None] | None = None,
+        show_progress: bool | None = None,
+    ) -> BulkResult:
+        """Like `insert_many`, but rows whose ``key`` exists are updated (``update`` columns,
+        default: every non-key column)."""
+        load = plan(table, rows, columns=columns, key=key, update=update, upsert=True,
+                    chunk_rows=chunk_rows, chunk_bytes=chunk_bytes)  # fmt: skip
+        return await self._load(load, progress, show_progress)
+
+    async def _load(self, load: BulkPlan, progress: Any, show: bool | None) -> BulkResult:
+        report, close = progress_reporter(progress, show, len(load.rows))
+        started = time.perf_counter()
+        written = 0
+        try:
+            for number, (start, end) in enumerate(load.chunks, 1):
+
+                async def chunk(tx: Any, start: int = start, end: int = end) -> int:
+                    count = 0
+                    for query, params in load.batches(start, end):
+                        count += await tx.execute(query, params)
+                    return count
+
+                written += int(await self.transaction(chunk))
+                report(BulkProgress(end, len(load.rows), written, number, len(load.chunks)))
+        finally:
+            close()
+        return timed_result(len(load.rows), written, len(load.chunks), started)
+
+    # -- health and lifecycle ----------------------------------------------------------------
+
+    async def ping(self, timeout: float = 5.0) -> Ping:
+        """Round-trip a ``SELECT 1``; `DatabaseUnavailable` if the database cannot be reached."""
+        await self._ensure_open()
+        start = time.perf_counter()
+        try:
+            async with self.pool.connection(timeout=timeout) as conn:
+                async with _autocommit(conn, True):
+                    await conn.execute("SELECT 1")
+                version = conn.info.parameter_status("server_version") or "unknown"
+        except (PoolTimeout, psycopg.OperationalError) as exc:
+            raise unavailable(self.pool, exc) from exc
+        return Ping((time.perf_counter() - start) * 1000, version)
+
+    async def _ensure_open(self) -> None:
+        if not self._opened:
+            await self.pool.open()
+            self._opened = True
+
+    async def close(self) -> None:
+        """Close the pool if this repository created it (`dsqlkit.connect`)."""
+        if self._owns_pool and not self.pool.closed:
+            await self.pool.close()
+
+    async def __aenter__(self) -> AsyncRepository:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+
+async def _take_rows(cur: Any) -> Rows:
+    """Every row with the column names; none for a write without RETURNING run as a read."""
+    if cur.description is None:
+        return Rows()
+    return Rows(await cur.fetchall(), [column.name for column in cur.description])
+
+
+async def _take_one(cur: Any) -> Any:
+    result = cur.pgresult
+    if result is None or result.status != _TUPLES_OK:
+        return None
+    return single(await cur.fetchmany(2), "query_one()")

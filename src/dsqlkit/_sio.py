@@ -1,0 +1,22 @@
+"""The blocking side of the I/O shims (see `_aio`): what generated sync code calls."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+sleep = time.sleep
+
+
+def to_thread(fn: Callable[..., T], /, *args: Any) -> T:
+    """Sync code already runs in its own thread: just call ``fn``."""
+    return fn(*args)
+
+
+def wait_flag(flag: threading.Event, timeout: float) -> bool:
+    """Sleep up to ``timeout`` seconds, returning early (True) once ``flag`` is set."""
+    return flag.wait(timeout)

@@ -1,0 +1,331 @@
+"""Pools that survive fork, close promptly, fail fast on permanent errors and name every
+cause (issue 11, items 5-8), plus typing (11) and missing extras (12)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg_pool import PoolTimeout
+
+from dsqlkit import ConfigurationError, DsqlConnectionPool, TokenError
+from dsqlkit.testing import LocalDsql
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _backend_pid(pool: DsqlConnectionPool[Any]) -> int:
+    with pool.connection() as conn:
+        row = conn.execute("SELECT pg_backend_pid()").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def _fork() -> int:
+    with warnings.catch_warnings():
+        # Forking a process that runs pool threads is exactly what is under test here.
+        warnings.filterwarnings(
+            "ignore", message=".*multi-threaded, use of fork", category=DeprecationWarning
+        )
+        return os.fork()
+
+
+def test_a_plain_pool_used_after_fork_opens_its_own_connections(local_dsql: LocalDsql) -> None:
+    """Item 5: the child never reuses (or closes) the parent's session, and does not hang."""
+    with local_dsql.pool(min_size=1, max_size=1) as pool:
+        parent_pid = _backend_pid(pool)
+        read_end, write_end = os.pipe()
+        child = _fork()
+        if child == 0:  # pragma: no cover - runs in the child
+            code = 1
+            try:
+                pids = [_backend_pid(pool) for _ in range(3)]
+                pool.close()
+                os.write(write_end, json.dumps(pids).encode())
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(write_end)
+        _, status = os.waitpid(child, 0)
+        child_pids = json.loads(os.read(read_end, 4096) or b"[]")
+        os.close(read_end)
+        assert os.WEXITSTATUS(status) == 0
+        assert child_pids
+        assert parent_pid not in child_pids
+        # The parent's connection survived the child's use and close of the pool.
+        assert _backend_pid(pool) == parent_pid
+
+
+def test_multiprocessing_with_fork_does_not_hang(local_dsql: LocalDsql) -> None:
+    script = textwrap.dedent(
+        f"""
+        import multiprocessing, warnings
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from dsqlkit.testing import LocalDsql
+        import dsqlkit, boto3, json, sys
+        env = json.loads(sys.argv[1])
+        session = boto3.Session(aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"], region_name="{local_dsql.region}")
+        pool = dsqlkit.DsqlConnectionPool("{local_dsql.host}", port={local_dsql.port},
+            boto3_session=session, sslrootcert="{local_dsql.ca_file}",
+            kwargs={{"hostaddr": "127.0.0.1"}}, min_size=1, open=True)
+        def work(_):
+            with pool.connection() as conn:
+                return conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+        parent = work(0)
+        with multiprocessing.get_context("fork").Pool(2) as workers:
+            pids = workers.map(work, range(4))
+        assert parent not in pids, (parent, pids)
+        assert work(0) == parent
+        pool.close()
+        print("ok")
+        """
+    )
+    env = local_dsql.environment()
+    done = subprocess.run(
+        [sys.executable, "-c", script, json.dumps(env)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "ok"
+
+
+def test_close_is_prompt_while_connects_are_being_retried(
+    local_dsql: LocalDsql, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Item 6: closing a pool whose connects are refused returns at once (it took 15 s, the
+    connect-retry loop ignoring the close); a 3 s bound tells a hang from a prompt close."""
+    local_dsql.refuse_connections(30)
+    caplog.set_level(logging.WARNING)
+    pool = local_dsql.pool(min_size=2)
+    pool.open()
+    time.sleep(0.5)
+    started = time.monotonic()
+    pool.close()
+    assert time.monotonic() - started < 3.0
+    assert "couldn't stop" not in caplog.text
+
+
+async def test_async_close_is_prompt_while_connects_are_being_retried(
+    local_dsql: LocalDsql, caplog: pytest.LogCaptureFixture
+) -> None:
+    local_dsql.refuse_connections(30)
+    caplog.set_level(logging.WARNING)
+    pool = local_dsql.async_pool(min_size=2)
+    await pool.open()
+    await asyncio.sleep(0.5)
+    started = time.monotonic()
+    await pool.close()
+    assert time.monotonic() - started < 3.0
+    assert "couldn't stop" not in caplog.text
+
+
+def _pool_error(pool: DsqlConnectionPool[Any]) -> tuple[PoolTimeout, float]:
+    started = time.monotonic()
+    with pytest.raises(PoolTimeout) as caught:
+        pool.open(wait=True, timeout=20)
+    return caught.value, time.monotonic() - started
+
+
+def test_a_wrong_database_fails_fast_and_names_the_cause(local_dsql: LocalDsql) -> None:
+    """Item 7: permanent errors do not wait out the timeout, and the PoolTimeout has a cause."""
+    pool = local_dsql.pool(min_size=1, dbname="nosuchdb")
+    error, elapsed = _pool_error(pool)
+    assert isinstance(error.__cause__, psycopg.OperationalError)
+    assert "nosuchdb" in str(error)
+    assert elapsed < 10  # the timeout was 20 s
+    pool.close()
+
+
+def test_a_failing_token_provider_fails_fast_and_names_the_cause(local_dsql: LocalDsql) -> None:
+    def provider(*, host: str, region: str, user: str) -> str:
+        raise TokenError("no credentials for this role (test)")
+
+    pool = local_dsql.pool(min_size=1, token_provider=provider, boto3_session=None)
+    error, elapsed = _pool_error(pool)
+    assert isinstance(error.__cause__, TokenError)
+    assert "no credentials for this role" in str(error)
+    assert elapsed < 10
+    pool.close()
+    with local_dsql.pool(
+        min_size=0, max_size=1, token_provider=provider, boto3_session=None
+    ) as lazy:
+        started = time.monotonic()
+        with pytest.raises(PoolTimeout) as caught:
+            lazy.getconn(timeout=20)
+        assert isinstance(caught.value.__cause__, TokenError)
+        assert time.monotonic() - started < 10
+
+
+def test_an_unverifiable_server_fails_fast_and_names_the_cause(
+    local_dsql: LocalDsql, tmp_path: Path
+) -> None:
+    import trustme
+
+    other_ca = tmp_path / "other-ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(other_ca))
+    pool = local_dsql.pool(min_size=1, sslrootcert=str(other_ca))
+    error, elapsed = _pool_error(pool)
+    assert isinstance(error.__cause__, psycopg.OperationalError)
+    assert "certificate verify failed" in str(error)
+    assert elapsed < 10
+    pool.close()
+
+
+def test_a_transient_refusal_still_waits_and_names_the_last_cause(local_dsql: LocalDsql) -> None:
+    local_dsql.refuse_connections(30, "53400")
+    pool = local_dsql.pool(min_size=1)
+    with pytest.raises(PoolTimeout) as caught:
+        pool.open(wait=True, timeout=1.5)
+    assert "rate exceeded" in str(caught.value)
+    assert isinstance(caught.value.__cause__, psycopg.OperationalError)
+    pool.close()
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"max_lifetime": math.nan}, "max_lifetime"),
+        ({"max_lifetime": 7200}, "60 minutes"),
+        ({"max_lifetime": math.inf}, "max_lifetime"),
+        ({"max_lifetime": "50"}, "max_lifetime"),
+        ({"idle_check_after": math.nan}, "idle_check_after"),
+        ({"timeout": math.nan}, "timeout"),
+        ({"timeout": True}, "timeout"),
+        ({"connect_timeout": 2.5}, "connect_timeout"),
+        ({"connect_timeout": True}, "connect_timeout"),
+        ({"min_size": "2"}, "min_size"),
+        ({"max_size": 2.0}, "max_size"),
+        ({"max_idle": math.nan}, "max_idle"),
+        ({"min_size": 0}, "max_size"),
+        ({"min_size": 4, "max_size": 2}, "at least min_size"),
+        ({"num_workers": 0}, "num_workers"),
+    ],
+)
+def test_bad_numbers_are_configuration_errors(
+    local_dsql: LocalDsql, options: dict[str, Any], message: str
+) -> None:
+    """Item 8: nan, infinity, wrong types and limits beyond DSQL's are refused up front."""
+    with pytest.raises(ConfigurationError, match=message):
+        local_dsql.pool(**options)
+
+
+TYPED_SNIPPET = """
+from typing import Any
+from dsqlkit import (AsyncDsqlConnectionPool, AsyncTransaction, DsqlConnectionPool, Transaction,
+    occ_retry, transactional)
+
+pool = DsqlConnectionPool("abcdefghijklmnopqrstuvwxyz.dsql.us-east-1.on.aws", open=False)
+apool = AsyncDsqlConnectionPool("abcdefghijklmnopqrstuvwxyz.dsql.us-east-1.on.aws", open=False)
+
+@transactional(pool)
+def transfer(tx: Transaction[Any], source: int, amount: float) -> str:
+    return "ok"
+
+@transactional(apool)
+async def atransfer(tx: AsyncTransaction[Any], source: int) -> int:
+    return 1
+
+@occ_retry
+def bump(n: int) -> int:
+    return n
+
+@occ_retry(max_attempts=3)
+async def abump(n: int) -> int:
+    return n
+
+result: str = transfer(1, 2.0)
+count: int = bump(1)
+transfer("x", 2.0)  # E: wrong argument type
+async def use() -> None:
+    value: int = await atransfer(1)
+    other: int = await abump(2)
+"""
+
+
+def test_decorators_and_pools_are_typed_under_mypy_strict(tmp_path: Path) -> None:
+    """Item 11: decorated functions keep their signatures; pools need no annotation."""
+    if shutil.which("mypy") is None and not _has_module("mypy"):
+        pytest.skip("mypy is not installed (it is in the test extra)")
+    snippet = tmp_path / "snippet.py"
+    snippet.write_text(TYPED_SNIPPET)
+    done = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--no-incremental", str(snippet)],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=tmp_path,
+    )
+    errors = [line for line in done.stdout.splitlines() if ": error:" in line]
+    assert len(errors) == 1, done.stdout
+    assert '"transfer" has incompatible type "str"' in errors[0]
+
+
+def _has_module(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
+
+
+@pytest.mark.parametrize(
+    ("module", "blocked", "extra"),
+    [("dsqlkit.migrations", "pglast", "migrations"), ("dsqlkit.testing", "pglast", "local")],
+)
+def test_a_missing_extra_is_named(module: str, blocked: str, extra: str) -> None:
+    """Item 12: without the extra, the error names ``dsqlkit[<extra>]``, not the module."""
+    script = textwrap.dedent(
+        f"""
+        import sys
+        class Block:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] == {blocked!r}:
+                    raise ModuleNotFoundError(name)
+        sys.meta_path.insert(0, Block())
+        try:
+            import {module}
+        except ImportError as exc:
+            import dsqlkit
+            assert isinstance(exc, dsqlkit.MissingDependency), type(exc)
+            print(exc)
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=False, cwd=ROOT
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"dsqlkit[{extra}]" in done.stdout
+
+
+def test_retirements_dsqlkit_expects_do_not_warn(
+    local_dsql: LocalDsql, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A thaw's dead connections and expired ones are replaced without psycopg_pool's
+    "discarding closed connection" warning (they are what dsqlkit's checkout is for)."""
+    caplog.set_level(logging.WARNING)
+    local_dsql.set_max_connection_age(1.0)
+    with local_dsql.pool(min_size=2, max_lifetime=1.5) as pool:
+        pool.wait()
+        _backend_pid(pool)
+        time.sleep(1.6)  # frozen: the server closes them, and they are past max_lifetime
+        for _ in range(4):
+            _backend_pid(pool)
+        stats = pool.get_stats()
+    retired = stats["connections_dead_at_checkout"] + stats["connections_retired_age"]
+    assert retired >= 1
+    assert "discarding closed connection" not in caplog.text

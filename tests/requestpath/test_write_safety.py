@@ -1,0 +1,225 @@
+"""The request path's contract: no write is ever repeated or hidden (issue 11, items 1-4, 9).
+
+Every fault here is real: connections dropped by the local endpoint mid-statement, COMMITs
+that are slow on the server, errors caught inside transaction functions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from dsqlkit import (
+    AsyncRepository,
+    CommitOutcomeUnknown,
+    DsqlConnectionPool,
+    Repository,
+    TransactionAborted,
+    commit_outcome_unknown,
+    transactional,
+)
+from dsqlkit.testing import LocalDsql
+
+
+@pytest.fixture
+def pool(local_dsql: LocalDsql) -> Iterator[DsqlConnectionPool[Any]]:
+    with local_dsql.pool(min_size=1, max_size=4) as pool:
+        yield pool
+
+
+@pytest.fixture
+def repo(pool: DsqlConnectionPool[Any]) -> Repository:
+    return Repository(pool)
+
+
+@pytest.fixture
+def table(repo: Repository) -> str:
+    name = "ws_" + uuid.uuid4().hex[:8]
+    repo.execute(f"CREATE TABLE {name} (id int PRIMARY KEY, note text, n int NOT NULL DEFAULT 0)")
+    return name
+
+
+def _drop_soon(local: LocalDsql, delay: float) -> threading.Thread:
+    thread = threading.Thread(target=lambda: (time.sleep(delay), local.drop_connections()))
+    thread.start()
+    return thread
+
+
+def test_insert_returning_through_query_is_never_repeated(
+    local_dsql: LocalDsql, repo: Repository, table: str
+) -> None:
+    """Item 1: a write read through query() whose connection drops mid-statement is either
+    reported (CommitOutcomeUnknown) or done once; it is never run a second time."""
+    outcomes = []
+    for row_id in range(5):
+        dropper = _drop_soon(local_dsql, 0.15)
+        try:
+            rows = repo.query(
+                f"INSERT INTO {table} (id, note) SELECT %s, pg_sleep(0.4)::text RETURNING id",
+                (row_id,),
+            )
+            outcomes.append("returned")
+            assert rows == [{"id": row_id}]
+        except CommitOutcomeUnknown:
+            outcomes.append("unknown")
+        finally:
+            dropper.join()
+        count = repo.scalar(f"SELECT count(*) FROM {table} WHERE id = %s", (row_id,))
+        assert count in (0, 1)  # never two, never a UniqueViolation for our own insert
+    assert "unknown" in outcomes  # the drop landed mid-statement at least once
+    assert repo.pool.get_stats()["occ_commit_unknown"] >= outcomes.count("unknown")
+
+
+def test_a_read_is_retried_after_a_drop_mid_statement(
+    local_dsql: LocalDsql, repo: Repository
+) -> None:
+    dropper = _drop_soon(local_dsql, 0.15)
+    try:
+        assert repo.scalar("SELECT pg_sleep(0.4)::text || 'x'") == "x"
+    finally:
+        dropper.join()
+    assert repo.pool.get_stats()["occ_disconnects_retried"] >= 1
+    dropper = _drop_soon(local_dsql, 0.15)
+    try:  # a statement whose text proves it is a read: autocommit, and still retried
+        assert repo.query("SELECT count(*) AS n FROM pg_class WHERE relname = 'x'") == [{"n": 0}]
+    finally:
+        dropper.join()
+
+
+def test_a_write_through_a_read_method_runs_exactly_once(repo: Repository, table: str) -> None:
+    """Item 2: never commit-then-raise; the write is done once and the call returns."""
+    repo.execute(f"INSERT INTO {table} (id, n) VALUES (1, 0), (2, 0)")
+    assert repo.query(f"UPDATE {table} SET n = n + 1 WHERE id = 1") == []
+    assert repo.query_one(f"UPDATE {table} SET n = n + 1 WHERE id = 1 RETURNING n") == {"n": 2}
+    assert repo.scalar(f"DELETE FROM {table} WHERE id = 2") is None
+    assert repo.query(f"SELECT id, n FROM {table} ORDER BY id") == [{"id": 1, "n": 2}]
+
+
+def test_a_swallowed_error_is_not_reported_as_committed(
+    pool: DsqlConnectionPool[Any], repo: Repository, table: str
+) -> None:
+    """Item 3: COMMIT of an aborted transaction silently rolls back; dsqlkit raises."""
+
+    @transactional(pool)
+    def insert_twice(tx: Any) -> str:
+        tx.execute(f"INSERT INTO {table} (id) VALUES (7)")
+        with contextlib.suppress(psycopg.errors.UniqueViolation):
+            tx.execute(f"INSERT INTO {table} (id) VALUES (7)")  # aborts the transaction
+        return "done"
+
+    with pytest.raises(TransactionAborted, match="nothing was committed"):
+        insert_twice()
+    assert repo.scalar(f"SELECT count(*) FROM {table}") == 0
+
+
+@pytest.fixture
+def slow_commit_table(local_dsql: LocalDsql) -> str:
+    """A table whose COMMITs take 0.6 s: a deferred constraint trigger, made on the backend
+    directly (DSQL itself has no triggers; here it only stretches COMMIT out)."""
+    name = "slow_" + uuid.uuid4().hex[:8]
+    with psycopg.connect(local_dsql.backend_conninfo, autocommit=True) as backend:
+        backend.execute(f"CREATE TABLE {name} (id int PRIMARY KEY)")
+        backend.execute(f"GRANT ALL ON {name} TO PUBLIC")
+        backend.execute(
+            f"CREATE FUNCTION {name}_sleep() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN PERFORM pg_sleep(0.6); RETURN NULL; END $$"
+        )
+        backend.execute(
+            f"CREATE CONSTRAINT TRIGGER {name}_slow AFTER INSERT ON {name} "
+            f"DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION {name}_sleep()"
+        )
+    return name
+
+
+async def test_a_timeout_landing_during_commit_is_marked_outcome_unknown(
+    local_dsql: LocalDsql, slow_commit_table: str
+) -> None:
+    """Item 4: asyncio.timeout() expiring while COMMIT is in flight keeps its type (asyncio
+    works as usual) and says the outcome is unknown: psycopg may or may not have managed to
+    cancel the COMMIT on the server."""
+    async with local_dsql.async_pool(min_size=1) as pool:
+
+        @transactional(pool)
+        async def insert(tx: Any) -> None:
+            await tx.execute(f"INSERT INTO {slow_commit_table} (id) VALUES (1)")
+
+        with pytest.raises(TimeoutError) as caught:
+            async with asyncio.timeout(0.3):
+                await insert()
+        assert commit_outcome_unknown(caught.value)
+        assert pool.get_stats()["occ_commit_unknown"] == 1
+        assert pool.get_stats()["occ_attempts"] == 1  # never re-run
+        await asyncio.sleep(0.6)
+        repo = AsyncRepository(pool)
+        assert await repo.scalar(f"SELECT count(*) FROM {slow_commit_table}") in (0, 1)
+
+
+async def test_a_timeout_before_commit_is_an_ordinary_timeout(local_dsql: LocalDsql) -> None:
+    async with local_dsql.async_pool(min_size=1) as pool:
+
+        @transactional(pool)
+        async def slow(tx: Any) -> None:
+            await tx.execute("SELECT pg_sleep(1)")
+
+        with pytest.raises(TimeoutError) as caught:
+            async with asyncio.timeout(0.2):
+                await slow()
+        assert not commit_outcome_unknown(caught.value)
+
+
+def test_a_lost_commit_is_reported_and_never_retried(
+    local_dsql: LocalDsql, pool: DsqlConnectionPool[Any], repo: Repository, table: str
+) -> None:
+    runs = 0
+
+    @transactional(pool)
+    def insert(tx: Any) -> None:
+        nonlocal runs
+        runs += 1
+        tx.execute(f"INSERT INTO {table} (id) VALUES (3)")
+
+    local_dsql.drop_next_commit("after")
+    with pytest.raises(CommitOutcomeUnknown):
+        insert()
+    assert runs == 1
+    assert repo.scalar(f"SELECT count(*) FROM {table}") == 1
+
+
+def test_a_migration_dml_that_committed_before_a_crash_is_not_run_again(
+    local_dsql: LocalDsql, repo: Repository, tmp_path: Path
+) -> None:
+    """Item 9: DML commits with its own "done" mark, so an interrupted run never repeats it."""
+    from dsqlkit.migrations import Migrator
+
+    name = "mig_" + uuid.uuid4().hex[:8]
+    (tmp_path / "1_table.sql").write_text(f"CREATE TABLE {name} (id int PRIMARY KEY, n int);\n")
+    (tmp_path / "2_seed.sql").write_text(
+        f"INSERT INTO {name} VALUES (1, 0);\nUPDATE {name} SET n = n + 1 WHERE id = 1;\n"
+    )
+    migrator = Migrator(repo, tmp_path, table=f"{name}_ledger")
+    # Let the UPDATE commit, then lose the connection before its answer arrives: the process
+    # cannot know it committed (exactly a crash right after COMMIT).
+    calls = {"n": 0}
+    original = repo.transaction
+
+    def transaction(fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 2:  # the UPDATE's transaction (the INSERT's was the first)
+            local_dsql.drop_next_commit("after")
+        return original(fn, *args, **kwargs)
+
+    repo.transaction = transaction  # type: ignore[method-assign]
+    with pytest.raises(CommitOutcomeUnknown):
+        migrator.migrate()
+    repo.transaction = original  # type: ignore[method-assign]
+    migrator.migrate()
+    assert repo.scalar(f"SELECT n FROM {name} WHERE id = 1") == 1
