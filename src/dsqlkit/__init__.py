@@ -16,7 +16,6 @@ from ._errors import (
     DatabaseUnavailable,
     DsqlError,
     LintFailed,
-    LocalEndpointError,
     MigrationError,
     MigrationFailed,
     MigrationLocked,
@@ -56,7 +55,6 @@ __all__ = [
     "EnvTokenProvider",
     "InsecureTLSWarning",
     "LintFailed",
-    "LocalEndpointError",
     "MigrationError",
     "MigrationFailed",
     "MigrationLocked",
@@ -81,3 +79,19 @@ __all__ = [
     "shared_pool",
     "transactional",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # Deprecated alias, kept for one release: the error moved to dsqlkit.testing.
+    if name == "LocalEndpointError":
+        import warnings
+
+        from .testing._errors import LocalEndpointError
+
+        warnings.warn(
+            "dsqlkit.LocalEndpointError moved to dsqlkit.testing.LocalEndpointError",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return LocalEndpointError
+    raise AttributeError(f"module 'dsqlkit' has no attribute {name!r}")

@@ -12,12 +12,14 @@ DsqlError                      base of everything raised by dsqlkit itself
 ├── TooManyRows                query_one()/scalar() got more than one row
 ├── DatabaseUnavailable        a health check could not reach the database
 ├── MissingDependency          an optional feature's extra is not installed (also an ImportError)
-├── MigrationError             dsqlkit.migrations could not plan or apply a migration
-│   ├── LintFailed             statements DSQL would refuse, found before any I/O
-│   ├── MigrationFailed        a statement failed; what ran before it is applied and recorded
-│   └── MigrationLocked        another runner holds the migration lock
-└── LocalEndpointError         dsqlkit.testing could not start or control the local endpoint
+└── MigrationError             dsqlkit.migrations could not plan or apply a migration
+    ├── LintFailed             statements DSQL would refuse, found before any I/O
+    ├── MigrationFailed        a statement failed; what ran before it is applied and recorded
+    └── MigrationLocked        another runner holds the migration lock
 ```
+
+The local endpoint's own error, ``dsqlkit.testing.LocalEndpointError``, is a `DsqlError` too;
+it lives with the endpoint, apart from the runtime library.
 
 A deadline or cancellation that lands while COMMIT is in flight keeps its own type (so
 ``asyncio.timeout()`` and task cancellation work as asyncio intends), carries a note saying the
@@ -43,7 +45,6 @@ __all__ = [
     "DatabaseUnavailable",
     "DsqlError",
     "LintFailed",
-    "LocalEndpointError",
     "MigrationError",
     "MigrationFailed",
     "MigrationLocked",
@@ -117,10 +118,6 @@ class TooManyRows(DsqlError):
 
 class DatabaseUnavailable(DsqlError):
     """The database could not be reached (a health check failed); ``__cause__`` says why."""
-
-
-class LocalEndpointError(DsqlError):
-    """The local DSQL endpoint (``dsqlkit.testing``) failed to start, answer or stop."""
 
 
 class MigrationError(DsqlError):

@@ -33,8 +33,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pglast import ast, enums, parser
-from pglast.stream import RawStream
+from pglast import enums, parser
 
 __all__ = [
     "RULES",
@@ -61,8 +60,6 @@ SETTABLE = frozenset(
 )
 SERIAL_TYPES = frozenset(("serial", "serial2", "serial4", "serial8", "smallserial", "bigserial"))
 ADVISORY = re.compile(r"pg_(try_)?advisory_(xact_)?(un)?lock(_shared|_all)?$")
-FAKE_SERVER_VERSION = "16.15"
-FAKE_SERVER_VERSION_NUM = "160015"
 
 
 def _words(text: str) -> list[str]:
@@ -1187,34 +1184,6 @@ def _kind(stmt: Any) -> str:
     return "other"
 
 
-def _count_sql(stmt: Any) -> tuple[str | None, int | None]:
-    """A query counting the rows a plain DML statement would touch (or the count itself)."""
-    count = ast.ResTarget(val=ast.FuncCall(funcname=(ast.String(sval="count"),), agg_star=True))
-    node = type(stmt).__name__
-    if node == "InsertStmt":
-        select = stmt.selectStmt
-        if select is None:
-            return None, 1  # DEFAULT VALUES
-        if select.valuesLists:
-            return None, len(select.valuesLists)
-        sub = ast.RangeSubselect(subquery=select, alias=ast.Alias(aliasname="dsqlkit_rows"))
-        query = ast.SelectStmt(targetList=(count,), fromClause=(sub,), withClause=stmt.withClause)
-        return RawStream()(query), None
-    if node == "UpdateStmt":
-        sources = (stmt.relation, *(stmt.fromClause or ()))
-    elif node == "DeleteStmt":
-        sources = (stmt.relation, *(stmt.usingClause or ()))
-    else:
-        return None, None
-    query = ast.SelectStmt(
-        targetList=(count,),
-        fromClause=sources,
-        whereClause=stmt.whereClause,
-        withClause=stmt.withClause,
-    )
-    return RawStream()(query), None
-
-
 def _max_param(text: str) -> int:
     numbers = [int(m) for m in re.findall(r"\$(\d+)", text)]
     return max(numbers, default=0)
@@ -1284,54 +1253,6 @@ def _validates_only(text: str, jobs: list[tuple[int, str]]) -> bool:
     return True
 
 
-def _version_probe(stmt: Any) -> str | None:
-    """The fake value a server-version probe must return, if ``stmt`` is one."""
-    node = type(stmt).__name__
-    if node == "VariableShowStmt":
-        name = stmt.name.lower()
-    elif node == "SelectStmt" and stmt.targetList and len(stmt.targetList) == 1:
-        val = stmt.targetList[0].val
-        if type(val).__name__ != "FuncCall" or val.funcname[-1].sval != "current_setting":
-            return None
-        arg = val.args[0] if val.args else None
-        name = getattr(getattr(arg, "val", None), "sval", "") or ""
-        if stmt.fromClause:
-            return None
-    else:
-        return None
-    return {
-        "server_version": FAKE_SERVER_VERSION,
-        "server_version_num": FAKE_SERVER_VERSION_NUM,
-    }.get(name.lower())
-
-
-def _wait_for_job(stmt: Any) -> bool:
-    if type(stmt).__name__ != "CallStmt" or stmt.funccall is None:
-        return False
-    names = [n.sval for n in stmt.funccall.funcname]
-    return names[-1] == "wait_for_job" and names[:-1] in ([], ["sys"])
-
-
-def _has_sublink(stmt: Any) -> bool:
-    from pglast.visitors import Visitor
-
-    found = []
-
-    class Finder(Visitor):
-        def visit_SubLink(self, ancestors: Any, node: Any) -> None:
-            found.append(node)
-
-    Finder()(stmt)
-    return bool(found)
-
-
-def _dollar_quote(text: str) -> str:
-    tag = "$dsqlkit$"
-    while tag in text:
-        tag = tag[:-1] + "x$"
-    return f"{tag}{text}{tag}"
-
-
 @dataclass(frozen=True)
 class Statement:
     """One statement and the facts DSQL's rules state about it."""
@@ -1340,24 +1261,8 @@ class Statement:
     node: str
     kind: str  # one of KINDS
     refusal: Refusal | None = None
-    #: Plain INSERT/UPDATE/DELETE without RETURNING: its conflicts surface at COMMIT.
-    plain_dml: bool = False
-    #: SQL for counting the rows a plain DML statement would touch (for a conflict fix-up).
-    count_sql: str | None = None
-    #: Rows of an INSERT ... VALUES (known without a query).
-    values_rows: int | None = None
-    #: A FOR UPDATE / FOR KEY SHARE read without its locking clause (for a conflict fix-up).
-    rerun_sql: str | None = None
-    #: The SQL actually sent to the backend, when it differs from ``text``.
-    rewrite: str | None = None
-    #: Command tag the client must see instead of the backend's (rewritten statements).
-    tag: str | None = None
-    #: DataRow value the client must see instead of the backend's (server version probes).
-    value: str | None = None
-    #: A ``CALL sys.wait_for_job``: refused inside a transaction block.
-    wait_for_job: bool = False
+    #: The highest ``$n`` parameter number in the text.
     params: int = 0
-    extra: dict[str, Any] = field(default_factory=dict, compare=False)
     #: The pglast statement node (``text`` parsed; ``ASYNC`` removed), None if unparsable.
     parsed: Any = field(default=None, compare=False, repr=False)
     #: DSQL's asynchronous form: ``CREATE [UNIQUE] INDEX ASYNC`` or ``ALTER TABLE ASYNC``.
@@ -1393,58 +1298,12 @@ def classify(sql: str) -> tuple[Statement, ...]:
         )
         is_async = async_job is not None and node in ("IndexStmt", "AlterTableStmt")
         async_job = async_job if is_async else None
-        refusal = _refusal(stmt, is_async=is_async)
-        if is_async and refusal is None:
-            # Emulation (moving to dsqlkit.testing): the backend builds the index, or
-            # validates the constraint, at once and records a job in sys.jobs.
-            statements.append(
-                Statement(
-                    piece,
-                    node,
-                    "ddl",
-                    rewrite="SELECT dsqlkit_internal.create_index_async("
-                    f"{_dollar_quote(piece)}) AS job_id",
-                    tag="CREATE INDEX" if node == "IndexStmt" else "ALTER TABLE",
-                    params=params,
-                    parsed=stmt,
-                    is_async=True,
-                    async_job=async_job,
-                )
-            )
-            continue
-        if _wait_for_job(stmt) and not _has_sublink(stmt):
-            args = ", ".join(RawStream()(a) for a in stmt.funccall.args or ())
-            statements.append(
-                Statement(
-                    piece,
-                    node,
-                    "other",
-                    rewrite=f"SELECT sys.dsqlkit_wait_for_job({args}) AS wait_for_job",
-                    tag="CALL",
-                    wait_for_job=True,
-                    params=params,
-                    parsed=stmt,
-                )
-            )
-            continue
-        kind = _kind(stmt)
-        plain = kind == "dml" and node in ("InsertStmt", "UpdateStmt", "DeleteStmt")
-        plain = plain and not _returning(stmt)
-        count_sql, values_rows = _count_sql(stmt) if plain else (None, None)
-        rerun_sql = None
-        if node == "SelectStmt" and stmt.lockingClause and refusal is None:
-            rerun_sql = RawStream()(_without_locking(stmt))
         statements.append(
             Statement(
                 piece,
                 node,
-                kind,
-                refusal=refusal,
-                plain_dml=plain,
-                count_sql=count_sql,
-                values_rows=values_rows,
-                rerun_sql=rerun_sql,
-                value=_version_probe(stmt),
+                "ddl" if is_async else _kind(stmt),
+                refusal=_refusal(stmt, is_async=is_async),
                 params=params,
                 parsed=stmt,
                 is_async=is_async,
@@ -1452,21 +1311,6 @@ def classify(sql: str) -> tuple[Statement, ...]:
             )
         )
     return tuple(statements)
-
-
-def _returning(stmt: Any) -> bool:
-    """Whether a DML statement has RETURNING (pglast 7: returningList; 8: returningClause)."""
-    clause = getattr(stmt, "returningClause", None)
-    if clause is not None:
-        return bool(getattr(clause, "exprs", clause))
-    return bool(getattr(stmt, "returningList", None))
-
-
-def _without_locking(stmt: Any) -> Any:
-    """A copy of a SELECT without its FOR UPDATE / FOR KEY SHARE clause."""
-    values = {name: getattr(stmt, name) for name in stmt.__slots__}
-    values["lockingClause"] = None
-    return ast.SelectStmt(**values)
 
 
 def primary_key_drop(stmt: Any, keys: dict[str, set[str]]) -> Refusal | None:

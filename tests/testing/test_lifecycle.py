@@ -14,8 +14,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from dsqlkit import LocalEndpointError
-from dsqlkit.testing import LocalDsql
+import dsqlkit
+from dsqlkit.testing import LocalDsql, LocalEndpointError
 
 
 def alive(pid: int) -> bool:
@@ -123,3 +123,14 @@ def test_pytest_plugin_provides_local_dsql(pytester: pytest.Pytester) -> None:
     )
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=2)
+
+
+def test_local_endpoint_error_lives_in_dsqlkit_testing() -> None:
+    assert LocalEndpointError.__module__.startswith("dsqlkit.testing")
+    assert issubclass(LocalEndpointError, dsqlkit.DsqlError)
+    # The old name stays importable for one release (with a DeprecationWarning), and catches it.
+    with pytest.deprecated_call():
+        old = dsqlkit.LocalEndpointError
+    assert old is LocalEndpointError
+    with pytest.raises(old, match="not running"):
+        _ = LocalDsql().port

@@ -97,3 +97,21 @@ def test_tampering_breaks_the_signature() -> None:
 )
 def test_malformed_tokens(token: str) -> None:
     assert reason(token) in {"malformed", "wrong_host"}
+
+
+def test_a_token_valid_for_over_a_week_is_refused_naming_the_limit() -> None:
+    check(client().generate_db_connect_admin_auth_token(HOST, REGION, 604_800))
+    with pytest.raises(TokenRejected) as info:
+        check(client().generate_db_connect_admin_auth_token(HOST, REGION, 604_801))
+    assert info.value.reason == "expires_too_long"
+    assert info.value.detail is not None
+    assert "604800" in info.value.detail
+
+
+def test_the_signer_is_returned_with_its_identity() -> None:
+    arn = "arn:aws:iam::111122223333:role/app"
+    trusted = {KEY_ID: Credentials(KEY_ID, SECRET, arn)}
+    token = client().generate_db_connect_auth_token(HOST, REGION, 900)
+    signer = verify_token(token, host=HOST, region=REGION, user="app", credentials=trusted)
+    assert signer.arn == arn
+    assert SECRET not in repr(signer)

@@ -22,7 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ._endpoint import BOOTSTRAP_SQL, CommitFault, Endpoint, EndpointConfig
+from ._faults import CommitFault
+from ._listener import Endpoint, EndpointConfig
 from ._postgres import EmbeddedPostgres
 from ._sigv4 import Credentials
 
@@ -43,12 +44,33 @@ def make_tls_context(workdir: Path, host: str) -> ssl.SSLContext:
     return context
 
 
-def bootstrap(server: EmbeddedPostgres) -> None:
+def sql_resource(name: str) -> str:
+    """One of the SQL files shipped with this package (``bootstrap.sql``, ``identity.sql``)."""
+    from importlib.resources import files
+
+    return files(__package__).joinpath(name).read_text(encoding="utf-8")
+
+
+def bootstrap(server: EmbeddedPostgres, *, dsql_rules: bool = True) -> None:
+    """Create the endpoint's server-side objects; with the rules, DSQL's server identity."""
     import psycopg
 
     conninfo = f"host={server.socket_dir} port={server.port} user=postgres dbname=postgres"
     with psycopg.connect(conninfo, autocommit=True) as conn:
-        conn.execute(BOOTSTRAP_SQL.encode())
+        conn.execute(sql_resource("bootstrap.sql").encode())
+        if dsql_rules:
+            conn.execute(sql_resource("identity.sql").encode())
+
+
+def credentials_from(config: dict[str, Any]) -> dict[str, Credentials]:
+    """Trusted credentials from the configuration: ``{key: secret}`` or ``{key: {...}}``."""
+    trusted = {}
+    for key_id, value in config["credentials"].items():
+        if isinstance(value, str):
+            trusted[key_id] = Credentials(key_id, value)
+        else:
+            trusted[key_id] = Credentials(key_id, value["secret"], value.get("arn", ""))
+    return trusted
 
 
 class Controller:
@@ -79,6 +101,11 @@ class Controller:
                 )
             )
             return {}
+        if op == "add_identity":
+            endpoint.add_identity(
+                Credentials(request["access_key_id"], request["secret"], request["arn"])
+            )
+            return {}
         if op == "set_max_connection_age":
             endpoint.config.max_connection_age = float(request["seconds"])
             return {}
@@ -99,11 +126,9 @@ async def serve(
     workdir = Path(config["workdir"])
     endpoint: Endpoint | None = None
     try:
-        bootstrap(server)
+        bootstrap(server, dsql_rules=bool(config.get("dsql_rules", True)))
         tls = make_tls_context(workdir, config["host"])
-        credentials = {
-            key_id: Credentials(key_id, secret) for key_id, secret in config["credentials"].items()
-        }
+        credentials = credentials_from(config)
         endpoint = Endpoint(
             EndpointConfig(
                 host=config["host"],
@@ -113,6 +138,11 @@ async def serve(
                 max_connection_age=float(config["max_connection_age"]),
                 dsql_rules=bool(config.get("dsql_rules", True)),
                 transaction_age_limit=float(config.get("transaction_age_limit", 300.0)),
+                # An older configuration has one identity: it is the default one.
+                default_access_key=str(
+                    config.get("default_access_key") or next(iter(credentials), "")
+                ),
+                strict_iam=bool(config.get("strict_iam", False)),
             ),
             tls,
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
 import shutil
 import string
@@ -17,7 +18,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
-from .._errors import ConfigurationError, LocalEndpointError
+from .._errors import ConfigurationError
+from ._errors import LocalEndpointError
 
 if TYPE_CHECKING:
     import boto3
@@ -28,6 +30,9 @@ if TYPE_CHECKING:
 __all__ = ["LocalDsql"]
 
 _ALPHABET = string.ascii_lowercase + string.digits
+#: The IAM identity of `LocalDsql.boto3_session` unless told otherwise.
+DEFAULT_IAM_ARN = "arn:aws:iam::000000000000:role/dsqlkit-local"
+_ARN = re.compile(r"arn:aws[a-z-]*:iam::[0-9]{12}:(role|user)/[A-Za-z0-9+=,.@_/-]+")
 _WORKDIR_PREFIX = "dsqlkit-local-"
 ConflictCode = Literal["OC000", "OC001"]
 RefusalCode = Literal["53300", "53400"]
@@ -67,6 +72,11 @@ class LocalDsql:
             database itself), REPEATABLE READ and the bounded lock wait stay.
         row_limit: rows one transaction may modify (DSQL: 3,000).
         transaction_age_limit: seconds a transaction may stay open (DSQL: 300).
+        iam_arn: the IAM identity (ARN) of `boto3_session`, the test's own credentials.
+        strict_iam: require an ``AWS IAM GRANT`` mapping for every custom role, whoever
+            signs the token. Off (the default), tokens signed by `boto3_session` connect as any
+            existing role, as tests written before mappings existed expect; identities from
+            `iam_identity` always need a mapping.
         debug: log every session event to ``endpoint.log`` in the work directory.
     """
 
@@ -81,6 +91,8 @@ class LocalDsql:
         dsql_rules: bool = True,
         row_limit: int = 3000,
         transaction_age_limit: float = 300.0,
+        iam_arn: str = DEFAULT_IAM_ARN,
+        strict_iam: bool = False,
         debug: bool = False,
     ) -> None:
         if cluster_id is None:
@@ -98,6 +110,9 @@ class LocalDsql:
             raise ConfigurationError("row_limit must be a positive number of rows")
         if transaction_age_limit <= 0:
             raise ConfigurationError("transaction_age_limit must be a positive number of seconds")
+        _check_arn(iam_arn)
+        self.iam_arn = iam_arn
+        self.strict_iam = strict_iam
         self.dsql_rules = dsql_rules
         self.row_limit = row_limit
         self.transaction_age_limit = float(transaction_age_limit)
@@ -110,6 +125,10 @@ class LocalDsql:
         self._requested_port = port
         self._access_key_id = "AKIA" + _random(string.ascii_uppercase + string.digits, 16)
         self._secret_access_key = _random(string.ascii_letters + string.digits + "/+", 40)
+        #: Further IAM identities: ARN -> (access key id, secret access key).
+        self._identities: dict[str, tuple[str, str]] = {}
+        self._sessions: dict[str, boto3.Session] = {}
+        self._clients: dict[str, Any] = {}
         self._process: subprocess.Popen[str] | None = None
         self._lock = threading.Lock()
         self._info: dict[str, Any] = {}
@@ -128,7 +147,9 @@ class LocalDsql:
             "workdir": str(self.workdir),
             "host": self.host,
             "region": self.region,
-            "credentials": {self._access_key_id: self._secret_access_key},
+            "credentials": self._trusted_credentials(),
+            "default_access_key": self._access_key_id,
+            "strict_iam": self.strict_iam,
             "max_connection_age": self.max_connection_age,
             "dsql_rules": self.dsql_rules,
             "row_limit": self.row_limit,
@@ -218,9 +239,54 @@ class LocalDsql:
     def _dsql_client(self) -> Any:
         return self.boto3_session.client("dsql", region_name=self.region)
 
-    def token(self, user: str = "admin", *, expires_in: int = 900) -> str:
-        """A fresh IAM token for ``user`` (admin: DbConnectAdmin, others: DbConnect)."""
-        client = self._dsql_client
+    def iam_identity(self, arn: str) -> boto3.Session:
+        """A ``boto3.Session`` whose credentials the endpoint knows as the IAM identity ``arn``.
+
+        Tokens it signs (``DbConnect``) connect only as roles mapped to ``arn`` with
+        ``AWS IAM GRANT role TO 'arn'``, so tests can check their grants. The same ARN always
+        gives the same credentials. Pass it as ``boto3_session`` to a pool, or ``arn`` as
+        ``identity`` to `token` / `conninfo`.
+        """
+        import boto3
+
+        _check_arn(arn)
+        if arn == self.iam_arn:
+            return self.boto3_session
+        if arn not in self._identities:
+            key = "AKIA" + _random(string.ascii_uppercase + string.digits, 16)
+            secret = _random(string.ascii_letters + string.digits + "/+", 40)
+            if self._process is not None:
+                self._request(
+                    {"op": "add_identity", "access_key_id": key, "secret": secret, "arn": arn}
+                )
+            self._identities[arn] = (key, secret)
+        if arn not in self._sessions:
+            key, secret = self._identities[arn]
+            self._sessions[arn] = boto3.Session(
+                aws_access_key_id=key, aws_secret_access_key=secret, region_name=self.region
+            )
+        return self._sessions[arn]
+
+    def _trusted_credentials(self) -> dict[str, dict[str, str]]:
+        trusted = {self._access_key_id: {"secret": self._secret_access_key, "arn": self.iam_arn}}
+        for arn, (key, secret) in self._identities.items():
+            trusted[key] = {"secret": secret, "arn": arn}
+        return trusted
+
+    def token(
+        self, user: str = "admin", *, expires_in: int = 900, identity: str | None = None
+    ) -> str:
+        """A fresh IAM token for ``user`` (admin: DbConnectAdmin, others: DbConnect).
+
+        ``identity``: the ARN of an `iam_identity` to sign with (default: `boto3_session`).
+        """
+        if identity is None or identity == self.iam_arn:
+            client = self._dsql_client
+        else:
+            if identity not in self._clients:
+                session = self.iam_identity(identity)
+                self._clients[identity] = session.client("dsql", region_name=self.region)
+            client = self._clients[identity]
         if user == "admin":
             token: str = client.generate_db_connect_admin_auth_token(
                 self.host, self.region, expires_in
@@ -235,12 +301,14 @@ class LocalDsql:
         *,
         expires_in: int = 900,
         sslnegotiation: Literal["postgres", "direct"] = "postgres",
+        identity: str | None = None,
         **extra: str | int,
     ) -> str:
         """A libpq conninfo string with TLS settings and a freshly minted token.
 
         Works as is with ``psycopg.connect()`` and ``psql``; ``extra`` adds or overrides
-        libpq parameters (e.g. ``connect_timeout=5``).
+        libpq parameters (e.g. ``connect_timeout=5``). ``identity`` signs the token as that
+        `iam_identity` (an ARN).
         """
         from psycopg.conninfo import make_conninfo
 
@@ -250,7 +318,7 @@ class LocalDsql:
             "port": self.port,
             "dbname": "postgres",
             "user": user,
-            "password": self.token(user, expires_in=expires_in),
+            "password": self.token(user, expires_in=expires_in, identity=identity),
             "sslmode": "verify-full",
             "sslrootcert": self.ca_file,
         }
@@ -436,6 +504,13 @@ def _readline(process: subprocess.Popen[str], timeout: float) -> str:
             process.kill()
             raise LocalEndpointError(f"the local endpoint did not answer within {timeout}s")
     return process.stdout.readline()
+
+
+def _check_arn(arn: str) -> None:
+    if not isinstance(arn, str) or not _ARN.fullmatch(arn):
+        raise ConfigurationError(
+            f"{arn!r} is not an IAM role or user ARN: use e.g. 'arn:aws:iam::111122223333:role/app'"
+        )
 
 
 def _remove_stale_workdirs() -> None:

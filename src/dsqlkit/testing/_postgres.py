@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .._errors import LocalEndpointError
+from ._errors import LocalEndpointError
 
 _logger = logging.getLogger("dsqlkit.testing")
 

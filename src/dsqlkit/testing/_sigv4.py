@@ -14,7 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import quote, unquote
 
 ALGORITHM = "AWS4-HMAC-SHA256"
@@ -28,17 +28,25 @@ CLOCK_SKEW = dt.timedelta(minutes=5)
 
 
 class TokenRejected(Exception):
-    """The token does not authenticate; ``reason`` is a short machine-readable label."""
+    """The token does not authenticate; ``reason`` is a short machine-readable label.
 
-    def __init__(self, reason: str, explanation: str) -> None:
+    ``detail`` is what the client may be told beyond DSQL's one-line refusal (``None``:
+    nothing, as for a bad signature).
+    """
+
+    def __init__(self, reason: str, explanation: str, detail: str | None = None) -> None:
         super().__init__(explanation)
         self.reason = reason
+        self.detail = detail
 
 
 @dataclass(frozen=True)
 class Credentials:
+    """Signing credentials the endpoint trusts, and the IAM identity (ARN) they belong to."""
+
     access_key_id: str
-    secret_access_key: str
+    secret_access_key: str = field(repr=False)
+    arn: str = ""
 
 
 def _hmac(key: bytes, msg: str) -> bytes:
@@ -65,8 +73,8 @@ def verify_token(
     user: str,
     credentials: dict[str, Credentials],
     now: dt.datetime | None = None,
-) -> None:
-    """Raise `TokenRejected` unless ``token`` is valid for ``user`` at ``host``.
+) -> Credentials:
+    """The credentials that signed ``token``; `TokenRejected` unless it is valid for ``user``.
 
     ``credentials`` maps access key ids to the credentials the endpoint trusts.
     """
@@ -109,7 +117,13 @@ def verify_token(
     signed_at = _parse_amz_date(amz_date)
     if signed_at is None or not amz_date.startswith(date):
         raise TokenRejected("malformed", "token X-Amz-Date is invalid")
-    if not 1 <= expires <= MAX_EXPIRES:
+    if expires > MAX_EXPIRES:
+        message = (
+            f"token X-Amz-Expires is {expires} seconds, over the maximum of {MAX_EXPIRES} "
+            "seconds (one week)"
+        )
+        raise TokenRejected("expires_too_long", message, detail=message)
+    if expires < 1:
         raise TokenRejected("malformed", "token X-Amz-Expires is out of range")
 
     canonical_query = "&".join(
@@ -146,6 +160,7 @@ def verify_token(
         raise TokenRejected(
             "wrong_action", f"user {user!r} needs a {wanted} token, not {action or 'none'}"
         )
+    return known
 
 
 def _parse_amz_date(value: str) -> dt.datetime | None:

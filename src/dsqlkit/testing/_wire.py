@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 SSL_REQUEST_CODE = 80877103
 GSSENC_REQUEST_CODE = 80877104
@@ -126,11 +127,7 @@ def parse(statement: str, sql: str) -> bytes:
 
 def bind_text(portal: str, statement: str, params: list[str]) -> bytes:
     """Bind with every parameter in text format and text results."""
-    body = cstring(portal) + cstring(statement) + b"\x00\x00" + struct.pack("!h", len(params))
-    for value in params:
-        raw = value.encode()
-        body += _INT32.pack(len(raw)) + raw
-    body += b"\x00\x00"
+    body = cstring(portal) + cstring(statement) + text_parameters(params) + b"\x00\x00"
     return encode(b"B", body)
 
 
@@ -150,3 +147,91 @@ def parse_bind_names(payload: bytes) -> tuple[str, str]:
     portal, offset = read_cstring(payload, 0)
     statement, _ = read_cstring(payload, offset)
     return portal, statement
+
+
+#: A Parse message's parameter-type section saying "no parameters, infer nothing".
+NO_PARAMETER_TYPES = b"\x00\x00"
+#: A Bind message's parameter section with no parameters and text results.
+NO_PARAMETERS = b"\x00\x00\x00\x00"
+
+
+def text_parameters(values: list[str]) -> bytes:
+    """A Bind parameter section (formats, count, values) with every value in text format."""
+    body = b"\x00\x00" + struct.pack("!h", len(values))
+    for value in values:
+        raw = value.encode()
+        body += _INT32.pack(len(raw)) + raw
+    return body
+
+
+def statement_sequence(
+    name: str,
+    sql: str,
+    *,
+    param_types: bytes = NO_PARAMETER_TYPES,
+    parameters: bytes = NO_PARAMETERS,
+    result_formats: bytes = b"\x00\x00",
+    sync: bool = False,
+) -> list[bytes]:
+    """The extended-protocol messages that run ``sql`` once under ``name``.
+
+    Close any statement and portal of that name, Parse (with ``param_types``: a Parse
+    parameter section, e.g. a ParameterDescription's payload), Bind (``parameters``: the
+    formats/count/values section of a Bind, e.g. the client's own), Execute, and Sync when
+    asked. Each message is returned separately so the session can track its answer.
+    """
+    messages = [
+        encode(b"C", b"S" + cstring(name)),
+        encode(b"C", b"P" + cstring(name)),
+        encode(b"P", cstring(name) + cstring(sql) + param_types),
+        encode(b"B", cstring(name) + cstring(name) + parameters + result_formats),
+        execute(name),
+    ]
+    if sync:
+        messages.append(encode(b"S"))
+    return messages
+
+
+@dataclass(frozen=True, slots=True)
+class BindMessage:
+    """The parts of a Bind message the endpoint reuses."""
+
+    portal: str
+    statement: str
+    #: Parameter formats, count and values, exactly as the client sent them.
+    parameters: bytes
+    #: Result-column formats, exactly as the client sent them.
+    result_formats: bytes
+
+
+def parse_bind(payload: bytes) -> BindMessage:
+    """Split a Bind message into names, parameter section and result formats."""
+    portal, offset = read_cstring(payload, 0)
+    statement, offset = read_cstring(payload, offset)
+    start = offset
+    formats = int.from_bytes(payload[offset : offset + 2], "big")
+    offset += 2 + 2 * formats
+    count = int.from_bytes(payload[offset : offset + 2], "big")
+    offset += 2
+    for _ in range(count):
+        (length,) = _INT32.unpack_from(payload, offset)
+        offset += 4 + max(length, 0)
+    return BindMessage(portal, statement, payload[start:offset], payload[offset:])
+
+
+def first_value(payload: bytes) -> str | None:
+    """The first column of a DataRow, as text (``None`` for NULL)."""
+    (length,) = _INT32.unpack_from(payload, 2)
+    return None if length < 0 else payload[6 : 6 + length].decode()
+
+
+def data_row(*values: str | None) -> bytes:
+    """A DataRow of text values."""
+    body = struct.pack("!h", len(values))
+    for value in values:
+        if value is None:
+            body += _INT32.pack(-1)
+        else:
+            raw = value.encode()
+            body += _INT32.pack(len(raw)) + raw
+    return encode(b"D", body)

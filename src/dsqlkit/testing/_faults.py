@@ -1,0 +1,62 @@
+"""Faults the local endpoint injects on request, and the errors it raises as DSQL words them.
+
+Shared by all sessions: armed COMMIT faults (a conflict, or a drop before or after the backend
+commits), a window during which new connections are refused (53300/53400). The connection
+and transaction age limits live in the endpoint's configuration and are applied by the
+listener (connections) and the rules (transactions).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Literal
+
+#: DSQL's texts for the errors the endpoint produces.
+CONFLICT_MESSAGES = {
+    "OC000": "change conflicts with another transaction (OC000)",
+    "OC001": "schema has been updated by another transaction, please retry: (OC001)",
+}
+REFUSAL_MESSAGES = {"53300": "too many open connections", "53400": "rate exceeded"}
+#: PostgreSQL errors that mean "another transaction got there first": DSQL reports all of
+#: them as an optimistic-concurrency conflict.
+CONFLICT_SQLSTATES = frozenset(("40001", "40P01", "55P03"))
+
+
+@dataclass
+class CommitFault:
+    """One armed COMMIT fault: ``remaining`` COMMITs (of ``backend_pid``, or any) are hit."""
+
+    action: Literal["conflict", "drop_before", "drop_after"]
+    remaining: int
+    code: str = "OC000"
+    backend_pid: int | None = None
+
+
+class Faults:
+    """Fault injection state shared by all sessions."""
+
+    def __init__(self) -> None:
+        self.commit_faults: deque[CommitFault] = deque()
+        self.refuse_until = 0.0
+        self.refuse_code = "53300"
+
+    def reset(self) -> None:
+        self.commit_faults.clear()
+        self.refuse_until = 0.0
+        self.refuse_code = "53300"
+
+    def take_commit_fault(self, backend_pid: int) -> CommitFault | None:
+        """The fault the next COMMIT of ``backend_pid`` hits, if one is armed (consumes it)."""
+        for fault in self.commit_faults:
+            if fault.backend_pid in (None, backend_pid):
+                fault.remaining -= 1
+                if fault.remaining <= 0:
+                    self.commit_faults.remove(fault)
+                return fault
+        return None
+
+    def refusal(self) -> str | None:
+        """The SQLSTATE new connections are refused with right now, if any."""
+        return self.refuse_code if time.monotonic() < self.refuse_until else None

@@ -1,0 +1,402 @@
+"""The local endpoint's front door: accept, TLS, startup, IAM token and role-mapping checks.
+
+Each accepted connection negotiates TLS (SSLRequest, or direct TLS with ALPN ``postgresql``;
+plaintext is refused), sends its startup packet, and answers a cleartext-password request
+with an IAM token. The token must be signed by credentials the endpoint trusts, for this host,
+Region and action (``DbConnectAdmin`` for ``admin``, ``DbConnect`` otherwise), and, for a
+custom role, by an IAM identity mapped to that role with ``AWS IAM GRANT`` (unless the
+endpoint is lenient and the signer is its default identity). Then the session opens its own
+backend connection over the embedded server's Unix socket and relays (`._session`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import ssl
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from .._sqlrules import classify
+from . import _wire as wire
+from ._faults import REFUSAL_MESSAGES, Faults
+from ._session import CHUNK, Session, parameter_status
+from ._sigv4 import Credentials, TokenRejected, verify_token
+
+_logger = logging.getLogger("dsqlkit.testing")
+
+HANDSHAKE_TIMEOUT = 10.0
+
+
+@dataclass
+class EndpointConfig:
+    host: str
+    region: str
+    #: Trusted signing credentials by access key id, each with its IAM identity (ARN).
+    credentials: dict[str, Credentials]
+    backend_socket: str
+    max_connection_age: float = 3600.0
+    #: Apply DSQL's SQL and transaction rules (off: a plain PostgreSQL relay behind TLS+IAM).
+    dsql_rules: bool = True
+    transaction_age_limit: float = 300.0
+    #: The access key of the test's own identity: with ``strict_iam`` off it may connect as
+    #: any role without an ``AWS IAM GRANT`` (the compatible default).
+    default_access_key: str = ""
+    strict_iam: bool = False
+
+
+@dataclass
+class Counters:
+    """What tests can read about the endpoint's life; reset never clears them."""
+
+    connections_accepted: int = 0
+    connections_authenticated: int = 0
+    connections_closed_for_age: int = 0
+    connections_dropped: int = 0
+    plaintext_refused: int = 0
+    tls_failures: int = 0
+    commit_conflicts_injected: int = 0
+    commit_drops: int = 0
+    statements_refused: int = 0
+    conflicts_deferred: int = 0
+    auth_failures: Counter[str] = field(default_factory=Counter)
+    refused: Counter[str] = field(default_factory=Counter)
+
+    def snapshot(self, active: int) -> dict[str, Any]:
+        data: dict[str, Any] = {k: v for k, v in vars(self).items() if not isinstance(v, Counter)}
+        data["auth_failures"] = dict(self.auth_failures)
+        data["refused"] = dict(self.refused)
+        data["active_connections"] = active
+        return data
+
+
+class Endpoint:
+    """Listens on 127.0.0.1 and serves one `Session` per client connection."""
+
+    def __init__(self, config: EndpointConfig, tls: ssl.SSLContext) -> None:
+        self.config = config
+        self.tls = tls
+        self.counters = Counters()
+        self.faults = Faults()
+        self.sessions: set[Session] = set()
+        self.port = 0
+        self._listener: socket.socket | None = None
+        self._accept_task: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self, port: int = 0) -> int:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", port))
+        listener.listen(1024)
+        listener.setblocking(False)
+        self._listener = listener
+        self.port = listener.getsockname()[1]
+        self._accept_task = asyncio.get_running_loop().create_task(self._accept_loop())
+        return self.port
+
+    def add_identity(self, credentials: Credentials) -> None:
+        """Trust another signing identity from now on."""
+        self.config.credentials[credentials.access_key_id] = credentials
+
+    async def _accept_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        assert self._listener is not None
+        while True:
+            sock, _ = await loop.sock_accept(self._listener)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.counters.connections_accepted += 1
+            task = loop.create_task(self._serve(sock))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _serve(self, sock: socket.socket) -> None:
+        accepted_at = time.monotonic()
+        try:
+            streams = await asyncio.wait_for(self._negotiate_tls(sock), HANDSHAKE_TIMEOUT)
+        except (OSError, ssl.SSLError, asyncio.TimeoutError, wire.ProtocolViolation) as exc:
+            _logger.debug("connection closed during TLS negotiation: %r", exc)
+            sock.close()
+            return
+        if streams is None:
+            sock.close()
+            return
+        session = Session(self, *streams, accepted_at=accepted_at)
+        self.sessions.add(session)
+        try:
+            session.start_age_timer()
+            if await Startup(self, session).run():
+                await session.relay()
+        except (
+            OSError,
+            ssl.SSLError,
+            asyncio.IncompleteReadError,
+            wire.ProtocolViolation,
+            UnicodeDecodeError,
+        ) as exc:
+            _logger.debug("session ended: %r", exc)
+        finally:
+            session.abort(graceful=True)
+            self.sessions.discard(session)
+
+    async def _negotiate_tls(
+        self, sock: socket.socket
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+        """TLS via SSLRequest or direct (first byte 0x16); plaintext startup is refused."""
+        loop = asyncio.get_running_loop()
+        sock.setblocking(False)
+        while True:
+            first = await _peek(loop, sock, 1)
+            if not first:
+                return None
+            if first == b"\x16":  # a TLS handshake record: direct TLS negotiation
+                return await self._handshake(sock, direct=True)
+            header = await _recv_exactly(loop, sock, 8)
+            length = int.from_bytes(header[:4], "big")
+            code = int.from_bytes(header[4:], "big")
+            if length == 8 and code == wire.SSL_REQUEST_CODE:
+                await loop.sock_sendall(sock, b"S")
+                return await self._handshake(sock, direct=False)
+            if length == 8 and code == wire.GSSENC_REQUEST_CODE:
+                await loop.sock_sendall(sock, b"N")
+                continue
+            self.counters.plaintext_refused += 1
+            message = wire.error_response(
+                "28000",
+                "TLS is required: connect with sslmode=verify-full",
+                severity="FATAL",
+            )
+            with contextlib.suppress(OSError):
+                await loop.sock_sendall(sock, message)
+            return None
+
+    async def _handshake(
+        self, sock: socket.socket, *, direct: bool
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=CHUNK)
+        protocol = asyncio.StreamReaderProtocol(reader)
+        try:
+            transport, _ = await loop.connect_accepted_socket(
+                lambda: protocol, sock, ssl=self.tls, ssl_handshake_timeout=HANDSHAKE_TIMEOUT
+            )
+        except (OSError, ssl.SSLError) as exc:
+            self.counters.tls_failures += 1
+            _logger.info("TLS handshake failed: %s", exc)
+            return None
+        ssl_object = transport.get_extra_info("ssl_object")
+        if direct and (ssl_object is None or ssl_object.selected_alpn_protocol() != "postgresql"):
+            # PostgreSQL (and DSQL) require ALPN for direct TLS negotiation.
+            self.counters.tls_failures += 1
+            transport.abort()
+            return None
+        writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+        return reader, writer
+
+    @staticmethod
+    def is_commit(sql: str) -> bool:
+        """Whether ``sql`` is exactly one COMMIT/END statement (the shared, cached parse)."""
+        statements = classify(sql)
+        return len(statements) == 1 and statements[0].kind == "commit"
+
+    async def drop_all(self) -> int:
+        """Drop every client connection; return once their sockets are really closed."""
+        sessions = list(self.sessions)
+        for session in sessions:
+            session.abort()
+        self.counters.connections_dropped += len(sessions)
+        closing = [session.closed for session in sessions]
+        if closing:
+            await asyncio.wait(closing, timeout=2.0)
+        return len(sessions)
+
+    async def close(self) -> None:
+        if self._accept_task:
+            self._accept_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._accept_task
+        if self._listener:
+            self._listener.close()
+        for session in list(self.sessions):
+            session.abort()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+class Startup:
+    """The startup conversation of one session, up to its first ReadyForQuery."""
+
+    def __init__(self, endpoint: Endpoint, session: Session) -> None:
+        self.endpoint = endpoint
+        self.session = session
+
+    async def run(self) -> bool:
+        """Authenticate and connect the backend; ``False``: the connection is over."""
+        session = self.session
+        header = await session.creader.readexactly(4)
+        length = int.from_bytes(header, "big")
+        if not 8 <= length <= 10_000:
+            raise wire.ProtocolViolation(f"invalid startup packet length {length}")
+        body = await session.creader.readexactly(length - 4)
+        version = int.from_bytes(body[:4], "big")
+        if version == wire.CANCEL_REQUEST_CODE:
+            await self._forward_cancel(header + body)
+            return False
+        if version >> 16 != 3:
+            await self._fatal("0A000", f"unsupported frontend protocol {version >> 16}")
+            return False
+        _, params = wire.parse_startup(body)
+        session.user = params.get("user", "")
+        if not session.user:
+            await self._fatal("28000", "no PostgreSQL user name specified in startup packet")
+            return False
+
+        refusal = self.endpoint.faults.refusal()
+        if refusal is not None:
+            self.endpoint.counters.refused[refusal] += 1
+            await self._fatal(refusal, REFUSAL_MESSAGES[refusal])
+            return False
+
+        session.cwriter.write(wire.auth_request(3))  # cleartext password: the IAM token
+        mtype, payload = await self._read_client_message()
+        if mtype != b"p":
+            raise wire.ProtocolViolation("expected a password message")
+        token = payload.rstrip(b"\x00").decode()
+        config = self.endpoint.config
+        try:
+            signer = verify_token(
+                token,
+                host=config.host,
+                region=config.region,
+                user=session.user,
+                credentials=config.credentials,
+            )
+        except TokenRejected as exc:
+            return await self._auth_failed(exc.reason, str(exc), exc.detail)
+        return await self._connect_backend(version, params, signer)
+
+    async def _read_client_message(self) -> tuple[bytes, bytes]:
+        header = await self.session.creader.readexactly(5)
+        length = int.from_bytes(header[1:], "big")
+        if not 4 <= length <= 1_000_000:
+            raise wire.ProtocolViolation(f"invalid message length {length}")
+        return header[:1], await self.session.creader.readexactly(length - 4)
+
+    async def _auth_failed(self, reason: str, explanation: str, detail: str | None = None) -> bool:
+        user = self.session.user
+        self.endpoint.counters.auth_failures[reason] += 1
+        _logger.info("IAM authentication failed for user %r: %s", user, explanation)
+        await self._fatal("28P01", f'IAM authentication failed for user "{user}"', detail)
+        return False
+
+    async def _fatal(self, sqlstate: str, message: str, detail: str | None = None) -> None:
+        writer = self.session.cwriter
+        writer.write(wire.error_response(sqlstate, message, severity="FATAL", detail=detail))
+        with contextlib.suppress(OSError, ssl.SSLError):
+            await writer.drain()
+
+    async def _forward_cancel(self, packet: bytes) -> None:
+        _, writer = await asyncio.open_unix_connection(self.endpoint.config.backend_socket)
+        writer.write(packet)
+        await writer.drain()
+        writer.close()
+
+    def _needs_mapping(self, signer: Credentials) -> bool:
+        config = self.endpoint.config
+        if self.session.user == "admin":
+            return False
+        lenient = not config.strict_iam and signer.access_key_id == config.default_access_key
+        return not lenient
+
+    async def _connect_backend(
+        self, version: int, params: dict[str, str], signer: Credentials
+    ) -> bool:
+        session = self.session
+        config = self.endpoint.config
+        session.breader, session.bwriter = await asyncio.open_unix_connection(
+            config.backend_socket, limit=CHUNK
+        )
+        session.bwriter.write(wire.startup_message(version, params))
+        buffer = wire.MessageBuffer()
+        out = bytearray()
+        while True:
+            data = await session.breader.read(CHUNK)
+            if not data:
+                raise wire.ProtocolViolation("backend closed during startup")
+            for mtype, payload in buffer.feed(data):
+                if mtype == b"E":
+                    fields = wire.parse_fields(payload)
+                    if fields.get("C") == "28000" and "does not exist" in fields.get("M", ""):
+                        return await self._auth_failed("unknown_role", fields["M"])
+                    session.cwriter.write(bytes(out) + wire.encode(mtype, payload))
+                    return False
+                if mtype == b"K":
+                    session.backend_pid = int.from_bytes(payload[:4], "big")
+                if mtype == b"S" and config.dsql_rules:
+                    out += wire.encode(mtype, parameter_status(payload))
+                    continue
+                out += wire.encode(mtype, payload)
+                if mtype == b"Z":
+                    if self._needs_mapping(signer) and not await self._mapped(signer):
+                        return await self._auth_failed(
+                            "not_mapped",
+                            f"{signer.arn or signer.access_key_id} is not mapped to the role "
+                            "(AWS IAM GRANT)",
+                        )
+                    self.endpoint.counters.connections_authenticated += 1
+                    session.cwriter.write(bytes(out))
+                    await session.cwriter.drain()
+                    return True
+
+    async def _mapped(self, signer: Credentials) -> bool:
+        """Ask the new backend session whether the signer's ARN is mapped to its role."""
+        buffer = wire.MessageBuffer()  # the backend sent nothing after ReadyForQuery
+        session = self.session
+        assert session.breader is not None
+        assert session.bwriter is not None
+        role = session.user.replace("'", "''")
+        arn = signer.arn.replace("'", "''")
+        session.bwriter.write(
+            wire.query(f"SELECT dsqlkit_internal.iam_may_connect('{role}', '{arn}')")
+        )
+        answer: str | None = None
+        while True:
+            data = await session.breader.read(CHUNK)
+            if not data:
+                raise wire.ProtocolViolation("backend closed during startup")
+            for mtype, payload in buffer.feed(data):
+                if mtype == b"D":
+                    answer = wire.first_value(payload)
+                elif mtype == b"Z":
+                    return answer == "t"
+
+
+async def _peek(loop: asyncio.AbstractEventLoop, sock: socket.socket, size: int) -> bytes:
+    ready: asyncio.Future[None] = loop.create_future()
+
+    def on_readable() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    loop.add_reader(sock.fileno(), on_readable)
+    try:
+        await ready
+    finally:
+        loop.remove_reader(sock.fileno())
+    return sock.recv(size, socket.MSG_PEEK)
+
+
+async def _recv_exactly(loop: asyncio.AbstractEventLoop, sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = await loop.sock_recv(sock, size - len(data))
+        if not chunk:
+            raise wire.ProtocolViolation("connection closed during negotiation")
+        data += chunk
+    return data

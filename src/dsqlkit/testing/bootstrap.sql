@@ -1,0 +1,187 @@
+CREATE ROLE admin WITH SUPERUSER LOGIN;
+CREATE SCHEMA dsqlkit_internal;
+GRANT USAGE ON SCHEMA dsqlkit_internal TO PUBLIC;
+
+-- Failing COMMIT on purpose (injected conflicts, deferred OCC conflicts, the age limit).
+CREATE TABLE dsqlkit_internal.doomed (sqlstate text NOT NULL, message text NOT NULL);
+CREATE FUNCTION dsqlkit_internal.fail_commit() RETURNS trigger
+  LANGUAGE plpgsql SECURITY DEFINER AS $$
+BEGIN
+  RAISE EXCEPTION USING ERRCODE = NEW.sqlstate, MESSAGE = NEW.message;
+END $$;
+CREATE CONSTRAINT TRIGGER fail_commit
+  AFTER INSERT ON dsqlkit_internal.doomed
+  DEFERRABLE INITIALLY DEFERRED FOR EACH ROW
+  EXECUTE FUNCTION dsqlkit_internal.fail_commit();
+GRANT INSERT ON dsqlkit_internal.doomed TO PUBLIC;
+
+-- Refusing a statement: the backend raises DSQL's error, so a transaction is aborted
+-- exactly when DSQL would abort it.
+CREATE FUNCTION dsqlkit_internal.raise_error(sqlstate text, message text) RETURNS void
+  LANGUAGE plpgsql AS $$
+BEGIN
+  RAISE EXCEPTION USING ERRCODE = sqlstate, MESSAGE = message;
+END $$;
+
+-- The row limit: every user table gets a row trigger counting modified rows per transaction.
+CREATE FUNCTION dsqlkit_internal.count_row() RETURNS trigger
+  LANGUAGE plpgsql SECURITY DEFINER AS $$
+DECLARE
+  n bigint := coalesce(nullif(current_setting('dsqlkit.rows', true), ''), '0')::bigint + 1;
+BEGIN
+  IF n > current_setting('dsqlkit.row_limit')::bigint THEN
+    RAISE EXCEPTION USING ERRCODE = '54000', MESSAGE = 'transaction row limit exceeded';
+  END IF;
+  PERFORM set_config('dsqlkit.rows', n::text, true);
+  RETURN NULL;
+END $$;
+CREATE FUNCTION dsqlkit_internal.add_row_counter() RETURNS event_trigger
+  LANGUAGE plpgsql AS $$
+DECLARE r record;
+BEGIN
+  FOR r IN SELECT * FROM pg_event_trigger_ddl_commands()
+           WHERE command_tag = 'CREATE TABLE' AND object_type = 'table'
+             AND schema_name NOT IN ('dsqlkit_internal', 'sys') LOOP
+    EXECUTE format('CREATE TRIGGER dsqlkit_row_limit AFTER INSERT OR UPDATE OR DELETE ON %s '
+                   'FOR EACH ROW EXECUTE FUNCTION dsqlkit_internal.count_row()', r.object_identity);
+  END LOOP;
+END $$;
+CREATE EVENT TRIGGER dsqlkit_row_limit ON ddl_command_end WHEN TAG IN ('CREATE TABLE')
+  EXECUTE FUNCTION dsqlkit_internal.add_row_counter();
+
+-- Asynchronous DDL jobs, listed in sys.jobs.
+CREATE SCHEMA sys;
+GRANT USAGE ON SCHEMA sys TO PUBLIC;
+CREATE TABLE sys.jobs (
+  job_id text PRIMARY KEY, status text NOT NULL, details text, job_type text NOT NULL,
+  class_id oid, object_id oid, object_name text,
+  start_time timestamptz NOT NULL, update_time timestamptz NOT NULL);
+GRANT SELECT ON sys.jobs TO PUBLIC;
+CREATE FUNCTION dsqlkit_internal.record_job(
+  job text, status text, details text, job_type text, object_id oid, object_name text,
+  started timestamptz)
+  RETURNS void LANGUAGE sql SECURITY DEFINER AS $$
+  INSERT INTO sys.jobs VALUES (job, status, details, job_type, 'pg_class'::regclass,
+                               object_id, object_name, started, clock_timestamp())
+$$;
+-- CREATE INDEX ASYNC (kind 'index') and ALTER TABLE ASYNC ... VALIDATE CONSTRAINT (kind
+-- 'validate'): the DDL runs at once and is recorded as a finished job. A build or validation
+-- that fails on the data fails the job, not the statement (as on DSQL).
+CREATE FUNCTION dsqlkit_internal.run_job(
+  ddl text, kind text, relation text DEFAULT NULL, constraint_name text DEFAULT NULL)
+  RETURNS text
+  LANGUAGE plpgsql AS $$
+DECLARE
+  job text := (SELECT string_agg(substr('abcdefghijklmnopqrstuvwxyz234567',
+                                        floor(random() * 32)::int + 1, 1), '')
+               FROM generate_series(1, 26));
+  started timestamptz := clock_timestamp();
+  state text := 'completed';
+  why text;
+  target oid;
+  target_name text;
+  newest oid := (SELECT max(oid) FROM pg_class);
+BEGIN
+  BEGIN
+    EXECUTE ddl;
+  EXCEPTION WHEN integrity_constraint_violation THEN
+    state := 'failed';
+    why := SQLERRM;
+  END;
+  IF kind = 'index' THEN
+    SELECT c.oid, c.relname INTO target, target_name FROM pg_class c
+     WHERE c.relkind = 'i' AND c.oid > newest ORDER BY c.oid LIMIT 1;
+    PERFORM dsqlkit_internal.record_job(job, state, why, 'INDEX_BUILD', target, target_name,
+                                        started);
+  ELSE
+    PERFORM dsqlkit_internal.record_job(job, state, why, 'VALIDATE_CONSTRAINT',
+                                        to_regclass(relation), constraint_name, started);
+  END IF;
+  RETURN job;
+END $$;
+CREATE FUNCTION sys.dsqlkit_wait_for_job(job text) RETURNS boolean
+  LANGUAGE plpgsql AS $$
+DECLARE state text;
+BEGIN
+  IF job IS NULL OR job !~ '^[a-z2-7]{26}$' THEN
+    RAISE EXCEPTION USING ERRCODE = '22P02', MESSAGE = 'Unable to convert text to UUID';
+  END IF;
+  SELECT j.status INTO state FROM sys.jobs j WHERE j.job_id = job;
+  IF state IS NULL THEN
+    RAISE EXCEPTION USING ERRCODE = '42704', MESSAGE = format('job "%s" not found', job);
+  END IF;
+  RETURN state = 'completed';
+END $$;
+CREATE PROCEDURE sys.wait_for_job(job text) LANGUAGE plpgsql AS $$
+BEGIN
+  PERFORM sys.dsqlkit_wait_for_job(job);
+END $$;
+
+-- IAM identities mapped to roles (AWS IAM GRANT / REVOKE, sys.iam_pg_role_mappings).
+CREATE SEQUENCE dsqlkit_internal.iam_oid START 26000;
+CREATE TABLE dsqlkit_internal.iam_identities (
+  iam_oid oid PRIMARY KEY DEFAULT nextval('dsqlkit_internal.iam_oid')::oid,
+  arn text NOT NULL UNIQUE);
+CREATE TABLE dsqlkit_internal.iam_mappings (
+  iam_oid oid NOT NULL REFERENCES dsqlkit_internal.iam_identities,
+  pg_role_oid oid NOT NULL, grantor_pg_role_oid oid NOT NULL,
+  PRIMARY KEY (iam_oid, pg_role_oid));
+CREATE VIEW sys.iam_pg_role_mappings AS
+  SELECT m.iam_oid, i.arn, m.pg_role_oid, r.rolname::text AS pg_role_name,
+         m.grantor_pg_role_oid, g.rolname::text AS grantor_pg_role_name
+    FROM dsqlkit_internal.iam_mappings m
+    JOIN dsqlkit_internal.iam_identities i USING (iam_oid)
+    JOIN pg_catalog.pg_roles r ON r.oid = m.pg_role_oid
+    LEFT JOIN pg_catalog.pg_roles g ON g.oid = m.grantor_pg_role_oid;
+GRANT SELECT ON sys.iam_pg_role_mappings TO PUBLIC;
+CREATE FUNCTION dsqlkit_internal.iam_check(role text, arn text) RETURNS oid
+  LANGUAGE plpgsql AS $$
+DECLARE target oid := (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = role);
+BEGIN
+  IF NOT (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user) THEN
+    RAISE EXCEPTION USING ERRCODE = '42501',
+      MESSAGE = 'permission denied: only admin can map IAM identities to roles';
+  END IF;
+  IF target IS NULL THEN
+    RAISE EXCEPTION USING ERRCODE = '42704', MESSAGE = format('role "%s" does not exist', role);
+  END IF;
+  IF role = 'admin' THEN
+    RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = 'the admin role cannot be mapped';
+  END IF;
+  IF arn !~ '^arn:aws[a-z-]*:iam::[0-9]{12}:(role|user)/[A-Za-z0-9+=,.@_/-]+$' THEN
+    RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = format('invalid IAM ARN "%s"', arn),
+      HINT = 'Use an IAM role or user ARN such as arn:aws:iam::123456789012:role/app.';
+  END IF;
+  RETURN target;
+END $$;
+CREATE PROCEDURE dsqlkit_internal.aws_iam_grant(role text, arn text) LANGUAGE plpgsql AS $$
+DECLARE
+  target oid := dsqlkit_internal.iam_check(role, arn);
+  ident oid;
+BEGIN
+  INSERT INTO dsqlkit_internal.iam_identities (arn) VALUES (arn) ON CONFLICT DO NOTHING;
+  SELECT i.iam_oid INTO ident FROM dsqlkit_internal.iam_identities i WHERE i.arn = $2;
+  INSERT INTO dsqlkit_internal.iam_mappings
+    VALUES (ident, target, (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = current_user))
+    ON CONFLICT DO NOTHING;
+  IF NOT FOUND THEN
+    RAISE EXCEPTION USING ERRCODE = '42710',
+      MESSAGE = format('role "%s" is already mapped to "%s"', role, arn);
+  END IF;
+END $$;
+CREATE PROCEDURE dsqlkit_internal.aws_iam_revoke(role text, arn text) LANGUAGE plpgsql AS $$
+DECLARE target oid := dsqlkit_internal.iam_check(role, arn);
+BEGIN
+  DELETE FROM dsqlkit_internal.iam_mappings m USING dsqlkit_internal.iam_identities i
+   WHERE m.iam_oid = i.iam_oid AND i.arn = $2 AND m.pg_role_oid = target;
+  IF NOT FOUND THEN
+    RAISE EXCEPTION USING ERRCODE = '42704',
+      MESSAGE = format('role "%s" is not mapped to "%s"', role, arn);
+  END IF;
+END $$;
+-- Asked by the endpoint on the new session before the client gets it.
+CREATE FUNCTION dsqlkit_internal.iam_may_connect(role text, arn text) RETURNS boolean
+  LANGUAGE sql STABLE SECURITY DEFINER AS $$
+  SELECT EXISTS (SELECT 1 FROM sys.iam_pg_role_mappings m
+                  WHERE m.pg_role_name = role AND m.arn = iam_may_connect.arn)
+$$;
