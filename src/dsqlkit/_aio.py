@@ -36,3 +36,17 @@ async def wait_flag(flag: threading.Event, timeout: float) -> bool:
             return False
         await asyncio.sleep(min(left, _POLL))
     return True
+
+
+def lock() -> asyncio.Lock:
+    """A lock for one event loop's tasks (`_sio.lock` is a thread lock)."""
+    return asyncio.Lock()
+
+
+async def acquire(lock: asyncio.Lock, timeout: float) -> bool:
+    """Take ``lock``, waiting at most ``timeout`` seconds; whether it was taken."""
+    try:
+        await asyncio.wait_for(lock.acquire(), max(timeout, 0.0))
+    except TimeoutError:
+        return False
+    return True

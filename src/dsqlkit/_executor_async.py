@@ -17,6 +17,8 @@ nothing was written) then runs exactly once as an autocommit write.
 from __future__ import annotations
 
 import contextlib
+import time
+import weakref
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -26,13 +28,60 @@ from psycopg import errors, pq
 from . import _aio
 from ._errors import TransactionAborted
 from ._query import JOINED, joined_handle, refuse_awaitable
-from ._retry import Attempt, RetryPolicy, RetryStats, is_conflict, judge_all
+from ._retry import Attempt, RetryPolicy, RetryStats, find_conflict, is_conflict, judge_all
 from ._transaction_async import AsyncTransaction
 
 __all__ = ["AsyncExecutor"]
 
 _IDLE = pq.TransactionStatus.IDLE
 _INERROR = pq.TransactionStatus.INERROR
+#: Hot units per pool (see `AsyncExecutor._hot_transaction_once`), at most this many each.
+_HOT_UNITS = 1024
+_hot: weakref.WeakKeyDictionary[Any, dict[Any, _Gate]] = weakref.WeakKeyDictionary()
+
+
+class _Gate:
+    """The lock attempts of one hot unit take, and until when the unit stays hot."""
+
+    __slots__ = ("lock", "until")
+
+    def __init__(self, until: float) -> None:
+        self.lock = _aio.lock()
+        self.until = until
+
+
+def _hot_key(fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
+    """What identifies a unit of work: the function and its arguments, if they hash."""
+    key = (fn, args, tuple(sorted(kwargs.items()))) if kwargs else (fn, args)
+    try:
+        hash(key)
+    except TypeError:
+        return None
+    return key
+
+
+def _hot_gate(pool: Any, key: Any) -> _Gate | None:
+    units = _hot.get(pool)
+    gate = units.get(key) if units else None
+    if gate is None or gate.until < time.monotonic():
+        return None
+    return gate
+
+
+def _heat(pool: Any, key: Any, seconds: float) -> None:
+    """Mark a unit hot for ``seconds`` after it lost a conflict."""
+    until = time.monotonic() + seconds
+    try:
+        units = _hot.setdefault(pool, {})
+    except TypeError:  # a pool that cannot be weakly referenced: no gate
+        return
+    gate = units.get(key)
+    if gate is not None:
+        gate.until = until
+        return
+    if len(units) >= _HOT_UNITS:
+        units.pop(next(iter(units)))
+    units.setdefault(key, _Gate(until))
 
 
 class AsyncExecutor:
@@ -67,7 +116,34 @@ class AsyncExecutor:
         joined = joined_handle(self.pool)
         if joined is not None:  # nested on the same pool: join, and let the outer call retry
             return await fn(joined, *args, **kwargs)
+        key = _hot_key(fn, args, kwargs) if self.policy.hot_seconds else None
+        if key is not None:
+            return await self._run(self._hot_transaction_once, judge_all, key, fn, args, kwargs)
         return await self._run(self._transaction_once, judge_all, fn, args, kwargs)
+
+    async def _hot_transaction_once(
+        self, attempt: Attempt, key: Any, fn: Callable[..., Any], args: Any, kwargs: Any
+    ) -> Any:
+        """One attempt, run alone among this process's attempts of the same unit (same pool,
+        function and arguments) while that unit is hot, i.e. conflicted in the last
+        ``hot_seconds``: they would only conflict with each other again."""
+        gate = _hot_gate(self.pool, key)
+        if gate is None or not await _aio.acquire(gate.lock, self.policy.deadline):
+            try:
+                return await self._transaction_once(attempt, fn, args, kwargs)
+            except BaseException as exc:
+                if find_conflict(exc) is not None:
+                    _heat(self.pool, key, self.policy.hot_seconds)
+                raise
+        self.stats.add("occ_serialized")
+        try:
+            return await self._transaction_once(attempt, fn, args, kwargs)
+        except BaseException as exc:
+            if find_conflict(exc) is not None:
+                _heat(self.pool, key, self.policy.hot_seconds)
+            raise
+        finally:
+            gate.lock.release()
 
     async def _transaction_once(
         self, attempt: Attempt, fn: Callable[..., Any], args: Any, kwargs: Any

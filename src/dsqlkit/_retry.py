@@ -181,6 +181,7 @@ class RetryStats(Counters):
     NAMES = (
         "occ_attempts",
         "occ_retries",
+        "occ_serialized",
         "occ_disconnects_retried",
         "occ_gave_up",
         "occ_commit_unknown",
@@ -230,6 +231,9 @@ class RetryPolicy:
         base_delay: the first backoff ceiling, in seconds.
         max_delay: the largest backoff ceiling, in seconds.
         on_retry: called with a `RetryEvent` before each retry (in the retrying thread or task).
+        hot_seconds: after a conflict, attempts of the same transaction (the same function
+            with the same arguments, on the same pool) in this process run one at a time for
+            this many seconds, so they stop conflicting with each other; 0 turns it off.
     """
 
     max_attempts: int = 20
@@ -237,6 +241,7 @@ class RetryPolicy:
     base_delay: float = 0.05
     max_delay: float = 0.5
     on_retry: Callable[[RetryEvent], None] | None = field(default=None, compare=False)
+    hot_seconds: float = 0.25
 
     def __post_init__(self) -> None:
         attempts = self.max_attempts
@@ -258,10 +263,14 @@ class RetryPolicy:
             raise ConfigurationError("delays must satisfy 0 <= base_delay <= max_delay")
         if self.on_retry is not None and not callable(self.on_retry):
             raise ConfigurationError("on_retry must be callable(RetryEvent)")
+        hot = _check_seconds("hot_seconds", self.hot_seconds, allow_zero=True)
+        if hot > MAX_DEADLINE:
+            raise ConfigurationError(f"hot_seconds must be at most {MAX_DEADLINE:.0f} seconds")
 
     def with_options(self, **changes: Any) -> RetryPolicy:
         """A copy with some fields changed (unknown names are an error)."""
-        unknown = set(changes) - {"max_attempts", "deadline", "base_delay", "max_delay", "on_retry"}
+        known = {"max_attempts", "deadline", "base_delay", "max_delay", "on_retry", "hot_seconds"}
+        unknown = set(changes) - known
         if unknown:
             raise ConfigurationError(f"unknown retry option(s): {', '.join(sorted(unknown))}")
         return replace(self, **changes)
@@ -316,6 +325,10 @@ class RetryRun:
         self.stats = stats
         self.started = time.monotonic()
         self.attempts = 0
+
+    def time_left(self) -> float:
+        """Seconds until the policy's deadline."""
+        return self.policy.deadline - (time.monotonic() - self.started)
 
     def next_attempt(self, **state: Any) -> Attempt:
         self.attempts += 1

@@ -20,3 +20,13 @@ def to_thread(fn: Callable[..., T], /, *args: Any) -> T:
 def wait_flag(flag: threading.Event, timeout: float) -> bool:
     """Sleep up to ``timeout`` seconds, returning early (True) once ``flag`` is set."""
     return flag.wait(timeout)
+
+
+def lock() -> threading.Lock:
+    """A lock for threads (`_aio.lock` is an asyncio lock)."""
+    return threading.Lock()
+
+
+def acquire(lock: threading.Lock, timeout: float) -> bool:
+    """Take ``lock``, waiting at most ``timeout`` seconds; whether it was taken."""
+    return lock.acquire(timeout=max(timeout, 0.0))
