@@ -47,6 +47,6 @@ async def acquire(lock: asyncio.Lock, timeout: float) -> bool:
     """Take ``lock``, waiting at most ``timeout`` seconds; whether it was taken."""
     try:
         await asyncio.wait_for(lock.acquire(), max(timeout, 0.0))
-    except TimeoutError:
+    except asyncio.TimeoutError:  # not the builtin TimeoutError on Python 3.10
         return False
     return True

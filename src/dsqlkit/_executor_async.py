@@ -128,14 +128,9 @@ class AsyncExecutor:
         function and arguments) while that unit is hot, i.e. conflicted in the last
         ``hot_seconds``: they would only conflict with each other again."""
         gate = _hot_gate(self.pool, key)
-        if gate is None or not await _aio.acquire(gate.lock, self.policy.deadline):
-            try:
-                return await self._transaction_once(attempt, fn, args, kwargs)
-            except BaseException as exc:
-                if find_conflict(exc) is not None:
-                    _heat(self.pool, key, self.policy.hot_seconds)
-                raise
-        self.stats.add("occ_serialized")
+        held = gate is not None and await _aio.acquire(gate.lock, self.policy.deadline)
+        if held:
+            self.stats.add("occ_serialized")
         try:
             return await self._transaction_once(attempt, fn, args, kwargs)
         except BaseException as exc:
@@ -143,7 +138,8 @@ class AsyncExecutor:
                 _heat(self.pool, key, self.policy.hot_seconds)
             raise
         finally:
-            gate.lock.release()
+            if held and gate is not None:
+                gate.lock.release()
 
     async def _transaction_once(
         self, attempt: Attempt, fn: Callable[..., Any], args: Any, kwargs: Any

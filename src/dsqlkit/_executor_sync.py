@@ -130,14 +130,9 @@ class Executor:
         function and arguments) while that unit is hot, i.e. conflicted in the last
         ``hot_seconds``: they would only conflict with each other again."""
         gate = _hot_gate(self.pool, key)
-        if gate is None or not _sio.acquire(gate.lock, self.policy.deadline):
-            try:
-                return self._transaction_once(attempt, fn, args, kwargs)
-            except BaseException as exc:
-                if find_conflict(exc) is not None:
-                    _heat(self.pool, key, self.policy.hot_seconds)
-                raise
-        self.stats.add("occ_serialized")
+        held = gate is not None and _sio.acquire(gate.lock, self.policy.deadline)
+        if held:
+            self.stats.add("occ_serialized")
         try:
             return self._transaction_once(attempt, fn, args, kwargs)
         except BaseException as exc:
@@ -145,7 +140,8 @@ class Executor:
                 _heat(self.pool, key, self.policy.hot_seconds)
             raise
         finally:
-            gate.lock.release()
+            if held and gate is not None:
+                gate.lock.release()
 
     def _transaction_once(
         self, attempt: Attempt, fn: Callable[..., Any], args: Any, kwargs: Any

@@ -95,6 +95,16 @@ def commit_outcome_unknown(exc: BaseException | None) -> bool:
     return False
 
 
+#: What interrupts an attempt from outside (asyncio.TimeoutError is its own class on 3.10).
+_INTERRUPTIONS = (
+    asyncio.CancelledError,
+    asyncio.TimeoutError,
+    TimeoutError,
+    KeyboardInterrupt,
+    SystemExit,
+)
+
+
 class Outcome(enum.Enum):
     """What a failed attempt means for the unit of work."""
 
@@ -136,9 +146,7 @@ def judge(exc: BaseException, attempt: Attempt) -> Outcome:
         if attempt.read_only or not attempt.writing:
             return Outcome.RETRY
         return Outcome.UNKNOWN
-    if attempt.writing and isinstance(
-        exc, (asyncio.CancelledError, KeyboardInterrupt, TimeoutError, SystemExit)
-    ):
+    if attempt.writing and isinstance(exc, _INTERRUPTIONS):
         return Outcome.INTERRUPTED
     return Outcome.FAIL
 
