@@ -1,19 +1,81 @@
-"""Project tasks. `nox -s tests` is what CI runs (see .ci/run and the README)."""
+"""Project tasks. `nox -s tests` is what CI runs (see .ci/run and the README).
+
+`tests` runs the suite once, on the interpreter that runs nox. Every supported Python has its
+own session, `tests-3.10` ... `tests-3.13` (all of them: `nox -t matrix`); one whose interpreter
+is not installed is skipped with a message. `tests-dev` runs the suite in Python's development
+mode with ResourceWarning as an error.
+"""
 
 from __future__ import annotations
 
+import os
+import re
+import shutil
+from pathlib import Path
+
 import nox
 
+nox.needs_version = ">=2025.10.14"  # sessions' download_python (never fetch an interpreter)
 nox.options.sessions = ["lint", "typecheck", "tests"]
 nox.options.reuse_existing_virtualenvs = True
 nox.options.error_on_external_run = True
+# An absent interpreter skips its tests-3.x session (also under CI, where nox would fail it).
+nox.options.error_on_missing_interpreters = False
+
+# Every version in the matrix is a supported one: keep the README and the classifiers in step.
+PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
+
+
+def _interpreter(version: str) -> str:
+    """Where Python ``version`` is, or ``version`` itself for nox to look up (or skip).
+
+    A pyenv shim on PATH fails for a version pyenv has installed but not activated, so the
+    newest such installation is used directly instead.
+    """
+    on_path = shutil.which(f"python{version}")
+    if on_path and f"{os.sep}shims{os.sep}" not in on_path:
+        return version
+    root = Path(os.environ.get("PYENV_ROOT") or Path.home() / ".pyenv")
+    builds = [
+        (tuple(int(part) for part in path.parent.parent.name.split(".")), path)
+        for path in root.glob(f"versions/{version}.*/bin/python{version}")
+        if re.fullmatch(r"\d+\.\d+\.\d+", path.parent.parent.name)
+    ]
+    return str(max(builds)[1]) if builds else version
+
+
+def _run_tests(session: nox.Session, *python_options: str) -> None:
+    session.install("-e", ".[test]")
+    session.run("python", *python_options, "-m", "pytest", *session.posargs)
 
 
 @nox.session
 def tests(session: nox.Session) -> None:
     """The default test run (soak tests excluded); extra arguments go to pytest."""
-    session.install("-e", ".[test]")
-    session.run("pytest", *session.posargs)
+    _run_tests(session)
+
+
+def _tests_on(version: str) -> None:
+    def run(session: nox.Session) -> None:
+        _run_tests(session)
+
+    run.__doc__ = f"The default test run on Python {version} (skipped if it is not installed)."
+    nox.session(
+        name=f"tests-{version}",
+        python=_interpreter(version),
+        download_python="never",  # never fetch an interpreter: test what is installed
+        tags=["matrix"],
+    )(run)
+
+
+for _version in PYTHONS:
+    _tests_on(_version)
+
+
+@nox.session(name="tests-dev")
+def tests_dev(session: nox.Session) -> None:
+    """The test run in development mode (``-X dev``), where any ResourceWarning is an error."""
+    _run_tests(session, "-X", "dev", "-W", "error::ResourceWarning")
 
 
 @nox.session
@@ -24,8 +86,17 @@ def soak(session: nox.Session) -> None:
 
 
 @nox.session
+def thirdparty(session: nox.Session) -> None:
+    """Other clients against LocalDsql (tests/thirdparty), with the optional ones installed:
+    Django, Alembic and greenlet (SQLAlchemy's asyncio layer). Without them the default run
+    skips those tests."""
+    session.install("-e", ".[test]", "django>=5", "alembic>=1.13", "greenlet")
+    session.run("pytest", "tests/thirdparty", *session.posargs)
+
+
+@nox.session
 def conformance(session: nox.Session) -> None:
-    """Replay real-cluster recordings (``$DSQL_RECORDINGS`` or ../shared/dsql-recordings)."""
+    """Replay the real-cluster recordings (vendored; ``$DSQL_RECORDINGS`` adds or replaces)."""
     session.install("-e", ".[test]")
     session.run("pytest", "tests/conformance", "-s", "-q", *session.posargs)
 

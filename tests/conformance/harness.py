@@ -2,9 +2,11 @@
 
 Follows ``shared/dsql-recordings/README.md``: fixtures first, cases in suite order (state
 carries over), ``ROLLBACK`` after each single-connection case, concurrent cases in lockstep
-(BEGIN, statement, COMMIT, 150 ms apart), then clean-up. A recording directory other than
-the default can be given with ``DSQL_RECORDINGS``; files it holds beyond the known seven are
-replayed after them, in name order.
+(BEGIN, statement, COMMIT, 150 ms apart), then clean-up. The recordings come from
+``recordings/`` next to this file (vendored, so a plain clone has them), overlaid by
+``$DSQL_RECORDINGS`` or, when that is unset, ``../shared/dsql-recordings`` next to the
+repository: a file there replaces the vendored one of the same name, and files beyond the
+known seven are replayed after them, in name order.
 
 Run it alone with ``python tests/conformance/harness.py`` (or ``nox -s conformance``).
 """
@@ -19,7 +21,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -28,6 +30,7 @@ from typing import Any
 import psycopg
 
 ROOT = Path(__file__).resolve().parents[2]
+VENDORED_RECORDINGS = Path(__file__).with_name("recordings")
 DEFAULT_RECORDINGS = ROOT.parent / "shared" / "dsql-recordings"
 DIVERGENCES = Path(__file__).with_name("divergences.json")
 #: The upstream suite's order (README "How a run executes"): groups in this order, cases in
@@ -343,9 +346,12 @@ def compare_case(case: dict[str, Any], got: list[Any]) -> Outcome:
 # -- running ----------------------------------------------------------------------------------
 
 
-def load(directory: Path) -> list[tuple[str, list[dict[str, Any]]]]:
-    """The recordings as (file, cases) segments in suite order; absent groups are skipped."""
-    files = {p.stem: p for p in directory.glob("*.json") if _is_recording(p)}
+def load(directories: Sequence[Path]) -> list[tuple[str, list[dict[str, Any]]]]:
+    """The recordings as (file, cases) segments in suite order; absent groups are skipped.
+
+    A file in a later directory replaces a same-named one in an earlier directory.
+    """
+    files = {p.stem: p for d in directories for p in d.glob("*.json") if _is_recording(p)}
     cases = {name: json.loads(path.read_text())["cases"] for name, path in sorted(files.items())}
     taken: dict[str, set[str]] = {name: set() for name in cases}
     segments: list[tuple[str, list[dict[str, Any]]]] = []
@@ -397,10 +403,10 @@ def run_concurrent(
 
 
 def replay(
-    connect: Callable[[], psycopg.Connection[Any]], directory: Path
+    connect: Callable[[], psycopg.Connection[Any]], directories: Sequence[Path]
 ) -> dict[str, list[Outcome]]:
     """Run every recorded case; return outcomes per file (in replay order)."""
-    recordings = load(directory)
+    recordings = load(directories)
     main = connect()
     cleanup(main)
     for sql in FIXTURES + SEEDS:
@@ -461,22 +467,36 @@ def summary(report: dict[str, list[Outcome]]) -> tuple[list[str], int, int]:
     return lines, matched, total
 
 
-def recordings_dir() -> Path:
-    return Path(os.environ.get("DSQL_RECORDINGS") or DEFAULT_RECORDINGS)
+def recordings_dirs() -> list[Path]:
+    """Where recordings are read from; a later directory's file replaces an earlier one's.
+
+    The vendored copy, then ``$DSQL_RECORDINGS`` (directories separated by ``os.pathsep``) or,
+    when that is unset, ``../shared/dsql-recordings`` if it exists.
+    """
+    named = os.environ.get("DSQL_RECORDINGS")
+    if named:
+        return [VENDORED_RECORDINGS, *(Path(d) for d in named.split(os.pathsep) if d)]
+    extra = [DEFAULT_RECORDINGS] if DEFAULT_RECORDINGS.is_dir() else []
+    return [VENDORED_RECORDINGS, *extra]
+
+
+def missing_dirs(directories: Sequence[Path]) -> list[Path]:
+    """The directories that do not exist (a mistyped ``$DSQL_RECORDINGS``)."""
+    return [d for d in directories if not d.is_dir()]
 
 
 def main() -> int:
     from dsqlkit.testing import LocalDsql
 
-    directory = recordings_dir()
-    if not directory.is_dir():
-        print(f"no recordings at {directory} (set DSQL_RECORDINGS)")
+    directories = recordings_dirs()
+    if missing := missing_dirs(directories):
+        print(f"no recordings at {', '.join(map(str, missing))} (check DSQL_RECORDINGS)")
         return 2
     divergences = json.loads(DIVERGENCES.read_text())
     with LocalDsql() as local:
         report = replay(
             lambda: psycopg.connect(local.conninfo(), autocommit=True, prepare_threshold=None),
-            directory,
+            directories,
         )
     for outcomes in report.values():
         for o in outcomes:

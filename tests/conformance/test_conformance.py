@@ -11,7 +11,6 @@ import json
 from typing import Any
 
 import psycopg
-import pytest
 
 from dsqlkit.testing import LocalDsql
 
@@ -19,15 +18,15 @@ from . import harness
 
 
 def test_recordings_replay_like_a_real_cluster(local_dsql: LocalDsql) -> None:
-    directory = harness.recordings_dir()
-    if not directory.is_dir():
-        pytest.skip(f"no DSQL recordings at {directory} (set DSQL_RECORDINGS)")
+    directories = harness.recordings_dirs()
+    missing = harness.missing_dirs(directories)
+    assert not missing, f"no recordings at {', '.join(map(str, missing))} (check DSQL_RECORDINGS)"
     accepted: dict[str, Any] = json.loads(harness.DIVERGENCES.read_text())
 
     def connect() -> psycopg.Connection[Any]:
         return psycopg.connect(local_dsql.conninfo(), autocommit=True, prepare_threshold=None)
 
-    report = harness.replay(connect, directory)
+    report = harness.replay(connect, directories)
     lines, matched, total = harness.summary(report)
     print("\n" + "\n".join(lines))
     unexpected = [

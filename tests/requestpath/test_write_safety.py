@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -140,6 +141,16 @@ def slow_commit_table(local_dsql: LocalDsql) -> str:
     return name
 
 
+async def run_with_timeout(seconds: float, work: Awaitable[None]) -> None:
+    """``asyncio.timeout()`` where it exists (Python 3.11+), else ``asyncio.wait_for()``: either
+    cancels the work and raises ``asyncio.TimeoutError`` (``TimeoutError`` on 3.11+) from it."""
+    if sys.version_info >= (3, 11):
+        async with asyncio.timeout(seconds):
+            await work
+    else:
+        await asyncio.wait_for(work, seconds)
+
+
 async def test_a_timeout_landing_during_commit_is_marked_outcome_unknown(
     local_dsql: LocalDsql, slow_commit_table: str
 ) -> None:
@@ -152,9 +163,8 @@ async def test_a_timeout_landing_during_commit_is_marked_outcome_unknown(
         async def insert(tx: Any) -> None:
             await tx.execute(f"INSERT INTO {slow_commit_table} (id) VALUES (1)")
 
-        with pytest.raises(TimeoutError) as caught:
-            async with asyncio.timeout(0.3):
-                await insert()
+        with pytest.raises(asyncio.TimeoutError) as caught:
+            await run_with_timeout(0.3, insert())
         assert commit_outcome_unknown(caught.value)
         assert pool.get_stats()["occ_commit_unknown"] == 1
         assert pool.get_stats()["occ_attempts"] == 1  # never re-run
@@ -170,9 +180,8 @@ async def test_a_timeout_before_commit_is_an_ordinary_timeout(local_dsql: LocalD
         async def slow(tx: Any) -> None:
             await tx.execute("SELECT pg_sleep(1)")
 
-        with pytest.raises(TimeoutError) as caught:
-            async with asyncio.timeout(0.2):
-                await slow()
+        with pytest.raises(asyncio.TimeoutError) as caught:
+            await run_with_timeout(0.2, slow())
         assert not commit_outcome_unknown(caught.value)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import threading
@@ -315,7 +316,9 @@ def test_occ_retry_sync_and_stats(local_dsql: LocalDsql, table: str) -> None:
     def bump() -> int:
         nonlocal calls
         calls += 1
-        with psycopg.connect(local_dsql.conninfo()) as conn:
+        # psycopg leaves the connection open when the COMMIT of its `with` block fails (here
+        # with the injected conflict), so close it explicitly.
+        with contextlib.closing(psycopg.connect(local_dsql.conninfo())) as conn, conn:
             conn.execute(f"UPDATE {table} SET v = v + 1 WHERE id = 3")
         return calls
 
@@ -332,8 +335,12 @@ async def test_occ_retry_async(local_dsql: LocalDsql, table: str) -> None:
     async def bump() -> None:
         nonlocal calls
         calls += 1
-        async with await psycopg.AsyncConnection.connect(local_dsql.conninfo()) as conn:
-            await conn.execute(f"UPDATE {table} SET v = v + 1 WHERE id = 4")
+        conn = await psycopg.AsyncConnection.connect(local_dsql.conninfo())
+        try:
+            async with conn:  # its failed COMMIT leaves it open: see the sync test
+                await conn.execute(f"UPDATE {table} SET v = v + 1 WHERE id = 4")
+        finally:
+            await conn.close()
 
     local_dsql.fail_next_commits(1, "OC001")
     await bump()

@@ -83,6 +83,7 @@ def test_sigkill_of_the_test_process_stops_the_endpoint(tmp_path: Path) -> None:
     assert alive(info["postgres"])
     child.send_signal(signal.SIGKILL)
     child.wait()
+    child.stdout.close()
     wait_gone([info["front"], info["postgres"]], Path(info["workdir"]))
 
 
@@ -101,6 +102,41 @@ def test_sigkill_of_the_endpoint_process_stops_postgres() -> None:
         local.close()
     assert local.workdir is not None
     assert not local.workdir.exists()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="parent-death signal is Linux-only")
+def test_close_after_the_endpoint_died_is_quiet() -> None:
+    # Run where every ResourceWarning is an error and every failed clean-up is reported (-X dev;
+    # Python 3.13 reports them even without it): start (the stderr file it opens must be
+    # closed), lose the endpoint, fail a request on the dead pipe, close, collect.
+    script = textwrap.dedent(
+        """
+        import gc, os, signal
+        from dsqlkit.testing import LocalDsql, LocalEndpointError
+        local = LocalDsql().start()
+        os.kill(local._process.pid, signal.SIGKILL)
+        local._process.wait()
+        try:
+            local.counters()
+        except LocalEndpointError:
+            pass
+        local.close()
+        del local
+        gc.collect()
+        print("closed", flush=True)
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-X", "dev", "-W", "error::ResourceWarning", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "closed\n"
+    assert "Exception ignored" not in result.stderr, result.stderr
+    assert "ResourceWarning" not in result.stderr, result.stderr
 
 
 def test_pytest_plugin_provides_local_dsql(pytester: pytest.Pytester) -> None:

@@ -331,7 +331,7 @@ def test_tokens_never_reach_the_logs(local_dsql: LocalDsql) -> None:
 def test_closed_and_dropped_clients_leave_no_backend_sessions(local_dsql: LocalDsql) -> None:
     for _ in range(5):
         psycopg.connect(local_dsql.conninfo(), autocommit=True).close()
-    psycopg.connect(local_dsql.conninfo(), autocommit=True)
+    dropped = psycopg.connect(local_dsql.conninfo(), autocommit=True)
     local_dsql.drop_connections()
     with psycopg.connect(local_dsql.backend_conninfo, autocommit=True) as backend:
         deadline = time.monotonic() + 5
@@ -344,6 +344,7 @@ def test_closed_and_dropped_clients_leave_no_backend_sessions(local_dsql: LocalD
                 break
             time.sleep(0.05)
         assert row == (0,)
+    dropped.close()
 
 
 def test_refusals_carry_dsql_sqlstates_on_the_wire(local_dsql: LocalDsql) -> None:

@@ -164,6 +164,13 @@ class Endpoint:
             if length == 8 and code == wire.GSSENC_REQUEST_CODE:
                 await loop.sock_sendall(sock, b"N")
                 continue
+            if length == 16 and code == wire.CANCEL_REQUEST_CODE:
+                # libpq's PQcancel (psycopg2's and psycopg's cancel(), psql's Ctrl-C) sends
+                # its CancelRequest without TLS, as PostgreSQL allows: it carries no
+                # credentials, only the key of a session this endpoint opened.
+                key = await _recv_exactly(loop, sock, 8)
+                await self.forward_cancel(header + key)
+                return None
             self.counters.plaintext_refused += 1
             message = wire.error_response(
                 "28000",
@@ -196,6 +203,13 @@ class Endpoint:
             return None
         writer = asyncio.StreamWriter(transport, protocol, reader, loop)
         return reader, writer
+
+    async def forward_cancel(self, packet: bytes) -> None:
+        """Pass a CancelRequest on to the backend, which matches it to a live session."""
+        _, writer = await asyncio.open_unix_connection(self.config.backend_socket)
+        writer.write(packet)
+        await writer.drain()
+        writer.close()
 
     @staticmethod
     def is_commit(sql: str) -> bool:
@@ -246,7 +260,7 @@ class Startup:
         body = await session.creader.readexactly(length - 4)
         version = int.from_bytes(body[:4], "big")
         if version == wire.CANCEL_REQUEST_CODE:
-            await self._forward_cancel(header + body)
+            await self.endpoint.forward_cancel(header + body)
             return False
         if version >> 16 != 3:
             await self._fatal("0A000", f"unsupported frontend protocol {version >> 16}")
@@ -300,12 +314,6 @@ class Startup:
         writer.write(wire.error_response(sqlstate, message, severity="FATAL", detail=detail))
         with contextlib.suppress(OSError, ssl.SSLError):
             await writer.drain()
-
-    async def _forward_cancel(self, packet: bytes) -> None:
-        _, writer = await asyncio.open_unix_connection(self.endpoint.config.backend_socket)
-        writer.write(packet)
-        await writer.drain()
-        writer.close()
 
     def _needs_mapping(self, signer: Credentials) -> bool:
         config = self.endpoint.config

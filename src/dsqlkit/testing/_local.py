@@ -157,14 +157,16 @@ class LocalDsql:
             "port": self._requested_port,
             "debug": self.debug,
         }
-        self._process = subprocess.Popen(
-            [sys.executable, "-m", "dsqlkit.testing._front"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=(self.workdir / "front.stderr").open("w"),
-            text=True,
-            bufsize=1,
-        )
+        # The child gets its own copy of the stderr file's descriptor; ours is closed at once.
+        with (self.workdir / "front.stderr").open("w") as stderr:
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", "dsqlkit.testing._front"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                text=True,
+                bufsize=1,
+            )
         try:
             info = self._request(config, timeout=self.startup_timeout)
         except BaseException:
@@ -177,9 +179,12 @@ class LocalDsql:
         """Stop the endpoint and PostgreSQL and remove every file they made. Idempotent."""
         process, self._process = self._process, None
         if process is not None:
+            assert process.stdin is not None
+            # Separate guards: if the endpoint is already dead the write fails (broken pipe), and
+            # the close must still happen, or the unsent line is flushed again, noisily, at GC.
             with contextlib.suppress(OSError, ValueError):
-                assert process.stdin is not None
                 process.stdin.write(json.dumps({"op": "shutdown"}) + "\n")
+            with contextlib.suppress(OSError, ValueError):
                 process.stdin.close()
             try:
                 process.wait(timeout=30)

@@ -15,7 +15,8 @@ conflict, the guard, with the client held:
 4. answers the client with that result, then lets it go on.
 
 Only when the client waits for each answer (one Execute per Sync, or one statement per Query);
-in a pipeline the conflict is reported at the statement, as PostgreSQL does.
+in a pipeline (more Executes, or a Flush, before the Sync) the conflict is reported at the
+statement, as PostgreSQL does.
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ class Guard:
     disarmed: bool = False
     conflicted: bool = False
     row_description_sent: bool = False
+    #: The conflict error the backend sent (withheld while a fix-up may still replace it).
+    error: bytes | None = None
 
 
 class OccGuard:
@@ -58,9 +61,17 @@ class OccGuard:
         self.current: Guard | None = None
 
     def more_in_unit(self) -> None:
-        """Another Execute before Sync: the unit is a pipeline, so no fix-up is possible."""
-        if self.current is not None and not self.current.sealed:
-            self.current.disarmed = True
+        """Another Execute, or a Flush, before Sync: the client wants answers before the unit
+        ends (a pipeline), so no fix-up is possible. A conflict already withheld goes to the
+        client now, as the statement's error; a later one passes straight through."""
+        guard = self.current
+        if guard is None or guard.sealed or guard.disarmed:
+            return
+        guard.disarmed = True
+        session = self.session
+        if guard.conflicted and guard.error is not None and session.hold is not None:
+            held, session.hold = session.hold, None
+            session.cwriter.write(wire.encode(b"E", guard.error) + bytes(held))
 
     def maybe_guard(
         self, statement: Statement, emulation: Emulation, bound: Bound | None, out: bytearray
@@ -76,7 +87,7 @@ class OccGuard:
             return None
         guard = Guard(statement, emulation, bound, extended)
         if extended:
-            messages = wire.statement_sequence("_dsqlkit_sp", f"SAVEPOINT {SAVEPOINT}")
+            messages = wire.statement_sequence("_dsqlkit_sp", f"SAVEPOINT {SAVEPOINT}", close=True)
             session.inject_all(out, messages, quiet=True)
         else:
             session.inject(out, wire.query(f"SAVEPOINT {SAVEPOINT}"), quiet=True)
@@ -157,6 +168,7 @@ class OccGuard:
                     parameters=bound.bind.parameters,
                     result_formats=result_formats,
                     sync=True,
+                    close=True,
                 )
                 session.inject_all(out, messages, quiet=True, observe=observe)
             else:
@@ -192,7 +204,7 @@ class OccGuard:
     ) -> None:
         """Run ``sql`` quietly as a named statement: a simple query would destroy the
         client's unnamed statement and portal."""
-        messages = wire.statement_sequence("_dsqlkit_occ", sql, sync=True)
+        messages = wire.statement_sequence("_dsqlkit_occ", sql, sync=True, close=True)
         self.session.inject_all(out, messages, quiet=True, observe=observe)
 
     def _write(self, out: bytearray) -> None:

@@ -389,6 +389,6 @@ def decide(
     elif kind in ("commit", "rollback"):
         was_open = tx.explicit
         tx.end()
-        if kind == "commit" and single and was_open:
+        if kind == "commit" and was_open:
             return Decision("commit", emulated)
     return Decision("forward", emulated)

@@ -59,6 +59,7 @@ Transform = Callable[[bytes, bytes], bytes | None]
 #: Dooms the current transaction: its COMMIT will fail with ($1, $2) and roll back.
 DOOM_SQL = "INSERT INTO dsqlkit_internal.doomed (sqlstate, message) VALUES ($1, $2)"
 RAISE_SQL = "SELECT dsqlkit_internal.raise_error($1, $2)"
+RAISE_NAME = "_dsqlkit_raise"
 
 
 @dataclass(slots=True)
@@ -91,6 +92,54 @@ class Prepared:
 
 
 @dataclass(slots=True)
+class CsvEndOfData:
+    """PostgreSQL 16's end-of-data marker in ``COPY ... FROM STDIN (FORMAT csv)``.
+
+    DSQL (PostgreSQL 16) ends CSV data at a line holding only ``\\.`` (outside quotes) and
+    ignores the rest; PostgreSQL 18 (the backend) reads that line as data. psql before 18
+    sends the marker of inline ``\\copy`` data, so the endpoint cuts the stream there.
+    """
+
+    quote: int = ord('"')
+    in_quote: bool = False
+    line_start: bool = True
+    ended: bool = False
+
+    @classmethod
+    def of(cls, statement: Statement | None) -> CsvEndOfData | None:
+        """A scanner for a CSV ``COPY ... FROM STDIN`` statement, else ``None``."""
+        stmt: Any = statement.parsed if statement is not None else None
+        if type(stmt).__name__ != "CopyStmt" or not stmt.is_from or stmt.filename is not None:
+            return None
+        options = {o.defname: getattr(o.arg, "sval", None) for o in stmt.options or ()}
+        if (options.get("format") or "").lower() != "csv":
+            return None
+        quote = options.get("quote") or '"'
+        return cls(quote=ord(quote[:1] or '"'))
+
+    def feed(self, chunk: bytes) -> bytes:
+        """The part of one CopyData payload the backend gets (nothing after the marker)."""
+        if self.ended:
+            return b""
+        quote = bytes((self.quote,))
+        position = chunk.find(b"\\.")
+        while position >= 0:
+            at_line_start = chunk[position - 1 : position] in (b"\n", b"\r") or (
+                position == 0 and self.line_start
+            )
+            quoted = self.in_quote ^ bool(chunk.count(quote, 0, position) & 1)
+            alone = chunk[position + 2 : position + 3] in (b"", b"\n", b"\r")
+            if at_line_start and alone and not quoted:
+                self.ended = True
+                return chunk[:position]
+            position = chunk.find(b"\\.", position + 1)
+        self.in_quote ^= bool(chunk.count(quote) & 1)
+        if chunk:
+            self.line_start = chunk[-1:] in (b"\n", b"\r")
+        return chunk
+
+
+@dataclass(slots=True)
 class Bound:
     """A portal the client bound: its statement and the Bind message's parts."""
 
@@ -119,6 +168,8 @@ class Session:
         self.backend_pid = 0
         self.tx_status = b"I"
         self.pending: deque[Pending] = deque()
+        #: The backend discards requests until the next Sync (an extended-protocol error).
+        self.skip_to_sync = False
         self.statements: dict[str, Prepared] = {}
         self.portals: dict[str, Bound] = {}
         self.tx = TxState()
@@ -126,6 +177,10 @@ class Session:
         self.barrier: asyncio.Event | None = None
         self.occ = OccGuard(self)
         self.unit_executes = 0
+        #: A refusal was raised with the extended protocol: close its statement after Sync.
+        self.raised = False
+        #: The CSV COPY FROM STDIN the client is sending data for, if any.
+        self.csv_copy: CsvEndOfData | None = None
         self.closing = False
         self.terminating = False
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -233,8 +288,18 @@ class Session:
 
     def expect(self, kind: bytes, transform: Transform | None = None, **extra: Any) -> Pending:
         pending = Pending(kind, transform=transform, **extra)
-        self.pending.append(pending)
+        self._enqueue(pending)
         return pending
+
+    def _enqueue(self, pending: Pending) -> None:
+        """Wait for the answer to a request, unless the backend will skip it: after an error
+        in an extended-protocol request it discards everything up to the next Sync, also
+        what the client sends after the error came back (a pipeline that goes on)."""
+        if self.skip_to_sync:
+            if pending.kind != b"S":
+                return
+            self.skip_to_sync = False
+        self.pending.append(pending)
 
     def inject(
         self,
@@ -248,7 +313,7 @@ class Session:
         out += message
         kind = message[:1]
         if kind in COMPLETES:
-            self.pending.append(Pending(kind, synthetic=True, quiet=quiet, observe=observe))
+            self._enqueue(Pending(kind, synthetic=True, quiet=quiet, observe=observe))
 
     def inject_all(
         self,
@@ -274,6 +339,16 @@ class Session:
 
     def on_client_message(self, mtype: bytes, payload: bytes, out: bytearray) -> None:
         """Decide what the backend gets for one client message (the rules' hook)."""
+        if mtype in (b"d", b"c", b"f"):  # COPY data, done, fail
+            copy = self.csv_copy
+            if mtype == b"d" and copy is not None:
+                payload = copy.feed(payload)
+                if not payload:
+                    return
+            elif mtype != b"d":
+                self.csv_copy = None
+            out += wire.encode(mtype, payload)
+            return
         if mtype == b"Q":
             self._on_query(payload, out)
             return
@@ -308,7 +383,17 @@ class Session:
             pending = self.expect(mtype)
             self.unit_executes = 0
             self.occ.close_unit(out, pending, extended=True)
+            if self.raised:  # the refusal's statement: close it once the backend takes requests
+                self.raised = False
+                raise_name = wire.cstring(RAISE_NAME)
+                closing = [
+                    wire.encode(b"C", b"S" + raise_name),
+                    wire.encode(b"C", b"P" + raise_name),
+                ]
+                self.inject_all(out, [*closing, wire.encode(b"S")], quiet=True)
             return
+        elif mtype == b"H":  # Flush: the client waits for answers before any Sync
+            self.occ.more_in_unit()
         elif mtype == b"X":  # Terminate: pass it on so the backend ends cleanly, then stop
             self.terminating = True
         out += wire.encode(mtype, payload)
@@ -349,6 +434,7 @@ class Session:
             transform = decision.transform
             if decision.emulation.guarded:
                 guard = self.occ.maybe_guard(statement, decision.emulation, bound, out)
+        self.csv_copy = CsvEndOfData.of(statement)
         out += wire.encode(b"E", payload)
         self.expect(b"E", transform, guard=guard)
 
@@ -370,6 +456,7 @@ class Session:
         rewrites: list[tuple[str | None, str | None]] = []
         changed = False
         emulated: Emulation | None = None
+        abort_at: int | None = None
         for statement in statements:
             decision = self._decide(statement, out, extended=False, single=len(statements) == 1)
             if self.closing:
@@ -378,16 +465,26 @@ class Session:
                 pieces.append(_raise_sql(decision.refusal))
                 changed = True
                 break  # PostgreSQL stops a multi-statement query at its first error anyway
+            if decision.commit:
+                fault = self._commit_fault_in_query(pieces, rewrites)
+                if fault == "drop_before":  # the connection is gone: nothing of it runs
+                    return
+                if fault == "drop_after":
+                    abort_at = len(rewrites)  # the COMMIT's result
+                changed = changed or fault == "conflict"
             emulated = decision.emulation
             transform = decision.transform or transform
             pieces.append(emulated.rewrite or statement.text)
             changed = changed or emulated.rewrite is not None
             rewrites.append((emulated.tag, emulated.value))
-        if any(tag or value for tag, value in rewrites):
+        if abort_at is not None:
+            transform = _result_rewriter(rewrites, abort_at=abort_at, abort=self._drop_after_commit)
+        elif any(tag or value for tag, value in rewrites):
             transform = _result_rewriter(rewrites)
         guard = None
         if len(statements) == 1 and emulated is not None and emulated.guarded:
             guard = self.occ.maybe_guard(statements[0], emulated, None, out)
+        self.csv_copy = CsvEndOfData.of(statements[-1]) if statements and not changed else None
         if changed:
             payload = wire.cstring("; ".join(pieces))
         if not self.tx.explicit:  # the query string was an implicit transaction
@@ -420,6 +517,8 @@ class Session:
             self.doom(out, refusal.sqlstate, refusal.message, extended=extended)
             return Verdict(emulated)
         if decision.action == "commit":
+            if not single:  # a COMMIT inside a multi-statement query: see _on_query
+                return Verdict(emulated, commit=True)
             transform = self._commit(out, extended=extended, open_tx=True)
             return Verdict(emulated, transform=transform)
         if emulated.tag or emulated.value:
@@ -428,13 +527,15 @@ class Session:
 
     def _refuse_execute(self, out: bytearray, refusal: Refusal) -> None:
         """Answer the client's Execute with a DSQL error raised by the backend itself."""
-        name = "_dsqlkit_raise"
         messages = wire.statement_sequence(
-            name, RAISE_SQL, parameters=wire.text_parameters([refusal.sqlstate, refusal.message])
+            RAISE_NAME,
+            RAISE_SQL,
+            parameters=wire.text_parameters([refusal.sqlstate, refusal.message]),
         )
         self.inject_all(out, messages[:-1], quiet=True)
         out += messages[-1]
         self.expect(b"E")  # the client's Execute: answered by the raised error
+        self.raised = True
 
     # -- COMMIT faults -----------------------------------------------------------------------
 
@@ -473,13 +574,46 @@ class Session:
         self.doom(out, "40001", CONFLICT_MESSAGES[fault.code], extended=extended)
         return None
 
+    def _commit_fault_in_query(
+        self, pieces: list[str], rewrites: list[tuple[str | None, str | None]]
+    ) -> str | None:
+        """Apply an armed COMMIT fault to a COMMIT inside a multi-statement query.
+
+        A conflict runs the doom statement just before the COMMIT, in the same query string
+        (its result hidden); ``drop_before`` drops the connection before anything of the
+        query runs; ``drop_after`` is returned for the caller to drop at the COMMIT's result.
+        """
+        if self.tx_status == b"E":
+            return None
+        fault = self.endpoint.faults.take_commit_fault(self.backend_pid)
+        if fault is None:
+            return None
+        counters = self.endpoint.counters
+        if fault.action == "drop_before":
+            counters.commit_drops += 1
+            _logger.info("fault: dropping connection before COMMIT reaches the backend")
+            self.abort()
+        elif fault.action == "conflict":
+            counters.commit_conflicts_injected += 1
+            pieces.append(_doom_literal("40001", CONFLICT_MESSAGES[fault.code]))
+            rewrites.append((HIDDEN, None))
+        return fault.action
+
+    def _drop_after_commit(self) -> None:
+        self.endpoint.counters.commit_drops += 1
+        _logger.info("fault: dropping connection after the backend committed")
+        self.abort()
+
     def doom(self, out: bytearray, sqlstate: str, message: str, *, extended: bool) -> None:
         """Make the open transaction's COMMIT fail with this error (and roll back)."""
         if not extended:
             self.inject(out, wire.query(_doom_literal(sqlstate, message)))
             return
         messages = wire.statement_sequence(
-            "_dsqlkit_doom", DOOM_SQL, parameters=wire.text_parameters([sqlstate, message])
+            "_dsqlkit_doom",
+            DOOM_SQL,
+            parameters=wire.text_parameters([sqlstate, message]),
+            close=True,
         )
         self.inject_all(out, messages)
 
@@ -524,6 +658,7 @@ class Session:
             and (wire.parse_fields(payload).get("C") == "40001")
         ):
             head.guard.conflicted = True  # lost a conflict: report it at COMMIT instead
+            head.guard.error = payload
             self.hold = bytearray()
         elif head.transform is not None:
             replaced = head.transform(mtype, payload)
@@ -532,15 +667,19 @@ class Session:
         else:
             if mtype == b"T" and head.guard is not None:
                 head.guard.row_description_sent = True
-            if mtype == b"Z" and head.unit_end is not None and head.unit_end.conflicted:
+            end = head.unit_end
+            if mtype == b"Z" and end is not None and end.conflicted and not end.disarmed:
                 payload = b"T"  # the savepoint fix-up keeps the transaction alive
             (self.hold if self.hold is not None else out).extend(wire.encode(mtype, payload))
         if mtype in COMPLETES[head.kind]:
             pending.popleft()
             if mtype == b"E" and head.kind in EXTENDED:
-                # After an error the backend skips everything up to the next Sync.
+                # After an error the backend skips everything up to the next Sync, including
+                # requests not sent yet.
                 while pending and pending[0].kind != b"S":
                     pending.popleft()
+                if not pending:
+                    self.skip_to_sync = True
             for callback in head.on_done:
                 callback()
             if head.unit_end is not None:
@@ -554,6 +693,8 @@ class Verdict:
     emulation: Emulation
     refusal: Refusal | None = None
     transform: Transform | None = None
+    #: An open transaction's COMMIT inside a multi-statement query (COMMIT faults apply).
+    commit: bool = False
 
 
 def dsql_error(payload: bytes) -> bytes:
@@ -587,8 +728,18 @@ def _doom_literal(sqlstate: str, message: str) -> str:
     return DOOM_SQL.replace("$1, $2", literal)
 
 
-def _result_rewriter(rewrites: list[tuple[str | None, str | None]]) -> Transform:
-    """Rewrite command tags and single values of successive results (in order)."""
+#: A rewrite tag that hides a result (of a statement the endpoint added to the query).
+HIDDEN = "\x00hidden"
+
+
+def _result_rewriter(
+    rewrites: list[tuple[str | None, str | None]],
+    *,
+    abort_at: int | None = None,
+    abort: Callable[[], None] | None = None,
+) -> Transform:
+    """Rewrite command tags and single values of successive results (in order); hide the
+    results tagged `HIDDEN`; call ``abort`` instead of passing on result ``abort_at``."""
     index = 0
 
     def rewrite(rtype: bytes, rpayload: bytes) -> bytes | None:
@@ -597,7 +748,13 @@ def _result_rewriter(rewrites: list[tuple[str | None, str | None]]) -> Transform
         if rtype == b"D" and value is not None:
             return wire.data_row(value)
         if rtype in (b"C", b"I", b"E"):
+            current = index
             index += 1
+            if rtype == b"C" and current == abort_at and abort is not None:
+                abort()
+                return None
+            if rtype == b"C" and tag == HIDDEN:
+                return None
             if rtype == b"C" and tag is not None:
                 return wire.encode(b"C", wire.cstring(tag))
         return wire.encode(rtype, rpayload)

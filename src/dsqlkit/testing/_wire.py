@@ -172,13 +172,16 @@ def statement_sequence(
     parameters: bytes = NO_PARAMETERS,
     result_formats: bytes = b"\x00\x00",
     sync: bool = False,
+    close: bool = False,
 ) -> list[bytes]:
     """The extended-protocol messages that run ``sql`` once under ``name``.
 
     Close any statement and portal of that name, Parse (with ``param_types``: a Parse
     parameter section, e.g. a ParameterDescription's payload), Bind (``parameters``: the
-    formats/count/values section of a Bind, e.g. the client's own), Execute, and Sync when
-    asked. Each message is returned separately so the session can track its answer.
+    formats/count/values section of a Bind, e.g. the client's own), Execute, then, when
+    asked, Close the statement and portal again (so they do not linger in the client's
+    ``pg_prepared_statements``) and Sync. Each message is returned separately so the
+    session can track its answer.
     """
     messages = [
         encode(b"C", b"S" + cstring(name)),
@@ -187,6 +190,8 @@ def statement_sequence(
         encode(b"B", cstring(name) + cstring(name) + parameters + result_formats),
         execute(name),
     ]
+    if close:
+        messages += [encode(b"C", b"S" + cstring(name)), encode(b"C", b"P" + cstring(name))]
     if sync:
         messages.append(encode(b"S"))
     return messages

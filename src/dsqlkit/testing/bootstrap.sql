@@ -35,6 +35,14 @@ BEGIN
   PERFORM set_config('dsqlkit.rows', n::text, true);
   RETURN NULL;
 END $$;
+-- The counter is marked internal, as PostgreSQL marks the triggers behind its own
+-- constraints: it still fires, but psql's \d, information_schema.triggers and other tools'
+-- catalog queries do not list it as part of the user's table (DSQL has no triggers).
+CREATE FUNCTION dsqlkit_internal.hide_row_counter(relation oid) RETURNS void
+  LANGUAGE sql SECURITY DEFINER AS $$
+  UPDATE pg_catalog.pg_trigger SET tgisinternal = true
+   WHERE tgrelid = relation AND tgname = 'dsqlkit_row_limit'
+$$;
 CREATE FUNCTION dsqlkit_internal.add_row_counter() RETURNS event_trigger
   LANGUAGE plpgsql AS $$
 DECLARE r record;
@@ -44,6 +52,7 @@ BEGIN
              AND schema_name NOT IN ('dsqlkit_internal', 'sys') LOOP
     EXECUTE format('CREATE TRIGGER dsqlkit_row_limit AFTER INSERT OR UPDATE OR DELETE ON %s '
                    'FOR EACH ROW EXECUTE FUNCTION dsqlkit_internal.count_row()', r.object_identity);
+    PERFORM dsqlkit_internal.hide_row_counter(r.objid);
   END LOOP;
 END $$;
 CREATE EVENT TRIGGER dsqlkit_row_limit ON ddl_command_end WHEN TAG IN ('CREATE TABLE')

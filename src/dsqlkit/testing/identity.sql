@@ -28,4 +28,30 @@ CREATE OR REPLACE VIEW pg_catalog.pg_settings AS
     FROM pg_show_all_settings() a(name, setting, unit, category, short_desc, extra_desc, context,
          vartype, source, min_val, max_val, enumvals, boot_val, reset_val, sourcefile, sourceline,
          pending_restart);
+-- Built-in functions that PostgreSQL 16 (and so DSQL) does not have: added in 17 and 18, kept
+-- out of reach by renaming them, so calling one fails as on DSQL (42883, "function uuidv7()
+-- does not exist"). Only new signatures: overloads PostgreSQL 16 has (random(), reverse(text))
+-- stay, and functions 18 merely extended with a defaulted argument (json_strip_nulls) stay.
+DO $$
+DECLARE
+  signature text;
+BEGIN
+  FOREACH signature IN ARRAY ARRAY[
+    -- PostgreSQL 17
+    'random(integer, integer)', 'random(bigint, bigint)', 'random(numeric, numeric)',
+    'to_bin(integer)', 'to_bin(bigint)', 'to_oct(integer)', 'to_oct(bigint)',
+    'uuid_extract_timestamp(uuid)', 'uuid_extract_version(uuid)', 'unicode_assigned(text)',
+    'xmltext(text)', 'pg_basetype(regtype)', 'to_regtypemod(text)',
+    -- PostgreSQL 18
+    'uuidv7()', 'uuidv7(interval)', 'uuidv4()', 'casefold(text)', 'array_sort(anyarray)',
+    'array_sort(anyarray, boolean)', 'array_sort(anyarray, boolean, boolean)',
+    'array_reverse(anyarray)', 'crc32(bytea)', 'crc32c(bytea)', 'gamma(double precision)',
+    'lgamma(double precision)', 'reverse(bytea)']
+  LOOP
+    IF to_regprocedure('pg_catalog.' || signature) IS NOT NULL THEN
+      EXECUTE format('ALTER FUNCTION pg_catalog.%s RENAME TO %I', signature,
+                     'dsqlkit_after_pg16_' || split_part(signature, '(', 1));
+    END IF;
+  END LOOP;
+END $$;
 RESET allow_system_table_mods;
