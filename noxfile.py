@@ -119,7 +119,7 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def typecheck(session: nox.Session) -> None:
     """mypy --strict over src/."""
-    session.install("-e", ".[local]", "mypy>=1.13", "boto3-stubs[dsql]", "pytest")
+    session.install("-e", ".[local,sqlalchemy]", "mypy>=1.13", "boto3-stubs[dsql]", "pytest")
     session.run("mypy")
 
 
@@ -140,5 +140,5 @@ def demo(session: nox.Session) -> None:
 @nox.session
 def bench(session: nox.Session) -> None:
     """Run the benchmarks; numbers go to bench-results/ (JSON and markdown)."""
-    session.install("-e", ".[local,bench]")
+    session.install("-e", ".[local,bench,sqlalchemy]")
     session.run("python", "benchmarks/run.py", *session.posargs)

@@ -22,6 +22,7 @@ import bench_endpoint
 import bench_pool
 import bench_repository
 import bench_retry
+import bench_sqlalchemy
 import bench_startup
 
 BENCHMARKS = {
@@ -29,6 +30,7 @@ BENCHMARKS = {
     "pool": bench_pool.run,
     "repository": bench_repository.run,
     "retry": bench_retry.run,
+    "sqlalchemy": bench_sqlalchemy.run,
     "startup": bench_startup.run,
 }
 

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from dsqlkit.testing import LocalDsql
@@ -105,6 +106,45 @@ def test_fastapi_service(local_dsql: LocalDsql, monkeypatch: pytest.MonkeyPatch)
             assert time.monotonic() < deadline, "the service did not recover"
         assert client.get("/notes").status_code == 200
     assert pool.closed  # closed by the lifespan on shutdown
+
+
+def test_fastapi_sqlalchemy_service(local_dsql: LocalDsql, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("fastapi")
+    pytest.importorskip("sqlalchemy")
+    from fastapi.testclient import TestClient
+
+    _dsql_env(local_dsql, monkeypatch)
+    service = _load_example("fastapi_sqlalchemy", monkeypatch)
+    with TestClient(service.app) as client:  # lifespan: engine built, tables and indexes created
+        engine = service.app.state.library.engine
+        assert client.get("/health").json()["status"] == "ok"
+
+        ada = client.post("/authors", json={"email": "ada@example.com", "name": "Ada"})
+        assert ada.status_code == 201, ada.text
+        author_id = ada.json()["id"]
+        taken = client.post("/authors", json={"email": "ada@example.com", "name": "Copy"})
+        assert taken.status_code == 409  # the unique index
+
+        local_dsql.fail_next_commits(1)  # the first book conflicts and is re-run whole
+        for title in ("Notes", "Sketches", "Letters"):
+            made = client.post(f"/authors/{author_id}/books", json={"title": title})
+            assert made.status_code == 201, made.text
+        assert client.post("/authors/999999/books", json={"title": "x"}).status_code == 404
+
+        local_dsql.drop_connections()  # every pooled connection dies (e.g. a thaw)
+        shown = client.get(f"/authors/{author_id}")
+        assert shown.status_code == 200, shown.text
+        body = shown.json()
+        assert body["book_count"] == 3  # the retried unit of work applied once
+        assert [b["title"] for b in body["books"]] == ["Notes", "Sketches", "Letters"]
+        assert client.get("/health").json()["occ_retries"] >= 1
+        from dsqlkit import sqlalchemy as dsa
+
+        assert dsa.get_stats(engine)["connections_dead_at_checkout"] >= 1
+    # Leave the shared endpoint as found: the example's tables have common names.
+    with psycopg.connect(local_dsql.conninfo(), autocommit=True) as conn:
+        conn.execute("DROP TABLE books")
+        conn.execute("DROP TABLE authors")
 
 
 def test_notebook_runs_headless(tmp_path: Path) -> None:

@@ -32,6 +32,7 @@ SOURCES = (
     "_pool_async.py",
     "_repository_async.py",
     "_transaction_async.py",
+    "sqlalchemy/_run_async.py",
 )
 
 RENAMES = {

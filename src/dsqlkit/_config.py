@@ -9,12 +9,21 @@ from __future__ import annotations
 import os
 import re
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ._errors import ConfigurationError
 
-__all__ = ["DsqlEndpoint", "InsecureTLSWarning", "TLSSettings", "default_ca_bundle"]
+__all__ = [
+    "DsqlEndpoint",
+    "InsecureTLSWarning",
+    "TLSSettings",
+    "default_ca_bundle",
+    "endpoint_from_env",
+    "parse_conninfo",
+]
 
 CLUSTER_ID = re.compile(r"[a-z0-9]{26}")
 DSQL_HOST = re.compile(
@@ -27,6 +36,16 @@ SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 DEFAULT_PORT = 5432
 DEFAULT_USER = "admin"
 DEFAULT_DBNAME = "postgres"
+#: The libpq keywords a conninfo string or URL may carry: the rest are pool arguments.
+CONNINFO_KEYS = ("host", "port", "user", "dbname")
+#: libpq keywords that have their own pool argument, and its name.
+_POOL_ARGUMENTS = {
+    "sslmode": "sslmode",
+    "sslrootcert": "sslrootcert",
+    "sslnegotiation": "sslnegotiation",
+    "connect_timeout": "connect_timeout",
+    "application_name": "application_name",
+}
 
 
 class InsecureTLSWarning(UserWarning):
@@ -53,20 +72,35 @@ class DsqlEndpoint:
         return self.cluster_id is not None
 
     @classmethod
+    def from_options(cls, endpoint: str, options: Mapping[str, Any]) -> DsqlEndpoint:
+        """`resolve` with the ``region``, ``port``, ``user`` and ``dbname`` found in a pool's
+        keyword arguments (absent ones: from the conninfo, else the defaults)."""
+        return cls.resolve(
+            endpoint,
+            region=options.get("region"),
+            port=options.get("port"),
+            user=options.get("user"),
+            dbname=options.get("dbname"),
+        )
+
+    @classmethod
     def resolve(
         cls,
         endpoint: str,
         *,
         region: str | None = None,
-        port: int = DEFAULT_PORT,
-        user: str = DEFAULT_USER,
-        dbname: str = DEFAULT_DBNAME,
-        environ: dict[str, str] | None = None,
+        port: int | None = None,
+        user: str | None = None,
+        dbname: str | None = None,
+        environ: Mapping[str, str] | None = None,
     ) -> DsqlEndpoint:
-        """Resolve a host name or a bare cluster id (plus Region) into an endpoint.
+        """Resolve a host name, a bare cluster id (plus Region), a libpq conninfo string or a
+        ``postgresql://`` URL into an endpoint.
 
-        The Region comes from ``region``, else the host name, else ``AWS_REGION`` /
-        ``AWS_DEFAULT_REGION``.
+        A conninfo or URL supplies host, port, user and dbname (as psycopg and libpq read
+        them); an argument given as well must agree with it. A password in it is refused: DSQL
+        authenticates with IAM tokens, which dsqlkit mints for each connection. The Region
+        comes from ``region``, else the host name, else ``AWS_REGION`` / ``AWS_DEFAULT_REGION``.
         """
         env = os.environ if environ is None else environ
         if not isinstance(endpoint, str) or not endpoint.strip():
@@ -74,7 +108,22 @@ class DsqlEndpoint:
                 "no DSQL endpoint given: pass a host name like "
                 "'<cluster-id>.dsql.us-east-1.on.aws' or a 26-character cluster id"
             )
-        endpoint = endpoint.strip().rstrip(".")
+        endpoint = endpoint.strip()
+        if is_conninfo(endpoint):
+            parts = parse_conninfo(endpoint)
+            endpoint = parts.get("host", "")
+            if not endpoint:
+                raise ConfigurationError(
+                    "the conninfo has no host: add host=<cluster-id>.dsql.<region>.on.aws "
+                    "(or the host part of the postgresql:// URL)"
+                )
+            port = _agree("port", port, _port_of(parts.get("port")))
+            user = _agree("user", user, parts.get("user"))
+            dbname = _agree("dbname", dbname, parts.get("dbname"))
+        port = DEFAULT_PORT if port is None else port
+        user = DEFAULT_USER if user is None else user
+        dbname = DEFAULT_DBNAME if dbname is None else dbname
+        endpoint = endpoint.rstrip(".")
         if "://" in endpoint or "/" in endpoint or " " in endpoint:
             raise ConfigurationError(
                 f"endpoint {endpoint!r} is not a host name: pass only the host, "
@@ -188,6 +237,117 @@ class TLSSettings:
 
     def params(self) -> dict[str, str]:
         return {k: v for k, v in vars(self).items() if v is not None}
+
+
+def is_conninfo(value: str) -> bool:
+    """Whether ``value`` is a libpq conninfo string or URL rather than a bare host name."""
+    return value.startswith(("postgresql://", "postgres://")) or "=" in value
+
+
+def parse_conninfo(value: str) -> dict[str, str]:
+    """The host, port, user and dbname of a libpq conninfo string or ``postgresql://`` URL.
+
+    Parsed by libpq itself (through psycopg), so quoting and URL escapes mean what they mean
+    to ``psql``. A password, several hosts, or a keyword that is a pool argument of its own
+    (``sslmode``, ...) or none of dsqlkit's (``hostaddr``, ...) is a `ConfigurationError`
+    saying where it belongs instead.
+    """
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        parsed = conninfo_to_dict(value)
+    except psycopg.ProgrammingError as exc:
+        message = str(exc).strip()
+        raise ConfigurationError(
+            f"not a valid libpq conninfo string or postgresql:// URL: {message}"
+        ) from None
+    params = {key: str(item) for key, item in parsed.items() if item is not None}
+    if "password" in params:
+        raise ConfigurationError(
+            "the conninfo contains a password: DSQL authenticates with IAM tokens, which "
+            "dsqlkit mints for every connection; remove the password from the string (for "
+            "plain PostgreSQL in local mode, pass password= as an argument)"
+        )
+    for key in params:
+        if key in CONNINFO_KEYS:
+            continue
+        if key in _POOL_ARGUMENTS:
+            raise ConfigurationError(
+                f"pass {key!r} as the `{_POOL_ARGUMENTS[key]}=` argument, not in the conninfo "
+                "(dsqlkit validates it and picks a safe default for DSQL)"
+            )
+        raise ConfigurationError(
+            f"the conninfo keyword {key!r} is not taken from the string: a conninfo gives "
+            "host, port, user and dbname only; pass other libpq parameters in kwargs={...}"
+        )
+    host = params.get("host", "")
+    if "," in host or "," in params.get("port", ""):
+        raise ConfigurationError(
+            f"the conninfo names several hosts or ports ({host!r}): a DSQL pool connects to "
+            "one endpoint; build one pool per regional endpoint"
+        )
+    return params
+
+
+def endpoint_from_env(environ: Mapping[str, str]) -> tuple[str, dict[str, Any]]:
+    """Endpoint and pool options from the environment: dsqlkit's variables, then libpq's.
+
+    ``DSQL_ENDPOINT`` / ``DSQL_CLUSTER_ID`` before ``PGHOST``; ``DSQL_PORT``, ``DSQL_USER``
+    and ``DSQL_DBNAME`` before ``PGPORT``, ``PGUSER`` and ``PGDATABASE``; the Region from
+    ``DSQL_REGION``, ``AWS_REGION`` or ``AWS_DEFAULT_REGION``. ``DSQL_ENDPOINT`` may be a
+    conninfo or URL; what it names wins over the libpq variables.
+    """
+    options: dict[str, Any] = {}
+    endpoint = environ.get("DSQL_ENDPOINT") or environ.get("DSQL_CLUSTER_ID")
+    endpoint = endpoint or environ.get("PGHOST")
+    if not endpoint:
+        raise ConfigurationError(
+            "set DSQL_ENDPOINT (the cluster's host name) or DSQL_CLUSTER_ID (with AWS_REGION), "
+            "or libpq's PGHOST, to configure dsqlkit from the environment"
+        )
+    in_conninfo = set(parse_conninfo(endpoint)) if is_conninfo(endpoint) else set()
+    region = environ.get("DSQL_REGION") or environ.get("AWS_REGION")
+    region = region or environ.get("AWS_DEFAULT_REGION")
+    if region:
+        options["region"] = region
+    for option, ours, libpq in (
+        ("user", "DSQL_USER", "PGUSER"),
+        ("dbname", "DSQL_DBNAME", "PGDATABASE"),
+        ("port", "DSQL_PORT", "PGPORT"),
+    ):
+        name = ours if environ.get(ours) else libpq
+        value = environ.get(name)
+        if not value or (name == libpq and option in in_conninfo):
+            continue
+        if option == "port":
+            try:
+                options["port"] = int(value)
+            except ValueError:
+                raise ConfigurationError(f"{name}={value!r} is not a port number") from None
+        else:
+            options[option] = value
+    return endpoint, options
+
+
+def _agree(name: str, given: Any, from_conninfo: Any) -> Any:
+    if from_conninfo is None:
+        return given
+    if given is not None and given != from_conninfo:
+        raise ConfigurationError(
+            f"{name}={given!r} contradicts the conninfo, which says {from_conninfo!r}: "
+            "give it in one place"
+        )
+    return from_conninfo
+
+
+def _port_of(value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigurationError(f"port {value!r} in the conninfo is not a number") from None
 
 
 def default_ca_bundle() -> str:

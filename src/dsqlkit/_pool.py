@@ -32,7 +32,7 @@ from psycopg_pool import PoolTimeout
 from psycopg_pool.base import BasePool
 from typing_extensions import Self
 
-from ._config import DEFAULT_DBNAME, DEFAULT_PORT, DEFAULT_USER, DsqlEndpoint, TLSSettings
+from ._config import DsqlEndpoint, TLSSettings, endpoint_from_env
 from ._connect import PLAN_KEY, ConnectPlan, with_plan_support
 from ._errors import ConfigurationError
 from ._retry import RetryStats
@@ -156,13 +156,7 @@ class PoolCore:
                 "no endpoint: pass the DSQL host name or cluster id as the first argument, "
                 "or use from_env() with DSQL_ENDPOINT / DSQL_CLUSTER_ID set"
             )
-        self.endpoint = DsqlEndpoint.resolve(
-            endpoint,
-            region=options.get("region"),
-            port=options.get("port", DEFAULT_PORT),
-            user=options.get("user", DEFAULT_USER),
-            dbname=options.get("dbname", DEFAULT_DBNAME),
-        )
+        self.endpoint = DsqlEndpoint.from_options(endpoint, options)
         self.tls = TLSSettings.for_endpoint(
             self.endpoint,
             sslmode=options.get("sslmode"),
@@ -405,30 +399,8 @@ if hasattr(os, "register_at_fork"):
 
 
 def _env_endpoint(environ: Mapping[str, str]) -> tuple[str | None, DsqlOptions]:
-    """Endpoint and options from DSQL_* / AWS_* environment variables."""
-    options: DsqlOptions = {}
-    endpoint = environ.get("DSQL_ENDPOINT") or environ.get("DSQL_CLUSTER_ID")
-    region = environ.get("DSQL_REGION") or environ.get("AWS_REGION")
-    region = region or environ.get("AWS_DEFAULT_REGION")
-    if region:
-        options["region"] = region
-    if environ.get("DSQL_USER"):
-        options["user"] = environ["DSQL_USER"]
-    if environ.get("DSQL_DBNAME"):
-        options["dbname"] = environ["DSQL_DBNAME"]
-    if environ.get("DSQL_PORT"):
-        try:
-            options["port"] = int(environ["DSQL_PORT"])
-        except ValueError:
-            raise ConfigurationError(
-                f"DSQL_PORT={environ['DSQL_PORT']!r} is not a port number"
-            ) from None
-    if endpoint is None:
-        raise ConfigurationError(
-            "set DSQL_ENDPOINT (the cluster's host name) or DSQL_CLUSTER_ID (with AWS_REGION) "
-            "to build a pool from the environment"
-        )
-    return endpoint, options
+    """Endpoint and options from DSQL_* / AWS_* variables, then libpq's PG*."""
+    return endpoint_from_env(environ)  # type: ignore[return-value]
 
 
 class _DsqlPoolMixin(BasePool):

@@ -31,9 +31,10 @@ class Rows(list[Any]):
         except ImportError:
             raise UsageError("to_pandas() needs pandas: pip install pandas") from None
         if self and isinstance(self[0], Mapping):
-            return pd.DataFrame(list(self), columns=self.columns or None)
-        return pd.DataFrame([tuple(r) if not hasattr(r, "__dict__") else vars(r) for r in self],
-                            columns=self.columns or None)  # fmt: skip
+            records: list[Any] = list(self)
+        else:
+            records = [tuple(r) if not hasattr(r, "__dict__") else vars(r) for r in self]
+        return _numeric_decimals(pd.DataFrame(records, columns=self.columns or None))
 
     def _repr_html_(self) -> str:
         from html import escape
@@ -62,3 +63,18 @@ class Ping:
     latency_ms: float
     #: The server's version as it reports it (DSQL: 16.x).
     server_version: str
+
+
+def _numeric_decimals(frame: Any) -> Any:
+    """``numeric`` columns (``Decimal`` values) as float64 where no value loses digits, so
+    sums and plots work; a column with a value float64 cannot hold exactly stays ``Decimal``."""
+    from decimal import Decimal
+
+    for name in frame.columns:
+        values = [v for v in frame[name] if v is not None]
+        if values and all(
+            isinstance(v, Decimal) and (not v.is_finite() or Decimal(repr(float(v))) == v)
+            for v in values
+        ):
+            frame[name] = frame[name].astype("float64")
+    return frame

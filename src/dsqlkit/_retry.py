@@ -139,7 +139,8 @@ def judge(exc: BaseException, attempt: Attempt) -> Outcome:
     if find_conflict(exc) is not None:
         return Outcome.RETRY
     conn = attempt.connection
-    lost = isinstance(exc, psycopg.OperationalError) and conn is not None
+    error = getattr(exc, "orig", exc)  # SQLAlchemy wraps the driver's error (in .orig)
+    lost = isinstance(error, psycopg.OperationalError) and conn is not None
     lost = lost and bool(conn.broken or conn.closed)
     if lost:
         if attempt.read_only or not attempt.writing:

@@ -329,3 +329,22 @@ def test_lambda_handler_survives_freeze_thaw(
     assert pool.closed  # closed on shutdown
     assert "dsqlkit" in sys.modules
     assert os.environ["DSQL_ENDPOINT"] == local_dsql.host
+
+
+def test_to_pandas_keeps_numeric_columns_numeric(local_dsql: LocalDsql) -> None:
+    pd = pytest.importorskip("pandas")
+    with local_dsql.pool() as pool:
+        repo = Repository(pool)
+        rows = repo.query(
+            "SELECT 1.5::numeric(10,2) AS price, 3::bigint AS n, 'x' AS name, "
+            "NULL::numeric AS missing, 12345678901234567890.123::numeric AS huge "
+            "UNION ALL SELECT 2.25, 4, 'y', 7, 1"
+        )
+    frame = rows.to_pandas()
+    assert frame["price"].dtype == "float64"
+    assert frame["price"].sum() == 3.75
+    assert frame["n"].dtype == "int64"
+    assert frame["missing"].dtype == "float64"  # None becomes NaN
+    assert pd.isna(frame["missing"][0])
+    assert not pd.api.types.is_numeric_dtype(frame["name"])
+    assert frame["huge"].dtype == object  # float64 would lose digits: kept as Decimal

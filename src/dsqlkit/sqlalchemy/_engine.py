@@ -1,0 +1,247 @@
+"""SQLAlchemy engines whose connections go through dsqlkit's connect path and checks.
+
+SQLAlchemy keeps its own pool (``QueuePool``): it holds on to connections, so psycopg_pool's
+and dsqlkit's pool checks would never see them. Instead the engine gets:
+
+- a ``creator`` (``async_creator`` for asyncio) that opens each physical connection the way
+  `dsqlkit.DsqlConnectionPool` does: a freshly minted IAM token (minted in a worker thread for
+  asyncio), verified TLS, retries on 53300/53400 and network errors, one re-mint after an
+  authentication failure;
+- ``pool_recycle`` of 50 minutes by default (DSQL closes connections at 60);
+- a checkout check, the same one dsqlkit's pools apply: a connection past its lifetime, with
+  a readable socket (closed by the server while idle), or idle longer than
+  ``idle_check_after`` is probed (an empty query) or replaced before SQLAlchemy hands it out.
+  So the first request after a Lambda thaw never gets a dead connection, and a busy engine
+  pays no round trip per checkout (unlike ``pool_pre_ping``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy
+from sqlalchemy import event
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import URL, Engine
+
+from .._config import endpoint_from_env
+from .._errors import ConfigurationError
+from .._pool import DEAD, EXPIRED, OK, PROBE, DsqlOptions, PoolCore
+from . import _run_async, _run_sync
+from ._dialect import register
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+__all__ = ["create_async_engine", "create_engine", "get_stats"]
+
+#: DSQL closes a connection after 60 minutes; SQLAlchemy recycles ours well before.
+DEFAULT_POOL_RECYCLE = 50 * 60.0
+DSQL_CONNECTION_LIMIT = 3600.0
+_DSQL_OPTIONS = frozenset(DsqlOptions.__annotations__)
+_OURS = ("creator", "async_creator", "module")
+
+
+def create_engine(
+    url: str | URL | None = None,
+    /,
+    *,
+    connect_args: Mapping[str, Any] | None = None,
+    pool_recycle: float = DEFAULT_POOL_RECYCLE,
+    connect_deadline: float = 30.0,
+    **options: Any,
+) -> Engine:
+    """A SQLAlchemy `Engine` for DSQL (psycopg 3, dsqlkit's tokens, TLS and checks).
+
+    ``url`` is what `dsqlkit.DsqlConnectionPool` takes (a host name, a cluster id, a libpq
+    conninfo or a ``postgresql://`` URL, no password) or a SQLAlchemy URL
+    (``postgresql+psycopg://admin@<host>/postgres``, ``dsql+psycopg://...``); ``None``
+    reads ``DSQL_ENDPOINT`` and friends (as ``from_env()`` does). Keyword arguments are the
+    pool's DSQL options (``region``, ``user``, ``boto3_session``, ``sslrootcert``,
+    ``idle_check_after``...) and SQLAlchemy's ``create_engine`` arguments (``pool_size``,
+    ``max_overflow``, ``echo``, ``isolation_level``...). ``connect_args`` (or ``kwargs``, as
+    for the pools) adds libpq parameters; ``pool_recycle`` (seconds, under DSQL's 3600)
+    retires connections by age; ``connect_deadline`` bounds the connect retries.
+    """
+    register()
+    core, engine_url, engine_options = _prepare(
+        url, connect_args, pool_recycle, connect_deadline, options
+    )
+
+    engine = sqlalchemy.create_engine(
+        engine_url,
+        creator=lambda: _run_sync.connect(core),
+        pool_recycle=pool_recycle,
+        **engine_options,
+    )
+    _install_checks(engine, core)
+    return engine
+
+
+def create_async_engine(
+    url: str | URL | None = None,
+    /,
+    *,
+    connect_args: Mapping[str, Any] | None = None,
+    pool_recycle: float = DEFAULT_POOL_RECYCLE,
+    connect_deadline: float = 30.0,
+    **options: Any,
+) -> AsyncEngine:
+    """The asyncio twin of `create_engine`: an `AsyncEngine` on psycopg's async connection.
+
+    Tokens are minted in a worker thread, never on the event loop. Build the engine before
+    serving (e.g. in a lifespan hook): construction finds credentials and loads boto3 once.
+    """
+    from sqlalchemy.ext.asyncio import create_async_engine as sa_create_async_engine
+
+    register()
+    core, engine_url, engine_options = _prepare(
+        url, connect_args, pool_recycle, connect_deadline, options
+    )
+
+    engine = sa_create_async_engine(
+        engine_url.set(drivername="dsql+psycopg_async"),
+        async_creator=lambda: _run_async.connect(core),
+        pool_recycle=pool_recycle,
+        **engine_options,
+    )
+    _install_checks(engine.sync_engine, core)
+    return engine
+
+
+def get_stats(engine: Engine | AsyncEngine) -> dict[str, int]:
+    """dsqlkit's counters for an engine from `create_engine` / `create_async_engine`:
+    tokens minted, connects retried, connections retired or found dead at checkout, probes,
+    and the ``occ_*`` counters of `dsqlkit.sqlalchemy.transactional` functions."""
+    return core_of(engine).stats(reset=False)
+
+
+def core_of(engine: Any) -> PoolCore:
+    """The dsqlkit core of an engine built here; `ConfigurationError` for any other engine."""
+    sync_engine = getattr(engine, "sync_engine", engine)
+    core = getattr(getattr(sync_engine, "dialect", None), "dsqlkit_core", None)
+    if core is None:
+        raise ConfigurationError(
+            "this engine was not built by dsqlkit.sqlalchemy.create_engine() or "
+            "create_async_engine(): it has no dsqlkit connection handling or stats"
+        )
+    return core  # type: ignore[no-any-return]
+
+
+def _prepare(
+    url: str | URL | None,
+    connect_args: Mapping[str, Any] | None,
+    pool_recycle: float,
+    connect_deadline: float,
+    options: dict[str, Any],
+) -> tuple[PoolCore, URL, dict[str, Any]]:
+    """The dsqlkit core, SQLAlchemy URL and remaining engine options for one engine."""
+    for name in _OURS:
+        if name in options:
+            raise ConfigurationError(
+                f"{name}= is dsqlkit's to set: it opens connections with fresh IAM tokens; "
+                "pass libpq parameters in connect_args= instead"
+            )
+    if "kwargs" in options:
+        if connect_args is not None:
+            raise ConfigurationError("pass connect_args= or kwargs=, not both")
+        connect_args = options.pop("kwargs")
+    _check_recycle(pool_recycle)
+    dsql = {key: options.pop(key) for key in list(options) if key in _DSQL_OPTIONS}
+    endpoint = _endpoint_text(url)
+    if endpoint is None:
+        endpoint, from_env = endpoint_from_env(os.environ)
+        dsql = {**from_env, **dsql}
+    core = PoolCore(
+        endpoint,
+        options=dsql,  # type: ignore[arg-type]
+        max_lifetime=pool_recycle,
+        timeout=connect_deadline,
+        user_kwargs=dict(connect_args or {}),
+    )
+    engine_url = URL.create(
+        "dsql+psycopg",
+        username=core.endpoint.user,
+        host=core.endpoint.host,
+        port=core.endpoint.port,
+        database=core.endpoint.dbname,
+    )
+    return core, engine_url, options
+
+
+def _endpoint_text(url: str | URL | None) -> str | None:
+    """The endpoint as `DsqlEndpoint.resolve` reads it, from a host, conninfo or any URL."""
+    if url is None:
+        return None
+    if isinstance(url, URL):
+        if url.password is not None:
+            raise ConfigurationError(
+                "the URL contains a password: DSQL authenticates with IAM tokens, which "
+                "dsqlkit mints for every connection; remove it from the URL"
+            )
+        url = url.render_as_string(hide_password=False)
+    if not isinstance(url, str):
+        raise ConfigurationError(f"url must be a str or a sqlalchemy URL, not {type(url).__name__}")
+    scheme, separator, rest = url.partition("://")
+    if not separator:
+        return url
+    base, _, driver = scheme.lower().partition("+")
+    if base not in ("postgresql", "postgres", "dsql"):
+        raise ConfigurationError(
+            f"URL scheme {scheme!r} is not PostgreSQL's: use postgresql://, "
+            "postgresql+psycopg:// or dsql+psycopg://"
+        )
+    if driver not in ("", "psycopg", "psycopg_async"):
+        raise ConfigurationError(
+            f"URL scheme {scheme!r} names the {driver} driver: dsqlkit's engines run on "
+            "psycopg 3; use postgresql+psycopg:// (sync and asyncio alike)"
+        )
+    return "postgresql://" + rest
+
+
+def _check_recycle(pool_recycle: float) -> None:
+    if (
+        not isinstance(pool_recycle, (int, float))
+        or isinstance(pool_recycle, bool)
+        or math.isnan(pool_recycle)
+        or not 0 < pool_recycle < DSQL_CONNECTION_LIMIT
+    ):
+        raise ConfigurationError(
+            f"pool_recycle must be more than 0 and less than {DSQL_CONNECTION_LIMIT:.0f} "
+            f"seconds (DSQL closes connections after 60 minutes), not {pool_recycle!r}"
+        )
+
+
+def _install_checks(engine: Engine, core: PoolCore) -> None:
+    """Attach ``core`` to the engine's dialect and dsqlkit's checks to its pool."""
+    engine.dialect.dsqlkit_core = core  # type: ignore[attr-defined]
+    dialect = engine.dialect
+
+    @event.listens_for(engine, "checkout")
+    def _checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        conn = _driver(dbapi_connection)
+        verdict = core.checkout_verdict(conn)
+        if verdict == PROBE:
+            try:
+                dialect.do_ping(dbapi_connection)
+            except Exception:
+                verdict = DEAD
+            else:
+                verdict = OK
+        if verdict != OK:
+            core.count_discard(verdict)
+            reason = "past its lifetime" if verdict == EXPIRED else "closed while idle"
+            raise sa_exc.DisconnectionError(f"dsqlkit: connection {reason}; replacing it")
+
+    @event.listens_for(engine, "checkin")
+    def _checkin(dbapi_connection: Any, record: Any) -> None:
+        if dbapi_connection is not None:
+            core.connection_returned(_driver(dbapi_connection))
+
+
+def _driver(dbapi_connection: Any) -> Any:
+    """The psycopg connection under SQLAlchemy's asyncio adapter (or the connection itself)."""
+    return getattr(dbapi_connection, "driver_connection", dbapi_connection)

@@ -1,0 +1,104 @@
+"""SQLAlchemy units of work on dsqlkit's executor, and connections on its connect path.
+
+The asyncio source: ``_run_sync`` is generated from it by ``tools/async_to_sync.py``.
+
+- `connect`: one physical connection the way dsqlkit's pools open one (a fresh token, minted
+  off the event loop; the connect plan's retries), registered for the checkout checks;
+- `wrap`: the wrapper `dsqlkit.sqlalchemy.transactional` returns;
+- `run_unit`: the one place these units enter dsqlkit's executor (its retry loop, verdict,
+  backoff and accounting);
+- `attempt_once`: one attempt. It records the psycopg connection under SQLAlchemy's and the
+  moment COMMIT is sent, which is all the executor's verdict needs: a conflict (40001, on the
+  SQLAlchemy error's cause) re-runs the function, a connection lost before COMMIT re-runs it,
+  one lost while COMMIT was in flight is `CommitOutcomeUnknown`.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable  # sync: from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.ext.asyncio import AsyncConnection  # sync: from sqlalchemy import Connection
+
+from .. import _aio
+from .._connect_async import AsyncDsqlConnection
+from .._executor_async import AsyncExecutor
+from .._query import JOINED, joined_handle, refuse_awaitable
+from .._retry import Attempt, RetryPolicy, RetryStats, judge_all
+from ._checks import Unit, check_not_aborted, check_transactional
+
+if TYPE_CHECKING:
+    from .._pool import PoolCore
+
+__all__ = ["attempt_once", "connect", "run_unit", "wrap"]
+
+T = TypeVar("T")
+
+
+async def connect(core: PoolCore) -> Any:
+    """A new psycopg connection for SQLAlchemy's pool (its ``creator``)."""
+    kwargs = core.static_kwargs()
+    if core.minter is not None:
+        kwargs["password"] = await _aio.to_thread(core.mint)
+    conn = await AsyncDsqlConnection.connect(**kwargs)
+    core.connection_created(conn)
+    return conn
+
+
+def wrap(unit: Unit, policy: RetryPolicy, stats: RetryStats) -> Any:
+    """The decorated function: joins a unit running on the same bind, else runs its own."""
+    fn = unit.fn
+
+    @functools.wraps(fn)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        joined = joined_handle(unit.bind)
+        if joined is not None:  # nested on the same bind: join, the outer call retries
+            return await fn(joined, *args, **kwargs)
+        return await run_unit(attempt_once, policy, stats, unit, args, kwargs)
+
+    wrapper.retry_stats = stats  # type: ignore[attr-defined]
+    return wrapper
+
+
+async def run_unit(
+    once: Callable[..., Awaitable[T]],  # sync: once: Callable[..., T],
+    policy: RetryPolicy,
+    stats: RetryStats,
+    *args: Any,
+) -> T:
+    """``once(attempt, *args)`` under ``policy`` on dsqlkit's executor."""
+    result: T = await AsyncExecutor(None, policy, stats)._run(once, judge_all, *args)
+    return result
+
+
+async def attempt_once(attempt: Attempt, unit: Unit, args: Any, kwargs: Any) -> Any:
+    """One attempt: a new session or connection, the function, flush, COMMIT."""
+    fn = unit.fn
+    async with unit.open() as handle:
+        driver = await driver_of(handle)
+        attempt.connection = driver
+        check_transactional(driver, fn)
+        token = JOINED.set({**(JOINED.get() or {}), id(unit.bind): handle})
+        try:
+            result = await fn(handle, *args, **kwargs)
+            refuse_awaitable(result, fn)
+            if unit.session:
+                await handle.flush()  # flush errors happen before COMMIT is sent
+            check_not_aborted(driver, fn)
+            attempt.writing = True
+            await handle.commit()
+            return result
+        finally:
+            JOINED.reset(token)
+
+
+async def driver_of(handle: Any) -> Any:
+    """The psycopg connection under a connection or session (None if it has no bind)."""
+    try:
+        conn = handle if isinstance(handle, AsyncConnection) else await handle.connection()
+        raw = await conn.get_raw_connection()  # sync: raw = conn.connection
+        return raw.driver_connection
+    except sa_exc.UnboundExecutionError:
+        return None
