@@ -94,7 +94,7 @@ class AsyncExecutor:
         self.policy = policy
         self.stats = stats
 
-    async def _run(self, once: Callable[..., Any], retry_on: Any, *args: Any) -> Any:
+    async def run_attempts(self, once: Callable[..., Any], retry_on: Any, *args: Any) -> Any:
         """The retry loop: ``once(attempt, *args)`` until it succeeds or the verdict stops it."""
         run = self.policy.start(self.stats)
         while True:
@@ -118,8 +118,10 @@ class AsyncExecutor:
             return await fn(joined, *args, **kwargs)
         key = _hot_key(fn, args, kwargs) if self.policy.hot_seconds else None
         if key is not None:
-            return await self._run(self._hot_transaction_once, judge_all, key, fn, args, kwargs)
-        return await self._run(self._transaction_once, judge_all, fn, args, kwargs)
+            return await self.run_attempts(
+                self._hot_transaction_once, judge_all, key, fn, args, kwargs
+            )
+        return await self.run_attempts(self._transaction_once, judge_all, fn, args, kwargs)
 
     async def _hot_transaction_once(
         self, attempt: Attempt, key: Any, fn: Callable[..., Any], args: Any, kwargs: Any
@@ -182,7 +184,9 @@ class AsyncExecutor:
             async with joined.connection.cursor(row_factory=row_factory) as cur:
                 await cur.execute(query, params)
                 return await take(cur)
-        return await self._run(self._read_once, judge_all, query, params, row_factory, take, pure)
+        return await self.run_attempts(
+            self._read_once, judge_all, query, params, row_factory, take, pure
+        )
 
     async def _read_once(  # noqa: PLR0917 - the executor's own call, positional by design
         self,
@@ -233,7 +237,7 @@ class AsyncExecutor:
         if joined is not None:
             async with joined.connection.cursor() as cur:
                 return await run(cur)
-        return await self._run(self._write_once, judge_all, run)
+        return await self.run_attempts(self._write_once, judge_all, run)
 
     async def _write_once(self, attempt: Attempt, run: Callable[..., Any]) -> Any:
         async with self.pool.connection() as conn:
@@ -247,7 +251,7 @@ class AsyncExecutor:
     async def call(self, fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
         """``fn(*args, **kwargs)``, re-run on a conflict only (`occ_retry`): the function owns
         its connection and COMMIT, so a lost connection is its caller's to judge."""
-        return await self._run(self._call_once, is_conflict, fn, args, kwargs)
+        return await self.run_attempts(self._call_once, is_conflict, fn, args, kwargs)
 
     async def _call_once(
         self, attempt: Attempt, fn: Callable[..., Any], args: Any, kwargs: Any

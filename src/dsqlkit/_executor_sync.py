@@ -96,7 +96,7 @@ class Executor:
         self.policy = policy
         self.stats = stats
 
-    def _run(self, once: Callable[..., Any], retry_on: Any, *args: Any) -> Any:
+    def run_attempts(self, once: Callable[..., Any], retry_on: Any, *args: Any) -> Any:
         """The retry loop: ``once(attempt, *args)`` until it succeeds or the verdict stops it."""
         run = self.policy.start(self.stats)
         while True:
@@ -120,8 +120,8 @@ class Executor:
             return fn(joined, *args, **kwargs)
         key = _hot_key(fn, args, kwargs) if self.policy.hot_seconds else None
         if key is not None:
-            return self._run(self._hot_transaction_once, judge_all, key, fn, args, kwargs)
-        return self._run(self._transaction_once, judge_all, fn, args, kwargs)
+            return self.run_attempts(self._hot_transaction_once, judge_all, key, fn, args, kwargs)
+        return self.run_attempts(self._transaction_once, judge_all, fn, args, kwargs)
 
     def _hot_transaction_once(
         self, attempt: Attempt, key: Any, fn: Callable[..., Any], args: Any, kwargs: Any
@@ -184,7 +184,7 @@ class Executor:
             with joined.connection.cursor(row_factory=row_factory) as cur:
                 cur.execute(query, params)
                 return take(cur)
-        return self._run(self._read_once, judge_all, query, params, row_factory, take, pure)
+        return self.run_attempts(self._read_once, judge_all, query, params, row_factory, take, pure)
 
     def _read_once(  # noqa: PLR0917 - the executor's own call, positional by design
         self,
@@ -235,7 +235,7 @@ class Executor:
         if joined is not None:
             with joined.connection.cursor() as cur:
                 return run(cur)
-        return self._run(self._write_once, judge_all, run)
+        return self.run_attempts(self._write_once, judge_all, run)
 
     def _write_once(self, attempt: Attempt, run: Callable[..., Any]) -> Any:
         with self.pool.connection() as conn:
@@ -249,7 +249,7 @@ class Executor:
     def call(self, fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
         """``fn(*args, **kwargs)``, re-run on a conflict only (`occ_retry`): the function owns
         its connection and COMMIT, so a lost connection is its caller's to judge."""
-        return self._run(self._call_once, is_conflict, fn, args, kwargs)
+        return self.run_attempts(self._call_once, is_conflict, fn, args, kwargs)
 
     def _call_once(self, attempt: Attempt, fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
         result = fn(*args, **kwargs)

@@ -69,7 +69,7 @@ async def run_unit(
     *args: Any,
 ) -> T:
     """``once(attempt, *args)`` under ``policy`` on dsqlkit's executor."""
-    result: T = await AsyncExecutor(None, policy, stats)._run(once, judge_all, *args)
+    result: T = await AsyncExecutor(None, policy, stats).run_attempts(once, judge_all, *args)
     return result
 
 

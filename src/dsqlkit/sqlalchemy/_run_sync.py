@@ -71,7 +71,7 @@ def run_unit(
     *args: Any,
 ) -> T:
     """``once(attempt, *args)`` under ``policy`` on dsqlkit's executor."""
-    result: T = Executor(None, policy, stats)._run(once, judge_all, *args)
+    result: T = Executor(None, policy, stats).run_attempts(once, judge_all, *args)
     return result
 
 
