@@ -447,6 +447,18 @@ RULES: dict[str, Rule] = {
         "use FOR UPDATE (or FOR KEY SHARE)",
         "recorded: occ/occ_for_share",
     ),
+    "syntax.after_pg16": _r(
+        "Queries",
+        "syntax PostgreSQL added after 16 (`JSON_TABLE`, `JSON_QUERY` / `JSON_VALUE` / "
+        "`JSON_EXISTS`, `JSON()`, `JSON_SCALAR`, `JSON_SERIALIZE`, `VIRTUAL` generated "
+        "columns, `NOT ENFORCED` constraints)",
+        "42601",
+        'syntax error at or near "{name}"',
+        "DSQL speaks PostgreSQL 16: use jsonb operators and jsonb_path_query(), STORED "
+        "generated columns, and enforced (or NOT VALID) constraints",
+        "recorded: environment/env_server_version (server_version 16.15); PostgreSQL 16's grammar",
+        recorded=False,
+    ),
     "query.advisory_lock": _r(
         "Queries",
         "advisory-lock functions (`pg_advisory_lock`, `pg_try_advisory_xact_lock`, ...)",
@@ -1111,6 +1123,14 @@ def _refusal(stmt: Any, *, is_async: bool = False) -> Refusal | None:
     return _refused_expression(stmt)
 
 
+#: SQL/JSON query functions (PostgreSQL 17), by their JsonExprOp.
+_JSON_FUNCTIONS = {
+    enums.JsonExprOp.JSON_EXISTS_OP: "JSON_EXISTS",
+    enums.JsonExprOp.JSON_QUERY_OP: "JSON_QUERY",
+    enums.JsonExprOp.JSON_VALUE_OP: "JSON_VALUE",
+}
+
+
 def _refused_expression(stmt: Any) -> Refusal | None:
     """Refusals found anywhere inside a statement: locking clauses, functions, types."""
     from pglast.visitors import Visitor
@@ -1125,6 +1145,30 @@ def _refused_expression(stmt: Any) -> Refusal | None:
 
         def visit_RangeTableSample(self, ancestors: Any, node: Any) -> None:
             found.append(_refuse("query.tablesample"))
+
+        def visit_JsonTable(self, ancestors: Any, node: Any) -> None:
+            found.append(_refuse("syntax.after_pg16", "JSON_TABLE"))
+
+        def visit_JsonFuncExpr(self, ancestors: Any, node: Any) -> None:
+            found.append(_refuse("syntax.after_pg16", _JSON_FUNCTIONS.get(node.op, "JSON")))
+
+        def visit_JsonParseExpr(self, ancestors: Any, node: Any) -> None:
+            found.append(_refuse("syntax.after_pg16", "JSON"))
+
+        def visit_JsonScalarExpr(self, ancestors: Any, node: Any) -> None:
+            found.append(_refuse("syntax.after_pg16", "JSON_SCALAR"))
+
+        def visit_JsonSerializeExpr(self, ancestors: Any, node: Any) -> None:
+            found.append(_refuse("syntax.after_pg16", "JSON_SERIALIZE"))
+
+        def visit_Constraint(self, ancestors: Any, node: Any) -> None:
+            kinds = enums.ConstrType
+            if node.contype == kinds.CONSTR_GENERATED and node.generated_kind == "v":
+                found.append(_refuse("syntax.after_pg16", "VIRTUAL"))
+            not_enforced = node.contype == getattr(kinds, "CONSTR_ATTR_NOT_ENFORCED", None)
+            checked = node.contype in (kinds.CONSTR_CHECK, kinds.CONSTR_FOREIGN)
+            if not_enforced or (checked and node.is_enforced is False):
+                found.append(_refuse("syntax.after_pg16", "ENFORCED"))
 
         def visit_TypeCast(self, ancestors: Any, node: Any) -> None:
             builtin = _builtin(node.typeName)

@@ -384,6 +384,62 @@ REFUSED = [
         "unsupported CREATE INDEX ASYNC option: WITH",
         "index.option",
     ),
+    # -- syntax PostgreSQL added after 16 (DSQL is 16) --
+    (
+        "SELECT * FROM JSON_TABLE('[1]'::jsonb, '$[*]' COLUMNS (a int PATH '$')) AS jt",
+        "42601",
+        'syntax error at or near "JSON_TABLE"',
+        "syntax.after_pg16",
+    ),
+    (
+        "SELECT JSON_QUERY('{\"a\": 1}'::jsonb, '$.a')",
+        "42601",
+        'syntax error at or near "JSON_QUERY"',
+        "syntax.after_pg16",
+    ),
+    (
+        "SELECT JSON_VALUE(doc, '$.a') FROM t",
+        "42601",
+        'syntax error at or near "JSON_VALUE"',
+        "syntax.after_pg16",
+    ),
+    (
+        "SELECT JSON_EXISTS(doc, '$.a') FROM t",
+        "42601",
+        'syntax error at or near "JSON_EXISTS"',
+        "syntax.after_pg16",
+    ),
+    ("SELECT JSON('{}')", "42601", 'syntax error at or near "JSON"', "syntax.after_pg16"),
+    (
+        "SELECT JSON_SCALAR(1)",
+        "42601",
+        'syntax error at or near "JSON_SCALAR"',
+        "syntax.after_pg16",
+    ),
+    (
+        "SELECT JSON_SERIALIZE('{}'::json)",
+        "42601",
+        'syntax error at or near "JSON_SERIALIZE"',
+        "syntax.after_pg16",
+    ),
+    (
+        "CREATE TABLE v (a int, b int GENERATED ALWAYS AS (a * 2) VIRTUAL)",
+        "42601",
+        'syntax error at or near "VIRTUAL"',
+        "syntax.after_pg16",
+    ),
+    (
+        "CREATE TABLE ne (a int, CHECK (a > 0) NOT ENFORCED)",
+        "42601",
+        'syntax error at or near "ENFORCED"',
+        "syntax.after_pg16",
+    ),
+    (
+        "CREATE TABLE ne (id int PRIMARY KEY, p int REFERENCES ne (id) NOT ENFORCED)",
+        "42601",
+        'syntax error at or near "ENFORCED"',
+        "syntax.after_pg16",
+    ),
     # -- queries --
     (
         "SELECT name FROM t TABLESAMPLE SYSTEM (1)",
@@ -600,6 +656,8 @@ REFUSED = [
 
 #: Statements DSQL accepts: none may be refused (no false positives).
 ACCEPTED = [
+    "SELECT JSON_OBJECT('a': 1), JSON_ARRAY(1, 2), '{}' IS JSON",  # SQL/JSON of PostgreSQL 16
+    "CREATE TABLE g (a int, b int GENERATED ALWAYS AS (a * 2) STORED)",
     # sequences and identity
     "CREATE SEQUENCE s CACHE 1",
     "CREATE SEQUENCE s CACHE 65536",

@@ -183,3 +183,10 @@ def test_alter_table_async_validate_constraint_answers_a_job(connect: Connect, t
     assert status == ("failed",)
     with pytest.raises(errors.SyntaxError):  # ASYNC is DSQL syntax for VALIDATE only
         conn.execute(f"ALTER TABLE ASYNC {t} ADD COLUMN c int")
+
+
+def test_syntax_newer_than_postgresql_16_is_refused_by_the_endpoint(connect: Connect) -> None:
+    conn = connect(autocommit=True)
+    with pytest.raises(errors.SyntaxError, match="JSON_TABLE"):
+        conn.execute("SELECT * FROM JSON_TABLE('[1]'::jsonb, '$[*]' COLUMNS (a int PATH '$')) j")
+    assert conn.execute("SELECT JSON_OBJECT('a': 1)::text").fetchone() == ('{"a" : 1}',)
