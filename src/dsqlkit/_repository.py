@@ -85,10 +85,11 @@ _row_factory = row_factory
 def connect(endpoint: Any = None, /, **options: Any) -> Repository:
     """A ready `Repository` in one line, for notebooks and scripts.
 
-    ``endpoint`` is a host name or cluster id (``None``: from ``DSQL_ENDPOINT`` /
-    ``DSQL_CLUSTER_ID``); ``options`` are `DsqlConnectionPool` arguments (``min_size`` defaults
-    to 1, ``max_size`` to 4). The pool opens on first use and closes at interpreter exit (or
-    with ``close()``).
+    ``endpoint`` is a host name, cluster id, conninfo or URL (``None``: from the environment),
+    or a running `dsqlkit.testing.LocalDsql`, which supplies its host, port, CA and signing
+    credentials; ``options`` are `DsqlConnectionPool` arguments (``min_size`` defaults to 1,
+    ``max_size`` to 4). The pool opens on first use and closes at interpreter exit (or with
+    ``close()``).
     """
     from ._pool_sync import DsqlConnectionPool
     from ._repository_sync import Repository
@@ -98,6 +99,8 @@ def connect(endpoint: Any = None, /, **options: Any) -> Repository:
     options["open"] = False
     if endpoint is None:
         pool: DsqlConnectionPool[Any] = DsqlConnectionPool.from_env(**options)
+    elif callable(getattr(endpoint, "pool_options", None)):  # a LocalDsql
+        pool = DsqlConnectionPool(endpoint.host, **endpoint.pool_options(**options))
     else:
         pool = DsqlConnectionPool(endpoint, **options)
     repository = Repository(pool)

@@ -254,6 +254,13 @@ def test_connect_for_notebooks(local_dsql: LocalDsql, monkeypatch: pytest.Monkey
     assert "closed" in repr(repo)
 
 
+def test_connect_takes_a_local_endpoint(local_dsql: LocalDsql) -> None:
+    with connect(local_dsql, max_size=2) as repo:
+        assert repo.scalar("SELECT 1") == 1
+        assert repo.pool.max_size == 2
+    assert repo.pool.closed
+
+
 def test_to_pandas_needs_pandas() -> None:
     rows = Rows([{"a": 1}], ["a"])
     if importlib.util.find_spec("pandas") is None:
