@@ -10,6 +10,7 @@ from ._bulk import BulkProgress, BulkResult
 from ._config import DsqlEndpoint, InsecureTLSWarning
 from ._connect import AsyncDsqlConnection, DsqlConnection
 from ._errors import (
+    BulkLoadError,
     CommitOutcomeUnknown,
     ConfigurationError,
     DatabaseUnavailable,
@@ -33,6 +34,7 @@ __all__ = [
     "AsyncRepository",
     "AsyncTransaction",
     "Boto3TokenProvider",
+    "BulkLoadError",
     "BulkProgress",
     "BulkResult",
     "CommitOutcomeUnknown",

@@ -9,7 +9,8 @@ gives it back; nothing needs a ``with`` block:
   statement did not commit), but a connection lost mid-statement raises
   `CommitOutcomeUnknown`: the write may have committed, so it is never repeated silently;
 - `transaction` runs a function as one OCC-retried transaction (like `dsqlkit.transactional`);
-- `insert_many` / `upsert_many` load any number of rows in chunks within DSQL's limits;
+- `insert_many` / `upsert_many` / `copy_rows` load any number of rows in chunks within DSQL's
+  limits, over one or several connections;
 - `ping` is a health check.
 
 Called inside a dsqlkit transaction on the same pool, the query methods join it.
@@ -17,7 +18,9 @@ Called inside a dsqlkit transaction on the same pool, the query methods join it.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
+import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -29,16 +32,8 @@ from psycopg import sql as pgsql
 from psycopg.rows import tuple_row
 from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 
-from ._bulk import (
-    DEFAULT_CHUNK_BYTES,
-    BulkPlan,
-    BulkProgress,
-    BulkResult,
-    plan,
-    progress_reporter,
-    timed_result,
-)
-from ._errors import CommitOutcomeUnknown, DatabaseUnavailable, UsageError
+from ._bulk import DEFAULT_CHUNK_BYTES, BulkPlan, BulkProgress, BulkResult, LoadState, plan
+from ._errors import BulkLoadError, CommitOutcomeUnknown, DatabaseUnavailable, UsageError
 from ._retry import (
     RetryPolicy,
     check_callable,
@@ -303,6 +298,8 @@ class Repository(_RepositoryBase):
         key: str | Sequence[str] | None = None,
         chunk_rows: int = 3000,
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        workers: int = 1,
+        resume: BulkLoadError | int | None = None,
         progress: Callable[[BulkProgress], None] | None = None,
         show_progress: bool | None = None,
     ) -> BulkResult:
@@ -312,12 +309,15 @@ class Repository(_RepositoryBase):
         at most ``chunk_rows`` rows and ``chunk_bytes`` is one OCC-retried transaction with
         ``ON CONFLICT (key) DO NOTHING`` (any unique key, without ``key``), so re-running a
         load that stopped half way writes each row exactly once. All rows are checked before
-        the first write. ``progress`` is called after each chunk; a tqdm bar shows in a
-        terminal or notebook when tqdm is installed (``show_progress`` forces it on or off).
+        the first write. ``workers`` chunks run at once, each on its own pool connection. A
+        failed chunk stops the load with `BulkLoadError` (rows committed, where to resume;
+        ``resume=`` takes its row index or the error itself). ``progress`` is called after each
+        chunk; a tqdm bar shows in a terminal or notebook when tqdm is installed
+        (``show_progress`` forces it on or off).
         """
         load = plan(table, rows, columns=columns, key=key, update=None, upsert=False,
-                    chunk_rows=chunk_rows, chunk_bytes=chunk_bytes)  # fmt: skip
-        return self._load(load, progress, show_progress)
+                    chunk_rows=chunk_rows, chunk_bytes=chunk_bytes, resume=resume)  # fmt: skip
+        return self._load(load, _insert_chunk, workers, progress, show_progress)
 
     def upsert_many(
         self,
@@ -329,30 +329,59 @@ class Repository(_RepositoryBase):
         columns: Sequence[str] | None = None,
         chunk_rows: int = 3000,
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        workers: int = 1,
+        resume: BulkLoadError | int | None = None,
         progress: Callable[[BulkProgress], None] | None = None,
         show_progress: bool | None = None,
     ) -> BulkResult:
         """Like `insert_many`, but rows whose ``key`` exists are updated (``update`` columns,
         default: every non-key column)."""
         load = plan(table, rows, columns=columns, key=key, update=update, upsert=True,
-                    chunk_rows=chunk_rows, chunk_bytes=chunk_bytes)  # fmt: skip
-        return self._load(load, progress, show_progress)
+                    chunk_rows=chunk_rows, chunk_bytes=chunk_bytes, resume=resume)  # fmt: skip
+        return self._load(load, _insert_chunk, workers, progress, show_progress)
 
-    def _load(self, load: BulkPlan, progress: Any, show: bool | None) -> BulkResult:
-        report, close = progress_reporter(progress, show, len(load.rows))
-        started = time.perf_counter()
-        written = 0
-        try:
-            for number, (start, end) in enumerate(load.chunks, 1):
+    def copy_rows(
+        self,
+        table: str | Sequence[str] | pgsql.Composable,
+        rows: Iterable[Mapping[str, Any] | Sequence[Any]],
+        *,
+        columns: Sequence[str] | None = None,
+        chunk_rows: int = 3000,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        workers: int = 1,
+        resume: BulkLoadError | int | None = None,
+        progress: Callable[[BulkProgress], None] | None = None,
+        show_progress: bool | None = None,
+    ) -> BulkResult:
+        """Load rows with ``COPY ... FROM STDIN``: the fastest bulk path.
 
-                def chunk(tx: Any, start: int = start, end: int = end) -> int:
-                    return sum(tx.execute(q, p) for q, p in load.batches(start, end))
+        Same chunks, checks, ``workers``, progress and `BulkLoadError` as `insert_many`, but
+        COPY has no ON CONFLICT: a row that exists fails its chunk (with a primary key) or is
+        duplicated (without one). After a failure, resume with ``resume=error.resume_from``
+        (one worker) or ``resume=error`` (any number of workers), not by running it all again.
+        """
+        load = plan(table, rows, columns=columns, key=None, update=None, upsert=False,
+                    chunk_rows=chunk_rows, chunk_bytes=chunk_bytes, resume=resume)  # fmt: skip
+        return self._load(load, _copy_chunk, workers, progress, show_progress)
 
-                written += int(self.transaction(chunk))
-                report(BulkProgress(end, len(load.rows), written, number, len(load.chunks)))
-        finally:
-            close()
-        return timed_result(len(load.rows), written, len(load.chunks), started)
+    def _load(
+        self, load: BulkPlan, write: Any, workers: int, progress: Any, show: bool | None
+    ) -> BulkResult:
+        state = LoadState(load, progress, show, workers)
+
+        def work() -> None:
+            for chunk in state:
+                with state.settling(chunk) as outcome:
+                    outcome.written = int(self.transaction(write, load, *chunk))
+
+        threads = [threading.Thread(target=work, name=f"dsqlkit-bulk-{n}", daemon=True)
+                   for n in range(1, state.workers)]  # fmt: skip
+        for thread in threads:
+            thread.start()
+        work()  # the calling thread is one of the workers
+        for thread in threads:
+            thread.join()
+        return state.finish()
 
     # -- health and lifecycle ----------------------------------------------------------------
 
@@ -498,13 +527,15 @@ class AsyncRepository(_RepositoryBase):
         key: str | Sequence[str] | None = None,
         chunk_rows: int = 3000,
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        workers: int = 1,
+        resume: BulkLoadError | int | None = None,
         progress: Callable[[BulkProgress], None] | None = None,
         show_progress: bool | None = None,
     ) -> BulkResult:
         """Like `Repository.insert_many`."""
         load = plan(table, rows, columns=columns, key=key, update=None, upsert=False,
-                    chunk_rows=chunk_rows, chunk_bytes=chunk_bytes)  # fmt: skip
-        return await self._load(load, progress, show_progress)
+                    chunk_rows=chunk_rows, chunk_bytes=chunk_bytes, resume=resume)  # fmt: skip
+        return await self._load(load, _insert_chunk_async, workers, progress, show_progress)
 
     async def upsert_many(
         self,
@@ -516,32 +547,46 @@ class AsyncRepository(_RepositoryBase):
         columns: Sequence[str] | None = None,
         chunk_rows: int = 3000,
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        workers: int = 1,
+        resume: BulkLoadError | int | None = None,
         progress: Callable[[BulkProgress], None] | None = None,
         show_progress: bool | None = None,
     ) -> BulkResult:
         """Like `Repository.upsert_many`."""
         load = plan(table, rows, columns=columns, key=key, update=update, upsert=True,
-                    chunk_rows=chunk_rows, chunk_bytes=chunk_bytes)  # fmt: skip
-        return await self._load(load, progress, show_progress)
+                    chunk_rows=chunk_rows, chunk_bytes=chunk_bytes, resume=resume)  # fmt: skip
+        return await self._load(load, _insert_chunk_async, workers, progress, show_progress)
 
-    async def _load(self, load: BulkPlan, progress: Any, show: bool | None) -> BulkResult:
-        report, close = progress_reporter(progress, show, len(load.rows))
-        started = time.perf_counter()
-        written = 0
-        try:
-            for number, (start, end) in enumerate(load.chunks, 1):
+    async def copy_rows(
+        self,
+        table: str | Sequence[str] | pgsql.Composable,
+        rows: Iterable[Mapping[str, Any] | Sequence[Any]],
+        *,
+        columns: Sequence[str] | None = None,
+        chunk_rows: int = 3000,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        workers: int = 1,
+        resume: BulkLoadError | int | None = None,
+        progress: Callable[[BulkProgress], None] | None = None,
+        show_progress: bool | None = None,
+    ) -> BulkResult:
+        """Like `Repository.copy_rows` (``workers`` tasks, each on its own connection)."""
+        load = plan(table, rows, columns=columns, key=None, update=None, upsert=False,
+                    chunk_rows=chunk_rows, chunk_bytes=chunk_bytes, resume=resume)  # fmt: skip
+        return await self._load(load, _copy_chunk_async, workers, progress, show_progress)
 
-                async def chunk(tx: Any, start: int = start, end: int = end) -> int:
-                    count = 0
-                    for q, p in load.batches(start, end):
-                        count += await tx.execute(q, p)
-                    return count
+    async def _load(
+        self, load: BulkPlan, write: Any, workers: int, progress: Any, show: bool | None
+    ) -> BulkResult:
+        state = LoadState(load, progress, show, workers)
 
-                written += int(await self.transaction(chunk))
-                report(BulkProgress(end, len(load.rows), written, number, len(load.chunks)))
-        finally:
-            close()
-        return timed_result(len(load.rows), written, len(load.chunks), started)
+        async def work() -> None:
+            for chunk in state:
+                with state.settling(chunk) as outcome:
+                    outcome.written = int(await self.transaction(write, load, *chunk))
+
+        await asyncio.gather(*(work() for _ in range(state.workers)))
+        return state.finish()
 
     async def ping(self, timeout: float = 5.0) -> Ping:
         """Round-trip a ``SELECT 1``; `DatabaseUnavailable` if the database cannot be reached."""
@@ -553,6 +598,33 @@ class AsyncRepository(_RepositoryBase):
         except (PoolTimeout, psycopg.OperationalError) as exc:
             raise _unavailable(self.pool, exc) from exc
         return Ping((time.perf_counter() - start) * 1000, version)
+
+
+def _insert_chunk(tx: Any, load: BulkPlan, start: int, end: int) -> int:
+    """Rows ``start:end`` as multi-row INSERTs, each shape a prepared statement."""
+    with psycopg.RawCursor(tx.connection) as cur:
+        return sum(cur.execute(q, p, prepare=True).rowcount for q, p in load.batches(start, end))
+
+
+async def _insert_chunk_async(tx: Any, load: BulkPlan, start: int, end: int) -> int:
+    async with psycopg.AsyncRawCursor(tx.connection) as cur:
+        return sum([(await cur.execute(q, p, prepare=True)).rowcount
+                    for q, p in load.batches(start, end)])  # fmt: skip
+
+
+def _copy_chunk(tx: Any, load: BulkPlan, start: int, end: int) -> int:
+    """Rows ``start:end`` through one ``COPY ... FROM STDIN``."""
+    with tx.connection.cursor() as cur, cur.copy(load.copy_statement) as copy:
+        for row in load.rows[start:end]:
+            copy.write_row(row)
+    return end - start
+
+
+async def _copy_chunk_async(tx: Any, load: BulkPlan, start: int, end: int) -> int:
+    async with tx.connection.cursor() as cur, cur.copy(load.copy_statement) as copy:
+        for row in load.rows[start:end]:
+            await copy.write_row(row)
+    return end - start
 
 
 class _autocommit:
