@@ -226,8 +226,12 @@ def plan(
         raise UsageError(f"key column(s) {missing} are not among the row columns {names}")
     values: list[tuple[Any, ...]] = []
     wanted = set(names)
+    width = len(names)
     for index, row in enumerate(materialized):
-        if isinstance(row, Mapping):
+        kind = type(row)
+        if kind is tuple and len(row) == width:  # the common case, without ABC checks
+            values.append(row)
+        elif isinstance(row, Mapping):
             if set(row.keys()) != wanted:
                 extra = sorted(set(row.keys()) - wanted)
                 absent = sorted(wanted - set(row.keys()))

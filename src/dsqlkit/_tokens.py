@@ -380,9 +380,7 @@ def presign(
     }
     if session_token:
         params["X-Amz-Security-Token"] = session_token
-    query = "&".join(
-        f"{quote(k, safe='-_.~')}={quote(v, safe='-_.~')}" for k, v in sorted(params.items())
-    )
+    query = "&".join(f"{_quote(k)}={_quote(v)}" for k, v in sorted(params.items()))
     canonical = "\n".join(["GET", "/", query, f"host:{host}", "", "host", _EMPTY_SHA256])
     to_sign = "\n".join(
         ["AWS4-HMAC-SHA256", amz_date, scope, hashlib.sha256(canonical.encode()).hexdigest()]
@@ -393,13 +391,17 @@ def presign(
     shown = {k: v for k, v in sorted(params.items()) if k != "X-Amz-Security-Token"}
     if session_token:
         shown["X-Amz-Security-Token"] = session_token
-    url_query = "&".join(
-        f"{quote(k, safe='-_.~')}={quote(v, safe='-_.~')}" for k, v in shown.items()
-    )
+    url_query = "&".join(f"{_quote(k)}={_quote(v)}" for k, v in shown.items())
     return f"{host}/?{url_query}&X-Amz-Signature={signature}"
 
 
 _EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+
+
+@functools.lru_cache(maxsize=64)
+def _quote(value: str) -> str:
+    """SigV4's URI encoding; most values (names, action, credential scope) repeat."""
+    return quote(value, safe="-_.~")
 
 
 @functools.lru_cache(maxsize=8)
