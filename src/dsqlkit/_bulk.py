@@ -228,8 +228,7 @@ def plan(
     wanted = set(names)
     width = len(names)
     for index, row in enumerate(materialized):
-        kind = type(row)
-        if kind is tuple and len(row) == width:  # the common case, without ABC checks
+        if type(row) is tuple and len(row) == width:  # the common case, without ABC checks
             values.append(row)
         elif isinstance(row, Mapping):
             if set(row.keys()) != wanted:
