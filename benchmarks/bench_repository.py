@@ -117,10 +117,10 @@ def bench_read_throughput(local: LocalDsql, conninfo: str) -> list[dict[str, Any
             if not wanted("repository", f"read-{threads}"):
                 continue
             ratios, base_rates, our_rates = [], [], []
-            for i in range(scale(5, 2)):
+            for i in range(scale(9, 2)):
                 pair = [(baseline, base_rates), (ours, our_rates)]
                 for call, rates in pair if i % 2 else pair[::-1]:
-                    rates.append(_throughput(call, threads, seconds(1.5, 0.5)))
+                    rates.append(_throughput(call, threads, seconds(1.0, 0.5)))
                 ratios.append(our_rates[-1] / base_rates[-1])
             rows[f"{threads} threads"] = {
                 "raw psycopg_pool calls/s": median(base_rates),

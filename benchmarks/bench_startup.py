@@ -6,11 +6,11 @@ IAM token and fetches one row. Two credential modes, each library in each:
 - env: ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` in the environment;
 - profile: the same keys in a shared credentials file, chosen with ``AWS_PROFILE``.
 
-In every run, each script runs once (the order alternating between runs), giving one ratio
-per mode; the goal rows report the median of those ratios. Time is measured from spawning the
-process until its first row reaches the parent. Peak memory is the child's own VmHWM (Linux),
-printed after the row: the kernel's ru_maxrss would also count the parent's pages copied by
-fork() before exec.
+In every run, each script runs three times (interleaved, the order rotating), giving one
+ratio of medians per mode; the goal rows report the median of those ratios. Time is measured
+from spawning the process until its first row reaches the parent. Peak memory is the child's
+own VmHWM (Linux), printed after the row: the kernel's ru_maxrss would also count the parent's
+pages copied by fork() before exec.
 """
 
 from __future__ import annotations
@@ -120,16 +120,19 @@ def run() -> list[dict[str, Any]]:
         envs = _environments(local, Path(folder))
         for script, mode in scripts.values():  # warm the file cache for everyone
             _sample(script, envs[mode])
-        for i in range(scale(15, 3)):
+        per_run = scale(3, 1)
+        for _ in range(scale(9, 3)):
             order = list(scripts.items())
-            for name, (script, mode) in order if i % 2 else order[::-1]:
-                first_row, peak = _sample(script, envs[mode])
-                times[name].append(first_row)
-                memory[name].append(peak)
+            for i in range(per_run):
+                shift = i % len(order)
+                for name, (script, mode) in order[shift:] + order[:shift]:
+                    first_row, peak = _sample(script, envs[mode])
+                    times[name].append(first_row)
+                    memory[name].append(peak)
             if has_peer:
                 for mode in modes:
-                    peer = times[f"aurora-dsql-python-connector, {mode}"][-1]
-                    ratios[mode].append(times[f"dsqlkit, {mode}"][-1] / peer)
+                    peer = median(times[f"aurora-dsql-python-connector, {mode}"][-per_run:])
+                    ratios[mode].append(median(times[f"dsqlkit, {mode}"][-per_run:]) / peer)
     groups: list[dict[str, Any]] = [
         {"measure": "process start to first row (ms)", "variants": times},
         {"measure": "peak RSS (MiB)", "variants": memory},

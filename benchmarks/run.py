@@ -226,7 +226,7 @@ def main() -> None:
                 )
                 details.append(
                     f"| {variant} | {stats['n']} | {stats['median']:.3f} "
-                    f"| {stats['p90']:.3f} | {stats['median'] / baseline:.2f}x |"
+                    f"| {stats['p90']:.3f} | {stats['median'] / baseline:.3g}x |"
                 )
     lines = [f"# dsqlkit benchmarks\n\n{machine}\n", "## Goals (issue 12)\n"]
     lines += goal_table(goals) if goals else ["(no goal row selected)"]
@@ -241,7 +241,10 @@ def main() -> None:
     print("\n".join(lines))
     print(f"\nwritten: {out / 'results.json'}, {out / 'results.md'}")
     if args.docs:
-        _write_docs(lines[1:], chart)
+        run = (f"One run of `python benchmarks/run.py` on {machine['when']}: Python "
+               f"{machine['python']}, {machine['platform']}, {machine['cpus']} CPUs"
+               + (" (quick mode: rough numbers)." if args.quick else "."))  # fmt: skip
+        _write_docs([run, "", *lines[1:]], chart)
 
 
 if __name__ == "__main__":
