@@ -17,10 +17,8 @@ records what committed. The repositories only run chunks.
 from __future__ import annotations
 
 import datetime as dt
-import decimal
 import threading
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -45,11 +43,13 @@ MAX_PARAMS = 65535
 MAX_ROW_BYTES = 2 * 1024 * 1024
 #: Row-size estimate overhead per value (a conservative allowance for storage headers).
 VALUE_OVERHEAD = 8
-#: Size estimates of fixed-size values, by exact type (no ``str()`` on every value).
+#: Size estimates of fixed-size values, by exact type (no ``str()`` on every value). Types
+#: from modules dsqlkit does not import at start-up are matched by name on first sight.
 _FIXED_SIZE: dict[type, int] = {
-    int: 8, float: 8, bool: 1, type(None): 0, uuid.UUID: 16, dt.date: 4, dt.datetime: 8,
-    dt.time: 8, dt.timedelta: 16,
+    int: 8, float: 8, bool: 1, type(None): 0, dt.date: 4, dt.datetime: 8, dt.time: 8,
+    dt.timedelta: 16,
 }  # fmt: skip
+_FIXED_BY_NAME = {"uuid.UUID": 16}
 
 
 @dataclass(frozen=True)
@@ -303,13 +303,22 @@ def row_size(row: tuple[Any, ...]) -> int:
             total += len(value) if value.isascii() else len(value.encode())
         elif kind is bytes or kind is bytearray:
             total += len(value)
-        elif kind is memoryview:
-            total += value.nbytes
-        elif kind is decimal.Decimal:
-            total += len(value.as_tuple().digits) // 2 + 8
         else:
-            total += len(str(value))
+            total += _other_size(value, kind)
     return total
+
+
+def _other_size(value: Any, kind: type) -> int:
+    if kind is memoryview:
+        return int(value.nbytes)
+    name = f"{kind.__module__}.{kind.__qualname__}"
+    fixed = _FIXED_BY_NAME.get(name)
+    if fixed is not None:
+        _FIXED_SIZE[kind] = fixed  # the fast path from now on
+        return fixed
+    if name == "decimal.Decimal":
+        return len(value.as_tuple().digits) // 2 + 8
+    return len(str(value))
 
 
 def _chunks(

@@ -15,7 +15,6 @@ tokens from another service.
 
 from __future__ import annotations
 
-import configparser
 import datetime as dt
 import functools
 import hashlib
@@ -255,6 +254,8 @@ def static_profile_credentials(
     first (or fail): environment keys (unless the profile is explicit), web identity, a role,
     a credential process, SSO, a missing profile, partial keys or an unreadable file.
     """
+    import configparser  # only here: most processes never read a profile
+
     env = os.environ if environ is None else environ
     if not profile_name and any(env.get(name) for name in _CHAIN_VARIABLES):
         return None  # an explicit profile makes botocore skip the environment variables
@@ -295,6 +296,8 @@ def _profile_of(section: str) -> str | None:
 
 def _read_ini(path: str) -> dict[str, dict[str, str]]:
     """Sections of an INI file as botocore reads them; {} when the file does not exist."""
+    import configparser
+
     path = os.path.expanduser(os.path.expandvars(path))
     if not os.path.isfile(path):
         return {}

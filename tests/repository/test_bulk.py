@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import decimal
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -208,3 +210,18 @@ def test_plan_chunks_by_rows_and_bytes_and_resumes_ranges() -> None:
 def test_workers_must_be_positive(repo: Repository) -> None:
     with pytest.raises(UsageError, match="workers"):
         repo.copy_rows("t", [(1,)], columns=["a"], workers=0)
+
+
+def test_row_size_estimates_without_formatting_common_values() -> None:
+    class Loud:
+        def __str__(self) -> str:
+            return "x" * 100
+
+    assert row_size((1, 2.5, True, None)) == 4 * 8 + 8 + 8 + 1 + 0
+    assert row_size(("abc", "é", b"\x00\x01", bytearray(3), memoryview(b"abcd"))) == (
+        5 * 8 + 3 + 2 + 2 + 3 + 4
+    )
+    assert row_size((uuid.uuid4(), dt.date(2026, 1, 1), dt.datetime(2026, 1, 1))) == 3 * 8 + 28
+    assert row_size((uuid.uuid4(),)) == 24  # now on the fast path
+    assert row_size((decimal.Decimal("1234.5678"),)) == 8 + 4 + 8
+    assert row_size((Loud(),)) == 8 + 100  # anything else: its text
