@@ -58,7 +58,7 @@ class BulkProgress:
 
     Attributes:
         rows_done: rows handled so far (written or skipped).
-        rows_total: rows in the whole load.
+        rows_total: rows in the whole load (with ``resume=``: the rows this call loads).
         written: rows inserted or updated so far.
         chunks_done: chunks (transactions) committed so far.
         chunks_total: chunks in the whole load.
@@ -397,9 +397,16 @@ class LoadState:
         progress: Callable[[BulkProgress], None] | None,
         show: bool | None,
         workers: int,
+        *,
+        joined: bool = False,
     ) -> None:
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
             raise UsageError(f"workers must be a positive number of connections, not {workers!r}")
+        if joined and workers > 1:
+            raise UsageError(
+                "workers > 1 inside a transaction: the chunks would not all join it; run the "
+                "bulk write outside the transaction (DSQL's 3,000-row limit applies to it anyway)"
+            )
         self.rows = len(load.rows)
         self.todo_rows = sum(end - start for start, end in load.chunks)
         self.chunks = len(load.chunks)

@@ -367,7 +367,7 @@ class Repository(_RepositoryBase):
     def _load(
         self, load: BulkPlan, write: Any, workers: int, progress: Any, show: bool | None
     ) -> BulkResult:
-        state = LoadState(load, progress, show, workers)
+        state = LoadState(load, progress, show, workers, joined=self._joined() is not None)
 
         def work() -> None:
             for chunk in state:
@@ -578,7 +578,7 @@ class AsyncRepository(_RepositoryBase):
     async def _load(
         self, load: BulkPlan, write: Any, workers: int, progress: Any, show: bool | None
     ) -> BulkResult:
-        state = LoadState(load, progress, show, workers)
+        state = LoadState(load, progress, show, workers, joined=self._joined() is not None)
 
         async def work() -> None:
             for chunk in state:

@@ -225,3 +225,14 @@ def test_row_size_estimates_without_formatting_common_values() -> None:
     assert row_size((uuid.uuid4(),)) == 24  # now on the fast path
     assert row_size((decimal.Decimal("1234.5678"),)) == 8 + 4 + 8
     assert row_size((Loud(),)) == 8 + 100  # anything else: its text
+
+
+def test_parallel_workers_are_refused_inside_a_transaction(repo: Repository) -> None:
+    table = _table(repo)
+
+    def work(tx: Any) -> None:
+        repo.copy_rows(table, _rows(10), columns=COLUMNS, workers=2)
+
+    with pytest.raises(UsageError, match="inside a transaction"):
+        repo.transaction(work)
+    assert repo.scalar(f"SELECT count(*) FROM {table}") == 0
