@@ -150,9 +150,14 @@ class Boto3TokenProvider:
         return self.session
 
     def _boto3_credentials(self) -> Any:
+        """The session's credentials object (botocore refreshes temporary ones), found once."""
         credentials = self._credentials
         if credentials is None:
-            credentials = self._credentials = self._session().get_credentials()
+            session = self._session()
+            with self._session_lock:
+                if self._credentials is None:
+                    self._credentials = session.get_credentials()
+                credentials = self._credentials
         return credentials
 
     def check_credentials(self) -> None:
