@@ -203,7 +203,7 @@ def bench_bulk(local: LocalDsql, conninfo: str) -> list[dict[str, Any]]:
             variants["Repository.copy_rows, 2 connections"] = copy_rows(2)
             variants["Repository.copy_rows, 4 connections"] = copy_rows(4)
         times: dict[str, list[float]] = {name: [] for name in variants}
-        for i in range(scale(5, 1)):
+        for i in range(scale(7, 1)):
             order = list(variants.items())
             for name, load in order if i % 2 else order[::-1]:
                 table = fresh(repo)
