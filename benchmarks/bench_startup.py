@@ -11,6 +11,11 @@ ratio of medians per mode; the goal rows report the median of those ratios. Time
 from spawning the process until its first row reaches the parent. Peak memory is the child's
 own VmHWM (Linux), printed after the row: the kernel's ru_maxrss would also count the parent's
 pages copied by fork() before exec.
+
+Like with like: both libraries start with their bytecode cached. The connector is installed
+with .pyc files; dsqlkit may be an editable install from source, so the children run without
+PYTHONDONTWRITEBYTECODE and the warm-up run writes dsqlkit's bytecode cache (otherwise every
+sample would compile dsqlkit's modules, about 40 ms here).
 """
 
 from __future__ import annotations
@@ -63,8 +68,12 @@ print(1, flush=True)
 
 
 def _environments(local: LocalDsql, folder: Path) -> dict[str, dict[str, str]]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "DSQL_", "PG"))}
-    env.update(local.environment())
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("AWS_", "DSQL_", "PG")) and k != "PYTHONDONTWRITEBYTECODE"
+    }
+    env.update(local.environment())  # fmt: skip
     credentials = folder / "credentials"
     credentials.write_text(
         f"[bench]\naws_access_key_id = {env['AWS_ACCESS_KEY_ID']}\n"
