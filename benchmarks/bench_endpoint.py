@@ -6,17 +6,15 @@ import time
 from typing import Any
 
 import psycopg
-from _timing import ms_since
+from _timing import ms_since, scale
 from psycopg.conninfo import make_conninfo
 
 from dsqlkit.testing import LocalDsql
 
-CONNECTS = 200
-
 
 def run() -> list[dict[str, Any]]:
     startups = []
-    for _ in range(5):
+    for _ in range(scale(5, 2)):
         start = time.perf_counter()
         with LocalDsql():
             startups.append(ms_since(start))  # ready to accept connections
@@ -34,7 +32,7 @@ def run() -> list[dict[str, Any]]:
             ),
         }
         samples: dict[str, list[float]] = {name: [] for name in targets}
-        for _ in range(CONNECTS):  # interleaved
+        for _ in range(scale(200, 30)):  # interleaved
             for name, conninfo in targets.items():
                 start = time.perf_counter()
                 conn = psycopg.connect(conninfo, autocommit=True)

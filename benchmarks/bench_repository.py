@@ -1,99 +1,255 @@
-"""Repository benchmarks against one LocalDsql, interleaved.
+"""Repository benchmarks against one LocalDsql, like with like, interleaved.
 
-1. checkout + SELECT 1 through Repository.query vs the hand-written boilerplate on a plain
-   psycopg_pool pool, both as psycopg's defaults give it (a transaction around the read) and
-   with autocommit connections (the strict comparison: Repository reads run in autocommit);
-2. bulk load: Repository.insert_many (chunked, idempotent) vs a naive loop of single-row
-   autocommit INSERTs, in rows per second.
+1. reads: ``Repository.scalar("SELECT 1")`` vs the same single round trip on a raw
+   psycopg_pool whose connections are in autocommit (no BEGIN/COMMIT around the read), per
+   call with one thread, and as throughput with 8, 32 and 64 threads on pools of 10;
+2. bulk loads of the same rows into fresh tables: ``insert_many`` vs hand-written 3,000-row
+   multi-VALUES INSERTs (with the same ON CONFLICT), and ``copy_rows`` vs raw
+   ``COPY ... FROM STDIN`` in 3,000-row transactions; rows/s of ``copy_rows`` at 1, 2 and 4
+   connections.
+
+The read rows use only the public API, so they measure whatever read path the code has.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from typing import Any
 
-import psycopg
-from _timing import ms_since
+from _timing import goal, median, scale, seconds, wanted
 from psycopg.conninfo import make_conninfo
 from psycopg_pool import ConnectionPool
 
 from dsqlkit import Repository
 from dsqlkit.testing import LocalDsql
 
-QUERIES = 3000
-BULK_ROWS = 100_000
-NAIVE_ROWS = 5_000
+THREADS = (8, 32, 64)
+POOL_SIZE = 10
 
 
-def bench_query(local: LocalDsql) -> dict[str, Any]:
-    """Repository.query against the boilerplate it replaces, in two flavours of raw pool."""
-    conninfo = make_conninfo(local.conninfo(sslnegotiation="direct"), password=local.token())
-    names = ["psycopg_pool, default (BEGIN/COMMIT around the read)",
-             "psycopg_pool, autocommit connections", "Repository.query"]  # fmt: skip
-    variants: dict[str, list[float]] = {name: [] for name in names}
+def bench_read_latency(local: LocalDsql, conninfo: str) -> list[dict[str, Any]]:
+    names = ["raw psycopg_pool, autocommit connections", "Repository.scalar"]
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    ratios: list[float] = []
     with (
-        ConnectionPool(conninfo, min_size=1, max_size=1) as default,
-        ConnectionPool(conninfo, min_size=1, max_size=1, kwargs={"autocommit": True}) as plain,
+        ConnectionPool(conninfo, min_size=1, max_size=1, kwargs={"autocommit": True}) as raw,
         local.pool(min_size=1, max_size=1) as pool,
     ):
-        default.wait()
-        plain.wait()
+        raw.wait()
         pool.wait()
         repo = Repository(pool)
 
-        def boilerplate() -> None:
-            with default.connection() as conn:
-                conn.execute("SELECT 1").fetchall()
-
-        def tuned() -> None:
-            with plain.connection() as conn:
-                conn.execute("SELECT 1").fetchall()
+        def baseline() -> None:
+            with raw.connection() as conn:
+                conn.execute("SELECT 1").fetchone()
 
         def ours() -> None:
-            repo.query("SELECT 1")
+            repo.scalar("SELECT 1")
 
-        plan = list(zip(names, (boilerplate, tuned, ours), strict=True))
-        for i in range(QUERIES):
-            for name, call in plan if i % 2 else plan[::-1]:
-                start = time.perf_counter()
-                call()
-                variants[name].append(ms_since(start))
-    return {"measure": "Repository vs hand-written reads: checkout + SELECT 1 (ms)",
-            "variants": variants}  # fmt: skip
+        calls = list(zip(names, (baseline, ours), strict=True))
+        for _ in range(200):  # warm-up (prepared statements, caches)
+            baseline()
+            ours()
+        for _ in range(scale(7, 3)):
+            run: dict[str, list[float]] = {name: [] for name in names}
+            for i in range(scale(600, 150)):
+                for name, call in calls if i % 2 else calls[::-1]:
+                    start = time.perf_counter()
+                    call()
+                    run[name].append((time.perf_counter() - start) * 1000)
+            for name in names:
+                samples[name] += run[name]
+            ratios.append(median(run[names[1]]) / median(run[names[0]]))
+    medians = {n: median(s) * 1000 for n, s in samples.items()}
+    return [
+        {"measure": "checkout + SELECT 1, one thread (ms)", "variants": samples},
+        goal("read-1", 'Repository.scalar("SELECT 1") vs raw autocommit psycopg_pool, per call, '
+             "1 thread", "<= 1.05x", ratios, lambda r: r <= 1.05, medians_us=medians),
+    ]  # fmt: skip
 
 
-def bench_bulk(local: LocalDsql) -> dict[str, Any]:
+def _throughput(call: Any, threads: int, duration: float) -> float:
+    """Calls per second of ``threads`` threads calling ``call`` for ``duration`` seconds."""
+    counts = [0] * threads
+    go = threading.Event()
+    stop = time.perf_counter() + duration + 0.05
+
+    def worker(n: int) -> None:
+        go.wait()
+        done = 0
+        while time.perf_counter() < stop:
+            call()
+            done += 1
+        counts[n] = done
+
+    pool = [threading.Thread(target=worker, args=(n,)) for n in range(threads)]
+    for thread in pool:
+        thread.start()
+    start = time.perf_counter()
+    go.set()
+    for thread in pool:
+        thread.join()
+    return sum(counts) / (time.perf_counter() - start)
+
+
+def bench_read_throughput(local: LocalDsql, conninfo: str) -> list[dict[str, Any]]:
     rows: dict[str, dict[str, float]] = {}
-    with local.pool(min_size=1, max_size=2) as pool:
+    goals = []
+    with (
+        ConnectionPool(conninfo, min_size=POOL_SIZE, max_size=POOL_SIZE,
+                       kwargs={"autocommit": True}) as raw,
+        local.pool(min_size=POOL_SIZE, max_size=POOL_SIZE) as pool,
+    ):  # fmt: skip
+        raw.wait()
+        pool.wait()
         repo = Repository(pool)
-        table = "bench_" + uuid.uuid4().hex[:8]
+
+        def baseline() -> None:
+            with raw.connection() as conn:
+                conn.execute("SELECT 1").fetchone()
+
+        def ours() -> None:
+            repo.scalar("SELECT 1")
+
+        for threads in THREADS:
+            if not wanted("repository", f"read-{threads}"):
+                continue
+            ratios, base_rates, our_rates = [], [], []
+            for i in range(scale(9, 2)):
+                pair = [(baseline, base_rates), (ours, our_rates)]
+                for call, rates in pair if i % 2 else pair[::-1]:
+                    rates.append(_throughput(call, threads, seconds(1.0, 0.5)))
+                ratios.append(our_rates[-1] / base_rates[-1])
+            rows[f"{threads} threads"] = {
+                "raw psycopg_pool calls/s": median(base_rates),
+                "Repository.scalar calls/s": median(our_rates),
+            }
+            goals.append(goal(
+                f"read-{threads}", f"same, throughput at {threads} threads (pool of {POOL_SIZE})",
+                ">= 0.95x", ratios, lambda r: r >= 0.95,
+                calls_per_s={"raw": median(base_rates), "Repository": median(our_rates)},
+            ))  # fmt: skip
+    if not rows:
+        return []
+    return [{"measure": f"SELECT 1 throughput, pools of {POOL_SIZE}", "rows": rows}, *goals]
+
+
+COLUMNS = ("id", "name", "score")
+
+
+def bench_bulk(local: LocalDsql, conninfo: str) -> list[dict[str, Any]]:
+    count = scale(60_000, 9_000)
+    data = [(i, f"row-{i}", i % 97) for i in range(count)]
+
+    def insert_sql(table: str, rows: int) -> str:
+        values = ", ".join(["(%s, %s, %s)"] * rows)
+        return f"INSERT INTO {table} (id, name, score) VALUES {values} ON CONFLICT (id) DO NOTHING"
+
+    def fresh(repo: Repository) -> str:
+        table = "bulk_" + uuid.uuid4().hex[:10]
         repo.execute(f"CREATE TABLE {table} (id int PRIMARY KEY, name text, score int)")
-        data = [{"id": i, "name": f"row-{i}", "score": i % 97} for i in range(BULK_ROWS)]
-        result = repo.insert_many(table, data, key="id", show_progress=False)
-        rows["Repository.insert_many"] = {
-            "rows": result.rows,
-            "seconds": result.seconds,
-            "rows/s": result.rows_per_second,
-        }
-        naive_table = table + "_naive"
-        repo.execute(f"CREATE TABLE {naive_table} (id int PRIMARY KEY, name text, score int)")
-        with psycopg.connect(local.conninfo(), autocommit=True) as conn:
-            start = time.perf_counter()
-            for row in data[:NAIVE_ROWS]:
-                conn.execute(
-                    f"INSERT INTO {naive_table} (id, name, score) VALUES (%s, %s, %s)",
-                    (row["id"], row["name"], row["score"]),
-                )
-            seconds = time.perf_counter() - start
-        rows["naive single-row autocommit INSERTs"] = {
-            "rows": NAIVE_ROWS,
-            "seconds": seconds,
-            "rows/s": NAIVE_ROWS / seconds,
-        }
-    return {"measure": "bulk load", "rows": rows}
+        return table
+
+    with (
+        ConnectionPool(conninfo, min_size=1, max_size=1) as raw,
+        local.pool(min_size=4, max_size=4) as pool,
+    ):
+        raw.wait()
+        pool.wait()
+        repo = Repository(pool)
+
+        def hand_values(table: str) -> None:
+            """What one would write by hand: one statement per 3,000 rows, one transaction."""
+            full = insert_sql(table, 3000)
+            with raw.connection() as conn:
+                for lo in range(0, count, 3000):
+                    chunk = data[lo : lo + 3000]
+                    query = full if len(chunk) == 3000 else insert_sql(table, len(chunk))
+                    conn.execute(query, [v for row in chunk for v in row])
+                    conn.commit()
+
+        def raw_copy(table: str) -> None:
+            with raw.connection() as conn:
+                for lo in range(0, count, 3000):
+                    with (
+                        conn.transaction(),
+                        conn.cursor() as cur,
+                        cur.copy(f"COPY {table} (id, name, score) FROM STDIN") as copy,
+                    ):
+                        for row in data[lo : lo + 3000]:
+                            copy.write_row(row)
+
+        def insert_many(table: str) -> None:
+            result = repo.insert_many(table, data, columns=COLUMNS, key="id", show_progress=False)
+            assert result.written == count
+
+        def copy_rows(workers: int) -> Any:
+            def load(table: str) -> None:
+                result = repo.copy_rows(table, data, columns=COLUMNS, workers=workers,
+                                        show_progress=False)  # fmt: skip
+                assert result.written == count
+
+            return load
+
+        variants: dict[str, Any] = {}
+        if wanted("repository", "insert-many"):
+            variants["hand-written 3,000-row multi-VALUES"] = hand_values
+            variants["Repository.insert_many"] = insert_many
+        if wanted("repository", "copy"):
+            variants["raw COPY, 3,000-row transactions"] = raw_copy
+            variants["Repository.copy_rows, 1 connection"] = copy_rows(1)
+            variants["Repository.copy_rows, 2 connections"] = copy_rows(2)
+            variants["Repository.copy_rows, 4 connections"] = copy_rows(4)
+        times: dict[str, list[float]] = {name: [] for name in variants}
+        for i in range(scale(7, 1)):
+            order = list(variants.items())
+            for name, load in order if i % 2 else order[::-1]:
+                table = fresh(repo)
+                start = time.perf_counter()
+                load(table)
+                times[name].append(time.perf_counter() - start)
+                assert repo.scalar(f"SELECT count(*) FROM {table}") == count
+                repo.execute(f"DROP TABLE {table}")
+    runs = len(next(iter(times.values()))) if times else 0
+
+    def ratios(ours: str, base: str) -> list[float]:
+        return [times[ours][r] / times[base][r] for r in range(runs)]
+
+    table = {name: {"rows": count, "seconds": median(t), "rows/s": count / median(t)}
+             for name, t in times.items()}  # fmt: skip
+    out: list[dict[str, Any]] = [{"measure": f"bulk load of {count:,} rows", "rows": table}]
+    if "Repository.insert_many" in times:
+        out.append(goal(
+            "insert-many", f"insert_many {count:,} rows vs hand-written 3,000-row multi-VALUES "
+            "inserts (time)", "<= 1.0x", ratios("Repository.insert_many",
+                                               "hand-written 3,000-row multi-VALUES"),
+            lambda r: r <= 1.0,
+            rows_per_s={k: table[k]["rows/s"] for k in ("hand-written 3,000-row multi-VALUES",
+                                                        "Repository.insert_many")},
+        ))  # fmt: skip
+    if "raw COPY, 3,000-row transactions" in times:
+        out.append(goal(
+            "copy", "best bulk path (copy_rows, 1 connection) vs raw COPY ... FROM STDIN in "
+            "3,000-row transactions (time)", "<= 1.1x",
+            ratios("Repository.copy_rows, 1 connection", "raw COPY, 3,000-row transactions"),
+            lambda r: r <= 1.1,
+            rows_per_s={k.replace("Repository.", ""): v["rows/s"] for k, v in table.items()
+                        if "COPY" in k or "copy" in k},
+        ))  # fmt: skip
+    return out
 
 
 def run() -> list[dict[str, Any]]:
+    groups: list[dict[str, Any]] = []
     with LocalDsql() as local:
-        return [bench_query(local), bench_bulk(local)]
+        conninfo = make_conninfo(local.conninfo(sslnegotiation="direct"),
+                                 password=local.token(expires_in=3600))  # fmt: skip
+        if wanted("repository", "read-1"):
+            groups += bench_read_latency(local, conninfo)
+        if wanted("repository", *(f"read-{t}" for t in THREADS)):
+            groups += bench_read_throughput(local, conninfo)
+        if wanted("repository", "insert-many", "copy"):
+            groups += bench_bulk(local, conninfo)
+    return groups

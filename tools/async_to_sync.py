@@ -48,6 +48,7 @@ RENAMES = {
     "AsyncDsqlConnection": "DsqlConnection",
     "AsyncConnection": "Connection",
     "AsyncCursor": "Cursor",
+    "AsyncRawCursor": "RawCursor",
     "AsyncRepository": "Repository",
     "AsyncTransaction": "Transaction",
     "AsyncExecutor": "Executor",

@@ -50,3 +50,8 @@ async def acquire(lock: asyncio.Lock, timeout: float) -> bool:
     except asyncio.TimeoutError:  # not the builtin TimeoutError on Python 3.10
         return False
     return True
+
+
+async def run_workers(work: Callable[[], Any], count: int) -> None:
+    """Run ``count`` copies of ``work`` concurrently (as tasks) and wait for all of them."""
+    await asyncio.gather(*(work() for _ in range(count)))

@@ -1,21 +1,34 @@
-"""Bulk writes within DSQL's per-transaction limits: validation, chunking, SQL (pure logic).
+"""Bulk writes within DSQL's per-transaction limits: validation, chunking, SQL, bookkeeping.
 
-DSQL lets one transaction modify at most 3,000 rows and 10 MiB. A bulk write is therefore cut
-into chunks, each one OCC-retried transaction; each chunk's INSERT carries ``ON CONFLICT``, so
-running the whole load again after a crash skips what was written and duplicates nothing.
-Every row is checked before the first write: bad input writes nothing.
+DSQL lets one transaction modify at most 3,000 rows and 10 MiB, and a row is at most 2 MiB.
+A bulk write is therefore cut into chunks, each one OCC-retried transaction that commits whole
+or not at all. Two ways to write a chunk:
+
+- multi-row ``INSERT ... ON CONFLICT`` (`insert_many`/`upsert_many`): running the whole load
+  again after a crash skips what was written and duplicates nothing;
+- ``COPY ... FROM STDIN`` (``copy_rows``): the fastest path, but COPY has no ON CONFLICT, so a
+  stopped load is resumed from the `BulkLoadError`'s ``resume_from`` / ``pending`` instead.
+
+Everything here is I/O-free: `plan` checks every row before the first write (bad input writes
+nothing) and `LoadState` hands chunks to the sync or async driver (one or several workers) and
+records what committed. The repositories only run chunks.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
+from types import TracebackType
 from typing import Any
 
 from psycopg import sql
 
-from ._errors import UsageError
+from ._errors import BulkLoadError, CommitOutcomeUnknown, UsageError
 
 __all__ = ["BulkProgress", "BulkResult"]
 
@@ -26,8 +39,17 @@ MAX_BYTES = 10 * 1024 * 1024
 DEFAULT_CHUNK_BYTES = 8 * 1024 * 1024
 #: PostgreSQL binds at most 65,535 parameters per statement.
 MAX_PARAMS = 65535
+#: DSQL's largest row.
+MAX_ROW_BYTES = 2 * 1024 * 1024
 #: Row-size estimate overhead per value (a conservative allowance for storage headers).
 VALUE_OVERHEAD = 8
+#: Size estimates of fixed-size values, by exact type (no ``str()`` on every value). Types
+#: from modules dsqlkit does not import at start-up are matched by name on first sight.
+_FIXED_SIZE: dict[type, int] = {
+    int: 8, float: 8, bool: 1, type(None): 0, dt.date: 4, dt.datetime: 8, dt.time: 8,
+    dt.timedelta: 16,
+}  # fmt: skip
+_FIXED_BY_NAME = {"uuid.UUID": 16}
 
 
 @dataclass(frozen=True)
@@ -36,7 +58,7 @@ class BulkProgress:
 
     Attributes:
         rows_done: rows handled so far (written or skipped).
-        rows_total: rows in the whole load.
+        rows_total: rows in the whole load (with ``resume=``: the rows this call loads).
         written: rows inserted or updated so far.
         chunks_done: chunks (transactions) committed so far.
         chunks_total: chunks in the whole load.
@@ -54,7 +76,7 @@ class BulkResult:
     """What a bulk write did.
 
     Attributes:
-        rows: rows given.
+        rows: rows given (with ``resume=``: the rows this call loaded).
         written: rows inserted or updated (the others already existed and were skipped).
         chunks: transactions committed, one per chunk.
         seconds: wall time.
@@ -82,39 +104,57 @@ class BulkResult:
 
 @dataclass
 class BulkPlan:
-    """Validated rows cut into chunks, and the SQL for one chunk of a given size."""
+    """Validated rows cut into chunks, and the SQL that writes one chunk (built once)."""
 
     table: sql.Composable
     columns: list[str]
     rows: list[tuple[Any, ...]]
     chunks: list[tuple[int, int]]
     conflict: sql.Composable
-    statements: dict[int, sql.Composed] = field(default_factory=dict)
+    #: Rendered statements: the INSERT by its row count, the COPY under 0.
+    statements: dict[int, bytes] = field(default_factory=dict)
 
-    def statement(self, count: int) -> sql.Composed:
-        """``INSERT INTO t (cols) VALUES (...) x count ON CONFLICT ...``, cached by size."""
-        cached = self.statements.get(count)
+    @property
+    def copy_statement(self) -> bytes:
+        """``COPY t (cols) FROM STDIN``, rendered once."""
+        cached = self.statements.get(0)
         if cached is None:
-            row = sql.SQL("({})").format(
-                sql.SQL(", ").join([sql.Placeholder()] * len(self.columns))
+            cached = self.statements[0] = (
+                sql.SQL("COPY {} ({}) FROM STDIN")
+                .format(self.table, sql.SQL(", ").join(map(sql.Identifier, self.columns)))
+                .as_string(None)
+                .encode()
             )
-            cached = sql.SQL("INSERT INTO {} ({}) VALUES {} {}").format(
-                self.table,
-                sql.SQL(", ").join(map(sql.Identifier, self.columns)),
-                sql.SQL(", ").join([row] * count),
-                self.conflict,
-            )
-            self.statements[count] = cached
         return cached
 
-    def batches(self, start: int, end: int) -> list[tuple[sql.Composed, list[Any]]]:
+    def statement(self, count: int) -> bytes:
+        """``INSERT INTO t (cols) VALUES ($1, ...) x count ON CONFLICT ...``, by row count.
+
+        Rendered once per shape with server-side ``$n`` placeholders (for a raw cursor and a
+        prepared statement): psycopg then neither re-parses nor re-sends a 9,000-parameter
+        statement for every chunk.
+        """
+        cached = self.statements.get(count)
+        if cached is None:
+            width = len(self.columns)
+            head = sql.SQL("INSERT INTO {} ({}) VALUES ").format(
+                self.table, sql.SQL(", ").join(map(sql.Identifier, self.columns))
+            )
+            values = ", ".join(
+                "(" + ", ".join(f"${r * width + c + 1}" for c in range(width)) + ")"
+                for r in range(count)
+            )
+            text = f"{head.as_string(None)}{values} {self.conflict.as_string(None)}"
+            cached = self.statements[count] = text.encode()
+        return cached
+
+    def batches(self, start: int, end: int) -> list[tuple[bytes, list[Any]]]:
         """The statements (with flat parameters) writing rows ``start:end`` in one chunk."""
         per_statement = max(1, MAX_PARAMS // len(self.columns))
         out = []
         for lo in range(start, end, per_statement):
             hi = min(end, lo + per_statement)
-            params = [value for row in self.rows[lo:hi] for value in row]
-            out.append((self.statement(hi - lo), params))
+            out.append((self.statement(hi - lo), list(chain.from_iterable(self.rows[lo:hi]))))
         return out
 
 
@@ -151,8 +191,13 @@ def plan(
     upsert: bool,
     chunk_rows: int,
     chunk_bytes: int,
+    resume: BulkLoadError | int | None = None,
 ) -> BulkPlan:
-    """Check every row and cut the load into chunks; raise before any I/O if anything is off."""
+    """Check every row and cut the load into chunks; raise before any I/O if anything is off.
+
+    ``resume`` loads only part of the rows: from a row index, or exactly the ranges a
+    `BulkLoadError` of an earlier run of the same load reports as not committed.
+    """
     if not isinstance(chunk_rows, int) or not 1 <= chunk_rows <= MAX_ROWS:
         raise UsageError(f"chunk_rows must be 1 to {MAX_ROWS} (DSQL's rows per transaction)")
     if not isinstance(chunk_bytes, int) or not 1 <= chunk_bytes <= MAX_BYTES:
@@ -181,8 +226,11 @@ def plan(
         raise UsageError(f"key column(s) {missing} are not among the row columns {names}")
     values: list[tuple[Any, ...]] = []
     wanted = set(names)
+    width = len(names)
     for index, row in enumerate(materialized):
-        if isinstance(row, Mapping):
+        if type(row) is tuple and len(row) == width:  # the common case, without ABC checks
+            values.append(row)
+        elif isinstance(row, Mapping):
             if set(row.keys()) != wanted:
                 extra = sorted(set(row.keys()) - wanted)
                 absent = sorted(wanted - set(row.keys()))
@@ -219,34 +267,83 @@ def plan(
         )
     else:
         conflict = sql.SQL("ON CONFLICT DO NOTHING")
-    return BulkPlan(target, names, values, _chunks(values, chunk_rows, chunk_bytes), conflict)
+    chunks = _chunks(values, chunk_rows, chunk_bytes, _ranges(resume, len(values)))
+    return BulkPlan(target, names, values, chunks, conflict)
 
 
-def _size(value: Any) -> int:
-    if value is None:
-        return 1
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return len(value) + VALUE_OVERHEAD
-    if isinstance(value, str):
-        return len(value.encode()) + VALUE_OVERHEAD
-    return len(str(value)) + VALUE_OVERHEAD
-
-
-def _chunks(rows: list[tuple[Any, ...]], max_rows: int, max_bytes: int) -> list[tuple[int, int]]:
-    chunks = []
-    start = size = 0
-    for index, row in enumerate(rows):
-        row_size = sum(_size(v) for v in row)
-        if row_size > max_bytes:
+def _ranges(resume: BulkLoadError | int | None, total: int) -> list[tuple[int, int]]:
+    if resume is None:
+        return [(0, total)]
+    if isinstance(resume, BulkLoadError):
+        if resume.rows != total:
             raise UsageError(
-                f"row {index} is about {row_size} bytes, more than one transaction may write "
-                f"({max_bytes}); DSQL rows are at most 2 MiB"
+                f"resume= is an error from a load of {resume.rows} rows, but {total} rows were "
+                "given: resume a load with the same rows in the same order"
             )
-        if index - start >= max_rows or size + row_size > max_bytes:
-            chunks.append((start, index))
-            start, size = index, 0
-        size += row_size
-    chunks.append((start, len(rows)))
+        return list(resume.pending)
+    if isinstance(resume, bool) or not isinstance(resume, int) or not 0 <= resume <= total:
+        raise UsageError(f"resume must be a row index from 0 to {total} or a BulkLoadError")
+    return [(resume, total)]
+
+
+def row_size(row: tuple[Any, ...]) -> int:
+    """A cheap upper-bound-ish estimate of a row's stored size in bytes.
+
+    Fixed-size types cost a table lookup, ``str`` its length (UTF-8 encoded only when not
+    ASCII), bytes their length; only other types (Decimal, JSON values, ...) go through
+    ``str()``.
+    """
+    total = VALUE_OVERHEAD * len(row)
+    for value in row:
+        kind = type(value)
+        fixed = _FIXED_SIZE.get(kind)
+        if fixed is not None:
+            total += fixed
+        elif kind is str:
+            total += len(value) if value.isascii() else len(value.encode())
+        elif kind is bytes or kind is bytearray:
+            total += len(value)
+        else:
+            total += _other_size(value, kind)
+    return total
+
+
+def _other_size(value: Any, kind: type) -> int:
+    if kind is memoryview:
+        return int(value.nbytes)
+    name = f"{kind.__module__}.{kind.__qualname__}"
+    fixed = _FIXED_BY_NAME.get(name)
+    if fixed is not None:
+        _FIXED_SIZE[kind] = fixed  # the fast path from now on
+        return fixed
+    if name == "decimal.Decimal":
+        return len(value.as_tuple().digits) // 2 + 8
+    return len(str(value))
+
+
+def _chunks(
+    rows: list[tuple[Any, ...]], max_rows: int, max_bytes: int, ranges: list[tuple[int, int]]
+) -> list[tuple[int, int]]:
+    sizes = []
+    for index, row in enumerate(rows):
+        size = row_size(row)
+        if size > MAX_ROW_BYTES or size > max_bytes:
+            raise UsageError(
+                f"row {index} is about {size:,} bytes: DSQL rows are at most 2 MiB "
+                f"({MAX_ROW_BYTES:,} bytes) and a chunk at most chunk_bytes={max_bytes:,}; "
+                "split the value or store it elsewhere (e.g. S3) and keep a reference"
+            )
+        sizes.append(size)
+    chunks = []
+    for first, stop in ranges:
+        start, total = first, 0
+        for index in range(first, stop):
+            if index - start >= max_rows or total + sizes[index] > max_bytes:
+                chunks.append((start, index))
+                start, total = index, 0
+            total += sizes[index]
+        if stop > start:
+            chunks.append((start, stop))
     return chunks
 
 
@@ -285,5 +382,128 @@ def _progress_bar(show: bool | None, total: int) -> Any:
     return tqdm(total=total, unit="rows", desc="dsqlkit bulk write")
 
 
-def timed_result(rows: int, written: int, chunks: int, started: float) -> BulkResult:
-    return BulkResult(rows, written, chunks, time.perf_counter() - started)
+class LoadState:
+    """Hands a plan's chunks to one or more workers and records what committed (I/O-free).
+
+    A driver (sync threads or asyncio tasks) loops ``for chunk in state:`` and runs each
+    chunk as one transaction inside ``with state.settling(chunk) as outcome:``, setting
+    ``outcome.written``. After the first failure no new chunk is handed out; chunks already
+    running finish. `finish` returns the `BulkResult` or raises `BulkLoadError`. Thread-safe.
+    """
+
+    def __init__(
+        self,
+        load: BulkPlan,
+        progress: Callable[[BulkProgress], None] | None,
+        show: bool | None,
+        workers: int,
+        *,
+        joined: bool = False,
+    ) -> None:
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise UsageError(f"workers must be a positive number of connections, not {workers!r}")
+        if joined and workers > 1:
+            raise UsageError(
+                "workers > 1 inside a transaction: the chunks would not all join it; run the "
+                "bulk write outside the transaction (DSQL's 3,000-row limit applies to it anyway)"
+            )
+        self.rows = len(load.rows)
+        self.todo_rows = sum(end - start for start, end in load.chunks)
+        self.chunks = len(load.chunks)
+        self.workers = min(workers, max(1, self.chunks))
+        self._queue: deque[tuple[int, int]] = deque(load.chunks)
+        self._lock = threading.Lock()
+        self._committed: list[tuple[int, int]] = []
+        self._failed: list[tuple[int, int, BaseException]] = []
+        self._aborted: BaseException | None = None
+        self._written = 0
+        self._done_rows = 0
+        self._report, self._close = progress_reporter(progress, show, self.todo_rows)
+        self._started = time.perf_counter()
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        while True:
+            with self._lock:
+                if self._failed or self._aborted is not None or not self._queue:
+                    return
+                chunk = self._queue.popleft()
+            yield chunk
+
+    def settling(self, chunk: tuple[int, int]) -> _Settling:
+        """Record the chunk's outcome when the block ends (a failure stops the load)."""
+        return _Settling(self, chunk)
+
+    def _settle(self, chunk: tuple[int, int], written: int, exc: BaseException | None) -> None:
+        start, end = chunk
+        with self._lock:
+            if exc is not None:
+                self._failed.append((start, end, exc))
+                return
+            self._committed.append(chunk)
+            self._written += written
+            self._done_rows += end - start
+            progress = BulkProgress(self._done_rows, self.todo_rows, self._written,
+                                    len(self._committed), self.chunks)  # fmt: skip
+            try:
+                self._report(progress)
+            except BaseException as error:  # the caller's own callback: re-raised as it is
+                self._aborted = error
+
+    def finish(self) -> BulkResult:
+        """The result, or `BulkLoadError` naming what committed and where to resume."""
+        self._close()
+        if self._aborted is not None:
+            raise self._aborted
+        if not self._failed:
+            return BulkResult(self.todo_rows, self._written, len(self._committed),
+                              time.perf_counter() - self._started)  # fmt: skip
+        self._failed.sort(key=lambda f: f[0])
+        first_start, first_end, cause = self._failed[0]
+        pending = sorted([(s, e) for s, e, _ in self._failed] + list(self._queue))
+        unknown = tuple((s, e) for s, e, x in self._failed if isinstance(x, CommitOutcomeUnknown))
+        committed = sum(e - s for s, e in self._committed)
+        merged = _merge(pending)
+        later = [c for c in self._committed if c[0] > merged[0][0]]
+        hint = (
+            f"resume with resume={merged[0][0]}"
+            if not later
+            else "chunks after it committed too (several workers): pass the error as resume="
+        )
+        raise BulkLoadError(
+            f"bulk write stopped at rows {first_start}-{first_end - 1}: "
+            f"{type(cause).__name__}: {cause}; {committed} of {self.rows} rows are committed "
+            f"(each chunk commits whole or not at all); {hint}"
+            + (f"; the commit of rows {unknown} is unknown: check them first" if unknown else ""),
+            rows=self.rows,
+            committed_rows=committed,
+            pending=tuple(merged),
+            unknown=unknown,
+        ) from cause
+
+
+def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for start, end in ranges:
+        if out and out[-1][1] == start:
+            out[-1] = (out[-1][0], end)
+        else:
+            out.append((start, end))
+    return out
+
+
+class _Settling:
+    """``with state.settling(chunk) as outcome:``: set ``outcome.written`` inside."""
+
+    def __init__(self, state: LoadState, chunk: tuple[int, int]) -> None:
+        self.state = state
+        self.chunk = chunk
+        self.written = 0
+
+    def __enter__(self) -> _Settling:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool:
+        self.state._settle(self.chunk, self.written, exc)
+        return isinstance(exc, Exception)  # recorded; BaseException (cancel, Ctrl-C) propagates

@@ -10,6 +10,8 @@ DsqlError                      base of everything raised by dsqlkit itself
 ├── TransactionAborted         a transaction function returned normally, but its transaction
 │                              had failed (it caught a database error): nothing committed
 ├── TooManyRows                query_one()/scalar() got more than one row
+├── BulkLoadError              a bulk write stopped part-way: says how many rows committed
+│                              and where to resume (``committed_rows``, ``resume_from``)
 ├── DatabaseUnavailable        a health check could not reach the database
 ├── MissingDependency          an optional feature's extra is not installed (also an ImportError)
 └── MigrationError             dsqlkit.migrations could not plan or apply a migration
@@ -40,6 +42,7 @@ if TYPE_CHECKING:
     from ._migrations import LintIssue, Migration, Statement
 
 __all__ = [
+    "BulkLoadError",
     "CommitOutcomeUnknown",
     "ConfigurationError",
     "DatabaseUnavailable",
@@ -114,6 +117,41 @@ def require(module: str, extra: str, feature: str) -> None:
 
 class TooManyRows(DsqlError):
     """A call that expects at most one row got more."""
+
+
+class BulkLoadError(DsqlError):
+    """A bulk write (`Repository.insert_many`, ``copy_rows``, ...) stopped part-way.
+
+    Every chunk is one transaction: it committed whole or not at all. ``__cause__`` is the
+    error that stopped the load (e.g. a ``NotNullViolation``).
+
+    Attributes:
+        rows: rows in the load.
+        committed_rows: rows in chunks that committed.
+        resume_from: index of the first row not known to be committed. With ``workers=1`` every
+            row before it is committed and none after it.
+        pending: ``(start, end)`` row ranges not committed, in order (``pending[0][0] ==
+            resume_from``); with several workers, chunks after ``resume_from`` may have committed,
+            so pass the error itself as ``resume=`` to load exactly these ranges.
+        unknown: ``(start, end)`` ranges whose COMMIT outcome is unknown (the connection died
+            during COMMIT); they are in ``pending`` too: check them before resuming a COPY load.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        rows: int,
+        committed_rows: int,
+        pending: tuple[tuple[int, int], ...],
+        unknown: tuple[tuple[int, int], ...] = (),
+    ) -> None:
+        super().__init__(message)
+        self.rows = rows
+        self.committed_rows = committed_rows
+        self.pending = pending
+        self.unknown = unknown
+        self.resume_from = pending[0][0] if pending else rows
 
 
 class DatabaseUnavailable(DsqlError):

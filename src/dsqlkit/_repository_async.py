@@ -9,7 +9,8 @@ run again (see `dsqlkit._executor_async`):
 - writes (`execute`) run in autocommit, re-run on a conflict (nothing committed); a
   connection lost mid-statement raises `CommitOutcomeUnknown`;
 - `transaction` runs a function as one OCC-retried transaction (like `dsqlkit.transactional`);
-- `insert_many` / `upsert_many` load any number of rows in chunks within DSQL's limits;
+- `insert_many` / `upsert_many` / `copy_rows` load any number of rows in chunks within DSQL's
+  limits, over one or several connections;
 - `ping` is a health check.
 
 Called inside a dsqlkit transaction on the same pool, the query methods join it.
@@ -27,18 +28,20 @@ from psycopg import sql as pgsql
 from psycopg.rows import tuple_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from ._bulk import (
-    DEFAULT_CHUNK_BYTES,
-    BulkPlan,
-    BulkProgress,
-    BulkResult,
-    plan,
-    progress_reporter,
-    timed_result,
-)
-from ._errors import UsageError
+from . import _aio
+from ._bulk import DEFAULT_CHUNK_BYTES, BulkPlan, BulkProgress, BulkResult, LoadState, plan
+from ._errors import BulkLoadError, UsageError
 from ._executor_async import AsyncExecutor, _autocommit
-from ._query import Params, ParamSet, RowShape, check_callable, check_sql, is_pure_read, single
+from ._query import (
+    Params,
+    ParamSet,
+    RowShape,
+    check_callable,
+    check_sql,
+    is_pure_read,
+    joined_handle,
+    single,
+)
 from ._repository import RepositoryBase, unavailable
 from ._results import Ping, Rows
 
@@ -147,6 +150,8 @@ class AsyncRepository(RepositoryBase):
         key: str | Sequence[str] | None = None,
         chunk_rows: int = 3000,
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        workers: int = 1,
+        resume: BulkLoadError | int | None = None,
         progress: Callable[[BulkProgress], None] | None = None,
         show_progress: bool | None = None,
     ) -> BulkResult:
@@ -156,12 +161,15 @@ class AsyncRepository(RepositoryBase):
         at most ``chunk_rows`` rows and ``chunk_bytes`` is one OCC-retried transaction with
         ``ON CONFLICT (key) DO NOTHING`` (any unique key, without ``key``), so re-running a
         load that stopped half way writes each row exactly once. All rows are checked before
-        the first write. ``progress`` is called after each chunk; a tqdm bar shows in a
-        terminal or notebook when tqdm is installed (``show_progress`` forces it on or off).
+        the first write. ``workers`` chunks run at once, each on its own pool connection. A
+        failed chunk stops the load with `BulkLoadError` (rows committed, where to resume;
+        ``resume=`` takes its row index or the error itself). ``progress`` is called after each
+        chunk; a tqdm bar shows in a terminal or notebook when tqdm is installed
+        (``show_progress`` forces it on or off).
         """
         load = plan(table, rows, columns=columns, key=key, update=None, upsert=False,
-                    chunk_rows=chunk_rows, chunk_bytes=chunk_bytes)  # fmt: skip
-        return await self._load(load, progress, show_progress)
+                    chunk_rows=chunk_rows, chunk_bytes=chunk_bytes, resume=resume)  # fmt: skip
+        return await self._load(load, _insert_chunk, workers, progress, show_progress)
 
     async def upsert_many(
         self,
@@ -173,33 +181,54 @@ class AsyncRepository(RepositoryBase):
         columns: Sequence[str] | None = None,
         chunk_rows: int = 3000,
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        workers: int = 1,
+        resume: BulkLoadError | int | None = None,
         progress: Callable[[BulkProgress], None] | None = None,
         show_progress: bool | None = None,
     ) -> BulkResult:
         """Like `insert_many`, but rows whose ``key`` exists are updated (``update`` columns,
         default: every non-key column)."""
         load = plan(table, rows, columns=columns, key=key, update=update, upsert=True,
-                    chunk_rows=chunk_rows, chunk_bytes=chunk_bytes)  # fmt: skip
-        return await self._load(load, progress, show_progress)
+                    chunk_rows=chunk_rows, chunk_bytes=chunk_bytes, resume=resume)  # fmt: skip
+        return await self._load(load, _insert_chunk, workers, progress, show_progress)
 
-    async def _load(self, load: BulkPlan, progress: Any, show: bool | None) -> BulkResult:
-        report, close = progress_reporter(progress, show, len(load.rows))
-        started = time.perf_counter()
-        written = 0
-        try:
-            for number, (start, end) in enumerate(load.chunks, 1):
+    async def copy_rows(
+        self,
+        table: str | Sequence[str] | pgsql.Composable,
+        rows: Iterable[Mapping[str, Any] | Sequence[Any]],
+        *,
+        columns: Sequence[str] | None = None,
+        chunk_rows: int = 3000,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        workers: int = 1,
+        resume: BulkLoadError | int | None = None,
+        progress: Callable[[BulkProgress], None] | None = None,
+        show_progress: bool | None = None,
+    ) -> BulkResult:
+        """Load rows with ``COPY ... FROM STDIN``: the fastest bulk path.
 
-                async def chunk(tx: Any, start: int = start, end: int = end) -> int:
-                    count = 0
-                    for query, params in load.batches(start, end):
-                        count += await tx.execute(query, params)
-                    return count
+        Same chunks, checks, ``workers``, progress and `BulkLoadError` as `insert_many`, but
+        COPY has no ON CONFLICT: a row that exists fails its chunk (with a primary key) or is
+        duplicated (without one). After a failure, resume with ``resume=error.resume_from``
+        (one worker) or ``resume=error`` (any number of workers), not by running it all again.
+        """
+        load = plan(table, rows, columns=columns, key=None, update=None, upsert=False,
+                    chunk_rows=chunk_rows, chunk_bytes=chunk_bytes, resume=resume)  # fmt: skip
+        return await self._load(load, _copy_chunk, workers, progress, show_progress)
 
-                written += int(await self.transaction(chunk))
-                report(BulkProgress(end, len(load.rows), written, number, len(load.chunks)))
-        finally:
-            close()
-        return timed_result(len(load.rows), written, len(load.chunks), started)
+    async def _load(
+        self, load: BulkPlan, write: Any, workers: int, progress: Any, show: bool | None
+    ) -> BulkResult:
+        joined = joined_handle(self.pool) is not None
+        state = LoadState(load, progress, show, workers, joined=joined)
+
+        async def work() -> None:
+            for chunk in state:
+                with state.settling(chunk) as outcome:
+                    outcome.written = int(await self.transaction(write, load, *chunk))
+
+        await _aio.run_workers(work, state.workers)
+        return state.finish()
 
     # -- health and lifecycle ----------------------------------------------------------------
 
@@ -231,6 +260,23 @@ class AsyncRepository(RepositoryBase):
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
+
+
+async def _insert_chunk(tx: Any, load: BulkPlan, start: int, end: int) -> int:
+    """Rows ``start:end`` as multi-row INSERTs, each shape a prepared statement."""
+    count = 0
+    async with psycopg.AsyncRawCursor(tx.connection) as cur:
+        for query, params in load.batches(start, end):
+            count += (await cur.execute(query, params, prepare=True)).rowcount
+    return count
+
+
+async def _copy_chunk(tx: Any, load: BulkPlan, start: int, end: int) -> int:
+    """Rows ``start:end`` through one ``COPY ... FROM STDIN``."""
+    async with tx.connection.cursor() as cur, cur.copy(load.copy_statement) as copy:
+        for row in load.rows[start:end]:
+            await copy.write_row(row)
+    return end - start
 
 
 async def _take_rows(cur: Any) -> Rows:

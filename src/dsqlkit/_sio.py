@@ -30,3 +30,18 @@ def lock() -> threading.Lock:
 def acquire(lock: threading.Lock, timeout: float) -> bool:
     """Take ``lock``, waiting at most ``timeout`` seconds; whether it was taken."""
     return lock.acquire(timeout=max(timeout, 0.0))
+
+
+def run_workers(work: Callable[[], Any], count: int) -> None:
+    """Run ``count`` copies of ``work`` concurrently (this thread is one of them) and wait."""
+    threads = [
+        threading.Thread(target=work, name=f"dsqlkit-worker-{n}", daemon=True)
+        for n in range(1, count)
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        work()
+    finally:
+        for thread in threads:
+            thread.join()

@@ -1,9 +1,13 @@
 """IAM authentication tokens: who signs them, and what each one costs.
 
-A token is a SigV4-presigned URL made locally (no network) by boto3's ``dsql`` client. Making
-the *client* is the expensive part (milliseconds, and racy when done concurrently on first
-use), so dsqlkit keeps one client per (credentials source, Region), created once under a lock,
-and signs every token with it (about 0.1-0.2 ms).
+A token is a SigV4-presigned URL made locally (no network). boto3's ``dsql`` client can make
+one, but dsqlkit signs it itself (`presign`, byte-identical to botocore's; the tests compare
+them) with the credentials boto3's chain finds: botocore's request signer costs ~150 us per
+token, ours ~20 us. boto3 itself is not even imported when the credentials are static keys in
+the environment or in the shared credentials/config files (a plain profile): that import is
+most of a cold start. Anything else (SSO, roles, credential_process, instance roles) goes
+through boto3's session, created once under a lock (creating them concurrently on first use
+is racy).
 
 Anything with the `TokenProvider` signature can replace boto3, e.g. a function that fetches
 tokens from another service.
@@ -12,12 +16,14 @@ tokens from another service.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import hmac
 import logging
 import os
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from urllib.parse import quote
@@ -75,7 +81,14 @@ def _install_log_filters() -> None:
 
 
 class Boto3TokenProvider:
-    """Signs tokens with boto3's ``dsql`` client: admin tokens for ``admin``, else DbConnect.
+    """Signs tokens with the credentials boto3 finds: admin tokens for ``admin``, else DbConnect.
+
+    With no ``session``, static keys in the shared credentials or config file (the profile
+    ``profile_name``, ``AWS_PROFILE`` or ``default`` with plain ``aws_access_key_id`` /
+    ``aws_secret_access_key`` / ``aws_session_token`` and nothing that makes boto3 fetch
+    credentials, such as ``role_arn``, ``credential_process`` or ``sso_*``) are read without
+    importing boto3; anything else goes through a ``boto3.Session``. Either way the token is
+    signed locally by `presign`, identical to botocore's.
 
     Args:
         session: the ``boto3.Session`` whose credentials sign; default: boto3's default chain.
@@ -100,10 +113,27 @@ class Boto3TokenProvider:
         self.profile_name = profile_name
         self.expires_in = expires_in
         self._session_lock = threading.Lock()
+        #: Static keys read from the shared files (None: use boto3), looked up once.
+        self._static: StaticCredentials | None = None
+        self._looked_up = session is not None
+        self._credentials: Any = None
 
     def __repr__(self) -> str:
         source = self.profile_name or ("session" if self.session else "default chain")
         return f"Boto3TokenProvider({source}, expires_in={self.expires_in})"
+
+    @property
+    def uses_boto3(self) -> bool:
+        """False when tokens are signed from static keys in the shared files, without boto3."""
+        return not self._static_credentials()
+
+    def _static_credentials(self) -> StaticCredentials | None:
+        if not self._looked_up:
+            with self._session_lock:
+                if not self._looked_up:
+                    self._static = static_profile_credentials(self.profile_name)
+                    self._looked_up = True
+        return self._static
 
     def _session(self) -> boto3.Session:
         if self.session is None:
@@ -119,9 +149,22 @@ class Boto3TokenProvider:
                         ) from None
         return self.session
 
+    def _boto3_credentials(self) -> Any:
+        """The session's credentials object (botocore refreshes temporary ones), found once."""
+        credentials = self._credentials
+        if credentials is None:
+            session = self._session()
+            with self._session_lock:
+                if self._credentials is None:
+                    self._credentials = session.get_credentials()
+                credentials = self._credentials
+        return credentials
+
     def check_credentials(self) -> None:
         """Raise `ConfigurationError` now if no credentials can be found for signing."""
-        if self._session().get_credentials() is None:
+        if self._static_credentials() is not None:
+            return
+        if self._boto3_credentials() is None:
             raise ConfigurationError(
                 "no AWS credentials found to sign DSQL tokens: set AWS_ACCESS_KEY_ID and "
                 "AWS_SECRET_ACCESS_KEY, use an AWS profile, run with an IAM role, or pass "
@@ -129,7 +172,13 @@ class Boto3TokenProvider:
             )
 
     def client(self, region: str) -> Any:
-        """The shared ``dsql`` client for this credentials source and ``region``."""
+        """The shared ``dsql`` client for this credentials source and ``region``.
+
+        None when the credentials are static keys from the shared files: nothing of boto3 is
+        loaded then. Tokens are signed without the client either way.
+        """
+        if self._static_credentials() is not None:
+            return None
         key = (self.session if self.session is not None else self.profile_name, region)
         client = _clients.get(key)
         if client is None:
@@ -142,25 +191,124 @@ class Boto3TokenProvider:
                     _clients[key] = client
         return client
 
-    def __call__(self, *, host: str, region: str, user: str) -> str:
-        client = self.client(region)
-        _install_log_filters()
-        _signing.active = True
-        try:
-            if user == "admin":
-                token: str = client.generate_db_connect_admin_auth_token(
-                    host, region, self.expires_in
-                )
-            else:
-                token = client.generate_db_connect_auth_token(host, region, self.expires_in)
-        except Exception as exc:  # NoCredentialsError and friends; never includes the token
-            raise TokenError(
-                f"could not sign a DSQL token for user {user!r} in {region}: "
-                f"{type(exc).__name__}: {exc}"
-            ) from None
-        finally:
-            _signing.active = False
-        return token
+    def __call__(self, *, host: str, region: str, user: str, now: dt.datetime | None = None) -> str:
+        action = "DbConnectAdmin" if user == "admin" else "DbConnect"
+        static = self._static_credentials()
+        if static is not None:
+            key_id, secret, session_token = static
+        else:
+            _install_log_filters()
+            _signing.active = True
+            try:
+                credentials = self._boto3_credentials()
+                if credentials is None:
+                    raise TokenError(
+                        f"could not sign a DSQL token for user {user!r} in {region}: "
+                        "no AWS credentials found"
+                    )
+                frozen = credentials.get_frozen_credentials()  # refreshes expiring ones
+            except TokenError:
+                raise
+            except Exception as exc:  # refresh failures; never includes the token
+                raise TokenError(
+                    f"could not sign a DSQL token for user {user!r} in {region}: "
+                    f"{type(exc).__name__}: {exc}"
+                ) from None
+            finally:
+                _signing.active = False
+            key_id, secret, session_token = frozen.access_key, frozen.secret_key, frozen.token
+        return presign(
+            host=host,
+            region=region,
+            action=action,
+            key_id=key_id,
+            secret=secret,
+            session_token=session_token or None,
+            expires_in=self.expires_in,
+            now=now or dt.datetime.now(dt.timezone.utc),
+        )
+
+
+#: (access key id, secret access key, session token or None).
+StaticCredentials = tuple[str, str, "str | None"]
+
+#: Profile settings that cannot change which credentials boto3 finds for a profile. A profile
+#: with any other setting (role_arn, source_profile, credential_process, sso_*, login_session,
+#: web_identity_token_file, aws_security_token, ...) is left to boto3.
+_INERT_SETTINGS = frozenset({
+    "aws_access_key_id", "aws_secret_access_key", "aws_session_token", "region", "output",
+    "cli_pager", "cli_history", "cli_timestamp_format", "cli_binary_format", "cli_auto_prompt",
+    "retry_mode", "max_attempts", "ca_bundle", "parameter_validation", "tcp_keepalive",
+    "defaults_mode", "endpoint_url", "use_fips_endpoint", "use_dualstack_endpoint",
+    "sts_regional_endpoints", "s3", "services", "aws_account_id",
+})  # fmt: skip
+#: Environment variables that put another credentials source before the shared files.
+_CHAIN_VARIABLES = (
+    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
+    "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_ARN",
+)  # fmt: skip
+
+
+def static_profile_credentials(
+    profile_name: str | None = None, environ: Mapping[str, str] | None = None
+) -> StaticCredentials | None:
+    """The static keys boto3 would find for a profile in the shared files, or None.
+
+    Reads ``AWS_SHARED_CREDENTIALS_FILE`` (``~/.aws/credentials``) and ``AWS_CONFIG_FILE``
+    (``~/.aws/config``) the way botocore does. None whenever boto3 could find anything else
+    first (or fail): environment keys (unless the profile is explicit), web identity, a role,
+    a credential process, SSO, a missing profile, partial keys or an unreadable file.
+    """
+    import configparser  # only here: most processes never read a profile
+
+    env = os.environ if environ is None else environ
+    if not profile_name and any(env.get(name) for name in _CHAIN_VARIABLES):
+        return None  # an explicit profile makes botocore skip the environment variables
+    name = profile_name or env.get("AWS_DEFAULT_PROFILE") or env.get("AWS_PROFILE") or "default"
+    try:
+        credentials_file = _read_ini(
+            env.get("AWS_SHARED_CREDENTIALS_FILE") or "~/.aws/credentials"
+        ).get(name)
+        config_sections = _read_ini(env.get("AWS_CONFIG_FILE") or "~/.aws/config")
+    except (OSError, configparser.Error, UnicodeDecodeError):
+        return None
+    named = [values for section, values in config_sections.items()
+             if _profile_of(section) == name]  # fmt: skip
+    if len(named) > 1:
+        return None
+    config = named[0] if named else None
+    merged = {**(config or {}), **(credentials_file or {})}
+    if not merged or not set(merged) <= _INERT_SETTINGS:
+        return None
+    for source in (credentials_file, config):
+        if source and ("aws_access_key_id" in source or "aws_secret_access_key" in source):
+            key_id = source.get("aws_access_key_id", "")
+            secret = source.get("aws_secret_access_key", "")
+            if not key_id or not secret:
+                return None  # partial keys: boto3 raises a clear error
+            return key_id, secret, source.get("aws_session_token") or None
+    return None
+
+
+def _profile_of(section: str) -> str | None:
+    if section == "default":
+        return "default"
+    words = section.split(None, 1)
+    if len(words) == 2 and words[0] == "profile":
+        return words[1].strip().strip('"')
+    return None
+
+
+def _read_ini(path: str) -> dict[str, dict[str, str]]:
+    """Sections of an INI file as botocore reads them; {} when the file does not exist."""
+    import configparser
+
+    path = os.path.expanduser(os.path.expandvars(path))
+    if not os.path.isfile(path):
+        return {}
+    parser = configparser.RawConfigParser()
+    parser.read([path])
+    return {section: dict(parser.items(section)) for section in parser.sections()}
 
 
 class EnvTokenProvider:
@@ -240,27 +388,35 @@ def presign(
     }
     if session_token:
         params["X-Amz-Security-Token"] = session_token
-    query = "&".join(
-        f"{quote(k, safe='-_.~')}={quote(v, safe='-_.~')}" for k, v in sorted(params.items())
-    )
+    query = "&".join(f"{_quote(k)}={_quote(v)}" for k, v in sorted(params.items()))
     canonical = "\n".join(["GET", "/", query, f"host:{host}", "", "host", _EMPTY_SHA256])
     to_sign = "\n".join(
         ["AWS4-HMAC-SHA256", amz_date, scope, hashlib.sha256(canonical.encode()).hexdigest()]
     )
-    key = _hmac(_hmac(_hmac(_hmac(("AWS4" + secret).encode(), date), region), "dsql"),
-                "aws4_request")  # fmt: skip
+    key = _signing_key(secret, date, region)
     signature = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
     # botocore signs over the sorted query but writes the security token after the others.
     shown = {k: v for k, v in sorted(params.items()) if k != "X-Amz-Security-Token"}
     if session_token:
         shown["X-Amz-Security-Token"] = session_token
-    url_query = "&".join(
-        f"{quote(k, safe='-_.~')}={quote(v, safe='-_.~')}" for k, v in shown.items()
-    )
+    url_query = "&".join(f"{_quote(k)}={_quote(v)}" for k, v in shown.items())
     return f"{host}/?{url_query}&X-Amz-Signature={signature}"
 
 
 _EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+
+
+@functools.lru_cache(maxsize=64)
+def _quote(value: str) -> str:
+    """SigV4's URI encoding; most values (names, action, credential scope) repeat."""
+    return quote(value, safe="-_.~")
+
+
+@functools.lru_cache(maxsize=8)
+def _signing_key(secret: str, date: str, region: str) -> bytes:
+    """SigV4's derived key: changes once a day per credentials and Region, so it is cached."""
+    return _hmac(_hmac(_hmac(_hmac(("AWS4" + secret).encode(), date), region), "dsql"),
+                 "aws4_request")  # fmt: skip
 
 
 @dataclass

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import boto3
 import botocore.auth
 import pytest
 
-from dsqlkit import EnvTokenProvider, TokenError
+from dsqlkit import Boto3TokenProvider, EnvTokenProvider, TokenError
+from dsqlkit._tokens import static_profile_credentials
 from dsqlkit.testing import LocalDsql
 
 HOST = "abcdefghijklmnopqrstuvwxyz.dsql.eu-west-1.on.aws"
@@ -66,3 +71,145 @@ def test_pools_sign_without_boto3_when_credentials_are_in_the_environment(
     monkeypatch.delenv("AWS_ACCESS_KEY_ID")
     with pytest.raises(TokenError, match="no longer set"):  # signing fails loudly
         EnvTokenProvider()(host=local_dsql.host, region=local_dsql.region, user="admin")
+
+
+KEY_ID = "AKIAEXAMPLEEXAMPLE01"
+SECRET = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"
+CHAIN_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+                   "AWS_SECURITY_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_PROFILE",
+                   "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_ARN")  # fmt: skip
+
+
+def _shared_files(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, credentials: str, config: str = ""
+) -> None:
+    for name in CHAIN_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    (tmp_path / "credentials").write_text(credentials)
+    (tmp_path / "config").write_text(config)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "credentials"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "config"))
+
+
+@pytest.mark.parametrize(
+    ("profile", "via", "credentials", "config"),
+    [
+        ("default", "default", f"[default]\naws_access_key_id = {KEY_ID}\n"
+         f"aws_secret_access_key = {SECRET}\n", "[default]\nregion = eu-west-1\n"),
+        ("work", "argument", f"[work]\naws_access_key_id={KEY_ID}\naws_secret_access_key={SECRET}\n"
+         "aws_session_token = FwoGZXIvYXdzEJr//////////wEaDA+token/==\n", ""),
+        ("work", "AWS_PROFILE", "", f"[profile work]\naws_access_key_id = {KEY_ID}\n"
+         f"aws_secret_access_key = {SECRET}\noutput = json\n"),
+    ],
+)  # fmt: skip
+@pytest.mark.parametrize("user", ["admin", "app_user"])
+def test_profile_tokens_are_identical_to_botocores_without_boto3(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    profile: str,
+    via: str,
+    credentials: str,
+    config: str,
+    user: str,
+) -> None:
+    _shared_files(monkeypatch, tmp_path, credentials, config)
+    if via == "AWS_PROFILE":
+        monkeypatch.setenv("AWS_PROFILE", profile)
+    monkeypatch.setattr(
+        botocore.auth,
+        "get_current_datetime",
+        lambda remove_tzinfo=True: FROZEN.replace(tzinfo=None),
+    )
+    named = profile if via == "argument" else None
+    client: Any = boto3.Session(profile_name=named).client("dsql", region_name="eu-west-1")
+    if user == "admin":
+        expected = client.generate_db_connect_admin_auth_token(HOST, "eu-west-1", 300)
+    else:
+        expected = client.generate_db_connect_auth_token(HOST, "eu-west-1", 300)
+    provider = Boto3TokenProvider(profile_name=named, expires_in=300)
+    provider.check_credentials()
+    assert provider.client("eu-west-1") is None  # nothing of boto3 is needed
+    assert not provider.uses_boto3
+    assert provider(host=HOST, region="eu-west-1", user=user, now=FROZEN) == expected
+
+
+def test_session_tokens_are_identical_to_botocores(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(
+        botocore.auth,
+        "get_current_datetime",
+        lambda remove_tzinfo=True: FROZEN.replace(tzinfo=None),
+    )
+    session = boto3.Session(aws_access_key_id=KEY_ID, aws_secret_access_key=SECRET,
+                            aws_session_token="IQoJb3JpZ2luX2VjE+/=")  # fmt: skip
+    client: Any = session.client("dsql", region_name="eu-west-1")
+    expected = client.generate_db_connect_auth_token(HOST, "eu-west-1", 300)
+    provider = Boto3TokenProvider(session, expires_in=300)
+    assert provider.uses_boto3
+    assert provider(host=HOST, region="eu-west-1", user="app", now=FROZEN) == expected
+
+
+@pytest.mark.parametrize(
+    ("credentials", "config", "env"),
+    [
+        ("", "[default]\nrole_arn = arn:aws:iam::123456789012:role/r\nsource_profile = base\n", {}),
+        ("", "[default]\ncredential_process = /bin/false\n", {}),
+        ("", "[default]\nsso_session = corp\nsso_account_id = 1\n", {}),
+        (f"[default]\naws_access_key_id = {KEY_ID}\n", "", {}),  # partial keys: boto3's error
+        (f"[default]\naws_access_key_id = {KEY_ID}\naws_secret_access_key = {SECRET}\n"
+         "role_arn = arn:aws:iam::123456789012:role/r\n", "", {}),
+        (f"[default]\naws_access_key_id = {KEY_ID}\naws_secret_access_key = {SECRET}\n", "",
+         {"AWS_WEB_IDENTITY_TOKEN_FILE": "/var/run/token"}),
+        (f"[default]\naws_access_key_id = {KEY_ID}\naws_secret_access_key = {SECRET}\n", "",
+         {"AWS_ACCESS_KEY_ID": "AKIAOTHER"}),
+        ("[default]\naws_access_key_id = \n", "", {}),
+        ("[other]\naws_access_key_id = x\naws_secret_access_key = y\n", "", {}),
+        ("not an ini file", "", {}),
+    ],
+)  # fmt: skip
+def test_anything_but_plain_static_keys_is_left_to_boto3(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    credentials: str,
+    config: str,
+    env: dict[str, str],
+) -> None:
+    _shared_files(monkeypatch, tmp_path, credentials, config)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert static_profile_credentials() is None
+    assert Boto3TokenProvider().uses_boto3
+
+
+def test_an_explicit_profile_wins_over_environment_keys(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    keys = f"[p]\naws_access_key_id = {KEY_ID}\naws_secret_access_key = {SECRET}\n"
+    _shared_files(monkeypatch, tmp_path, keys)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAOTHER")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "other")
+    assert static_profile_credentials("p") == (KEY_ID, SECRET, None)
+    assert static_profile_credentials() is None  # without it, botocore uses the environment
+
+
+def test_a_profile_connects_without_importing_boto3(local_dsql: LocalDsql, tmp_path: Path) -> None:
+    """A fresh interpreter: connect with a credentials-file profile, then check sys.modules."""
+    creds = local_dsql.boto3_session.get_credentials()
+    assert creds is not None
+    (tmp_path / "credentials").write_text(
+        f"[bench]\naws_access_key_id = {creds.access_key}\n"
+        f"aws_secret_access_key = {creds.secret_key}\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "DSQL_", "PG"))}
+    env.update(local_dsql.environment())
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        del env[name]
+    env.update(AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "credentials"),
+               AWS_CONFIG_FILE=str(tmp_path / "config"), AWS_PROFILE="bench")  # fmt: skip
+    script = (
+        "import sys, dsqlkit\n"
+        "repo = dsqlkit.connect(min_size=1, max_size=1)\n"
+        "print(repo.scalar('SELECT 1'), 'boto3' in sys.modules, 'botocore' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                         text=True, timeout=60, check=True)  # fmt: skip
+    assert out.stdout.split() == ["1", "False", "False"], out.stderr
