@@ -69,9 +69,12 @@ def no_rows(what: str, exc: Exception) -> UsageError:
     return UsageError(f"{what} ran a statement that returns no rows: use execute() for it ({exc})")
 
 
+_PLAIN_RESULTS = frozenset((type(None), int, str, float, bool, list, dict, tuple))
+
+
 def refuse_awaitable(result: Any, fn: Callable[..., Any]) -> None:
     """A sync wrapper got a coroutine: nothing ran yet, so retrying it would retry nothing."""
-    if inspect.isawaitable(result):
+    if type(result) not in _PLAIN_RESULTS and inspect.isawaitable(result):
         if inspect.iscoroutine(result):
             result.close()
         raise UsageError(

@@ -59,6 +59,8 @@ def find_conflict(exc: BaseException | None) -> psycopg.Error | None:
     Only explicit chaining (``raise ... from conflict``) counts: an unrelated error raised
     while handling a conflict (implicit ``__context__``) is not a reason to re-run.
     """
+    if isinstance(exc, psycopg.Error) and exc.sqlstate == "40001":
+        return exc  # the common case, without the walk
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
@@ -105,6 +107,9 @@ _INTERRUPTIONS = (
 )
 
 
+_UNSET: Any = object()
+
+
 class Outcome(enum.Enum):
     """What a failed attempt means for the unit of work."""
 
@@ -118,7 +123,7 @@ class Outcome(enum.Enum):
     FAIL = "fail"
 
 
-@dataclass
+@dataclass(slots=True)
 class Attempt:
     """One try at a unit of work, as the executor tracks it.
 
@@ -130,13 +135,12 @@ class Attempt:
     connection: Any = None
     writing: bool = False
     read_only: bool = False
-    #: For reads: the statement turned out to be a write and must now run exactly once.
-    upgraded: bool = False
 
 
-def judge(exc: BaseException, attempt: Attempt) -> Outcome:
-    """The verdict on an attempt that raised ``exc`` (pure: looks at the error and state)."""
-    if find_conflict(exc) is not None:
+def judge(exc: BaseException, attempt: Attempt, conflict: Any = _UNSET) -> Outcome:
+    """The verdict on an attempt that raised ``exc`` (pure: looks at the error and state);
+    ``conflict`` is ``find_conflict(exc)`` when the caller has it already."""
+    if (find_conflict(exc) if conflict is _UNSET else conflict) is not None:
         return Outcome.RETRY
     conn = attempt.connection
     error = getattr(exc, "orig", exc)  # SQLAlchemy wraps the driver's error (in .orig)
@@ -149,6 +153,14 @@ def judge(exc: BaseException, attempt: Attempt) -> Outcome:
     if attempt.writing and isinstance(exc, _INTERRUPTIONS):
         return Outcome.INTERRUPTED
     return Outcome.FAIL
+
+
+_REASON_KEYS = {
+    "disconnect": "occ_disconnects_retried",
+    "OC000": "occ_conflicts_oc000",
+    "OC001": "occ_conflicts_oc001",
+    "40001": "occ_conflicts_40001",
+}
 
 
 def retry_reason(exc: BaseException) -> str:
@@ -338,17 +350,23 @@ class RetryRun:
         """Seconds until the policy's deadline."""
         return self.policy.deadline - (time.monotonic() - self.started)
 
-    def next_attempt(self, **state: Any) -> Attempt:
+    def next_attempt(self) -> Attempt:
         self.attempts += 1
         self.stats.add("occ_attempts")
-        return Attempt(self.attempts, **state)
+        return Attempt(self.attempts)
 
     def failed(
         self, exc: BaseException, attempt: Attempt, retry_on: Callable[[BaseException], bool]
     ) -> float | BaseException | None:
         """The delay before the next attempt, an error to raise from ``exc``, or None to
         re-raise ``exc`` itself."""
-        outcome = judge(exc, attempt) if retry_on is judge_all else _only(retry_on, exc)
+        conflict = find_conflict(exc)
+        if retry_on is judge_all:
+            outcome = judge(exc, attempt, conflict)
+        elif retry_on is is_conflict:
+            outcome = Outcome.RETRY if conflict is not None else Outcome.FAIL
+        else:
+            outcome = _only(retry_on, exc)
         if outcome is Outcome.FAIL:
             return None
         if outcome is Outcome.UNKNOWN or outcome is Outcome.INTERRUPTED:
@@ -364,24 +382,24 @@ class RetryRun:
                 f"idempotent, or check the data, then decide): {exc}",
                 attempts=attempt.number,
             )
-        reason = retry_reason(exc)
-        if reason == "disconnect":
-            self.stats.add("occ_disconnects_retried")
-        else:
-            self.stats.add(f"occ_conflicts_{reason.lower()}")
+        reason = conflict_code(conflict) if conflict is not None else retry_reason(exc)
         policy = self.policy
         delay = policy.delay(attempt.number)
-        spent = time.monotonic() - self.started
-        if attempt.number >= policy.max_attempts or spent + delay >= policy.deadline:
-            self.stats.add("occ_gave_up")
-            _set_attempts(exc, attempt.number)
-            _logger.warning("transaction gave up after %d attempt(s): %s", attempt.number, reason)
+        number = attempt.number
+        gives_up = number >= policy.max_attempts
+        gives_up = gives_up or time.monotonic() - self.started + delay >= policy.deadline
+        self.stats.add_many(
+            _REASON_KEYS.get(reason) or f"occ_conflicts_{reason.lower()}",
+            "occ_gave_up" if gives_up else "occ_retries",
+        )
+        if gives_up:
+            _set_attempts(exc, number)
+            _logger.warning("transaction gave up after %d attempt(s): %s", number, reason)
             return None
-        self.stats.add("occ_retries")
-        event = RetryEvent(attempt.number, reason, delay, exc)
-        _logger.debug("attempt %d failed (%s); retrying in %.3fs", attempt.number, reason, delay)
+        if _logger.isEnabledFor(logging.DEBUG):
+            _logger.debug("attempt %d failed (%s); retrying in %.3fs", number, reason, delay)
         if policy.on_retry is not None:
-            policy.on_retry(event)
+            policy.on_retry(RetryEvent(number, reason, delay, exc))
         return delay
 
 

@@ -27,6 +27,13 @@ class Counters:
         with self._lock:
             self._values[name] = self._values.get(name, 0) + count
 
+    def add_many(self, *names: str) -> None:
+        """Add 1 to each of ``names``, under one lock."""
+        with self._lock:
+            values = self._values
+            for name in names:
+                values[name] = values.get(name, 0) + 1
+
     def __getitem__(self, name: str) -> int:
         return self._values.get(name, 0)
 
