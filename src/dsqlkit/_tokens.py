@@ -24,11 +24,11 @@ import os
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from urllib.parse import quote
 
 from ._errors import ConfigurationError, TokenError
+from ._stats import Counters
 
 if TYPE_CHECKING:
     import boto3
@@ -419,25 +419,22 @@ def _signing_key(secret: str, date: str, region: str) -> bytes:
                  "aws4_request")  # fmt: skip
 
 
-@dataclass
-class TokenStats:
-    """Counters of a `TokenMinter`; read through the pool's ``get_stats()``."""
+class TokenStats(Counters):
+    """Counters of a `TokenMinter` (``tokens_*`` in the pool's ``get_stats()``)."""
 
-    minted: int = 0
-    mint_ms: float = 0.0
-    failures: int = 0
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    __slots__ = ()
+
+    def __init__(self) -> None:
+        super().__init__(("tokens_minted", "tokens_mint_us", "tokens_failed"))
 
     def pop(self, reset: bool) -> dict[str, int]:
-        with self.lock:
-            values = {
-                "tokens_minted": self.minted,
-                "tokens_mint_ms": round(self.mint_ms),
-                "tokens_failed": self.failures,
-            }
-            if reset:
-                self.minted, self.mint_ms, self.failures = 0, 0.0, 0
-        return values
+        """The counters as ``get_stats()`` shows them (mint time in whole milliseconds)."""
+        values = self.snapshot(reset)
+        return {
+            "tokens_minted": values["tokens_minted"],
+            "tokens_mint_ms": round(values["tokens_mint_us"] / 1000),
+            "tokens_failed": values["tokens_failed"],
+        }
 
 
 class TokenMinter:
@@ -455,12 +452,10 @@ class TokenMinter:
         try:
             token = self.provider(host=self.host, region=self.region, user=self.user)
         except Exception:
-            with self.stats.lock:
-                self.stats.failures += 1
+            self.stats.add("tokens_failed")
             raise
-        elapsed = (time.perf_counter() - start) * 1000
-        with self.stats.lock:
-            self.stats.minted += 1
-            self.stats.mint_ms += elapsed
-        _logger.debug("minted a token for %s in %s (%.3f ms)", self.user, self.region, elapsed)
+        elapsed = time.perf_counter() - start
+        self.stats.add("tokens_minted")
+        self.stats.add("tokens_mint_us", round(elapsed * 1e6))
+        _logger.debug("minted a token for %s in %s (%.3f s)", self.user, self.region, elapsed)
         return token
