@@ -1,4 +1,4 @@
-"""Pure helpers for statements: argument checks, row shapes, and the "provably a pure read" test.
+"""Pure helpers for statements: argument checks, row factories, and the "provably a pure read" test.
 
 Shared by the transaction handles, the executor and the repositories (sync and async alike).
 """
@@ -13,7 +13,7 @@ from typing import Any
 from psycopg import sql as pgsql
 from psycopg.rows import RowFactory, class_row, dict_row
 
-from ._errors import TooManyRows, UsageError
+from ._errors import UsageError
 
 Params = Sequence[Any] | Mapping[str, Any] | None
 ParamSet = Sequence[Any] | Mapping[str, Any]
@@ -39,21 +39,6 @@ def row_factory(shape: RowShape) -> RowFactory[Any]:
     if callable(shape):
         return shape
     raise UsageError(f"row_factory must be a psycopg row factory or a class, not {shape!r}")
-
-
-def single(rows: list[Any], what: str) -> Any:
-    """The only row of ``rows`` (None if empty); `TooManyRows` if there are more."""
-    if len(rows) > 1:
-        raise TooManyRows(
-            f"{what} expected at most one row and got more: add a LIMIT or a tighter WHERE, "
-            "or use query()"
-        )
-    return rows[0] if rows else None
-
-
-def no_rows(what: str, exc: Exception) -> UsageError:
-    """The one message for "this statement returns no rows" (e.g. INSERT without RETURNING)."""
-    return UsageError(f"{what} ran a statement that returns no rows: use execute() for it ({exc})")
 
 
 _PLAIN_RESULTS = frozenset((type(None), int, str, float, bool, list, dict, tuple))

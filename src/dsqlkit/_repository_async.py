@@ -23,7 +23,6 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import psycopg
-from psycopg import pq
 from psycopg import sql as pgsql
 from psycopg.rows import tuple_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
@@ -40,14 +39,12 @@ from ._query import (
     check_callable,
     check_sql,
     is_pure_read,
-    single,
 )
 from ._repository import RepositoryBase, unavailable
 from ._results import Ping, Rows
+from ._transaction_async import take_one, take_rows
 
 __all__ = ["AsyncRepository"]
-
-_TUPLES_OK = pq.ExecStatus.TUPLES_OK
 
 
 class AsyncRepository(RepositoryBase):
@@ -83,9 +80,7 @@ class AsyncRepository(RepositoryBase):
         await self._ensure_open()
         query = check_sql(sql)
         shape = self._shape(row_factory)
-        rows: Rows = await self._executor.read(
-            query, params, shape, _take_rows, is_pure_read(query)
-        )
+        rows: Rows = await self._executor.read(query, params, shape, take_rows, is_pure_read(query))
         return rows
 
     async def query_one(
@@ -95,13 +90,13 @@ class AsyncRepository(RepositoryBase):
         await self._ensure_open()
         query = check_sql(sql)
         shape = self._shape(row_factory)
-        return await self._executor.read(query, params, shape, _take_one, is_pure_read(query))
+        return await self._executor.read(query, params, shape, take_one, is_pure_read(query))
 
     async def scalar(self, sql: Any, params: Params = None) -> Any | None:
         """The first column of the only row, or None if there is no row."""
         await self._ensure_open()
         query = check_sql(sql)
-        row = await self._executor.read(query, params, tuple_row, _take_one, is_pure_read(query))
+        row = await self._executor.read(query, params, tuple_row, take_one, is_pure_read(query))
         return None if row is None else row[0]
 
     # -- writes ------------------------------------------------------------------------------
@@ -277,17 +272,3 @@ async def _copy_chunk(tx: Any, load: BulkPlan, start: int, end: int) -> int:
         for row in load.rows[start:end]:
             await copy.write_row(row)
     return end - start
-
-
-async def _take_rows(cur: Any) -> Rows:
-    """Every row with the column names; none for a write without RETURNING run as a read."""
-    if cur.description is None:
-        return Rows()
-    return Rows(await cur.fetchall(), [column.name for column in cur.description])
-
-
-async def _take_one(cur: Any) -> Any:
-    result = cur.pgresult
-    if result is None or result.status != _TUPLES_OK:
-        return None
-    return single(await cur.fetchmany(2), "query_one()")

@@ -25,7 +25,6 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import psycopg
-from psycopg import pq
 from psycopg import sql as pgsql
 from psycopg.rows import tuple_row
 from psycopg_pool import ConnectionPool, PoolTimeout
@@ -42,14 +41,12 @@ from ._query import (
     check_callable,
     check_sql,
     is_pure_read,
-    single,
 )
 from ._repository import RepositoryBase, unavailable
 from ._results import Ping, Rows
+from ._transaction_sync import take_one, take_rows
 
 __all__ = ["Repository"]
-
-_TUPLES_OK = pq.ExecStatus.TUPLES_OK
 
 
 class Repository(RepositoryBase):
@@ -85,7 +82,7 @@ class Repository(RepositoryBase):
         self._ensure_open()
         query = check_sql(sql)
         shape = self._shape(row_factory)
-        rows: Rows = self._executor.read(query, params, shape, _take_rows, is_pure_read(query))
+        rows: Rows = self._executor.read(query, params, shape, take_rows, is_pure_read(query))
         return rows
 
     def query_one(
@@ -95,13 +92,13 @@ class Repository(RepositoryBase):
         self._ensure_open()
         query = check_sql(sql)
         shape = self._shape(row_factory)
-        return self._executor.read(query, params, shape, _take_one, is_pure_read(query))
+        return self._executor.read(query, params, shape, take_one, is_pure_read(query))
 
     def scalar(self, sql: Any, params: Params = None) -> Any | None:
         """The first column of the only row, or None if there is no row."""
         self._ensure_open()
         query = check_sql(sql)
-        row = self._executor.read(query, params, tuple_row, _take_one, is_pure_read(query))
+        row = self._executor.read(query, params, tuple_row, take_one, is_pure_read(query))
         return None if row is None else row[0]
 
     # -- writes ------------------------------------------------------------------------------
@@ -277,17 +274,3 @@ def _copy_chunk(tx: Any, load: BulkPlan, start: int, end: int) -> int:
         for row in load.rows[start:end]:
             copy.write_row(row)
     return end - start
-
-
-def _take_rows(cur: Any) -> Rows:
-    """Every row with the column names; none for a write without RETURNING run as a read."""
-    if cur.description is None:
-        return Rows()
-    return Rows(cur.fetchall(), [column.name for column in cur.description])
-
-
-def _take_one(cur: Any) -> Any:
-    result = cur.pgresult
-    if result is None or result.status != _TUPLES_OK:
-        return None
-    return single(cur.fetchmany(2), "query_one()")

@@ -1,4 +1,17 @@
-"""What reads return: `Rows` (a list that knows its columns) and `Ping` (a health check)."""
+"""What reads return, and the one place their shape is decided.
+
+`Rows` (a list that knows its columns), `Ping` (a health check), and the shaping rules both
+handles (`Repository` and `Transaction`, sync and async) apply to a statement's result:
+
+- ``query()``: every row, as `Rows`; a statement that returns no rows (a write without
+  ``RETURNING``) gives an empty `Rows`;
+- ``query_one()``: the only row, ``None`` when there is none (or the statement returns no
+  rows), `TooManyRows` when there are more;
+- ``scalar()``: the first column of ``query_one()``'s row, or ``None``.
+
+The cursor I/O (fetching, sync or async) is in `dsqlkit._transaction_async`'s ``take_rows``
+and ``take_one`` (and their generated sync twins); the rules are here.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +19,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ._errors import UsageError
+from ._errors import TooManyRows, UsageError
 
-__all__ = ["Ping", "Rows"]
+__all__ = ["Ping", "Rows", "only_row", "rows_of"]
 
 
 class Rows(list[Any]):
@@ -48,6 +61,23 @@ class Rows(list[Any]):
             body.append("<tr>" + "".join(f"<td>{escape(str(v))}</td>" for v in values) + "</tr>")
         more = f"<p>{len(self)} rows</p>" if len(self) > 50 else ""
         return f"<table><tr>{head}</tr>{''.join(body)}</table>{more}"
+
+
+def rows_of(description: Sequence[Any] | None, fetched: list[Any]) -> Rows:
+    """``fetched`` as `Rows` with the column names of ``description`` (none: no rows)."""
+    if description is None:
+        return Rows()
+    return Rows(fetched, [column.name for column in description])
+
+
+def only_row(rows: Sequence[Any], what: str) -> Any:
+    """The only row of ``rows`` (None if empty); `TooManyRows` if there are more."""
+    if len(rows) > 1:
+        raise TooManyRows(
+            f"{what} expected at most one row and got more: add a LIMIT or a tighter WHERE, "
+            "or use query()"
+        )
+    return rows[0] if rows else None
 
 
 @dataclass(frozen=True)

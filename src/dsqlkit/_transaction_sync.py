@@ -3,7 +3,9 @@
 """The handle a transaction function receives (asyncio source; `_transaction_sync` is generated).
 
 `AsyncTransaction` wraps the connection of one attempt and offers the query helpers; every
-statement goes to the server with bound parameters, never formatted into the SQL text.
+statement goes to the server with bound parameters, never formatted into the SQL text. Its
+read methods mean what `AsyncRepository`'s mean: both fetch through `take_rows` and
+`take_one`, and shape by the rules in `dsqlkit._results`.
 """
 
 from __future__ import annotations
@@ -12,11 +14,15 @@ from collections.abc import Iterable
 from typing import Any, Generic, TypeVar
 
 import psycopg
+from psycopg import pq
 from psycopg.rows import tuple_row
 
-from ._query import Params, ParamSet, RowShape, check_sql, no_rows, row_factory, single
+from ._query import Params, ParamSet, RowShape, check_sql, row_factory
+from ._results import Rows, only_row, rows_of
 
-__all__ = ["Transaction"]
+__all__ = ["Transaction", "take_one", "take_rows"]
+
+_TUPLES_OK = pq.ExecStatus.TUPLES_OK
 
 CT = TypeVar("CT", bound=psycopg.Connection[Any])
 
@@ -32,25 +38,21 @@ class Transaction(Generic[CT]):
         #: The psycopg connection this attempt runs on (do not commit or roll it back).
         self.connection = connection
 
-    def query(self, sql: Any, params: Params = None, *, row_factory: RowShape = None) -> list[Any]:
-        """All rows of a statement that returns rows."""
+    def query(self, sql: Any, params: Params = None, *, row_factory: RowShape = None) -> Rows:
+        """All rows (dicts by default), as a `Rows` list (empty for a statement that returns
+        no rows)."""
         with self.connection.cursor(row_factory=_factory(row_factory)) as cur:
             cur.execute(check_sql(sql), params)
-            try:
-                return cur.fetchall()
-            except psycopg.ProgrammingError as exc:
-                raise no_rows("query()", exc) from None
+            return take_rows(cur)
 
     def query_one(
         self, sql: Any, params: Params = None, *, row_factory: RowShape = None
     ) -> Any | None:
-        """The only row, or None; `TooManyRows` if there are more."""
+        """The only row, or None (also for a statement that returns no rows); `TooManyRows`
+        if there are more."""
         with self.connection.cursor(row_factory=_factory(row_factory)) as cur:
             cur.execute(check_sql(sql), params)
-            try:
-                return single(cur.fetchmany(2), "query_one()")
-            except psycopg.ProgrammingError as exc:
-                raise no_rows("query_one()", exc) from None
+            return take_one(cur)
 
     def scalar(self, sql: Any, params: Params = None) -> Any | None:
         """The first column of the only row, or None if there is no row."""
@@ -72,3 +74,18 @@ class Transaction(Generic[CT]):
 
 def _factory(shape: RowShape) -> Any:
     return row_factory(shape)
+
+
+def take_rows(cur: Any) -> Rows:
+    """Every row of the cursor's result with the column names (none for a statement that
+    returns no rows, such as a write without RETURNING)."""
+    description = cur.description
+    return rows_of(description, cur.fetchall() if description is not None else [])
+
+
+def take_one(cur: Any) -> Any:
+    """The only row of the cursor's result, or None; `TooManyRows` if there are more."""
+    result = cur.pgresult
+    if result is None or result.status != _TUPLES_OK:
+        return None
+    return only_row(cur.fetchmany(2), "query_one()")

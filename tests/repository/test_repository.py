@@ -14,8 +14,6 @@ from typing import Any
 
 import psycopg
 import pytest
-from psycopg import sql
-from psycopg.rows import tuple_row
 
 from dsqlkit import (
     AsyncRepository,
@@ -25,7 +23,6 @@ from dsqlkit import (
     DsqlConnectionPool,
     Repository,
     Rows,
-    TooManyRows,
     UsageError,
     close_shared_pools,
     connect,
@@ -59,69 +56,6 @@ class Item:
     qty: int | None
 
 
-def test_queries(repo: Repository, items: str) -> None:
-    rows = repo.query(f"SELECT * FROM {items} WHERE id < %s ORDER BY id", (3,))
-    assert isinstance(rows, Rows)
-    assert rows == [{"id": 1, "name": "one", "qty": 1}, {"id": 2, "name": "two", "qty": 2}]
-    assert rows.columns == ["id", "name", "qty"]
-    assert "<table>" in rows._repr_html_()
-    assert repo.query(f"SELECT id FROM {items} ORDER BY id", row_factory=tuple_row) == [
-        (1,), (2,), (3,)
-    ]  # fmt: skip
-    assert repo.query(f"SELECT * FROM {items} WHERE id = 1", row_factory=Item) == [
-        Item(1, "one", 1)
-    ]
-    assert repo.query_one(f"SELECT name FROM {items} WHERE id = %(id)s", {"id": 2}) == {
-        "name": "two"
-    }
-    assert repo.query_one(f"SELECT name FROM {items} WHERE id = 99") is None
-    assert repo.scalar(f"SELECT count(*) FROM {items}") == 3
-    assert repo.scalar(f"SELECT name FROM {items} WHERE id = 99") is None
-    query = sql.SQL("SELECT {} FROM {} WHERE id = %s").format(
-        sql.Identifier("name"), sql.Identifier(items)
-    )
-    assert repo.scalar(query, (3,)) == "three"
-
-
-def test_writes(repo: Repository, items: str) -> None:
-    assert repo.execute(f"UPDATE {items} SET qty = qty + 1 WHERE id > %s", (1,)) == 2
-    added = repo.executemany(f"INSERT INTO {items} VALUES (%s, %s, %s)", [(4, "a", 0), (5, "b", 0)])
-    assert added == 2
-    assert repo.scalar(f"SELECT sum(qty) FROM {items}") == 1 + 3 + 4
-
-
-def test_bad_input_is_typed_and_writes_nothing(repo: Repository, items: str) -> None:
-    with pytest.raises(psycopg.ProgrammingError, match="placeholders"):
-        repo.query(f"SELECT * FROM {items} WHERE id = %s AND qty = %s", (1,))
-    with pytest.raises(UsageError, match=r"str or a psycopg\.sql\.Composable"):
-        repo.query(object())
-    with pytest.raises(TooManyRows, match="at most one row"):
-        repo.query_one(f"SELECT * FROM {items}")
-    # A write given to a read method runs exactly once (never commit-then-raise).
-    assert repo.query(f"UPDATE {items} SET qty = qty + 100 WHERE id = 1") == []
-    assert repo.scalar(f"SELECT qty FROM {items} WHERE id = 1") == 101
-    repo.execute(f"UPDATE {items} SET qty = qty - 100 WHERE id = 1")
-    with pytest.raises(UsageError, match="row 1 has a different shape"):
-        repo.insert_many(items, [{"id": 10, "name": "x", "qty": 1}, {"id": 11, "name": "y"}])
-    with pytest.raises(UsageError, match="row 1 has 2 values"):
-        repo.insert_many(items, [(12, "x", 1), (13, "y")], columns=["id", "name", "qty"])
-    with pytest.raises(UsageError, match="no rows"):
-        repo.insert_many(items, [])
-    with pytest.raises(UsageError, match="needs key"):
-        repo.upsert_many(items, [{"id": 1, "name": "x", "qty": 1}], key=None)  # type: ignore[arg-type]
-    with pytest.raises(UsageError, match="chunk_rows"):
-        repo.insert_many(items, [{"id": 14, "name": "x", "qty": 1}], chunk_rows=3001)
-    with pytest.raises(UsageError, match="no parameter sets"):
-        repo.executemany(f"INSERT INTO {items} VALUES (%s, %s, %s)", [])
-    with pytest.raises(UsageError, match="generator"):
-        repo.transaction(_generator)
-    assert repo.scalar(f"SELECT count(*) FROM {items}") == 3
-
-
-def _generator(tx: Any) -> Iterator[int]:
-    yield 1
-
-
 def test_reads_are_retried_on_conflicts_and_lost_connections(
     local_dsql: LocalDsql, pool: DsqlConnectionPool[Any], items: str
 ) -> None:
@@ -150,23 +84,6 @@ def test_an_autocommit_write_lost_mid_flight_is_not_repeated(
         )
 
 
-def test_write_conflicts_are_retried(local_dsql: LocalDsql, repo: Repository, items: str) -> None:
-    def bump(tx: Any) -> int:
-        return int(tx.execute(f"UPDATE {items} SET qty = qty + 1 WHERE id = 1"))
-
-    local_dsql.fail_next_commits(2)
-    assert repo.transaction(bump) == 1
-    assert repo.scalar(f"SELECT qty FROM {items} WHERE id = 1") == 2
-
-
-def test_query_methods_join_an_open_transaction(repo: Repository, items: str) -> None:
-    def work(tx: Any) -> int:
-        repo.execute(f"UPDATE {items} SET qty = 50 WHERE id = 1")
-        return int(repo.scalar(f"SELECT qty FROM {items} WHERE id = 1"))  # sees its own write
-
-    assert repo.transaction(work) == 50
-
-
 def test_bulk_load_of_100k_rows_recovers_after_a_crash(repo: Repository) -> None:
     table = "bulk_" + uuid.uuid4().hex[:8]
     repo.execute(f"CREATE TABLE {table} (id int PRIMARY KEY, name text, score int)")
@@ -193,18 +110,6 @@ def test_bulk_load_of_100k_rows_recovers_after_a_crash(repo: Repository) -> None
     print(f"\nbulk load: {result.rows_per_second:.0f} rows/s (100,000 rows, {result.seconds:.2f}s)")
 
 
-def test_upsert_many(repo: Repository, items: str) -> None:
-    result = repo.upsert_many(
-        items, [(1, "uno", 10), (9, "nine", 9)], columns=["id", "name", "qty"], key="id",
-        update=["qty"],
-    )  # fmt: skip
-    assert result.written == 2
-    assert repo.query(f"SELECT id, name, qty FROM {items} WHERE id IN (1, 9) ORDER BY id") == [
-        {"id": 1, "name": "one", "qty": 10},
-        {"id": 9, "name": "nine", "qty": 9},
-    ]
-
-
 def test_bulk_chunks_respect_a_byte_budget(repo: Repository) -> None:
     table = "wide_" + uuid.uuid4().hex[:8]
     repo.execute(f"CREATE TABLE {table} (id int PRIMARY KEY, blob text)")
@@ -213,12 +118,6 @@ def test_bulk_chunks_respect_a_byte_budget(repo: Repository) -> None:
     )
     assert result.chunks == 6  # 9 rows of ~10 kB per 100 kB chunk, 50 rows
     assert repo.scalar(f"SELECT count(*) FROM {table}") == 50
-
-
-def test_ping(repo: Repository) -> None:
-    answer = repo.ping()
-    assert answer.server_version == "16.15"
-    assert answer.latency_ms > 0
 
 
 def test_ping_reports_an_unreachable_database(local_dsql: LocalDsql) -> None:
@@ -273,34 +172,6 @@ def test_to_pandas_needs_pandas() -> None:
 def test_repositories_check_their_pool(pool: DsqlConnectionPool[Any]) -> None:
     with pytest.raises(UsageError, match="AsyncRepository"):
         AsyncRepository(pool)  # type: ignore[arg-type]
-
-
-async def test_async_repository(local_dsql: LocalDsql) -> None:
-    async with local_dsql.async_pool(min_size=1) as pool:
-        repo = AsyncRepository(pool)
-        table = "async_" + uuid.uuid4().hex[:8]
-        await repo.execute(f"CREATE TABLE {table} (id int PRIMARY KEY, v text)")
-        result = await repo.insert_many(table, [{"id": i, "v": str(i)} for i in range(7000)])
-        assert (result.written, result.chunks) == (7000, 3)
-        assert await repo.scalar(f"SELECT count(*) FROM {table}") == 7000
-        rows = await repo.query(f"SELECT * FROM {table} WHERE id < %s ORDER BY id", (2,))
-        assert rows == [{"id": 0, "v": "0"}, {"id": 1, "v": "1"}]
-        assert rows.columns == ["id", "v"]
-        assert await repo.query_one(f"SELECT v FROM {table} WHERE id = 5") == {"v": "5"}
-        with pytest.raises(TooManyRows):
-            await repo.query_one(f"SELECT v FROM {table}")
-        assert await repo.execute(f"UPDATE {table} SET v = 'x' WHERE id < 10") == 10
-        assert await repo.executemany(f"DELETE FROM {table} WHERE id = %s", [(1,), (2,)]) == 2
-        await repo.upsert_many(table, [{"id": 3, "v": "three"}], key="id")
-        assert await repo.scalar(f"SELECT v FROM {table} WHERE id = 3") == "three"
-
-        async def bump(tx: Any) -> str:
-            await tx.execute(f"UPDATE {table} SET v = 'bumped' WHERE id = 4")
-            return str(await repo.scalar(f"SELECT v FROM {table} WHERE id = 4"))
-
-        local_dsql.fail_next_commits(1)
-        assert await repo.transaction(bump) == "bumped"
-        assert (await repo.ping()).server_version == "16.15"
 
 
 def _load_example(name: str) -> Any:

@@ -50,7 +50,7 @@ class EndpointConfig:
 
 
 @dataclass
-class Counters:
+class EndpointCounters:
     """What tests can read about the endpoint's life; reset never clears them."""
 
     connections_accepted: int = 0
@@ -80,7 +80,7 @@ class Endpoint:
     def __init__(self, config: EndpointConfig, tls: ssl.SSLContext) -> None:
         self.config = config
         self.tls = tls
-        self.counters = Counters()
+        self.counters = EndpointCounters()
         self.faults = Faults()
         self.sessions: set[Session] = set()
         self.port = 0

@@ -1,0 +1,194 @@
+"""The repository's query, write and transaction methods against the local endpoint. The
+asyncio source: ``test_api_sync.py`` is generated from it by
+``tools/async_to_sync.py``, so `Repository` and `AsyncRepository` pass the same tests."""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+from psycopg.rows import tuple_row
+
+from dsqlkit import (
+    AsyncDsqlConnectionPool,
+    AsyncRepository,
+    Rows,
+    TooManyRows,
+    UsageError,
+)
+from dsqlkit.testing import LocalDsql
+
+
+@pytest.fixture
+async def pool(local_dsql: LocalDsql) -> AsyncIterator[AsyncDsqlConnectionPool[Any]]:
+    async with local_dsql.async_pool(min_size=1, max_size=4) as pool:
+        yield pool
+
+
+@pytest.fixture
+def repo(pool: AsyncDsqlConnectionPool[Any]) -> AsyncRepository:
+    return AsyncRepository(pool)
+
+
+@pytest.fixture
+async def items(repo: AsyncRepository) -> str:
+    name = "items_" + uuid.uuid4().hex[:8]
+    await repo.execute(f"CREATE TABLE {name} (id int PRIMARY KEY, name text NOT NULL, qty int)")
+    await repo.execute(f"INSERT INTO {name} VALUES (1, 'one', 1), (2, 'two', 2), (3, 'three', 3)")
+    return name
+
+
+@dataclasses.dataclass
+class Item:
+    id: int
+    name: str
+    qty: int | None
+
+
+async def test_queries(repo: AsyncRepository, items: str) -> None:
+    rows = await repo.query(f"SELECT * FROM {items} WHERE id < %s ORDER BY id", (3,))
+    assert isinstance(rows, Rows)
+    assert rows == [{"id": 1, "name": "one", "qty": 1}, {"id": 2, "name": "two", "qty": 2}]
+    assert rows.columns == ["id", "name", "qty"]
+    assert "<table>" in rows._repr_html_()
+    assert await repo.query(f"SELECT id FROM {items} ORDER BY id", row_factory=tuple_row) == [
+        (1,), (2,), (3,)
+    ]  # fmt: skip
+    assert await repo.query(f"SELECT * FROM {items} WHERE id = 1", row_factory=Item) == [
+        Item(1, "one", 1)
+    ]
+    assert await repo.query_one(f"SELECT name FROM {items} WHERE id = %(id)s", {"id": 2}) == {
+        "name": "two"
+    }
+    assert await repo.query_one(f"SELECT name FROM {items} WHERE id = 99") is None
+    assert await repo.scalar(f"SELECT count(*) FROM {items}") == 3
+    assert await repo.scalar(f"SELECT name FROM {items} WHERE id = 99") is None
+    query = sql.SQL("SELECT {} FROM {} WHERE id = %s").format(
+        sql.Identifier("name"), sql.Identifier(items)
+    )
+    assert await repo.scalar(query, (3,)) == "three"
+
+
+async def test_writes(repo: AsyncRepository, items: str) -> None:
+    assert await repo.execute(f"UPDATE {items} SET qty = qty + 1 WHERE id > %s", (1,)) == 2
+    added = await repo.executemany(
+        f"INSERT INTO {items} VALUES (%s, %s, %s)", [(4, "a", 0), (5, "b", 0)]
+    )
+    assert added == 2
+    assert await repo.scalar(f"SELECT sum(qty) FROM {items}") == 1 + 3 + 4
+    assert await repo.executemany(f"DELETE FROM {items} WHERE id = %s", [(4,), (5,)]) == 2
+
+
+async def test_bad_input_is_typed_and_writes_nothing(repo: AsyncRepository, items: str) -> None:
+    with pytest.raises(psycopg.ProgrammingError, match="placeholders"):
+        await repo.query(f"SELECT * FROM {items} WHERE id = %s AND qty = %s", (1,))
+    with pytest.raises(UsageError, match=r"str or a psycopg\.sql\.Composable"):
+        await repo.query(object())
+    with pytest.raises(TooManyRows, match="at most one row"):
+        await repo.query_one(f"SELECT * FROM {items}")
+    with pytest.raises(UsageError, match="row 1 has a different shape"):
+        await repo.insert_many(items, [{"id": 10, "name": "x", "qty": 1}, {"id": 11, "name": "y"}])
+    with pytest.raises(UsageError, match="row 1 has 2 values"):
+        await repo.insert_many(items, [(12, "x", 1), (13, "y")], columns=["id", "name", "qty"])
+    with pytest.raises(UsageError, match="no rows"):
+        await repo.insert_many(items, [])
+    with pytest.raises(UsageError, match="needs key"):
+        await repo.upsert_many(items, [{"id": 1, "name": "x", "qty": 1}], key=None)  # type: ignore[arg-type]
+    with pytest.raises(UsageError, match="chunk_rows"):
+        await repo.insert_many(items, [{"id": 14, "name": "x", "qty": 1}], chunk_rows=3001)
+    with pytest.raises(UsageError, match="no parameter sets"):
+        await repo.executemany(f"INSERT INTO {items} VALUES (%s, %s, %s)", [])
+    with pytest.raises(UsageError, match="generator"):
+        await repo.transaction(_generator)
+    assert await repo.scalar(f"SELECT count(*) FROM {items}") == 3
+
+
+async def _generator(tx: Any) -> AsyncIterator[int]:
+    yield 1
+
+
+async def test_a_write_in_a_read_method_runs_once_and_gives_no_rows(
+    repo: AsyncRepository, items: str
+) -> None:
+    rows = await repo.query(f"UPDATE {items} SET qty = qty + 100 WHERE id = 1")
+    assert (rows, rows.columns) == ([], [])
+    assert await repo.query_one(f"UPDATE {items} SET qty = qty + 100 WHERE id = 1") is None
+    assert await repo.scalar(f"UPDATE {items} SET qty = qty + 100 WHERE id = 1") is None
+    assert await repo.scalar(f"SELECT qty FROM {items} WHERE id = 1") == 301
+
+
+async def test_write_conflicts_are_retried(
+    local_dsql: LocalDsql, repo: AsyncRepository, items: str
+) -> None:
+    async def bump(tx: Any) -> int:
+        return int(await tx.execute(f"UPDATE {items} SET qty = qty + 1 WHERE id = 1"))
+
+    local_dsql.fail_next_commits(2)
+    assert await repo.transaction(bump) == 1
+    assert await repo.scalar(f"SELECT qty FROM {items} WHERE id = 1") == 2
+    assert repo.retry_stats.retries == 2
+
+
+async def test_query_methods_join_an_open_transaction(repo: AsyncRepository, items: str) -> None:
+    async def work(tx: Any) -> int:
+        await repo.execute(f"UPDATE {items} SET qty = 50 WHERE id = 1")
+        return int(await repo.scalar(f"SELECT qty FROM {items} WHERE id = 1"))  # its own write
+
+    assert await repo.transaction(work) == 50
+
+
+async def test_read_methods_mean_the_same_on_both_handles(
+    repo: AsyncRepository, items: str
+) -> None:
+    statements = [
+        (f"SELECT * FROM {items} ORDER BY id", None),
+        (f"SELECT name FROM {items} WHERE id = %s", (2,)),
+        (f"SELECT name FROM {items} WHERE id = 99", None),
+        (f"UPDATE {items} SET qty = qty WHERE id = 1", None),
+    ]
+
+    async def on_handle(tx: Any) -> list[Any]:
+        answers: list[Any] = []
+        for query, params in statements:
+            rows = await tx.query(query, params)
+            answers.append((type(rows), rows, rows.columns))
+            answers.append(await tx.query_one(query, params) if len(rows) < 2 else "many")
+            answers.append(await tx.scalar(query, params) if len(rows) < 2 else "many")
+        return answers
+
+    expected: list[Any] = []
+    for query, params in statements:
+        rows = await repo.query(query, params)
+        expected.append((type(rows), rows, rows.columns))
+        expected.append(await repo.query_one(query, params) if len(rows) < 2 else "many")
+        expected.append(await repo.scalar(query, params) if len(rows) < 2 else "many")
+    assert await repo.transaction(on_handle) == expected
+
+
+async def test_upsert_many(repo: AsyncRepository, items: str) -> None:
+    result = await repo.upsert_many(
+        items, [(1, "uno", 10), (9, "nine", 9)], columns=["id", "name", "qty"], key="id",
+        update=["qty"],
+    )  # fmt: skip
+    assert result.written == 2
+    rows = await repo.query(f"SELECT id, name, qty FROM {items} WHERE id IN (1, 9) ORDER BY id")
+    assert rows == [{"id": 1, "name": "one", "qty": 10}, {"id": 9, "name": "nine", "qty": 9}]
+
+
+async def test_insert_many_chunks_by_rows(repo: AsyncRepository) -> None:
+    table = "chunks_" + uuid.uuid4().hex[:8]
+    await repo.execute(f"CREATE TABLE {table} (id int PRIMARY KEY, v text)")
+    result = await repo.insert_many(table, [{"id": i, "v": str(i)} for i in range(7000)])
+    assert (result.written, result.chunks) == (7000, 3)
+    assert await repo.scalar(f"SELECT count(*) FROM {table}") == 7000
+
+
+async def test_ping(repo: AsyncRepository) -> None:
+    answer = await repo.ping()
+    assert answer.server_version == "16.15"
+    assert answer.latency_ms > 0
