@@ -44,9 +44,16 @@ def _interpreter(version: str) -> str:
     return str(max(builds)[1]) if builds else version
 
 
+#: Tests mostly wait (for subprocesses, endpoints starting, sleeps in fault scenarios), so
+#: the default run spreads them over more workers than cores; each worker has its own
+#: session endpoint. Tests sharing a private endpoint carry an ``xdist_group`` mark.
+#: ``-n 0`` (after ``--``) runs them in one process.
+PARALLEL = ["-n", "4", "--dist", "loadgroup"]
+
+
 def _run_tests(session: nox.Session, *python_options: str) -> None:
     session.install("-e", ".[test]")
-    session.run("python", *python_options, "-m", "pytest", *session.posargs)
+    session.run("python", *python_options, "-m", "pytest", *PARALLEL, *session.posargs)
 
 
 @nox.session

@@ -81,6 +81,10 @@ print("docs-ok")
 """
 
 
+#: One worker runs every page, so the module's endpoint starts once (pytest-xdist).
+pytestmark = pytest.mark.xdist_group("docs_endpoint")
+
+
 @pytest.fixture(scope="module")
 def docs_endpoint() -> Iterator[LocalDsql]:
     """An endpoint of its own: the pages create tables with the same names."""

@@ -213,6 +213,9 @@ class Connector:
                     )
         self.user_kwargs = user_kwargs
         self.targets: tuple[Target, ...] = (_target(endpoint, options),)
+        #: The target the next connection goes to (a plain attribute: read at every
+        #: checkout). A multi-Region connector changes it when it fails over.
+        self.target: Target = self.targets[0]
         self.counters = Counters(
             (
                 "connects_retried",
@@ -236,11 +239,6 @@ class Connector:
         )
 
     # -- the target (one today; the seam for an ordered list of Regions) ---------------------
-
-    @property
-    def target(self) -> Target:
-        """The target the next connection goes to."""
-        return self.targets[0]
 
     @property
     def endpoint(self) -> DsqlEndpoint:

@@ -30,7 +30,7 @@ from . import _aio
 from ._errors import TransactionAborted
 from ._joined import joined_handle, joining
 from ._query import refuse_awaitable
-from ._retry import Attempt, RetryPolicy, RetryStats, Scope, find_conflict
+from ._retry import Attempt, RetryPolicy, RetryRun, RetryStats, Scope, find_conflict
 from ._transaction_async import AsyncTransaction
 
 __all__ = ["AsyncExecutor", "autocommit", "call_once", "run_attempts"]
@@ -91,7 +91,7 @@ async def run_attempts(
 ) -> Any:
     """The retry loop: ``once(attempt, *args)`` until it succeeds or the verdict on its
     failure (`dsqlkit._retry.RetryRun.failed`, within ``scope``) stops it."""
-    run = policy.start(stats)
+    run = RetryRun(policy, stats)
     while True:
         attempt = run.next_attempt()
         try:

@@ -166,19 +166,20 @@ class AsyncDsqlConnectionPool(DsqlPoolMixin, AsyncConnectionPool[ACT], Generic[A
         core = self._core
         if core.forked():
             await self._check_fork()
-        waited = self.timeout if timeout is None else timeout
+        waited = left = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + waited
         while True:
-            if core.permanent_error is not None and not _pool_internals.idle_count(self):
+            if core.target.permanent_error is not None and not _pool_internals.idle_count(self):
                 raise core.timeout_error(waited) from core.permanent_error
             try:
-                conn = await super().getconn(max(deadline - time.monotonic(), 0.0))
+                conn = await super().getconn(left)
             except PoolTimeout:
                 raise core.timeout_error(waited) from (core.permanent_error or core.last_error)
             if await checkout(core, conn, self.check_connection) is Verdict.OK:
                 return conn
             await conn.close()
             await _pool_internals.discard_checked_out(self, conn)  # replaced without a warning
+            left = max(deadline - time.monotonic(), 0.0)
 
     async def putconn(self, conn: ACT) -> None:
         self._core.connection_returned(conn)

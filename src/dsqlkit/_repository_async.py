@@ -77,8 +77,9 @@ class AsyncRepository(RepositoryBase):
 
     async def query(self, sql: Any, params: Params = None, *, row_factory: RowShape = None) -> Rows:
         """All rows (dicts by default), as a `Rows` list."""
-        await self._ensure_open()
-        query = check_sql(sql)
+        if not self._opened:
+            await self._ensure_open()
+        query = sql if type(sql) is str else check_sql(sql)
         shape = self._shape(row_factory)
         rows: Rows = await self._executor.read(query, params, shape, take_rows, is_pure_read(query))
         return rows
@@ -87,15 +88,17 @@ class AsyncRepository(RepositoryBase):
         self, sql: Any, params: Params = None, *, row_factory: RowShape = None
     ) -> Any | None:
         """The only row, or None; `TooManyRows` if there are more."""
-        await self._ensure_open()
-        query = check_sql(sql)
+        if not self._opened:
+            await self._ensure_open()
+        query = sql if type(sql) is str else check_sql(sql)
         shape = self._shape(row_factory)
         return await self._executor.read(query, params, shape, take_one, is_pure_read(query))
 
     async def scalar(self, sql: Any, params: Params = None) -> Any | None:
         """The first column of the only row, or None if there is no row."""
-        await self._ensure_open()
-        query = check_sql(sql)
+        if not self._opened:
+            await self._ensure_open()
+        query = sql if type(sql) is str else check_sql(sql)
         row = await self._executor.read(query, params, tuple_row, take_one, is_pure_read(query))
         return None if row is None else row[0]
 

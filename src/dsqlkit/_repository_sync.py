@@ -79,8 +79,9 @@ class Repository(RepositoryBase):
 
     def query(self, sql: Any, params: Params = None, *, row_factory: RowShape = None) -> Rows:
         """All rows (dicts by default), as a `Rows` list."""
-        self._ensure_open()
-        query = check_sql(sql)
+        if not self._opened:
+            self._ensure_open()
+        query = sql if type(sql) is str else check_sql(sql)
         shape = self._shape(row_factory)
         rows: Rows = self._executor.read(query, params, shape, take_rows, is_pure_read(query))
         return rows
@@ -89,15 +90,17 @@ class Repository(RepositoryBase):
         self, sql: Any, params: Params = None, *, row_factory: RowShape = None
     ) -> Any | None:
         """The only row, or None; `TooManyRows` if there are more."""
-        self._ensure_open()
-        query = check_sql(sql)
+        if not self._opened:
+            self._ensure_open()
+        query = sql if type(sql) is str else check_sql(sql)
         shape = self._shape(row_factory)
         return self._executor.read(query, params, shape, take_one, is_pure_read(query))
 
     def scalar(self, sql: Any, params: Params = None) -> Any | None:
         """The first column of the only row, or None if there is no row."""
-        self._ensure_open()
-        query = check_sql(sql)
+        if not self._opened:
+            self._ensure_open()
+        query = sql if type(sql) is str else check_sql(sql)
         row = self._executor.read(query, params, tuple_row, take_one, is_pure_read(query))
         return None if row is None else row[0]
 

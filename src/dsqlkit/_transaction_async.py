@@ -86,4 +86,6 @@ async def take_one(cur: Any) -> Any:
     result = cur.pgresult
     if result is None or result.status != _TUPLES_OK:
         return None
+    if result.ntuples == 1:  # the common case: one fetch, no list
+        return await cur.fetchone()
     return only_row(await cur.fetchmany(2), "query_one()")

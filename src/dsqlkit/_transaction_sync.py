@@ -88,4 +88,6 @@ def take_one(cur: Any) -> Any:
     result = cur.pgresult
     if result is None or result.status != _TUPLES_OK:
         return None
+    if result.ntuples == 1:  # the common case: one fetch, no list
+        return cur.fetchone()
     return only_row(cur.fetchmany(2), "query_one()")

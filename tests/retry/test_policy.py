@@ -178,3 +178,29 @@ def test_stats_snapshot_and_reset() -> None:
     assert snap["occ_conflicts_oc001"] == 1
     assert snap["occ_gave_up"] == 1
     assert stats.snapshot()["occ_attempts"] == 0
+
+
+def test_no_retry_is_scheduled_past_the_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`RetryRun.failed` gives up when the next attempt would start after the deadline,
+    measured from the start of the unit (a controlled clock: pure logic)."""
+    import dsqlkit._retry as retry_module
+    from dsqlkit._retry import RetryRun, Scope
+
+    now = [100.0]
+    monkeypatch.setattr(retry_module.time, "monotonic", lambda: now[0])
+    policy = RetryPolicy(max_attempts=1000, deadline=1.0, base_delay=0.3, max_delay=0.3)
+    run = RetryRun(policy, RetryStats())
+    conflict = psycopg.errors.SerializationFailure("conflict (OC000)")
+    scheduled = []
+    while True:
+        attempt = run.next_attempt()
+        now[0] += 0.1  # the attempt's own duration
+        verdict = run.failed(conflict, attempt, Scope.UNIT)
+        if verdict is None:
+            break
+        assert isinstance(verdict, float)
+        scheduled.append(now[0] + verdict)
+        now[0] += verdict
+    assert scheduled  # it did retry
+    assert all(start < 100.0 + 1.0 for start in scheduled)
+    assert conflict.occ_attempts == attempt.number < 1000  # type: ignore[attr-defined]

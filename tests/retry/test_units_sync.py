@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -144,20 +143,17 @@ def test_giving_up_raises_the_last_conflict_with_the_attempt_count(
 def test_the_deadline_stops_retrying(
     local_dsql: LocalDsql, pool: DsqlConnectionPool[Any], table: str
 ) -> None:
-    deadline = 0.3
-    decided: list[tuple[float, float]] = []  # (when a retry was decided, its delay)
-    started = time.monotonic()
-
-    def on_retry(event: RetryEvent) -> None:
-        decided.append((time.monotonic(), event.delay))
+    """The deadline, not ``max_attempts``, ends a unit that keeps conflicting (when exactly
+    is pure logic, tested with a controlled clock in test_policy.py)."""
+    events: list[RetryEvent] = []
 
     @transactional(
         pool,
         max_attempts=1000,
-        deadline=deadline,
+        deadline=0.5,
         base_delay=0.05,
         max_delay=0.05,
-        on_retry=on_retry,
+        on_retry=events.append,
     )
     def bump(tx: Transaction[Any]) -> None:
         tx.execute(f"UPDATE {table} SET v = v + 1 WHERE id = 1")
@@ -166,11 +162,8 @@ def test_the_deadline_stops_retrying(
     with pytest.raises(errors.SerializationFailure) as info:
         bump()
     attempts = info.value.occ_attempts  # type: ignore[attr-defined]
-    assert 2 <= attempts < 1000
-    assert len(decided) == attempts - 1  # every failure but the last was retried
-    # No retry was scheduled to start past the deadline (measured from before the call, so
-    # the bound holds however slow the machine is).
-    assert all(when + delay - started < deadline + 0.01 for when, delay in decided)
+    assert attempts < 1000
+    assert [event.attempt for event in events] == list(range(1, attempts))
     assert pool.get_stats()["occ_gave_up"] == 1
 
 
