@@ -17,6 +17,7 @@ records what committed. The repositories only run chunks.
 from __future__ import annotations
 
 import datetime as dt
+import operator
 import threading
 import time
 from collections import deque
@@ -227,6 +228,8 @@ def plan(
     values: list[tuple[Any, ...]] = []
     wanted = set(names)
     width = len(names)
+    if set(map(type, materialized)) == {tuple} and set(map(len, materialized)) == {width}:
+        values, materialized = materialized, []  # all plain tuples of the right width
     for index, row in enumerate(materialized):
         if type(row) is tuple and len(row) == width:  # the common case, without ABC checks
             values.append(row)
@@ -293,19 +296,46 @@ def row_size(row: tuple[Any, ...]) -> int:
     ASCII), bytes their length; only other types (Decimal, JSON values, ...) go through
     ``str()``.
     """
-    total = VALUE_OVERHEAD * len(row)
-    for value in row:
-        kind = type(value)
-        fixed = _FIXED_SIZE.get(kind)
-        if fixed is not None:
-            total += fixed
-        elif kind is str:
-            total += len(value) if value.isascii() else len(value.encode())
-        elif kind is bytes or kind is bytearray:
-            total += len(value)
+    return VALUE_OVERHEAD * len(row) + sum(map(_value_size, row))
+
+
+def _value_size(value: Any) -> int:
+    kind = type(value)
+    fixed = _FIXED_SIZE.get(kind)
+    if fixed is not None:
+        return fixed
+    if kind is str:
+        return len(value) if value.isascii() else len(value.encode())
+    if kind is bytes or kind is bytearray:
+        return len(value)
+    return _other_size(value, kind)
+
+
+def row_sizes(rows: list[tuple[Any, ...]]) -> list[int]:
+    """`row_size` of every row (rows of one width), column by column: a column of one
+    fixed-size type, or of ASCII text or bytes, costs a few C-level passes instead of a
+    Python step per value."""
+    if not rows:
+        return []
+    count = len(rows)
+    fixed = VALUE_OVERHEAD * len(rows[0])
+    totals: list[int] | None = None
+    for column in zip(*rows, strict=True):
+        kinds = set(map(type, column))
+        size = _FIXED_SIZE.get(kinds.pop()) if len(kinds) == 1 else None
+        if size is not None:
+            fixed += size
+            continue
+        kind = type(column[0])
+        plain = not kinds and (kind is not str or all(map(str.isascii, column)))
+        if plain and kind in (str, bytes, bytearray):
+            sizes = list(map(len, column))  # one type, whose size is its length
         else:
-            total += _other_size(value, kind)
-    return total
+            sizes = list(map(_value_size, column))
+        totals = sizes if totals is None else list(map(operator.add, totals, sizes))
+    if totals is None:
+        return [fixed] * count
+    return [size + fixed for size in totals]
 
 
 def _other_size(value: Any, kind: type) -> int:
@@ -324,16 +354,22 @@ def _other_size(value: Any, kind: type) -> int:
 def _chunks(
     rows: list[tuple[Any, ...]], max_rows: int, max_bytes: int, ranges: list[tuple[int, int]]
 ) -> list[tuple[int, int]]:
-    sizes = []
-    for index, row in enumerate(rows):
-        size = row_size(row)
-        if size > MAX_ROW_BYTES or size > max_bytes:
-            raise UsageError(
-                f"row {index} is about {size:,} bytes: DSQL rows are at most 2 MiB "
-                f"({MAX_ROW_BYTES:,} bytes) and a chunk at most chunk_bytes={max_bytes:,}; "
-                "split the value or store it elsewhere (e.g. S3) and keep a reference"
-            )
-        sizes.append(size)
+    sizes = row_sizes(rows)
+    largest = max(sizes, default=0)
+    limit = min(MAX_ROW_BYTES, max_bytes)
+    if largest > limit:
+        index = next(i for i, size in enumerate(sizes) if size > limit)
+        raise UsageError(
+            f"row {index} is about {sizes[index]:,} bytes: DSQL rows are at most 2 MiB "
+            f"({MAX_ROW_BYTES:,} bytes) and a chunk at most chunk_bytes={max_bytes:,}; "
+            "split the value or store it elsewhere (e.g. S3) and keep a reference"
+        )
+    if largest * max_rows <= max_bytes:  # no chunk can reach the byte budget: cut by rows
+        return [
+            (start, min(start + max_rows, stop))
+            for first, stop in ranges
+            for start in range(first, stop, max_rows)
+        ]
     chunks = []
     for first, stop in ranges:
         start, total = first, 0

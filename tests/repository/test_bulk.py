@@ -19,7 +19,7 @@ from dsqlkit import (
     Repository,
     UsageError,
 )
-from dsqlkit._bulk import MAX_ROW_BYTES, plan, row_size
+from dsqlkit._bulk import MAX_ROW_BYTES, plan, row_size, row_sizes
 from dsqlkit.testing import LocalDsql
 
 
@@ -236,3 +236,18 @@ def test_parallel_workers_are_refused_inside_a_transaction(repo: Repository) -> 
     with pytest.raises(UsageError, match="inside a transaction"):
         repo.transaction(work)
     assert repo.scalar(f"SELECT count(*) FROM {table}") == 0
+
+
+def test_row_sizes_by_column_match_row_size() -> None:
+    """The column-wise sizing (the bulk planner's fast path) equals `row_size` row by row."""
+    rows = [
+        (1, "plain", b"ab", 2.5, None, decimal.Decimal("1.5")),
+        (2, "héhé", b"", 3.5, None, decimal.Decimal("12345.678")),
+        (3, "", b"xyz", 0.0, None, decimal.Decimal("0")),
+    ]
+    assert row_sizes(rows) == [row_size(row) for row in rows]
+    mixed = [(1, "a", uuid.uuid4()), ("two", None, uuid.uuid4()), (3.0, b"bb", None)]
+    assert row_sizes(mixed) == [row_size(row) for row in mixed]
+    fixed = [(i, float(i), dt.date(2026, 1, 1)) for i in range(5)]
+    assert row_sizes(fixed) == [row_size(fixed[0])] * 5
+    assert row_sizes([]) == []
