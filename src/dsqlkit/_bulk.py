@@ -229,7 +229,7 @@ def plan(
     wanted = set(names)
     width = len(names)
     if set(map(type, materialized)) == {tuple} and set(map(len, materialized)) == {width}:
-        values, materialized = materialized, []  # all plain tuples of the right width
+        values, materialized = materialized, []  # type: ignore[assignment]  # plain tuples
     for index, row in enumerate(materialized):
         if type(row) is tuple and len(row) == width:  # the common case, without ABC checks
             values.append(row)
