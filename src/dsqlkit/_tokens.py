@@ -374,7 +374,12 @@ def presign(
     expires_in: int,
     now: dt.datetime,
 ) -> str:
-    """A DSQL token: a SigV4 query-string presigned ``GET https://<host>/?Action=...``."""
+    """A DSQL token: a SigV4 query-string presigned ``GET https://<host>/?Action=...``.
+
+    Byte-identical to botocore's ``generate_db_connect_auth_token`` for the same inputs,
+    including a host in upper or mixed case: botocore signs the host as URL parsing gives it
+    (lower-cased), and keeps the host as given at the front of the token.
+    """
     amz_date = now.strftime("%Y%m%dT%H%M%SZ")
     date = amz_date[:8]
     scope = f"{date}/{region}/dsql/aws4_request"
@@ -389,7 +394,7 @@ def presign(
     if session_token:
         params["X-Amz-Security-Token"] = session_token
     query = "&".join(f"{_quote(k)}={_quote(v)}" for k, v in sorted(params.items()))
-    canonical = "\n".join(["GET", "/", query, f"host:{host}", "", "host", _EMPTY_SHA256])
+    canonical = "\n".join(["GET", "/", query, f"host:{host.lower()}", "", "host", _EMPTY_SHA256])
     to_sign = "\n".join(
         ["AWS4-HMAC-SHA256", amz_date, scope, hashlib.sha256(canonical.encode()).hexdigest()]
     )
