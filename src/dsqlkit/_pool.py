@@ -25,14 +25,14 @@ import select
 import time
 import weakref
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 from psycopg import pq
 from psycopg_pool import PoolTimeout
 from psycopg_pool.base import BasePool
 from typing_extensions import Self
 
-from ._config import DsqlEndpoint, TLSSettings, endpoint_from_env
+from ._config import DsqlEndpoint, TLSSettings, endpoint_from_env, resolve_address
 from ._connect import PLAN_KEY, ConnectPlan, with_plan_support
 from ._errors import ConfigurationError
 from ._retry import RetryStats
@@ -82,6 +82,9 @@ class DsqlOptions(TypedDict, total=False):
     user: str
     dbname: str
     port: int
+    cluster_id: str | None
+    tls_name: Literal["cluster", "host"]
+    plain_postgresql: bool
     token_provider: TokenProvider | None
     boto3_session: boto3.Session | None
     profile_name: str | None
@@ -218,8 +221,15 @@ class PoolCore:
             on_failure=self.failed,
             on_permanent_failure=self.failed_permanently,
         )
+        if self.endpoint.address_host is not None and isinstance(user_kwargs, Mapping):
+            if "hostaddr" in user_kwargs:
+                raise ConfigurationError(
+                    "kwargs={'hostaddr': ...} and a custom host name both say where to "
+                    "connect: pass the cluster's real host name with hostaddr, or the custom "
+                    "name with cluster_id, not both"
+                )
         self.base_params: dict[str, Any] = {
-            "host": self.endpoint.host,
+            "host": self.endpoint.tls_host,
             "port": self.endpoint.port,
             "user": self.endpoint.user,
             "dbname": self.endpoint.dbname,
@@ -236,7 +246,7 @@ class PoolCore:
         profile = options.get("profile_name")
         expires_in = options.get("token_expires_in", DEFAULT_TOKEN_EXPIRES_IN)
         if not self.endpoint.is_dsql and provider is None and session is None and not profile:
-            return None  # local mode: plain PostgreSQL, static password or none
+            return None  # plain_postgresql=True: a static password or none
         if self.password is not None:
             raise ConfigurationError(
                 "a DSQL endpoint authenticates with IAM tokens: drop password=, or pass a "
@@ -283,6 +293,27 @@ class PoolCore:
         """Connection keywords without the token (user kwargs, our params, the plan)."""
         user = self.user_kwargs() if callable(self.user_kwargs) else (self.user_kwargs or {})
         return {**user, **self.base_params, PLAN_KEY: self.plan}
+
+    @property
+    def per_connection(self) -> bool:
+        """Whether each connection needs `connection_secrets` (a token or an address)."""
+        return self.minter is not None or self.endpoint.address_host is not None
+
+    def connection_secrets(self) -> dict[str, Any]:
+        """What changes for every physical connection: a fresh token (``password``) and the
+        custom host name's current address (``hostaddr``). Blocking: the async pool and
+        engine call it in a worker thread."""
+        params: dict[str, Any] = {}
+        address_host = self.endpoint.address_host
+        if address_host is not None:
+            try:
+                params["hostaddr"] = resolve_address(address_host, self.endpoint.port)
+            except Exception as exc:
+                self.failed(exc)
+                raise
+        if self.minter is not None:
+            params["password"] = self.mint()
+        return params
 
     def mint(self) -> str:
         """A fresh token (blocking: the async pool calls this in a worker thread)."""
@@ -345,7 +376,7 @@ class PoolCore:
 
     def describe(self) -> str:
         region = self.endpoint.region or "-"
-        mode = "dsql" if self.endpoint.is_dsql else "local"
+        mode = "dsql" if self.endpoint.is_dsql else "plain-postgresql"
         return f"{self.endpoint} region={region} mode={mode}"
 
     def timeout_error(self, waited: float, what: str = "get a connection") -> PoolTimeout:

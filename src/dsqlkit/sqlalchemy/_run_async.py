@@ -40,8 +40,8 @@ T = TypeVar("T")
 async def connect(core: PoolCore) -> Any:
     """A new psycopg connection for SQLAlchemy's pool (its ``creator``)."""
     kwargs = core.static_kwargs()
-    if core.minter is not None:
-        kwargs["password"] = await _aio.to_thread(core.mint)
+    if core.per_connection:
+        kwargs.update(await _aio.to_thread(core.connection_secrets))
     conn = await AsyncDsqlConnection.connect(**kwargs)
     core.connection_created(conn)
     return conn

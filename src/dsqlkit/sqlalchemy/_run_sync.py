@@ -42,8 +42,8 @@ T = TypeVar("T")
 def connect(core: PoolCore) -> Any:
     """A new psycopg connection for SQLAlchemy's pool (its ``creator``)."""
     kwargs = core.static_kwargs()
-    if core.minter is not None:
-        kwargs["password"] = _sio.to_thread(core.mint)
+    if core.per_connection:
+        kwargs.update(_sio.to_thread(core.connection_secrets))
     conn = DsqlConnection.connect(**kwargs)
     core.connection_created(conn)
     return conn
