@@ -11,6 +11,7 @@ from ._config import DsqlEndpoint, InsecureTLSWarning
 from ._connect_async import AsyncDsqlConnection
 from ._connect_sync import DsqlConnection
 from ._errors import (
+    AuthenticationFailed,
     BulkLoadError,
     CommitOutcomeUnknown,
     ConfigurationError,
@@ -43,6 +44,7 @@ __all__ = [
     "AsyncDsqlConnectionPool",
     "AsyncRepository",
     "AsyncTransaction",
+    "AuthenticationFailed",
     "Boto3TokenProvider",
     "BulkLoadError",
     "BulkProgress",

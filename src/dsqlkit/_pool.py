@@ -43,6 +43,7 @@ from ._tokens import (
     EnvTokenProvider,
     TokenMinter,
     TokenProvider,
+    explain_auth_failure,
 )
 from ._version import __version__
 
@@ -220,6 +221,7 @@ class PoolCore:
             stats=self.counters,
             on_failure=self.failed,
             on_permanent_failure=self.failed_permanently,
+            explain_auth=self._explain_auth if self.minter is not None else None,
         )
         if self.endpoint.address_host is not None and isinstance(user_kwargs, Mapping):
             if "hostaddr" in user_kwargs:
@@ -274,6 +276,16 @@ class PoolCore:
             raise ConfigurationError("token_provider must be callable(*, host, region, user)")
         return TokenMinter(
             provider, host=self.endpoint.host, region=region, user=self.endpoint.user
+        )
+
+    def _explain_auth(self, exc: BaseException) -> str:
+        """The `AuthenticationFailed` message for an IAM authentication failure."""
+        assert self.minter is not None
+        return explain_auth_failure(
+            user=self.minter.user,
+            host=self.minter.host,
+            region=self.minter.region,
+            signer=self.minter.provider,
         )
 
     def failed(self, exc: BaseException) -> None:

@@ -33,7 +33,7 @@ from ._stats import Counters
 if TYPE_CHECKING:
     import boto3
 
-__all__ = ["Boto3TokenProvider", "EnvTokenProvider", "TokenProvider"]
+__all__ = ["Boto3TokenProvider", "EnvTokenProvider", "TokenProvider", "explain_auth_failure"]
 
 _logger = logging.getLogger("dsqlkit.tokens")
 
@@ -464,3 +464,44 @@ class TokenMinter:
         self.stats.add("tokens_mint_us", round(elapsed * 1e6))
         _logger.debug("minted a token for %s in %s (%.3f s)", self.user, self.region, elapsed)
         return token
+
+
+def explain_auth_failure(*, user: str, host: str, region: str, signer: object) -> str:
+    """What ``IAM authentication failed for user "<user>"`` can mean, and what to check.
+
+    DSQL answers all of these causes with the same words, so the message lists them in the
+    order they are met in practice, filled in for this user, host, Region and token signer.
+    It never contains the token (nor anything from which it could be rebuilt).
+    """
+    admin = user == "admin"
+    action = "dsql:DbConnectAdmin" if admin else "dsql:DbConnect"
+    cluster_id = host.split(".", 1)[0]
+    lines = [
+        f'IAM authentication failed for user "{user}" at {host}: DSQL refused the token '
+        f"({action.split(':')[1]}, signed for {host} in {region} by {signer!r}). DSQL gives "
+        "this one answer for each of these causes; check them in order:",
+        "  - credentials: expired, revoked or not the ones you expect (tokens are signed "
+        "locally, so stale or wrong credentials still produce one); `aws sts "
+        "get-caller-identity` run with the same environment or profile shows who signs",
+        f"  - permission: that identity needs {action} on arn:aws:dsql:{region}:<account>:"
+        f"cluster/{cluster_id}"
+        + (
+            " (the admin role needs DbConnectAdmin; DbConnect is not enough)"
+            if admin
+            else " (DbConnectAdmin is only for the admin role)"
+        ),
+    ]
+    if not admin:
+        lines += [
+            f'  - role mapping: the role "{user}" must be mapped to that identity: as admin, '
+            f"AWS IAM GRANT {user} TO '<the identity's IAM role ARN>' (mappings are listed "
+            "in sys.iam_pg_role_mappings)",
+            f'  - user: the role "{user}" must exist (as admin: CREATE ROLE {user} WITH LOGIN) '
+            "and be spelled as created; user='admin' is the built-in administrator",
+        ]
+    lines.append(
+        f"  - endpoint: the token must name this cluster's real host and Region ({host}, "
+        f"{region}): check region=, cluster_id= and the host name, and that this machine's "
+        "clock is right (a token is valid from its signing time for token_expires_in seconds)"
+    )
+    return "\n".join(lines)
