@@ -35,6 +35,7 @@ from ._repository_sync import Repository
 from ._results import Ping, Rows
 from ._retry import RetryEvent, RetryPolicy, RetryStats, commit_outcome_unknown
 from ._shared import close_shared_pools, shared_pool
+from ._sio import BlockingCallWarning
 from ._tokens import Boto3TokenProvider, EnvTokenProvider, TokenProvider
 from ._transaction import AsyncTransaction, Transaction, occ_retry, transactional
 from ._version import __version__
@@ -45,6 +46,7 @@ __all__ = [
     "AsyncRepository",
     "AsyncTransaction",
     "AuthenticationFailed",
+    "BlockingCallWarning",
     "Boto3TokenProvider",
     "BulkLoadError",
     "BulkProgress",

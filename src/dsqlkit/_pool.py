@@ -223,13 +223,16 @@ class PoolCore:
             on_permanent_failure=self.failed_permanently,
             explain_auth=self._explain_auth if self.minter is not None else None,
         )
-        if self.endpoint.address_host is not None and isinstance(user_kwargs, Mapping):
-            if "hostaddr" in user_kwargs:
-                raise ConfigurationError(
-                    "kwargs={'hostaddr': ...} and a custom host name both say where to "
-                    "connect: pass the cluster's real host name with hostaddr, or the custom "
-                    "name with cluster_id, not both"
-                )
+        if (
+            self.endpoint.address_host is not None
+            and isinstance(user_kwargs, Mapping)
+            and "hostaddr" in user_kwargs
+        ):
+            raise ConfigurationError(
+                "kwargs={'hostaddr': ...} and a custom host name both say where to "
+                "connect: pass the cluster's real host name with hostaddr, or the custom "
+                "name with cluster_id, not both"
+            )
         self.base_params: dict[str, Any] = {
             "host": self.endpoint.tls_host,
             "port": self.endpoint.port,

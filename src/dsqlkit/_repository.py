@@ -11,7 +11,7 @@ import atexit
 import weakref
 from typing import TYPE_CHECKING, Any
 
-from ._errors import DatabaseUnavailable
+from ._errors import DatabaseUnavailable, UsageError
 from ._query import RowShape, row_factory
 from ._results import Ping, Rows
 from ._retry import RetryPolicy, RetryStats, resolve_policy
@@ -19,7 +19,7 @@ from ._retry import RetryPolicy, RetryStats, resolve_policy
 if TYPE_CHECKING:
     from ._repository_sync import Repository
 
-__all__ = ["Ping", "RepositoryBase", "Rows", "connect", "stats_for"]
+__all__ = ["Ping", "RepositoryBase", "Rows", "check_pool", "connect", "stats_for"]
 
 _foreign_stats: weakref.WeakKeyDictionary[Any, RetryStats] = weakref.WeakKeyDictionary()
 
@@ -33,6 +33,39 @@ def stats_for(pool: Any) -> RetryStats:
     if stats is None:
         stats = _foreign_stats[pool] = RetryStats()
     return stats
+
+
+def check_pool(repository: Any, pool: Any, expected: type[Any]) -> None:
+    """`UsageError` unless ``pool`` is a psycopg_pool pool of ``expected``'s kind, saying
+    which repository class (or pool) to use instead."""
+    if isinstance(pool, expected):
+        return
+    from psycopg_pool import AsyncConnectionPool, ConnectionPool
+
+    name = type(repository).__name__
+    wants_async = issubclass(expected, AsyncConnectionPool)
+    given = type(pool).__name__
+    if wants_async and isinstance(pool, ConnectionPool):
+        raise UsageError(
+            f"{name}(pool) got a {given}, a blocking (sync) pool: use Repository(pool) in "
+            "sync code, or build an AsyncDsqlConnectionPool for AsyncRepository"
+        )
+    if not wants_async and isinstance(pool, AsyncConnectionPool):
+        raise UsageError(
+            f"{name}(pool) got an {given}, an asyncio pool: use AsyncRepository(pool) and "
+            "await its methods, or build a DsqlConnectionPool for Repository"
+        )
+    pool_class = "AsyncDsqlConnectionPool" if wants_async else "DsqlConnectionPool"
+    hint = (
+        " (a host name or cluster id: dsqlkit.connect(endpoint) builds the pool and the "
+        "repository in one call)"
+        if isinstance(pool, str)
+        else ""
+    )
+    raise UsageError(
+        f"{name} needs a {pool_class} (or another psycopg_pool pool of that kind), not "
+        f"{given}{hint}"
+    )
 
 
 def unavailable(pool: Any, exc: BaseException) -> DatabaseUnavailable:
@@ -59,6 +92,7 @@ class RepositoryBase:
         self._stats = stats_for(pool)
         self._owns_pool = False
         self._opened = True
+        self._warned_on_loop = False
 
     def _shape(self, shape: RowShape) -> Any:
         return self._default_shape if shape is None else _row_factory(shape)

@@ -44,7 +44,7 @@ from ._query import (
     joined_handle,
     single,
 )
-from ._repository import RepositoryBase, unavailable
+from ._repository import RepositoryBase, check_pool, unavailable
 from ._results import Ping, Rows
 
 __all__ = ["Repository"]
@@ -70,11 +70,7 @@ class Repository(RepositoryBase):
         row_factory: RowShape = None,
         **policy_options: Any,
     ) -> None:
-        if not isinstance(pool, ConnectionPool):
-            raise UsageError(
-                f"{type(self).__name__} needs a pool of the matching kind "
-                f"(AsyncConnectionPool), not {type(pool).__name__}"
-            )
+        check_pool(self, pool, ConnectionPool)
         super().__init__(pool, policy=policy, row_factory=row_factory, **policy_options)
         self._executor = Executor(pool, self.policy, self._stats)
 
@@ -82,7 +78,7 @@ class Repository(RepositoryBase):
 
     def query(self, sql: Any, params: Params = None, *, row_factory: RowShape = None) -> Rows:
         """All rows (dicts by default), as a `Rows` list."""
-        self._ensure_open()
+        self._ensure_open("query")
         query = check_sql(sql)
         shape = self._shape(row_factory)
         rows: Rows = self._executor.read(query, params, shape, _take_rows, is_pure_read(query))
@@ -92,14 +88,14 @@ class Repository(RepositoryBase):
         self, sql: Any, params: Params = None, *, row_factory: RowShape = None
     ) -> Any | None:
         """The only row, or None; `TooManyRows` if there are more."""
-        self._ensure_open()
+        self._ensure_open("query_one")
         query = check_sql(sql)
         shape = self._shape(row_factory)
         return self._executor.read(query, params, shape, _take_one, is_pure_read(query))
 
     def scalar(self, sql: Any, params: Params = None) -> Any | None:
         """The first column of the only row, or None if there is no row."""
-        self._ensure_open()
+        self._ensure_open("scalar")
         query = check_sql(sql)
         row = self._executor.read(query, params, tuple_row, _take_one, is_pure_read(query))
         return None if row is None else row[0]
@@ -108,7 +104,7 @@ class Repository(RepositoryBase):
 
     def execute(self, sql: Any, params: Params = None) -> int:
         """Run one statement in autocommit; return the rows it affected."""
-        self._ensure_open()
+        self._ensure_open("execute")
         query = check_sql(sql)
 
         def run(cur: Any) -> int:
@@ -138,7 +134,7 @@ class Repository(RepositoryBase):
     def transaction(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """Run ``fn(tx, *args, **kwargs)`` as one OCC-retried transaction; return its result."""
         check_callable(fn, "transaction")
-        self._ensure_open()
+        self._ensure_open("transaction")
         return self._executor.transaction(fn, args, kwargs)
 
     def insert_many(
@@ -234,7 +230,7 @@ class Repository(RepositoryBase):
 
     def ping(self, timeout: float = 5.0) -> Ping:
         """Round-trip a ``SELECT 1``; `DatabaseUnavailable` if the database cannot be reached."""
-        self._ensure_open()
+        self._ensure_open("ping")
         start = time.perf_counter()
         try:
             with self.pool.connection(timeout=timeout) as conn:
@@ -245,7 +241,8 @@ class Repository(RepositoryBase):
             raise unavailable(self.pool, exc) from exc
         return Ping((time.perf_counter() - start) * 1000, version)
 
-    def _ensure_open(self) -> None:
+    def _ensure_open(self, method: str) -> None:
+        _sio.check_not_on_loop(self, method)
         if not self._opened:
             self.pool.open()
             self._opened = True

@@ -20,7 +20,7 @@ import psycopg
 import pytest
 from psycopg_pool import PoolTimeout
 
-from dsqlkit import AuthenticationFailed, DsqlConnectionPool, Repository
+from dsqlkit import AuthenticationFailed, Repository
 from dsqlkit._tokens import presign
 from dsqlkit.testing import LocalDsql
 
@@ -70,7 +70,9 @@ CASES: dict[str, Callable[[LocalDsql], dict[str, Any]]] = {
     "DbConnect token for admin (missing DbConnectAdmin)": lambda local: {
         "token_provider": _signer(local, action="DbConnect")
     },
-    "wrong Region in the token": lambda local: {"token_provider": _signer(local, region="us-west-2")},
+    "wrong Region in the token": lambda local: {
+        "token_provider": _signer(local, region="us-west-2")
+    },
     "token for another host": lambda local: {
         "token_provider": _signer(local, host="other0000000000000000000000.dsql.us-east-1.on.aws")
     },
@@ -94,25 +96,29 @@ def test_each_cause_is_explained_without_the_token(
     if "token_provider" in options:
         options["boto3_session"] = None
     before = local_dsql.counters()["auth_failures"]
-    with local_dsql.pool(**options) as pool:
-        with pytest.raises(PoolTimeout) as info:
-            Repository(pool).scalar("SELECT 1")
+    with local_dsql.pool(**options) as pool, pytest.raises(PoolTimeout) as info:
+        Repository(pool).scalar("SELECT 1")
     error = info.value.__cause__
     assert isinstance(error, AuthenticationFailed), repr(error)
-    assert isinstance(error, psycopg.OperationalError) and error.sqlstate == "28P01"
+    assert isinstance(error, psycopg.OperationalError)
+    assert error.sqlstate == "28P01"
     assert isinstance(error.__cause__, psycopg.OperationalError)
     user = pool.endpoint.user
     message = str(error)
     assert f'IAM authentication failed for user "{user}"' in message
-    assert "get-caller-identity" in message and local_dsql.region in message
+    assert "get-caller-identity" in message
+    assert local_dsql.region in message
     if user == "admin":
-        assert "dsql:DbConnectAdmin" in message and "AWS IAM GRANT" not in message
+        assert "dsql:DbConnectAdmin" in message
+        assert "AWS IAM GRANT" not in message
     else:
-        assert "dsql:DbConnect " in message and f"AWS IAM GRANT {user} TO" in message
+        assert "dsql:DbConnect " in message
+        assert f"AWS IAM GRANT {user} TO" in message
         assert f"CREATE ROLE {user} WITH LOGIN" in message
     assert "AuthenticationFailed" in str(info.value)  # the pool's timeout names it
     shown = "\n".join([message, repr(error), str(info.value), caplog.text])
-    assert "X-Amz-Signature" not in shown and "X-Amz-Credential" not in shown
+    assert "X-Amz-Signature" not in shown
+    assert "X-Amz-Credential" not in shown
     after = local_dsql.counters()["auth_failures"]
     assert sum(after.values()) > sum(before.values())  # the endpoint did refuse the token
 

@@ -63,7 +63,8 @@ def test_a_host_that_is_not_dsql_is_an_error_saying_what_to_pass(make: Any) -> N
         make()
     message = str(info.value)
     assert "not an Aurora DSQL endpoint" in message
-    assert "cluster_id=" in message and "region=" in message
+    assert "cluster_id=" in message
+    assert "region=" in message
     assert "plain_postgresql=True" in message
 
 
@@ -84,12 +85,14 @@ def test_custom_name_resolves_to_the_real_endpoint() -> None:
         CLUSTER,
         True,
     )
-    assert endpoint.tls_host == endpoint.host and endpoint.address_host == "db.example.com"
+    assert endpoint.tls_host == endpoint.host
+    assert endpoint.address_host == "db.example.com"
     real = DsqlEndpoint.resolve("db.example.com", cluster_id=f"{CLUSTER}.dsql.eu-west-1.on.aws")
     assert real == endpoint
     proxy = DsqlEndpoint.resolve("db.example.com", cluster_id=CLUSTER, region="eu-west-1",
                                  tls_name="host")  # fmt: skip
-    assert proxy.tls_host == "db.example.com" and proxy.address_host is None
+    assert proxy.tls_host == "db.example.com"
+    assert proxy.address_host is None
 
 
 @pytest.mark.parametrize(
@@ -122,7 +125,8 @@ def test_a_tunnel_connects_with_a_token_for_the_real_endpoint(local_dsql: LocalD
             params = conninfo_to_dict(conn.info.dsn)
             assert params["host"] == local_dsql.host  # TLS verified (and SNI) for the cluster
             assert params["hostaddr"] == "127.0.0.1"  # the tunnel's address
-            assert params["sslmode"] == "verify-full" and conn.pgconn.ssl_in_use
+            assert params["sslmode"] == "verify-full"
+            assert conn.pgconn.ssl_in_use
         assert pool.get_stats()["tokens_minted"] >= 1
         assert "via localhost" in repr(pool)
 
@@ -168,9 +172,9 @@ def test_verifying_the_name_used_fails_against_dsqls_certificate(local_dsql: Loc
     """tls_name='host' is for a proxy with a certificate for the custom name: a tunnel that
     presents the cluster's certificate fails verification (no silent downgrade)."""
     options = _tunnel_options(local_dsql, tls_name="host")
-    with DsqlConnectionPool("localhost", **options, open=False) as pool:
-        with pytest.raises(PoolTimeout) as info:
-            pool.getconn(timeout=3)
+    pool = DsqlConnectionPool("localhost", **options, open=False)
+    with pool, pytest.raises(PoolTimeout) as info:
+        pool.getconn(timeout=3)
     cause = str(info.value)
     assert "certificate" in cause or "server name" in cause, cause
 

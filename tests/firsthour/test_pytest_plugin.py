@@ -69,7 +69,8 @@ def test_the_fixture_names_the_extra_when_used(tmp_path: Path) -> None:
         """,
     )
     assert done.returncode == 1, done.stdout + done.stderr
-    assert "1 passed" in done.stdout and "1 error" in done.stdout
+    assert "1 passed" in done.stdout
+    assert "1 error" in done.stdout
     assert "dsqlkit[local]" in done.stdout
     assert "local_dsql" in done.stdout
 
@@ -88,5 +89,8 @@ try:
 except ImportError as exc:
     print(type(exc).__name__, exc)
 """
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
-    assert "MissingDependency" in done.stdout and "dsqlkit[local]" in done.stdout
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=False
+    )
+    assert "MissingDependency" in done.stdout
+    assert "dsqlkit[local]" in done.stdout
