@@ -78,7 +78,7 @@ class AsyncDsqlConnectionPool(_DsqlPoolMixin, AsyncConnectionPool[ACT], Generic[
             out (default 10 s).
 
     All other arguments are psycopg_pool's, with the same meaning. The async pool signs tokens
-    in a worker thread, so signing never blocks the event loop; build it before serving (e.g.
+    in a worker thread (so signing never blocks the event loop); build it before serving (e.g.
     in a lifespan hook): construction finds credentials once per process.
     """
 

@@ -1,9 +1,10 @@
 """SQLAlchemy units of work on dsqlkit's executor, and connections on its connect path.
 
-The asyncio source: ``_run_sync`` is generated from it by ``tools/async_to_sync.py``.
+(asyncio source; ``_run_sync`` is generated from it by ``tools/async_to_sync.py``.)
 
-- `connect`: one physical connection the way dsqlkit's pools open one (a fresh token, minted
-  off the event loop; the connect plan's retries), registered for the checkout checks;
+- `connect`: one physical connection the way dsqlkit's pools open one: a fresh token
+  (minted off the event loop) and the connect plan's retries; registered for the checkout
+  checks;
 - `wrap`: the wrapper `dsqlkit.sqlalchemy.transactional` returns;
 - `run_unit`: the one place these units enter dsqlkit's executor (its retry loop, verdict,
   backoff and accounting);
