@@ -6,10 +6,11 @@ with a `ConfigurationError` that says how to fix it.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,10 +21,12 @@ __all__ = [
     "DsqlEndpoint",
     "InsecureTLSWarning",
     "TLSSettings",
+    "check_connection_kwargs",
     "default_ca_bundle",
     "endpoint_from_env",
     "parse_conninfo",
     "resolve_address",
+    "unknown_arguments",
 ]
 
 CLUSTER_ID = re.compile(r"[a-z0-9]{26}")
@@ -568,3 +571,110 @@ def resolve_address(host: str, port: int) -> str:
             f"could not translate host name {host!r} to an address: {exc}"
         ) from None
     return str(infos[0][4][0])
+
+
+#: Argument names users of other libraries pass (AWS's aurora-dsql-python-connector and
+#: aurora-dsql-sqlalchemy, psycopg_pool, boto3, SQLAlchemy), and what dsqlkit calls them.
+ARGUMENT_HINTS = {
+    "profile": "profile_name= (the AWS profile whose credentials sign tokens)",
+    "token_duration_secs": "token_expires_in= (seconds; dsqlkit's default is 300)",
+    "token_duration": "token_expires_in= (seconds)",
+    "expires_in": "token_expires_in= (seconds)",
+    "custom_credentials_provider": (
+        "boto3_session= (a boto3.Session; for a botocore credential provider, "
+        "boto3.Session(botocore_session=...) with the provider inserted) or token_provider= "
+        "(any callable(*, host, region, user) -> token)"
+    ),
+    "credentials_provider": "boto3_session= or token_provider=",
+    "session": "boto3_session=",
+    "region_name": "region=",
+    "cluster": "the endpoint (first argument), or cluster_id= with a custom host name",
+    "cluster_endpoint": "the endpoint (first argument)",
+    "host": "the endpoint (first argument: host name, cluster id, conninfo or URL)",
+    "hostname": "the endpoint (first argument)",
+    "conninfo": "the endpoint (first argument; a conninfo string is accepted there)",
+    "dsn": "the endpoint (first argument; a conninfo or postgresql:// URL is accepted there)",
+    "url": "the endpoint (first argument)",
+    "database": "dbname=",
+    "db": "dbname=",
+    "username": "user=",
+    "retry": (
+        "policy= (a dsqlkit.RetryPolicy) on Repository, @dsqlkit.transactional or "
+        "dsqlkit.sqlalchemy.transactional: OCC retries belong to a unit of work, not a pool"
+    ),
+    "max_retries": "max_attempts= (attempts in total: max_retries + 1)",
+    "retries": "max_attempts= (attempts in total)",
+    "base_delay_ms": "base_delay= (seconds)",
+    "max_delay_ms": "max_delay= (seconds)",
+    "jitter_factor": "nothing: dsqlkit's backoff always uses full jitter",
+    "pool_size": "max_size= (and min_size=) for dsqlkit's pools",
+    "max_overflow": "max_size= for dsqlkit's pools",
+    "min_connections": "min_size=",
+    "max_connections": "max_size=",
+    "pool_recycle": "max_lifetime= (seconds) for dsqlkit's pools",
+    "ssl": "sslmode= (verify-full by default for DSQL)",
+    "ssl_mode": "sslmode=",
+    "ca_file": "sslrootcert=",
+    "sslca": "sslrootcert=",
+    "autocommit": (
+        "nothing on a pool: Repository.execute runs in autocommit; for a psycopg connection "
+        "of your own, set conn.autocommit"
+    ),
+}
+
+
+def unknown_arguments(unknown: Iterable[str], known: Iterable[str], what: str) -> str:
+    """The message for unknown keyword arguments: each with what dsqlkit calls it (from
+    `ARGUMENT_HINTS`) or the closest known name ("did you mean ...?")."""
+    import difflib
+
+    known = sorted(set(known))
+    parts = []
+    hinted = True
+    for name in sorted(unknown):
+        hint = ARGUMENT_HINTS.get(name)
+        if hint is None:
+            close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+            hint = f"{close[0]}=" if close else None
+        parts.append(f"{name}= (did you mean {hint}?)" if hint else f"{name}=")
+        hinted = hinted and hint is not None
+    message = f"unknown {what} argument(s): {'; '.join(parts)}"
+    return message if hinted else f"{message}. Accepted: {', '.join(known)}"
+
+
+@functools.lru_cache(maxsize=1)
+def _libpq_keywords() -> frozenset[str]:
+    from psycopg import pq
+
+    return frozenset(
+        option.keyword.decode() for option in pq.Conninfo.get_defaults() if option.keyword
+    )
+
+
+def check_connection_kwargs(
+    params: Mapping[str, Any], own: Mapping[str, str], *, where: str, owner: str
+) -> None:
+    """`ConfigurationError` for a libpq parameter in ``where`` (``kwargs`` or
+    ``connect_args``) that is one of ``owner``'s own arguments (``own`` maps it to that
+    argument), or that libpq does not know (with what it may have meant)."""
+    import difflib
+
+    for key in params:
+        if key in own:
+            raise ConfigurationError(
+                f"pass {key!r} as the {owner}'s `{own[key]}` argument, not in {where}"
+            )
+        if key in _libpq_keywords():
+            continue
+        hint = ARGUMENT_HINTS.get(key)
+        if key == "region":
+            hint = f"region= as the {owner}'s argument (it signs tokens; libpq has no region)"
+        if hint is None:
+            close = difflib.get_close_matches(key, sorted(_libpq_keywords()), n=1, cutoff=0.7)
+            hint = f"the libpq parameter {close[0]!r}" if close else None
+        raise ConfigurationError(
+            f"{where}={{{key!r}: ...}} is not a libpq connection parameter"
+            + (f": did you mean {hint}?" if hint else "")
+            + f" ({where} passes libpq parameters such as 'options' or 'keepalives' to every "
+            "connection)"
+        )

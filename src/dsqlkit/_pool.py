@@ -32,7 +32,14 @@ from psycopg_pool import PoolTimeout
 from psycopg_pool.base import BasePool
 from typing_extensions import Self
 
-from ._config import DsqlEndpoint, TLSSettings, endpoint_from_env, resolve_address
+from ._config import (
+    DsqlEndpoint,
+    TLSSettings,
+    check_connection_kwargs,
+    endpoint_from_env,
+    resolve_address,
+    unknown_arguments,
+)
 from ._connect import PLAN_KEY, ConnectPlan, with_plan_support
 from ._errors import ConfigurationError
 from ._retry import RetryStats
@@ -50,7 +57,7 @@ from ._version import __version__
 if TYPE_CHECKING:
     import boto3
 
-__all__ = ["DsqlOptions", "PoolCore"]
+__all__ = ["DsqlOptions", "PoolArguments", "PoolCore"]
 
 _logger = logging.getLogger("dsqlkit.pool")
 
@@ -69,6 +76,15 @@ _OWN_PARAMETERS = {
     "sslnegotiation": "sslnegotiation",
     "application_name": "application_name",
     "connect_timeout": "connect_timeout",
+}
+
+#: The same for an engine's ``connect_args``.
+_ENGINE_PARAMETERS = {
+    **_OWN_PARAMETERS,
+    "host": "url",
+    "port": "url (or port=)",
+    "user": "url (or user=)",
+    "dbname": "url (or dbname=)",
 }
 
 #: DSQL closes any connection after 60 minutes.
@@ -154,6 +170,7 @@ class PoolCore:
         max_lifetime: float,
         timeout: float,
         user_kwargs: Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None,
+        engine: bool = False,
     ) -> None:
         if endpoint is None:
             raise ConfigurationError(
@@ -168,14 +185,16 @@ class PoolCore:
             sslnegotiation=options.get("sslnegotiation"),
             insecure_tls=options.get("insecure_tls", False),
         )
-        self.max_lifetime = _check_seconds("max_lifetime", max_lifetime)
+        self.max_lifetime = _check_seconds(
+            "pool_recycle" if engine else "max_lifetime", max_lifetime
+        )
         if self.max_lifetime > MAX_CONNECTION_AGE:
             raise ConfigurationError(
                 f"max_lifetime={max_lifetime!r} is beyond DSQL's connection limit of 60 minutes "
                 f"({MAX_CONNECTION_AGE:.0f} s), after which the server closes connections: use "
                 "at most 3600 (the default, 3000, leaves room for psycopg_pool's jitter)"
             )
-        self.timeout = _check_seconds("timeout", timeout)
+        self.timeout = _check_seconds("connect_deadline" if engine else "timeout", timeout)
         self.idle_check_after = _check_seconds(
             "idle_check_after",
             options.get("idle_check_after", DEFAULT_IDLE_CHECK_AFTER),
@@ -189,11 +208,12 @@ class PoolCore:
         ):
             raise ConfigurationError("connect_timeout must be a whole number of seconds >= 1")
         if isinstance(user_kwargs, Mapping):
-            for key, argument in _OWN_PARAMETERS.items():
-                if key in user_kwargs:
-                    raise ConfigurationError(
-                        f"pass {key!r} as the pool's `{argument}` argument, not in kwargs"
-                    )
+            check_connection_kwargs(
+                user_kwargs,
+                _ENGINE_PARAMETERS if engine else _OWN_PARAMETERS,
+                where="connect_args" if engine else "kwargs",
+                owner="engine" if engine else "pool",
+            )
         self.user_kwargs = user_kwargs
         self.password = options.get("password")
         self.minter = self._make_minter(options)
@@ -449,6 +469,16 @@ def _env_endpoint(environ: Mapping[str, str]) -> tuple[str | None, DsqlOptions]:
     return endpoint_from_env(environ)  # type: ignore[return-value]
 
 
+_ATTRIBUTE_HINTS = {
+    "run_transaction": (
+        "use dsqlkit.Repository(pool).transaction(fn) (fn(tx) gets a Transaction: "
+        "tx.execute(), tx.query(), tx.connection), or decorate fn with "
+        "@dsqlkit.transactional(pool); both re-run fn on an OCC conflict (40001) and never "
+        "re-run a COMMIT whose outcome is unknown"
+    ),
+}
+
+
 class _DsqlPoolMixin(BasePool):
     """The parts of both pools that do no I/O: set-up, endpoint, stats, repr, from_env."""
 
@@ -519,6 +549,17 @@ class _DsqlPoolMixin(BasePool):
         _logger.info("pool %r used in a forked process: starting with new connections", self.name)
         return was_open
 
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for names the pool does not have: point users of other libraries at
+        # dsqlkit's way (AWS's connector pools have run_transaction()).
+        hint = _ATTRIBUTE_HINTS.get(name)
+        if hint is None:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        raise AttributeError(
+            f"{type(self).__name__} has no {name}() (that is aurora-dsql-python-connector's): "
+            f"{hint}"
+        )
+
     def get_stats(self) -> dict[str, int]:
         """psycopg_pool's stats plus dsqlkit's (tokens, retirements, probes, retries)."""
         return {**super().get_stats(), **self._core.stats(reset=False)}
@@ -536,14 +577,29 @@ class _AllOptions(DsqlOptions, PoolOptions, total=False):
     pass
 
 
+class PoolArguments(_AllOptions, total=False):
+    """Every keyword argument of `DsqlConnectionPool` (what `dsqlkit.shared_pool` and
+    `dsqlkit.connect` take), so a type checker catches a misspelt one."""
+
+    kwargs: Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None
+    connection_class: type[Any]
+    configure: Callable[[Any], Any] | None
+    check: Callable[[Any], Any] | None
+    reset: Callable[[Any], Any] | None
+    reconnect_failed: Callable[[Any], Any] | None
+    max_lifetime: float
+    timeout: float
+    name: str | None
+
+
 def _split_options(options: Mapping[str, Any]) -> tuple[DsqlOptions, PoolOptions]:
     dsql_keys = DsqlOptions.__annotations__.keys()
     pool_keys = PoolOptions.__annotations__.keys()
     unknown = set(options) - dsql_keys - pool_keys
     if unknown:
         raise ConfigurationError(
-            f"unknown pool argument(s): {', '.join(sorted(unknown))}; see the "
-            "DsqlConnectionPool docs for the accepted arguments"
+            unknown_arguments(unknown, PoolArguments.__annotations__, "pool")
+            + " (see the DsqlConnectionPool docs)"
         )
     dsql: Any = {k: v for k, v in options.items() if k in dsql_keys}
     pool: Any = {k: v for k, v in options.items() if k in pool_keys}

@@ -11,12 +11,15 @@ import atexit
 import weakref
 from typing import TYPE_CHECKING, Any
 
-from ._errors import DatabaseUnavailable, UsageError
+from ._errors import ConfigurationError, DatabaseUnavailable, UsageError
 from ._query import RowShape, row_factory
 from ._results import Ping, Rows
-from ._retry import RetryPolicy, RetryStats, resolve_policy
+from ._retry import PolicyOptions, RetryPolicy, RetryStats, resolve_policy
 
 if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from ._pool import PoolArguments
     from ._repository_sync import Repository
 
 __all__ = ["Ping", "RepositoryBase", "Rows", "check_pool", "connect", "stats_for"]
@@ -83,10 +86,10 @@ class RepositoryBase:
         *,
         policy: RetryPolicy | None,
         row_factory: RowShape,
-        **policy_options: Any,
+        **policy_options: Unpack[PolicyOptions],
     ) -> None:
         self.pool = pool
-        self.policy = resolve_policy(policy, policy_options)
+        self.policy = resolve_policy(policy, dict(policy_options))
         self.row_factory = row_factory
         self._default_shape = _row_factory(row_factory)
         self._stats = stats_for(pool)
@@ -116,7 +119,7 @@ class RepositoryBase:
 _row_factory = row_factory
 
 
-def connect(endpoint: Any = None, /, **options: Any) -> Repository:
+def connect(endpoint: Any = None, /, **options: Unpack[PoolArguments]) -> Repository:
     """A ready `Repository` in one line, for notebooks and scripts.
 
     ``endpoint`` is a host name, cluster id, conninfo or URL (``None``: from the environment),
@@ -128,15 +131,25 @@ def connect(endpoint: Any = None, /, **options: Any) -> Repository:
     from ._pool_sync import DsqlConnectionPool
     from ._repository_sync import Repository
 
-    options.setdefault("min_size", 1)
-    options.setdefault("max_size", 4)
-    options["open"] = False
+    if "open" in options:
+        raise ConfigurationError("connect() opens its pool on first use: drop the open= argument")
+    arguments: dict[str, Any] = {"min_size": 1, "max_size": 4, **options, "open": False}
     if endpoint is None:
-        pool: DsqlConnectionPool[Any] = DsqlConnectionPool.from_env(**options)
+        pool: DsqlConnectionPool[Any] = DsqlConnectionPool.from_env(**arguments)
     elif callable(getattr(endpoint, "pool_options", None)):  # a LocalDsql
-        pool = DsqlConnectionPool(endpoint.host, **endpoint.pool_options(**options))
+        pool = DsqlConnectionPool(endpoint.host, **endpoint.pool_options(**arguments))
+    elif not isinstance(endpoint, str):
+        raise UsageError(
+            f"connect() takes a host name, cluster id, conninfo or URL (or a running "
+            f"dsqlkit.testing.LocalDsql), not {type(endpoint).__name__}"
+            + (
+                ": for a pool you built, use dsqlkit.Repository(pool)"
+                if hasattr(endpoint, "getconn")
+                else ""
+            )
+        )
     else:
-        pool = DsqlConnectionPool(endpoint, **options)
+        pool = DsqlConnectionPool(endpoint, **arguments)
     repository = Repository(pool)
     repository._owns_pool = True
     repository._opened = False

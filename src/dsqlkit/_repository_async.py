@@ -27,6 +27,7 @@ from psycopg import pq
 from psycopg import sql as pgsql
 from psycopg.rows import tuple_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from typing_extensions import Unpack
 
 from . import _aio
 from ._bulk import DEFAULT_CHUNK_BYTES, BulkPlan, BulkProgress, BulkResult, LoadState, plan
@@ -44,6 +45,7 @@ from ._query import (
 )
 from ._repository import RepositoryBase, check_pool, unavailable
 from ._results import Ping, Rows
+from ._retry import PolicyOptions, RetryPolicy
 
 __all__ = ["AsyncRepository"]
 
@@ -64,9 +66,9 @@ class AsyncRepository(RepositoryBase):
         self,
         pool: AsyncConnectionPool[Any],
         *,
-        policy: Any = None,
+        policy: RetryPolicy | None = None,
         row_factory: RowShape = None,
-        **policy_options: Any,
+        **policy_options: Unpack[PolicyOptions],
     ) -> None:
         check_pool(self, pool, AsyncConnectionPool)
         super().__init__(pool, policy=policy, row_factory=row_factory, **policy_options)

@@ -16,7 +16,10 @@ import signal
 import threading
 from typing import Any
 
+from typing_extensions import Unpack
+
 from ._errors import ConfigurationError
+from ._pool import PoolArguments
 from ._pool_sync import DsqlConnectionPool
 
 __all__ = ["close_shared_pools", "shared_pool"]
@@ -27,7 +30,9 @@ _lock = threading.Lock()
 _hooks_installed = False
 
 
-def shared_pool(endpoint: str | None = None, **options: Any) -> DsqlConnectionPool[Any]:
+def shared_pool(
+    endpoint: str | None = None, **options: Unpack[PoolArguments]
+) -> DsqlConnectionPool[Any]:
     """The process-wide pool for these arguments, created on first call.
 
     ``endpoint=None`` reads the environment like `DsqlConnectionPool.from_env`. The pool is
