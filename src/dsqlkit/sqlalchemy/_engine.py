@@ -33,6 +33,7 @@ from .._errors import ConfigurationError
 from .._pool import DEAD, EXPIRED, OK, PROBE, DsqlOptions, PoolCore
 from . import _run_async, _run_sync
 from ._dialect import register
+from ._schema import commit_each_ddl
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
@@ -280,6 +281,7 @@ def _install_checks(engine: Engine, core: PoolCore) -> None:
     """Attach ``core`` to the engine's dialect and dsqlkit's checks to its pool."""
     engine.dialect.dsqlkit_core = core  # type: ignore[attr-defined]
     dialect = engine.dialect
+    commit_each_ddl(engine)
 
     @event.listens_for(engine, "checkout")
     def _checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
