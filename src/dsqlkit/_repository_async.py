@@ -124,7 +124,10 @@ class AsyncRepository(RepositoryBase):
         query = check_sql(sql)
         sets = list(params_seq)
         if not sets:
-            raise UsageError("executemany() got no parameter sets")
+            raise UsageError(
+                "executemany() got no parameter sets: pass a list of tuples or dicts, one per "
+                "statement (for one statement, use execute())"
+            )
 
         async def work(tx: Any) -> int:
             return int(await tx.executemany(query, sets))

@@ -250,6 +250,12 @@ def _endpoint_text(url: str | URL | None) -> str | None:
     scheme, separator, rest = url.partition("://")
     if not separator:
         return url
+    if _has_password(url):
+        raise ConfigurationError(
+            "the URL contains a password: DSQL authenticates with IAM tokens, which dsqlkit "
+            "mints for every connection; remove it from the URL (for a plain PostgreSQL "
+            "server with plain_postgresql=True, pass password= to create_engine)"
+        )
     base, _, driver = scheme.lower().partition("+")
     if base not in ("postgresql", "postgres", "dsql"):
         raise ConfigurationError(
@@ -262,6 +268,13 @@ def _endpoint_text(url: str | URL | None) -> str | None:
             "psycopg 3; use postgresql+psycopg:// (sync and asyncio alike)"
         )
     return "postgresql://" + rest
+
+
+def _has_password(url: str) -> bool:
+    try:
+        return sqlalchemy.engine.make_url(url).password is not None
+    except sa_exc.ArgumentError:
+        return False  # not SQLAlchemy's syntax: the conninfo parser reports it
 
 
 def _check_recycle(pool_recycle: float) -> None:
