@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "src" / "dsqlkit"
 SOURCES = (
     "_connect_async.py",
+    "_connector_async.py",
     "_executor_async.py",
     "_pool_async.py",
     "_repository_async.py",
@@ -41,6 +42,7 @@ SOURCES = (
 RENAMES = {
     "_aio": "_sio",
     "_connect_async": "_connect_sync",
+    "_connector_async": "_connector_sync",
     "_executor_async": "_executor_sync",
     "_pool_async": "_pool_sync",
     "_repository_async": "_repository_sync",
@@ -67,7 +69,8 @@ TEXT_RENAMES = (
     (r"\s*\(asyncio source;[^)]*\)", ""),
     # Remarks in parentheses about the event loop ("(signed off the event loop)") are
     # asyncio-only: write them that way in the async source.
-    (r" ?\((?:[^()]|\([^()]*\))*event loop(?:[^()]|\([^()]*\))*\)", ""),
+    # (On one line: the rewrite does not re-wrap text.)
+    (r"[ \n]?\((?:[^()\n]|\([^()\n]*\))*event loop(?:[^()\n]|\([^()\n]*\))*\)", ""),
     (r"\bawaited\b", "called"),
     (r"\bawait(s?) ", r"call\1 "),
     (r"\b(the|The|an|An) async (pool|engine|repository|code)\b", r"\1 \2"),

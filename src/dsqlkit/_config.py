@@ -616,10 +616,6 @@ ARGUMENT_HINTS = {
     "ssl_mode": "sslmode=",
     "ca_file": "sslrootcert=",
     "sslca": "sslrootcert=",
-    "autocommit": (
-        "nothing on a pool: Repository.execute runs in autocommit; for a psycopg connection "
-        "of your own, set conn.autocommit"
-    ),
 }
 
 
@@ -640,6 +636,12 @@ def unknown_arguments(unknown: Iterable[str], known: Iterable[str], what: str) -
         hinted = hinted and hint is not None
     message = f"unknown {what} argument(s): {'; '.join(parts)}"
     return message if hinted else f"{message}. Accepted: {', '.join(known)}"
+
+
+#: Keywords of psycopg's ``connect()`` that are not libpq parameters.
+_PSYCOPG_CONNECT_KEYWORDS = frozenset(
+    {"autocommit", "prepare_threshold", "row_factory", "cursor_factory", "context"}
+)
 
 
 @functools.lru_cache(maxsize=1)
@@ -664,7 +666,7 @@ def check_connection_kwargs(
             raise ConfigurationError(
                 f"pass {key!r} as the {owner}'s `{own[key]}` argument, not in {where}"
             )
-        if key in _libpq_keywords():
+        if key in _libpq_keywords() or key in _PSYCOPG_CONNECT_KEYWORDS:
             continue
         hint = ARGUMENT_HINTS.get(key)
         if key == "region":
@@ -673,8 +675,9 @@ def check_connection_kwargs(
             close = difflib.get_close_matches(key, sorted(_libpq_keywords()), n=1, cutoff=0.7)
             hint = f"the libpq parameter {close[0]!r}" if close else None
         raise ConfigurationError(
-            f"{where}={{{key!r}: ...}} is not a libpq connection parameter"
+            f"{where}={{{key!r}: ...}} is not a libpq connection parameter (nor one of "
+            "psycopg's connect() keywords)"
             + (f": did you mean {hint}?" if hint else "")
-            + f" ({where} passes libpq parameters such as 'options' or 'keepalives' to every "
-            "connection)"
+            + f"; {where} passes libpq parameters such as 'options' or 'keepalives' to every "
+            "connection"
         )

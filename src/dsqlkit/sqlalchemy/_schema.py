@@ -34,7 +34,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.sql.ddl import sort_tables_and_constraints
 
 from .._errors import DsqlError, UsageError
-from .._query import JOINED
+from .._joined import in_unit
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
@@ -260,7 +260,7 @@ def commit_each_ddl(engine: Engine) -> None:
         context: object,
         executemany: bool,
     ) -> None:
-        if not getattr(context, "isddl", False) or JOINED.get():
+        if not getattr(context, "isddl", False) or in_unit():
             return
         dbapi = conn.connection.dbapi_connection
         if dbapi is None or getattr(dbapi, "autocommit", False) or _is_autocommit(conn):
