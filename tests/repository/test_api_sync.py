@@ -2,7 +2,7 @@
 # Edit the async source and run `python tools/async_to_sync.py` (a test checks they match).
 """The repository's query, write and transaction methods against the local endpoint. The
 asyncio source: ``test_api_sync.py`` is generated from it by
-``tools/async_to_sync.py``, so `Repository` and `AsyncRepository` pass the same tests."""
+``tools/async_to_sync.py``, so `Repository` and `Repository` pass the same tests."""
 
 from __future__ import annotations
 
