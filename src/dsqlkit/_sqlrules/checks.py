@@ -19,7 +19,11 @@ from .vocabulary import (
     DROPPABLE,
     FTS_CONFIG_FUNCTIONS,
     FTS_FUNCTIONS,
+    FUNCTION_LANGUAGES,
+    MAX_COLUMNS,
+    MAX_KEY_COLUMNS,
     RENAMABLE,
+    RESETTABLE,
     RUNTIME_REFUSED_TYPES,
     SERIAL_TYPES,
     SETTABLE,
@@ -130,14 +134,48 @@ def _create_table(stmt: Any) -> Refusal | None:
         return refuse("table.clause", "WITH")
     if stmt.tablespacename:
         return refuse("table.clause", "TABLESPACE")
+    columns = 0
     for element in stmt.tableElts or ():
         node = type(element).__name__
         if node == "ColumnDef":
+            columns += 1
             refusal = _column_def(element)
             if refusal is not None:
                 return refusal
         elif node == "Constraint" and _contype(element) == "CONSTR_EXCLUSION":
             return refuse("table.exclude")
+        elif (
+            node == "Constraint"
+            and _contype(element) in ("CONSTR_PRIMARY", "CONSTR_UNIQUE")
+            and len(element.keys or ()) > MAX_KEY_COLUMNS
+        ):
+            return refuse("table.key_columns")
+    if columns > MAX_COLUMNS:
+        return refuse("table.columns")
+    return None
+
+
+def _sequence(stmt: Any, statement: str) -> Refusal | None:
+    """``CREATE`` / ``ALTER SEQUENCE``: persistence, ``AS`` type, ``CACHE``."""
+    sequence = getattr(stmt, "sequence", None)
+    if sequence is not None and sequence.relpersistence == "t":
+        return refuse("sequence.temporary")
+    for option in stmt.options or ():
+        if option.defname == "as" and _builtin(option.arg) != "int8":
+            return refuse("sequence.type")
+    if statement == "CREATE SEQUENCE" or any(o.defname == "cache" for o in stmt.options or ()):
+        return _cache_refusal(stmt.options, identity=False, statement=statement)
+    return None
+
+
+def _language(options: Any, default: str) -> Refusal | None:
+    """The language of ``CREATE FUNCTION`` / ``PROCEDURE`` or ``DO``: SQL or PL/pgSQL."""
+    language = default
+    for option in options or ():
+        if option.defname == "language":
+            language = option.arg.sval
+    if language.lower() not in FUNCTION_LANGUAGES:
+        return refuse("statement.function_language", language)
     return None
 
 
@@ -212,6 +250,8 @@ def _index(stmt: Any, *, is_async: bool) -> Refusal | None:
         return refuse("index.option", "WITH")
     if stmt.tableSpace:
         return refuse("index.option", "TABLESPACE")
+    if len(stmt.indexParams or ()) > MAX_KEY_COLUMNS:
+        return refuse("table.key_columns")
     return None
 
 
@@ -243,10 +283,14 @@ def _variable_set(stmt: Any) -> Refusal | None:
     kinds = enums.VariableSetKind
     if stmt.kind == kinds.VAR_SET_MULTI:  # SET TRANSACTION / SESSION CHARACTERISTICS
         refusal = _isolation(stmt.args)
-        return refusal or refuse("txn.set_transaction")
+        if refusal is not None or stmt.name == "SESSION CHARACTERISTICS":
+            return refusal  # the dsql-lint grammar's SET SESSION CHARACTERISTICS AS TRANSACTION
+        return refuse("txn.set_transaction")
     if stmt.kind == kinds.VAR_RESET_ALL:
         return None
     name = (stmt.name or "").lower()
+    if name in RESETTABLE and stmt.kind in (kinds.VAR_RESET, kinds.VAR_SET_DEFAULT):
+        return None
     if name not in SETTABLE and not name.startswith("enable_"):
         return refuse("session.set", name)
     return None
@@ -267,7 +311,9 @@ def statement_refusal(stmt: Any, *, is_async: bool = False) -> Refusal | None:
         return refuse("type.create")
     if node in ("AlterEnumStmt", "AlterTypeStmt"):
         return refuse("type.alter")
-    if node == "DropStmt" and stmt.removeType.name not in DROPPABLE:
+    # DROP TRIGGER IF EXISTS is in the dsql-lint grammar: a no-op, as DSQL has no triggers.
+    no_op_drop = node == "DropStmt" and stmt.removeType.name == "OBJECT_TRIGGER" and stmt.missing_ok
+    if node == "DropStmt" and stmt.removeType.name not in DROPPABLE and not no_op_drop:
         return refuse("object.drop")
     if node == "RenameStmt" and stmt.renameType.name not in RENAMABLE:
         return refuse("object.rename")
@@ -286,23 +332,19 @@ def statement_refusal(stmt: Any, *, is_async: bool = False) -> Refusal | None:
         if refusal is not None:
             return refusal
     if node == "CreateSeqStmt":
-        refusal = _cache_refusal(stmt.options, identity=False, statement="CREATE SEQUENCE")
+        refusal = _sequence(stmt, "CREATE SEQUENCE")
         if refusal is not None:
             return refusal
-    if node == "AlterSeqStmt" and any(o.defname == "cache" for o in stmt.options or ()):
-        refusal = _cache_refusal(stmt.options, identity=False, statement="ALTER SEQUENCE")
+    if node == "AlterSeqStmt":
+        refusal = _sequence(stmt, "ALTER SEQUENCE")
         if refusal is not None:
             return refusal
     if node == "CreateFunctionStmt":
-        language = "sql"
-        for option in stmt.options or ():
-            if option.defname == "language":
-                language = option.arg.sval
-        if language.lower() != "sql":
-            return refuse("statement.function_language", language)
-        return None
+        return _language(stmt.options, "sql")
     if node == "DoStmt":
-        return refuse("statement.do")
+        return _language(stmt.args, "plpgsql")
+    if node == "ViewStmt" and stmt.view.relpersistence == "t":
+        return refuse("view.temporary")
     if node == "IndexStmt":
         refusal = _index(stmt, is_async=is_async)
         if refusal is not None:

@@ -15,8 +15,20 @@ SETTABLE = frozenset(
         "timezone",
         "search_path",
         "role",
+        # release notes 2026-09-11: batched nested-loop joins, switchable per session.
+        "dsql.enable_batched_nestloop",
     )
 )
+#: ``SET`` / ``RESET`` forms of AWS's dsql-lint grammar (a live cluster accepted them, grammar
+#: refresh 2026-08-07) for parameters outside `SETTABLE`: ``SET SESSION AUTHORIZATION
+#: DEFAULT``, ``RESET SESSION AUTHORIZATION``, ``RESET TRANSACTION ISOLATION LEVEL``.
+RESETTABLE = frozenset(("session_authorization", "transaction_isolation"))
+#: Languages of ``CREATE FUNCTION`` / ``PROCEDURE`` and ``DO`` (PL/pgSQL since the user guide's
+#: "PL/pgSQL in Aurora DSQL").
+FUNCTION_LANGUAGES = frozenset(("sql", "plpgsql"))
+#: DSQL's limits a statement's text shows (user guide: Cluster quotas and database limits).
+MAX_COLUMNS = 255
+MAX_KEY_COLUMNS = 8
 SERIAL_TYPES = frozenset(("serial", "serial2", "serial4", "serial8", "smallserial", "bigserial"))
 ADVISORY = re.compile(r"pg_(try_)?advisory_(xact_)?(un)?lock(_shared|_all)?$")
 
@@ -176,8 +188,6 @@ UNSUPPORTED = frozenset(
         "AlterCollationStmt",
         "AlterTSDictionaryStmt",
         "AlterTSConfigurationStmt",
-        "CreateStatsStmt",
-        "AlterStatsStmt",
         "CreatePolicyStmt",
         "AlterPolicyStmt",
         "RefreshMatViewStmt",
@@ -236,6 +246,7 @@ DROPPABLE = frozenset(
         "OBJECT_PROCEDURE",
         "OBJECT_ROUTINE",
         "OBJECT_DOMAIN",
+        "OBJECT_STATISTIC_EXT",
     )
 )
 RENAMABLE = DROPPABLE | frozenset(
@@ -254,6 +265,11 @@ ALTER_TABLE_ALLOWED = frozenset(
         "AT_ChangeOwner",
         "AT_SetIdentity",
         "AT_DropIdentity",
+        # dsql-lint grammar (2026-08-07): ENABLE / DISABLE TRIGGER ALL / USER (no triggers exist)
+        "AT_EnableTrigAll",
+        "AT_DisableTrigAll",
+        "AT_EnableTrigUser",
+        "AT_DisableTrigUser",
     )
 )
 #: How DSQL names refused ``ALTER TABLE`` actions: ``unsupported ALTER TABLE <form> statement``.
@@ -287,6 +303,8 @@ ALTER_TABLE_FORMS = {
     "AT_NoForceRowSecurity": "NO FORCE ROW LEVEL SECURITY",
 }
 CACHE_HINT = "please define CACHE greater than or equal to 65536 or equal to 1"
+#: The CACHE range, worded to match what AWS's SQLAlchemy adapter tests assert.
+CACHE_RANGE = "CACHE must be greater than or equal to 65536 or equal to 1"
 
 #: The kinds `Statement.kind` takes.
 KINDS = ("ddl", "dml", "select", "begin", "commit", "rollback", "txn", "session", "other")
