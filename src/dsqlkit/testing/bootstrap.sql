@@ -23,16 +23,66 @@ BEGIN
   RAISE EXCEPTION USING ERRCODE = sqlstate, MESSAGE = message;
 END $$;
 
--- The row limit: every user table gets a row trigger counting modified rows per transaction.
+-- The row limit and the size limits (user guide: Cluster quotas and database limits): every
+-- user table gets a row trigger counting modified rows and written bytes per transaction. A
+-- row of at most 1 KiB cannot break a key, column or row limit, so only larger rows look
+-- further (the cost of an ordinary row is one pg_column_size).
+CREATE FUNCTION dsqlkit_internal.check_row(relation oid, r anyelement, size bigint)
+  RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+  key_columns text[];
+  key_size bigint;
+  col record;
+  width bigint;
+BEGIN
+  FOR key_columns IN
+    SELECT array_agg(a.attname ORDER BY a.attnum) FROM pg_catalog.pg_index i
+      JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid
+       AND a.attnum = ANY (i.indkey[0:i.indnkeyatts - 1])
+     WHERE i.indrelid = relation GROUP BY i.indexrelid LOOP
+    EXECUTE (SELECT 'SELECT ' || string_agg(format('coalesce(pg_column_size(($1).%I), 0)', c),
+                                             ' + ') FROM unnest(key_columns) c)
+      INTO key_size USING r;
+    IF key_size > 1024 THEN
+      RAISE EXCEPTION USING ERRCODE = '54000', MESSAGE = 'key size too large';
+    END IF;
+  END LOOP;
+  IF size > 1048576 THEN
+    FOR col IN SELECT a.attname FROM pg_catalog.pg_attribute a
+                WHERE a.attrelid = relation AND a.attnum > 0 AND NOT a.attisdropped LOOP
+      EXECUTE format('SELECT pg_column_size(($1).%I)', col.attname) INTO width USING r;
+      IF width > 1048576 THEN
+        RAISE EXCEPTION USING ERRCODE = '54000', MESSAGE = 'maximum column size exceeded';
+      END IF;
+    END LOOP;
+  END IF;
+  IF size > 2097152 THEN
+    RAISE EXCEPTION USING ERRCODE = '54000', MESSAGE = 'maximum row size exceeded';
+  END IF;
+END $$;
 CREATE FUNCTION dsqlkit_internal.count_row() RETURNS trigger
   LANGUAGE plpgsql SECURITY DEFINER AS $$
 DECLARE
   n bigint := coalesce(nullif(current_setting('dsqlkit.rows', true), ''), '0')::bigint + 1;
+  size bigint;
+  total bigint;
 BEGIN
   IF n > current_setting('dsqlkit.row_limit')::bigint THEN
     RAISE EXCEPTION USING ERRCODE = '54000', MESSAGE = 'transaction row limit exceeded';
   END IF;
   PERFORM set_config('dsqlkit.rows', n::text, true);
+  IF TG_OP <> 'DELETE' THEN
+    size := pg_column_size(NEW);
+    IF size > 1024 THEN
+      PERFORM dsqlkit_internal.check_row(TG_RELID, NEW, size);
+    END IF;
+    total := coalesce(nullif(current_setting('dsqlkit.bytes', true), ''), '0')::bigint + size;
+    IF total > current_setting('dsqlkit.byte_limit')::bigint THEN
+      RAISE EXCEPTION USING ERRCODE = '54000', MESSAGE = 'transaction size limit 10mb exceeded',
+        DETAIL = format('Current transaction size %smb 10mb', ceil(total / 1048576.0));
+    END IF;
+    PERFORM set_config('dsqlkit.bytes', total::text, true);
+  END IF;
   RETURN NULL;
 END $$;
 -- The counter is marked internal, as PostgreSQL marks the triggers behind its own
@@ -194,3 +244,73 @@ CREATE FUNCTION dsqlkit_internal.iam_may_connect(role text, arn text) RETURNS bo
   SELECT EXISTS (SELECT 1 FROM sys.iam_pg_role_mappings m
                   WHERE m.pg_role_name = role AND m.arn = iam_may_connect.arn)
 $$;
+
+-- The catalog limits (user guide: Cluster quotas and database limits), checked at the end of
+-- each DDL statement, so a statement that would cross one fails as a whole.
+CREATE FUNCTION dsqlkit_internal.check_limits() RETURNS event_trigger
+  LANGUAGE plpgsql AS $$
+DECLARE
+  r record;
+  internal CONSTANT text[] := ARRAY['pg_catalog', 'information_schema', 'pg_toast', 'sys',
+                                    'dsqlkit_internal'];
+BEGIN
+  FOR r IN SELECT * FROM pg_event_trigger_ddl_commands()
+            WHERE schema_name IS NULL OR NOT schema_name = ANY (internal) LOOP
+    IF r.command_tag = 'CREATE SCHEMA' AND (SELECT count(*) FROM pg_catalog.pg_namespace
+         WHERE NOT nspname = ANY (internal) AND nspname NOT LIKE 'pg\_%') > 10 THEN
+      RAISE EXCEPTION USING ERRCODE = '54000', MESSAGE = 'more than 10 schemas not allowed';
+    END IF;
+    IF r.object_type = 'table' AND r.command_tag = 'CREATE TABLE'
+       AND (SELECT count(*) FROM pg_catalog.pg_class c
+              JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+             WHERE c.relkind IN ('r', 'p') AND NOT n.nspname = ANY (internal)
+               AND n.nspname NOT LIKE 'pg\_%') > 1000 THEN
+      RAISE EXCEPTION USING ERRCODE = '54000', MESSAGE = 'creating more than 1000 tables not allowed';
+    END IF;
+    IF r.object_type = 'view' AND (SELECT count(*) FROM pg_catalog.pg_class c
+              JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+             WHERE c.relkind IN ('v', 'm') AND NOT n.nspname = ANY (internal)
+               AND n.nspname NOT LIKE 'pg\_%') > 5000 THEN
+      RAISE EXCEPTION USING ERRCODE = '54000', MESSAGE = 'creating more than 5000 views not allowed';
+    END IF;
+    IF r.object_type = 'table' AND (SELECT count(*) FROM pg_catalog.pg_attribute a
+         WHERE a.attrelid = r.objid AND a.attnum > 0 AND NOT a.attisdropped) > 255 THEN
+      RAISE EXCEPTION USING ERRCODE = '54011', MESSAGE = 'tables can have at most 255 columns';
+    END IF;
+    IF r.object_type IN ('table', 'index') AND EXISTS (
+         SELECT 1 FROM pg_catalog.pg_index i
+          WHERE (i.indrelid = r.objid OR i.indexrelid = r.objid) AND i.indnkeyatts > 8) THEN
+      RAISE EXCEPTION USING ERRCODE = '54011',
+        MESSAGE = 'more than 8 column keys in an index are not supported';
+    END IF;
+    IF r.object_type IN ('table', 'index') AND EXISTS (
+         SELECT 1 FROM pg_catalog.pg_index i
+          WHERE i.indrelid = coalesce((SELECT x.indrelid FROM pg_catalog.pg_index x
+                                        WHERE x.indexrelid = r.objid), r.objid)
+            AND NOT i.indisprimary
+          GROUP BY i.indrelid HAVING count(*) > 24) THEN
+      RAISE EXCEPTION USING ERRCODE = '54000',
+        MESSAGE = 'more than 24 indexes per table are not allowed';
+    END IF;
+  END LOOP;
+END $$;
+CREATE EVENT TRIGGER dsqlkit_limits ON ddl_command_end
+  WHEN TAG IN ('CREATE SCHEMA', 'CREATE TABLE', 'ALTER TABLE', 'CREATE INDEX', 'CREATE VIEW')
+  EXECUTE FUNCTION dsqlkit_internal.check_limits();
+
+-- DROP COLUMN of a primary-key column (one column of a composite key too) is refused by DSQL;
+-- PostgreSQL would drop the key with it. The endpoint runs such an ALTER TABLE through here.
+CREATE PROCEDURE dsqlkit_internal.alter_checked(ddl text, relation text, dropped text[])
+  LANGUAGE plpgsql AS $$
+DECLARE
+  col text;
+BEGIN
+  SELECT a.attname INTO col FROM pg_catalog.pg_index i
+    JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
+   WHERE i.indrelid = to_regclass(relation) AND i.indisprimary AND a.attname = ANY (dropped)
+   ORDER BY array_position(dropped, a.attname::text) LIMIT 1;
+  IF col IS NOT NULL THEN
+    RAISE EXCEPTION USING ERRCODE = '0A000', MESSAGE = format('cannot drop primary key column %s', col);
+  END IF;
+  EXECUTE ddl;
+END $$;
