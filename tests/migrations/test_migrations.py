@@ -254,7 +254,7 @@ def test_lint_catches_each_refused_statement_with_its_line(tmp_path: Path) -> No
             "CREATE TABLE c (id int);\n"
             "COMMIT;\n"
             "CREATE TEMP TABLE t (id int);\n"                   # line 9
-            "CREATE FUNCTION f() RETURNS int LANGUAGE plpgsql AS $$ BEGIN RETURN 1; END $$;\n"
+            "CREATE FUNCTION f() RETURNS int LANGUAGE plperl AS $$ return 1 $$;\n"
             "SELECT pg_advisory_lock(1);\n"                     # line 11
             "CREATE INDEX ASYNC good ON a (id);\n"              # fine
         )
@@ -267,7 +267,7 @@ def test_lint_catches_each_refused_statement_with_its_line(tmp_path: Path) -> No
     assert (4, "unsupported transaction statement") in found
     assert (5, "several DDL statements in one BEGIN ... COMMIT block") in found
     assert (9, "TEMPORARY or TEMP table not supported for CREATE TABLE") in found
-    assert (10, "CREATE FUNCTION with language plpgsql not supported") in found
+    assert (10, "CREATE FUNCTION with language plperl not supported") in found
     assert (11, "function pg_advisory_lock is not supported") in found
     assert not any(i.line == 12 for i in issues)
     by_line = {i.line: i for i in issues}

@@ -121,7 +121,11 @@ def emulation(statement: Statement) -> Emulation:
             tag="CALL",
             wait_for_job=True,
         )
-    if node == "VariableSetStmt" and (stmt.name or "").lower() == "transaction_isolation":
+    if (
+        node == "VariableSetStmt"
+        and stmt.kind.name == "VAR_RESET"
+        and (stmt.name or "").lower() == "transaction_isolation"
+    ):
         # RESET TRANSACTION ISOLATION LEVEL (dsql-lint grammar): DSQL runs every transaction
         # at REPEATABLE READ, so it is a no-op; PostgreSQL refuses to reset the parameter.
         return Emulation(rewrite="RESET default_transaction_isolation", tag="RESET")
