@@ -4,6 +4,8 @@
 DsqlError                      base of everything raised by dsqlkit itself
 ├── ConfigurationError         bad input caught before any network I/O (also a ValueError)
 ├── TokenError                 an IAM token could not be signed (e.g. no usable credentials)
+├── AuthenticationFailed       DSQL refused the IAM token (28P01); the message lists what it
+│                              can be and what to check (also a psycopg.OperationalError)
 ├── CommitOutcomeUnknown       the connection died while COMMIT was in flight: it may or may
 │                              not have committed, so dsqlkit never retries it
 ├── UsageError                 the API was called the wrong way (also a TypeError)
@@ -36,12 +38,13 @@ Messages say what is wrong and how to fix it. They never contain an IAM token.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from ._migrations import LintIssue, Migration, Statement
+import psycopg
 
 __all__ = [
+    "AuthenticationFailed",
     "BulkLoadError",
     "CommitOutcomeUnknown",
     "ConfigurationError",
@@ -69,6 +72,20 @@ class ConfigurationError(DsqlError, ValueError):
 
 class TokenError(DsqlError):
     """An IAM authentication token could not be made; the message says why (never the token)."""
+
+
+class AuthenticationFailed(DsqlError, psycopg.OperationalError):
+    """DSQL refused a connection's IAM token: ``IAM authentication failed for user "..."``.
+
+    DSQL gives that one answer (SQLSTATE 28P01) for expired or unknown credentials, a missing
+    ``dsql:DbConnect`` / ``dsql:DbConnectAdmin`` permission, a role not mapped to the IAM
+    identity (``AWS IAM GRANT``), a role that does not exist, and a token for another host or
+    Region; the message lists each with what to check, for this user, host and Region. It
+    never contains the token. Still a ``psycopg.OperationalError`` (what libpq raised, kept as
+    ``__cause__``), so existing handlers keep working.
+    """
+
+    sqlstate = "28P01"
 
 
 class CommitOutcomeUnknown(DsqlError):
@@ -158,6 +175,23 @@ class DatabaseUnavailable(DsqlError):
     """The database could not be reached (a health check failed); ``__cause__`` says why."""
 
 
+class _MigrationFile(Protocol):
+    """What `MigrationFailed` needs of a migration (`dsqlkit.migrations.Migration`)."""
+
+    @property
+    def path(self) -> Path: ...
+
+
+class _FailedStatement(Protocol):
+    """What `MigrationFailed` needs of a statement (`dsqlkit.migrations.Statement`)."""
+
+    @property
+    def number(self) -> int: ...
+
+    @property
+    def line(self) -> int: ...
+
+
 class MigrationError(DsqlError):
     """A migration could not be planned or applied."""
 
@@ -165,7 +199,7 @@ class MigrationError(DsqlError):
 class LintFailed(MigrationError):
     """Statements DSQL would refuse; ``issues`` lists each with file, line and fix."""
 
-    def __init__(self, issues: Sequence[LintIssue]) -> None:
+    def __init__(self, issues: Sequence[object]) -> None:
         self.issues = list(issues)
         lines = "\n".join(f"  {issue}" for issue in self.issues)
         super().__init__(f"{len(self.issues)} statement(s) DSQL would refuse:\n{lines}")
@@ -174,7 +208,9 @@ class LintFailed(MigrationError):
 class MigrationFailed(MigrationError):
     """A statement failed; nothing after it ran. Fix it and migrate again to resume."""
 
-    def __init__(self, migration: Migration, statement: Statement, error: BaseException) -> None:
+    def __init__(
+        self, migration: _MigrationFile, statement: _FailedStatement, error: BaseException
+    ) -> None:
         self.migration = migration
         self.statement = statement
         self.error = error

@@ -1,7 +1,8 @@
 """`AsyncDsqlConnectionPool` (asyncio source; `DsqlConnectionPool` in `_pool_sync` is generated).
 
-What this adds to psycopg_pool's pool is thin I/O around the shared `PoolCore`: a fresh token
-per physical connection (signed in a worker thread, never on the event loop), a checkout that
+What this adds to psycopg_pool's pool is thin I/O around a `dsqlkit._connector.Connector`
+(through `dsqlkit._connector_async`, as SQLAlchemy engines do): a fresh token per physical
+connection (signed in a worker thread, never on the event loop), a checkout that
 never hands out an expired or dead connection, waiting clients failed at once when a connect
 error is permanent (every timeout names its last cause), a close that interrupts connect
 retries, and a fork child that starts with its own connections.
@@ -18,28 +19,24 @@ from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from typing_extensions import TypeVar, Unpack
 
-from . import _aio
+from . import _aio, _pool_internals
 from ._connect_async import AsyncDsqlConnection
-from ._pool import (
-    DEAD,
-    DEFAULT_MAX_LIFETIME,
-    OK,
-    PROBE,
-    _AllOptions,
-    _DsqlPoolMixin,
-)
+from ._connector import Verdict
+from ._connector_async import checkout, connection_kwargs
+from ._pool import DEFAULT_MAX_LIFETIME, AllOptions, DsqlPoolMixin
 
 __all__ = ["AsyncDsqlConnectionPool"]
 
 ACT = TypeVar("ACT", bound=psycopg.AsyncConnection[Any], default=AsyncDsqlConnection[TupleRow])
 
 
-class AsyncDsqlConnectionPool(_DsqlPoolMixin, AsyncConnectionPool[ACT], Generic[ACT]):
-    """A psycopg_pool pool for Aurora DSQL (or plain PostgreSQL in local mode).
+class AsyncDsqlConnectionPool(DsqlPoolMixin, AsyncConnectionPool[ACT], Generic[ACT]):
+    """A psycopg_pool pool for Aurora DSQL (or, asked for by name, plain PostgreSQL).
 
     Args:
         endpoint: the cluster's host name (``<id>.dsql.<region>.on.aws``), a bare cluster id
-            (with ``region``), or any other host for plain PostgreSQL ("local mode": no token).
+            (with ``region``), a conninfo or ``postgresql://`` URL; or another host name with
+            ``cluster_id`` (a custom name for the cluster) or ``plain_postgresql=True``.
         max_lifetime: retire connections older than this (default 50 minutes, at most DSQL's
             60; psycopg_pool's jitter still spreads reconnects over the last 5%).
 
@@ -49,12 +46,22 @@ class AsyncDsqlConnectionPool(_DsqlPoolMixin, AsyncConnectionPool[ACT], Generic[
         user (str): database role (default ``admin``, which gets admin tokens).
         dbname (str): database (DSQL has one: ``postgres``).
         port (int): TCP port (5432).
+        cluster_id (str | None): the cluster reached through a custom host name (a CNAME, a
+            PrivateLink / VPC endpoint name, an SSH tunnel's ``localhost``): its 26-character
+            id (with ``region``) or its real host name. Tokens are signed for the real
+            endpoint, ``<cluster_id>.dsql.<region>.on.aws``.
+        tls_name (str): with a custom host name, the name TLS verifies and sends as SNI:
+            ``"cluster"`` (default: DSQL's certificate for the real endpoint, which tunnels,
+            CNAMEs and PrivateLink endpoints present; connections go to the custom name's
+            address) or ``"host"`` (a proxy with a certificate for the custom name).
+        plain_postgresql (bool): connect to a plain PostgreSQL server: no IAM token, libpq's
+            own TLS defaults, ``password`` allowed. Never implied by the host name.
         token_provider (TokenProvider | None): any `TokenProvider`; default: boto3 with
             ``boto3_session`` or ``profile_name`` or the default credential chain.
         boto3_session (boto3.Session | None): the session whose credentials sign tokens.
         profile_name (str | None): an AWS profile to sign with instead.
         token_expires_in (int): validity of each minted token, in seconds (default 300).
-        password (str | None): a static password, for local mode only.
+        password (str | None): a static password, with ``plain_postgresql=True`` only.
         sslmode (str | None): ``verify-full`` by default for DSQL hosts; weaker modes need
             ``insecure_tls``.
         sslrootcert (str | None): CA bundle; default: a bundle with Amazon Root CA 1 that
@@ -67,7 +74,7 @@ class AsyncDsqlConnectionPool(_DsqlPoolMixin, AsyncConnectionPool[ACT], Generic[
             out (default 10 s).
 
     All other arguments are psycopg_pool's, with the same meaning. The async pool signs tokens
-    in a worker thread, so signing never blocks the event loop; build it before serving (e.g.
+    in a worker thread (so signing never blocks the event loop); build it before serving (e.g.
     in a lifespan hook): construction finds credentials once per process.
     """
 
@@ -85,7 +92,7 @@ class AsyncDsqlConnectionPool(_DsqlPoolMixin, AsyncConnectionPool[ACT], Generic[
         max_lifetime: float = DEFAULT_MAX_LIFETIME,
         timeout: float = 30.0,
         name: str | None = None,
-        **options: Unpack[_AllOptions],
+        **options: Unpack[AllOptions],
     ) -> None:
         arguments = self._dsql_arguments(
             endpoint,
@@ -111,11 +118,7 @@ class AsyncDsqlConnectionPool(_DsqlPoolMixin, AsyncConnectionPool[ACT], Generic[
         )
 
     async def _connect_kwargs(self) -> dict[str, Any]:
-        core = self._core
-        kwargs = core.static_kwargs()
-        if core.minter is not None:
-            kwargs["password"] = await _aio.to_thread(core.mint)
-        return kwargs
+        return await connection_kwargs(self._core)
 
     async def _configure_new(self, conn: ACT) -> None:
         self._core.connection_created(conn)
@@ -128,9 +131,8 @@ class AsyncDsqlConnectionPool(_DsqlPoolMixin, AsyncConnectionPool[ACT], Generic[
         self.run_task(_FailWaiters(self, error))  # type: ignore[arg-type]
 
     async def _fail_waiters(self, error: BaseException) -> None:
-        async with self._lock:
-            waiting = list(self._waiting)
-            self._waiting.clear()
+        async with _pool_internals.waiting_lock(self):
+            waiting = _pool_internals.take_waiting(self)
         for position in waiting:
             await position.fail(self._core.timeout_error(0.0))
 
@@ -152,9 +154,9 @@ class AsyncDsqlConnectionPool(_DsqlPoolMixin, AsyncConnectionPool[ACT], Generic[
         """Wait for ``min_size`` connections, like psycopg_pool's, but fail at once when
         connecting cannot succeed; either way the `PoolTimeout` names the cause."""
         core = self._core
-        self._check_open_getconn()
+        _pool_internals.check_open(self)
         deadline = time.monotonic() + timeout
-        while len(self._pool) < self._min_size:
+        while _pool_internals.idle_count(self) < self.min_size:
             if core.permanent_error is not None or time.monotonic() >= deadline:
                 await self.close()
                 error = core.permanent_error or core.last_error
@@ -178,25 +180,16 @@ class AsyncDsqlConnectionPool(_DsqlPoolMixin, AsyncConnectionPool[ACT], Generic[
         waited = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + waited
         while True:
-            if core.permanent_error is not None and not self._pool:
+            if core.permanent_error is not None and not _pool_internals.idle_count(self):
                 raise core.timeout_error(waited) from core.permanent_error
             try:
                 conn = await super().getconn(max(deadline - time.monotonic(), 0.0))
             except PoolTimeout:
                 raise core.timeout_error(waited) from (core.permanent_error or core.last_error)
-            verdict = core.checkout_verdict(conn)
-            if verdict == PROBE:
-                try:
-                    await self.check_connection(conn)
-                except Exception:
-                    verdict = DEAD
-                else:
-                    verdict = OK
-            if verdict == OK:
+            if await checkout(core, conn, self.check_connection) is Verdict.OK:
                 return conn
-            core.count_discard(verdict)
             await conn.close()
-            await self._putconn(conn, from_getconn=True)  # replaced quietly, without a warning
+            await _pool_internals.discard_checked_out(self, conn)  # replaced without a warning
 
     async def putconn(self, conn: ACT) -> None:
         self._core.connection_returned(conn)

@@ -1,4 +1,6 @@
-"""One memoized pool per process and configuration, for Lambda handlers and services.
+"""Pools the library opens for you: `shared_pool` and `connect`.
+
+One memoized pool per process and configuration, for Lambda handlers and services.
 
 ``shared_pool(...)`` returns the same `DsqlConnectionPool` for the same arguments in the same
 process, creating it (and opening it lazily) on first use. Shared pools are closed at
@@ -14,12 +16,17 @@ import logging
 import os
 import signal
 import threading
+import weakref
 from typing import Any
 
-from ._errors import ConfigurationError
-from ._pool_sync import DsqlConnectionPool
+from typing_extensions import Unpack
 
-__all__ = ["close_shared_pools", "shared_pool"]
+from ._errors import ConfigurationError, UsageError
+from ._pool import PoolArguments
+from ._pool_sync import DsqlConnectionPool
+from ._repository_sync import Repository
+
+__all__ = ["close_shared_pools", "connect", "shared_pool"]
 
 _logger = logging.getLogger("dsqlkit.pool")
 _pools: dict[tuple[Any, ...], DsqlConnectionPool[Any]] = {}
@@ -27,7 +34,9 @@ _lock = threading.Lock()
 _hooks_installed = False
 
 
-def shared_pool(endpoint: str | None = None, **options: Any) -> DsqlConnectionPool[Any]:
+def shared_pool(
+    endpoint: str | None = None, **options: Unpack[PoolArguments]
+) -> DsqlConnectionPool[Any]:
     """The process-wide pool for these arguments, created on first call.
 
     ``endpoint=None`` reads the environment like `DsqlConnectionPool.from_env`. The pool is
@@ -105,3 +114,43 @@ def _install_hooks() -> None:
                 signal.signal(signal.SIGTERM, _on_sigterm)
         except (ValueError, OSError):  # not the main interpreter, or no signals here
             pass
+
+
+def connect(endpoint: Any = None, /, **options: Unpack[PoolArguments]) -> Repository:
+    """A ready `Repository` in one line, for notebooks and scripts.
+
+    ``endpoint`` is a host name, cluster id, conninfo or URL (``None``: from the environment),
+    or a running `dsqlkit.testing.LocalDsql`, which supplies its host, port, CA and signing
+    credentials; ``options`` are `DsqlConnectionPool` arguments (``min_size`` defaults to 1,
+    ``max_size`` to 4). The pool opens on first use and closes at interpreter exit (or with
+    ``close()``).
+    """
+    if "open" in options:
+        raise ConfigurationError("connect() opens its pool on first use: drop the open= argument")
+    arguments: dict[str, Any] = {"min_size": 1, "max_size": 4, **options, "open": False}
+    if endpoint is None:
+        pool: DsqlConnectionPool[Any] = DsqlConnectionPool.from_env(**arguments)
+    elif callable(getattr(endpoint, "pool_options", None)):  # a LocalDsql
+        pool = DsqlConnectionPool(endpoint.host, **endpoint.pool_options(**arguments))
+    elif not isinstance(endpoint, str):
+        raise UsageError(
+            f"connect() takes a host name, cluster id, conninfo or URL (or a running "
+            f"dsqlkit.testing.LocalDsql), not {type(endpoint).__name__}"
+            + (
+                ": for a pool you built, use dsqlkit.Repository(pool)"
+                if hasattr(endpoint, "getconn")
+                else ""
+            )
+        )
+    else:
+        pool = DsqlConnectionPool(endpoint, **arguments)
+    repository = Repository(pool)
+    repository.own_pool()
+    atexit.register(_close_later, weakref.ref(repository))
+    return repository
+
+
+def _close_later(ref: weakref.ref[Repository]) -> None:
+    repository = ref()
+    if repository is not None:
+        repository.close()

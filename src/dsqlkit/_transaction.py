@@ -20,14 +20,15 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Concatenate, TypeVar, overload
 
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
-from typing_extensions import ParamSpec
+from typing_extensions import ParamSpec, Unpack
 
+from . import _executor_async, _executor_sync
 from ._errors import UsageError
 from ._executor_async import AsyncExecutor
 from ._executor_sync import Executor
-from ._query import JOINED, check_callable
-from ._repository import stats_for
-from ._retry import RetryPolicy, RetryStats, resolve_policy
+from ._joined import in_unit
+from ._query import check_callable, refuse_awaitable
+from ._retry import PolicyOptions, RetryPolicy, RetryStats, Scope, resolve_policy, stats_for
 from ._transaction_async import AsyncTransaction
 from ._transaction_sync import Transaction
 
@@ -39,7 +40,10 @@ R = TypeVar("R")
 
 @overload
 def transactional(
-    pool: AsyncConnectionPool[Any], *, policy: RetryPolicy | None = None, **options: Any
+    pool: AsyncConnectionPool[Any],
+    *,
+    policy: RetryPolicy | None = None,
+    **options: Unpack[PolicyOptions],
 ) -> Callable[
     [Callable[Concatenate[AsyncTransaction[Any], P], Awaitable[R]]],
     Callable[P, Coroutine[Any, Any, R]],
@@ -48,7 +52,10 @@ def transactional(
 
 @overload
 def transactional(
-    pool: ConnectionPool[Any], *, policy: RetryPolicy | None = None, **options: Any
+    pool: ConnectionPool[Any],
+    *,
+    policy: RetryPolicy | None = None,
+    **options: Unpack[PolicyOptions],
 ) -> Callable[[Callable[Concatenate[Transaction[Any], P], R]], Callable[P, R]]: ...
 
 
@@ -56,7 +63,7 @@ def transactional(
     pool: ConnectionPool[Any] | AsyncConnectionPool[Any],
     *,
     policy: RetryPolicy | None = None,
-    **options: Any,
+    **options: Unpack[PolicyOptions],
 ) -> Any:
     """Decorate ``fn(tx, ...)`` to run as one transaction on ``pool``, re-run on conflict.
 
@@ -75,7 +82,7 @@ def transactional(
             f"AsyncDsqlConnectionPool) as first argument, not {type(pool).__name__}: "
             "write @transactional(pool), not @transactional"
         )
-    resolved = resolve_policy(policy, options)
+    resolved = resolve_policy(policy, dict(options))
     is_async_pool = isinstance(pool, AsyncConnectionPool)
     stats = stats_for(pool)
 
@@ -115,12 +122,18 @@ def occ_retry(fn: Callable[P, R], /) -> Callable[P, R]: ...
 
 @overload
 def occ_retry(
-    *, policy: RetryPolicy | None = None, **options: Any
+    *,
+    policy: RetryPolicy | None = None,
+    **options: Unpack[PolicyOptions],
 ) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
 
 
 def occ_retry(
-    fn: Callable[..., Any] | None = None, /, *, policy: RetryPolicy | None = None, **options: Any
+    fn: Callable[..., Any] | None = None,
+    /,
+    *,
+    policy: RetryPolicy | None = None,
+    **options: Unpack[PolicyOptions],
 ) -> Any:
     """Decorate a function that runs exactly one transaction itself: retry it on 40001.
 
@@ -131,31 +144,34 @@ def occ_retry(
     runs once and lets the conflict reach the outer retry loop (which re-runs everything).
     The decorated function's ``retry_stats`` holds its counters.
     """
-    resolved = resolve_policy(policy, options)
+    resolved = resolve_policy(policy, dict(options))
 
     def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
         check_callable(func, "occ_retry")
         stats = RetryStats()
 
         if inspect.iscoroutinefunction(func):
-            executor = AsyncExecutor(None, resolved, stats)
 
             @functools.wraps(func)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                if JOINED.get():
+                if in_unit():
                     return await func(*args, **kwargs)
-                return await executor.call(func, args, kwargs)
+                return await _executor_async.run_attempts(
+                    resolved, stats, _executor_async.call_once, Scope.CONFLICTS, func, args, kwargs
+                )
 
             async_wrapper.retry_stats = stats  # type: ignore[attr-defined]
             return async_wrapper
 
-        sync_executor = Executor(None, resolved, stats)
-
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            if JOINED.get():
-                return sync_executor._call_once(None, func, args, kwargs)  # type: ignore[arg-type]
-            return sync_executor.call(func, args, kwargs)
+            if in_unit():
+                result = func(*args, **kwargs)
+                refuse_awaitable(result, func)
+                return result
+            return _executor_sync.run_attempts(
+                resolved, stats, _executor_sync.call_once, Scope.CONFLICTS, func, args, kwargs
+            )
 
         wrapper.retry_stats = stats  # type: ignore[attr-defined]
         return wrapper
