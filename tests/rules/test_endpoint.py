@@ -322,6 +322,9 @@ def test_size_limits(connect: Connect, t: str) -> None:
     with pytest.raises(errors.ProgramLimitExceeded, match=r"^maximum column size exceeded$"):
         conn.execute(f"INSERT INTO {t}_k VALUES ('a', {_text(1100)})")
     conn.execute(f"INSERT INTO {t}_k VALUES ('b', {_text(1000)})")  # under 1 MiB
+    conn.execute(f"CREATE TABLE {t}_r (k int PRIMARY KEY, a text, b text, c text)")
+    with pytest.raises(errors.ProgramLimitExceeded, match=r"^maximum row size exceeded$"):
+        conn.execute(f"INSERT INTO {t}_r VALUES (1, {_text(900)}, {_text(900)}, {_text(900)})")
     too_much = "^transaction size limit 10mb exceeded"
     with pytest.raises(errors.ProgramLimitExceeded, match=too_much):
         conn.execute(
