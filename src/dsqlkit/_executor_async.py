@@ -7,11 +7,18 @@ connection, tracks what the attempt has sent (`Attempt`: nothing yet, COMMIT in 
 run again after a backoff (nothing was written), raise `CommitOutcomeUnknown` (it may have
 committed), or propagate. Accounting goes to the pool's one `RetryStats`.
 
-Reads run as one autocommit statement when their text proves they cannot write
-(`is_pure_read`), otherwise in a ``READ ONLY`` transaction sent as one pipeline (one round
-trip): either way, re-running a read after a lost connection can never repeat a write. A
-"read" that turns out to write (the server refuses it in the READ ONLY transaction, so
-nothing was written) then runs exactly once as an autocommit write.
+A read (`AsyncExecutor.read`) first runs as one plain autocommit statement, like a raw pool.
+Its text is never trusted to prove it cannot write (a function, a view or a domain CHECK can
+write behind any text). So:
+
+- it failed with a conflict (40001), or its connection was lost before it was sent: nothing
+  was written, it runs again as before;
+- its connection was lost while it ran (outcome unknown): it runs again only inside a
+  ``READ ONLY`` transaction (``BEGIN READ ONLY``, the statement, ``COMMIT`` in one pipeline,
+  one round trip), where the server guarantees the re-run writes nothing. Its rows are then
+  returned. If the server refuses the re-run (25006: the statement writes) or it fails for
+  any other reason, `CommitOutcomeUnknown` is raised (``__cause__`` is the lost connection):
+  the first run may have written, and it is never run again outside READ ONLY.
 """
 
 from __future__ import annotations
@@ -23,12 +30,22 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import psycopg
-from psycopg import errors, pq
+from psycopg import pq
 
 from . import _aio
-from ._errors import TransactionAborted
+from ._errors import CommitOutcomeUnknown, TransactionAborted
 from ._query import JOINED, joined_handle, refuse_awaitable
-from ._retry import Attempt, RetryPolicy, RetryStats, find_conflict, is_conflict, judge_all
+from ._retry import (
+    Attempt,
+    RetryPolicy,
+    RetryStats,
+    connection_lost,
+    count_unknown,
+    find_conflict,
+    is_conflict,
+    judge_all,
+    mark_commit_unknown,
+)
 from ._transaction_async import AsyncTransaction
 
 __all__ = ["AsyncExecutor"]
@@ -82,6 +99,17 @@ def _heat(pool: Any, key: Any, seconds: float) -> None:
     if len(units) >= _HOT_UNITS:
         units.pop(next(iter(units)))
     units.setdefault(key, _Gate(until))
+
+
+class _ReadState:
+    """What the attempts of one read share: the lost connection that left the first run's
+    outcome unknown (from then on, only READ ONLY re-runs), and the attempts so far."""
+
+    __slots__ = ("attempts", "unsettled")
+
+    def __init__(self) -> None:
+        self.unsettled: BaseException | None = None
+        self.attempts = 0
 
 
 class AsyncExecutor:
@@ -176,17 +204,44 @@ class AsyncExecutor:
     # -- reads and autocommit writes ---------------------------------------------------------
 
     async def read(
-        self, query: Any, params: Any, row_factory: Any, take: Callable[..., Any], pure: bool
+        self, query: Any, params: Any, row_factory: Any, take: Callable[..., Any]
     ) -> Any:
-        """Run a statement that returns rows and ``take(cursor)`` its result."""
+        """Run a statement that returns rows and ``take(cursor)`` its result.
+
+        The first attempt is one plain autocommit statement (a raw pool's cost). Whatever its
+        text says, it may write (a function, a view, a domain CHECK can): if its connection
+        is lost mid-statement, it is re-run only inside a ``READ ONLY`` transaction, so the
+        server guarantees the re-run writes nothing; a re-run the server refuses (the
+        statement needs to write) raises `CommitOutcomeUnknown`.
+        """
         joined = joined_handle(self.pool)
         if joined is not None:
             async with joined.connection.cursor(row_factory=row_factory) as cur:
                 await cur.execute(query, params)
                 return await take(cur)
-        return await self.run_attempts(
-            self._read_once, judge_all, query, params, row_factory, take, pure
-        )
+        state = _ReadState()
+        try:
+            return await self.run_attempts(
+                self._read_once, judge_all, query, params, row_factory, take, state
+            )
+        except BaseException as exc:
+            lost = state.unsettled
+            if lost is None or isinstance(exc, CommitOutcomeUnknown):
+                raise
+            if not isinstance(exc, Exception):  # an interruption during the re-run
+                count_unknown(self.stats)
+                mark_commit_unknown(exc)
+                raise
+            count_unknown(self.stats)
+            raise CommitOutcomeUnknown(
+                "the connection was lost while the statement ran in autocommit, so it may have "
+                "written (a function, view or CHECK it calls can write, whatever its text "
+                "says); re-running it in a READ ONLY transaction did not give a result the "
+                f"server guarantees wrote nothing ({type(exc).__name__}: {exc}). dsqlkit does "
+                "not run it again outside READ ONLY: check the data, then decide (use "
+                f"execute() or a transaction for statements that write). Lost: {lost}",
+                attempts=state.attempts,
+            ) from lost
 
     async def _read_once(  # noqa: PLR0917 - the executor's own call, positional by design
         self,
@@ -195,35 +250,35 @@ class AsyncExecutor:
         params: Any,
         row_factory: Any,
         take: Callable[..., Any],
-        pure: bool,
+        state: _ReadState,
     ) -> Any:
+        state.attempts = attempt.number
         conn = await self.pool.getconn()
         attempt.connection = conn
-        attempt.read_only = True
         autocommit = conn.autocommit
         try:
             if not autocommit:
                 await conn.set_autocommit(True)  # sync: conn.autocommit = True
             cur = conn.cursor(row_factory=row_factory)
-            try:
-                if pure:
+            if state.unsettled is None:
+                # The fast path: one autocommit statement, which commits if it writes.
+                attempt.writing = attempt.settle_read_only = True
+                try:
                     await cur.execute(query, params)
-                else:  # one round trip: BEGIN READ ONLY, the statement, COMMIT
+                except BaseException as exc:
+                    if connection_lost(exc, conn):
+                        state.unsettled = exc
+                    raise
+            else:  # the first run's outcome is unknown: the server must guarantee no write
+                attempt.read_only = True
+                try:  # one round trip: BEGIN READ ONLY, the statement, COMMIT
                     async with conn.pipeline():
                         await conn.execute(b"BEGIN READ ONLY")
                         await cur.execute(query, params)
                         await conn.execute(b"COMMIT")
-                return await take(cur)
-            except errors.ReadOnlySqlTransaction:
-                await _rollback_quietly(conn)
-            except BaseException:
-                await _rollback_quietly(conn)
-                raise
-            # A write: the server refused it in the READ ONLY transaction, so nothing was
-            # written. Run it once, as an autocommit write.
-            attempt.read_only = False
-            attempt.writing = True
-            await cur.execute(query, params)
+                except BaseException:
+                    await _rollback_quietly(conn)
+                    raise
             return await take(cur)
         finally:
             if not autocommit and not conn.closed and not conn.broken:

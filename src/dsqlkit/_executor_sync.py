@@ -9,11 +9,18 @@ connection, tracks what the attempt has sent (`Attempt`: nothing yet, COMMIT in 
 run again after a backoff (nothing was written), raise `CommitOutcomeUnknown` (it may have
 committed), or propagate. Accounting goes to the pool's one `RetryStats`.
 
-Reads run as one autocommit statement when their text proves they cannot write
-(`is_pure_read`), otherwise in a ``READ ONLY`` transaction sent as one pipeline (one round
-trip): either way, re-running a read after a lost connection can never repeat a write. A
-"read" that turns out to write (the server refuses it in the READ ONLY transaction, so
-nothing was written) then runs exactly once as an autocommit write.
+A read (`AsyncExecutor.read`) first runs as one plain autocommit statement, like a raw pool.
+Its text is never trusted to prove it cannot write (a function, a view or a domain CHECK can
+write behind any text). So:
+
+- it failed with a conflict (40001), or its connection was lost before it was sent: nothing
+  was written, it runs again as before;
+- its connection was lost while it ran (outcome unknown): it runs again only inside a
+  ``READ ONLY`` transaction (``BEGIN READ ONLY``, the statement, ``COMMIT`` in one pipeline,
+  one round trip), where the server guarantees the re-run writes nothing. Its rows are then
+  returned. If the server refuses the re-run (25006: the statement writes) or it fails for
+  any other reason, `CommitOutcomeUnknown` is raised (``__cause__`` is the lost connection):
+  the first run may have written, and it is never run again outside READ ONLY.
 """
 
 from __future__ import annotations
@@ -25,12 +32,22 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import psycopg
-from psycopg import errors, pq
+from psycopg import pq
 
 from . import _sio
-from ._errors import TransactionAborted
+from ._errors import CommitOutcomeUnknown, TransactionAborted
 from ._query import JOINED, joined_handle, refuse_awaitable
-from ._retry import Attempt, RetryPolicy, RetryStats, find_conflict, is_conflict, judge_all
+from ._retry import (
+    Attempt,
+    RetryPolicy,
+    RetryStats,
+    connection_lost,
+    count_unknown,
+    find_conflict,
+    is_conflict,
+    judge_all,
+    mark_commit_unknown,
+)
 from ._transaction_sync import Transaction
 
 __all__ = ["Executor"]
@@ -84,6 +101,17 @@ def _heat(pool: Any, key: Any, seconds: float) -> None:
     if len(units) >= _HOT_UNITS:
         units.pop(next(iter(units)))
     units.setdefault(key, _Gate(until))
+
+
+class _ReadState:
+    """What the attempts of one read share: the lost connection that left the first run's
+    outcome unknown (from then on, only READ ONLY re-runs), and the attempts so far."""
+
+    __slots__ = ("attempts", "unsettled")
+
+    def __init__(self) -> None:
+        self.unsettled: BaseException | None = None
+        self.attempts = 0
 
 
 class Executor:
@@ -175,16 +203,43 @@ class Executor:
 
     # -- reads and autocommit writes ---------------------------------------------------------
 
-    def read(
-        self, query: Any, params: Any, row_factory: Any, take: Callable[..., Any], pure: bool
-    ) -> Any:
-        """Run a statement that returns rows and ``take(cursor)`` its result."""
+    def read(self, query: Any, params: Any, row_factory: Any, take: Callable[..., Any]) -> Any:
+        """Run a statement that returns rows and ``take(cursor)`` its result.
+
+        The first attempt is one plain autocommit statement (a raw pool's cost). Whatever its
+        text says, it may write (a function, a view, a domain CHECK can): if its connection
+        is lost mid-statement, it is re-run only inside a ``READ ONLY`` transaction, so the
+        server guarantees the re-run writes nothing; a re-run the server refuses (the
+        statement needs to write) raises `CommitOutcomeUnknown`.
+        """
         joined = joined_handle(self.pool)
         if joined is not None:
             with joined.connection.cursor(row_factory=row_factory) as cur:
                 cur.execute(query, params)
                 return take(cur)
-        return self.run_attempts(self._read_once, judge_all, query, params, row_factory, take, pure)
+        state = _ReadState()
+        try:
+            return self.run_attempts(
+                self._read_once, judge_all, query, params, row_factory, take, state
+            )
+        except BaseException as exc:
+            lost = state.unsettled
+            if lost is None or isinstance(exc, CommitOutcomeUnknown):
+                raise
+            if not isinstance(exc, Exception):  # an interruption during the re-run
+                count_unknown(self.stats)
+                mark_commit_unknown(exc)
+                raise
+            count_unknown(self.stats)
+            raise CommitOutcomeUnknown(
+                "the connection was lost while the statement ran in autocommit, so it may have "
+                "written (a function, view or CHECK it calls can write, whatever its text "
+                "says); re-running it in a READ ONLY transaction did not give a result the "
+                f"server guarantees wrote nothing ({type(exc).__name__}: {exc}). dsqlkit does "
+                "not run it again outside READ ONLY: check the data, then decide (use "
+                f"execute() or a transaction for statements that write). Lost: {lost}",
+                attempts=state.attempts,
+            ) from lost
 
     def _read_once(  # noqa: PLR0917 - the executor's own call, positional by design
         self,
@@ -193,35 +248,35 @@ class Executor:
         params: Any,
         row_factory: Any,
         take: Callable[..., Any],
-        pure: bool,
+        state: _ReadState,
     ) -> Any:
+        state.attempts = attempt.number
         conn = self.pool.getconn()
         attempt.connection = conn
-        attempt.read_only = True
         autocommit = conn.autocommit
         try:
             if not autocommit:
                 conn.autocommit = True
             cur = conn.cursor(row_factory=row_factory)
-            try:
-                if pure:
+            if state.unsettled is None:
+                # The fast path: one autocommit statement, which commits if it writes.
+                attempt.writing = attempt.settle_read_only = True
+                try:
                     cur.execute(query, params)
-                else:  # one round trip: BEGIN READ ONLY, the statement, COMMIT
+                except BaseException as exc:
+                    if connection_lost(exc, conn):
+                        state.unsettled = exc
+                    raise
+            else:  # the first run's outcome is unknown: the server must guarantee no write
+                attempt.read_only = True
+                try:  # one round trip: BEGIN READ ONLY, the statement, COMMIT
                     with conn.pipeline():
                         conn.execute(b"BEGIN READ ONLY")
                         cur.execute(query, params)
                         conn.execute(b"COMMIT")
-                return take(cur)
-            except errors.ReadOnlySqlTransaction:
-                _rollback_quietly(conn)
-            except BaseException:
-                _rollback_quietly(conn)
-                raise
-            # A write: the server refused it in the READ ONLY transaction, so nothing was
-            # written. Run it once, as an autocommit write.
-            attempt.read_only = False
-            attempt.writing = True
-            cur.execute(query, params)
+                except BaseException:
+                    _rollback_quietly(conn)
+                    raise
             return take(cur)
         finally:
             if not autocommit and not conn.closed and not conn.broken:

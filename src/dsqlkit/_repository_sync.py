@@ -5,9 +5,10 @@
 Each method takes a connection from the pool and gives it back; the executor decides what may
 run again (see `dsqlkit._executor_async`):
 
-- reads (`query`, `query_one`, `scalar`) are re-run after a conflict or a lost connection,
-  because they provably wrote nothing: their text proves it, or they ran in a ``READ ONLY``
-  transaction. A statement given to a read method that turns out to write runs exactly once;
+- reads (`query`, `query_one`, `scalar`) run as one autocommit statement and are re-run after
+  a conflict; after a connection lost mid-statement they are re-run only in a ``READ ONLY``
+  transaction (the server guarantees the re-run writes nothing), and a statement that turns
+  out to write raises `CommitOutcomeUnknown` then. A write given to a read method runs once;
 - writes (`execute`) run in autocommit, re-run on a conflict (nothing committed); a
   connection lost mid-statement raises `CommitOutcomeUnknown`;
 - `transaction` runs a function as one OCC-retried transaction (like `dsqlkit.transactional`);
@@ -40,7 +41,6 @@ from ._query import (
     RowShape,
     check_callable,
     check_sql,
-    is_pure_read,
     joined_handle,
     single,
 )
@@ -85,7 +85,7 @@ class Repository(RepositoryBase):
         self._ensure_open()
         query = check_sql(sql)
         shape = self._shape(row_factory)
-        rows: Rows = self._executor.read(query, params, shape, _take_rows, is_pure_read(query))
+        rows: Rows = self._executor.read(query, params, shape, _take_rows)
         return rows
 
     def query_one(
@@ -95,13 +95,13 @@ class Repository(RepositoryBase):
         self._ensure_open()
         query = check_sql(sql)
         shape = self._shape(row_factory)
-        return self._executor.read(query, params, shape, _take_one, is_pure_read(query))
+        return self._executor.read(query, params, shape, _take_one)
 
     def scalar(self, sql: Any, params: Params = None) -> Any | None:
         """The first column of the only row, or None if there is no row."""
         self._ensure_open()
         query = check_sql(sql)
-        row = self._executor.read(query, params, tuple_row, _take_one, is_pure_read(query))
+        row = self._executor.read(query, params, tuple_row, _take_one)
         return None if row is None else row[0]
 
     # -- writes ------------------------------------------------------------------------------
