@@ -11,6 +11,8 @@ the failed attempt can have written anything:
 - 40001 anywhere in the error's ``__cause__`` chain: DSQL wrote nothing, retry;
 - a connection lost in a ``READ ONLY`` transaction, or before COMMIT (or an autocommit
   write) was sent: nothing was written, retry on a new connection;
+- a connection lost while a read's autocommit statement ran (``Attempt.settle_read_only``):
+  retry, but the executor re-runs it only inside a ``READ ONLY`` transaction;
 - a connection lost, or a cancellation landing, while COMMIT (or an autocommit write) was in
   flight: it may have committed, so the outcome is unknown and nothing is retried;
 - everything else (constraint violations, syntax errors, 54000 limits) propagates at once.
