@@ -24,6 +24,8 @@ from ._errors import (
     TokenError,
     TooManyRows,
     TransactionAborted,
+    TransactionControlRefused,
+    UnsettledChunks,
     UsageError,
 )
 from ._pool_async import AsyncDsqlConnectionPool
@@ -72,6 +74,8 @@ __all__ = [
     "TooManyRows",
     "Transaction",
     "TransactionAborted",
+    "TransactionControlRefused",
+    "UnsettledChunks",
     "UsageError",
     "__version__",
     "close_shared_pools",

@@ -33,8 +33,8 @@ import psycopg
 from psycopg import pq
 
 from . import _aio
-from ._errors import CommitOutcomeUnknown, TransactionAborted
-from ._query import JOINED, joined_handle, refuse_awaitable
+from ._errors import CommitOutcomeUnknown, TransactionAborted, TransactionControlRefused
+from ._query import JOINED, control_message, control_refusal, joined_handle, refuse_awaitable
 from ._retry import (
     Attempt,
     RetryPolicy,
@@ -46,12 +46,13 @@ from ._retry import (
     judge_all,
     mark_commit_unknown,
 )
-from ._transaction_async import AsyncTransaction
+from ._transaction_async import AsyncTransaction, guard_cursors
 
 __all__ = ["AsyncExecutor"]
 
 _IDLE = pq.TransactionStatus.IDLE
 _INERROR = pq.TransactionStatus.INERROR
+_INTRANS = pq.TransactionStatus.INTRANS
 #: Hot units per pool (see `AsyncExecutor._hot_transaction_once`), at most this many each.
 _HOT_UNITS = 1024
 _hot: weakref.WeakKeyDictionary[Any, dict[Any, _Gate]] = weakref.WeakKeyDictionary()
@@ -182,18 +183,14 @@ class AsyncExecutor:
                 handle = AsyncTransaction(conn)
                 token = JOINED.set({**(JOINED.get() or {}), id(self.pool): handle})
                 try:
-                    result = await fn(handle, *args, **kwargs)
-                    refuse_awaitable(result, fn)
-                    if conn.info.transaction_status == _INERROR:
-                        raise TransactionAborted(
-                            f"{getattr(fn, '__qualname__', fn)!s} returned normally, but its "
-                            "transaction had failed (a database error was caught inside it), "
-                            "so nothing was committed; let the error propagate, or check "
-                            "before the statement instead of catching its error (DSQL has "
-                            "no savepoints)"
-                        )
-                    attempt.writing = True
-                    await conn.commit()
+                    # psycopg's own transaction block, entered here (BEGIN, the round trip the
+                    # first statement would make anyway): inside it psycopg refuses commit(),
+                    # rollback() and autocommit, and a nested transaction() is a SAVEPOINT
+                    # (refused by DSQL, nothing written); the cursors refuse COMMIT & co. as SQL.
+                    async with guard_cursors(conn), conn.transaction():
+                        result = await _run_unit(fn, handle, args, kwargs)
+                        _check_still_open(conn, fn)
+                        attempt.writing = True
                     return result
                 except BaseException:
                     await _rollback_quietly(conn)
@@ -314,6 +311,35 @@ class AsyncExecutor:
         result = await fn(*args, **kwargs)
         refuse_awaitable(result, fn)
         return result
+
+
+async def _run_unit(fn: Callable[..., Any], handle: Any, args: Any, kwargs: Any) -> Any:
+    """``fn(handle, ...)``, with transaction control it tried made a `TransactionControlRefused`."""
+    try:
+        result = await fn(handle, *args, **kwargs)
+    except psycopg.Error as exc:
+        what = control_refusal(exc)
+        if what is None:
+            raise
+        raise TransactionControlRefused(control_message(what)) from exc
+    refuse_awaitable(result, fn)
+    return result
+
+
+def _check_still_open(conn: Any, fn: Callable[..., Any]) -> None:
+    """The unit's transaction must still be the one the executor opened, and healthy."""
+    status = conn.info.transaction_status
+    if status == _INTRANS:
+        return
+    if status == _INERROR:
+        raise TransactionAborted(
+            f"{getattr(fn, '__qualname__', fn)!s} returned normally, but its transaction had "
+            "failed (a database error was caught inside it), so nothing was committed; let the "
+            "error propagate, or check before the statement instead of catching its error "
+            "(DSQL has no savepoints)"
+        )
+    what = "The transaction ended (COMMIT or ROLLBACK sent by a raw cursor)"
+    raise TransactionControlRefused(control_message(what, refused=False))
 
 
 @contextlib.asynccontextmanager
