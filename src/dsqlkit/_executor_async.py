@@ -48,7 +48,7 @@ from ._retry import (
 )
 from ._transaction_async import AsyncTransaction, guard_cursors
 
-__all__ = ["AsyncExecutor"]
+__all__ = ["AsyncExecutor", "rollback_quietly"]
 
 _IDLE = pq.TransactionStatus.IDLE
 _INERROR = pq.TransactionStatus.INERROR
@@ -193,7 +193,7 @@ class AsyncExecutor:
                         attempt.writing = True
                     return result
                 except BaseException:
-                    await _rollback_quietly(conn)
+                    await rollback_quietly(conn)
                     raise
                 finally:
                     JOINED.reset(token)
@@ -274,7 +274,7 @@ class AsyncExecutor:
                         await cur.execute(query, params)
                         await conn.execute(b"COMMIT")
                 except BaseException:
-                    await _rollback_quietly(conn)
+                    await rollback_quietly(conn)
                     raise
             return await take(cur)
         finally:
@@ -352,14 +352,14 @@ async def _autocommit(conn: Any, value: bool) -> AsyncIterator[None]:
         yield
     finally:
         if previous != value and not conn.closed and not conn.broken:
-            await _rollback_quietly(conn)  # a failed transaction must end before the switch
+            await rollback_quietly(conn)  # a failed transaction must end before the switch
             with contextlib.suppress(psycopg.Error):
                 await conn.set_autocommit(previous)  # sync: conn.autocommit = previous
 
 
-async def _rollback_quietly(conn: Any) -> None:
+async def rollback_quietly(conn: Any) -> None:
     """End a failed attempt's transaction if the connection still can; never raise."""
-    if conn.closed or conn.broken or conn.info.transaction_status == _IDLE:
+    if conn is None or conn.closed or conn.broken or conn.info.transaction_status == _IDLE:
         return
     with contextlib.suppress(psycopg.Error):
         await conn.rollback()

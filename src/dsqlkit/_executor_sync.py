@@ -50,7 +50,7 @@ from ._retry import (
 )
 from ._transaction_sync import Transaction, guard_cursors
 
-__all__ = ["Executor"]
+__all__ = ["Executor", "rollback_quietly"]
 
 _IDLE = pq.TransactionStatus.IDLE
 _INERROR = pq.TransactionStatus.INERROR
@@ -193,7 +193,7 @@ class Executor:
                         attempt.writing = True
                     return result
                 except BaseException:
-                    _rollback_quietly(conn)
+                    rollback_quietly(conn)
                     raise
                 finally:
                     JOINED.reset(token)
@@ -272,7 +272,7 @@ class Executor:
                         cur.execute(query, params)
                         conn.execute(b"COMMIT")
                 except BaseException:
-                    _rollback_quietly(conn)
+                    rollback_quietly(conn)
                     raise
             return take(cur)
         finally:
@@ -348,14 +348,14 @@ def _autocommit(conn: Any, value: bool) -> Iterator[None]:
         yield
     finally:
         if previous != value and not conn.closed and not conn.broken:
-            _rollback_quietly(conn)  # a failed transaction must end before the switch
+            rollback_quietly(conn)  # a failed transaction must end before the switch
             with contextlib.suppress(psycopg.Error):
                 conn.autocommit = previous
 
 
-def _rollback_quietly(conn: Any) -> None:
+def rollback_quietly(conn: Any) -> None:
     """End a failed attempt's transaction if the connection still can; never raise."""
-    if conn.closed or conn.broken or conn.info.transaction_status == _IDLE:
+    if conn is None or conn.closed or conn.broken or conn.info.transaction_status == _IDLE:
         return
     with contextlib.suppress(psycopg.Error):
         conn.rollback()

@@ -214,8 +214,13 @@ def _next_word(text: str, i: int) -> str:
     return text[i:j].lower()
 
 
-def refuse_control(sql: Any, context: Any = None) -> None:
-    """`TransactionControlRefused` if ``sql`` would end or open a transaction (see above)."""
+def refuse_control(sql: Any, context: Any = None, autocommit: bool = False) -> None:
+    """`TransactionControlRefused` if ``sql`` would end or open a transaction (see above), or
+    would run in autocommit (each statement its own commit) inside a unit of work."""
+    if autocommit:
+        raise TransactionControlRefused(
+            control_message("A statement on a connection switched to AUTOCOMMIT")
+        )
     found = control_statement(sql, context)
     if found is not None:
         raise TransactionControlRefused(control_message(f"{found} sent as SQL"))

@@ -94,11 +94,11 @@ def _guarded_class(base: Any) -> Any:
         return made or base
 
     async def execute(self: Any, query: Any, params: Any = None, **kwargs: Any) -> Any:
-        refuse_control(query, self)
+        refuse_control(query, self, self.connection.autocommit)
         return await base.execute(self, query, params, **kwargs)
 
     async def executemany(self: Any, query: Any, params_seq: Any, **kwargs: Any) -> Any:
-        refuse_control(query, self)
+        refuse_control(query, self, self.connection.autocommit)
         return await base.executemany(self, query, params_seq, **kwargs)
 
     namespace = {"execute": execute, "executemany": executemany, "_dsqlkit_guarded": True}

@@ -94,11 +94,11 @@ def _guarded_class(base: Any) -> Any:
         return made or base
 
     def execute(self: Any, query: Any, params: Any = None, **kwargs: Any) -> Any:
-        refuse_control(query, self)
+        refuse_control(query, self, self.connection.autocommit)
         return base.execute(self, query, params, **kwargs)
 
     def executemany(self: Any, query: Any, params_seq: Any, **kwargs: Any) -> Any:
-        refuse_control(query, self)
+        refuse_control(query, self, self.connection.autocommit)
         return base.executemany(self, query, params_seq, **kwargs)
 
     namespace = {"execute": execute, "executemany": executemany, "_dsqlkit_guarded": True}
