@@ -124,7 +124,7 @@ def control_statement(sql: Any, context: Any = None) -> str | None:
     except KeyError:
         pass
     found = _scan_control(sql)
-    if len(_control_cache) < 4096:
+    if len(_control_cache) < 4096 and len(sql) <= 4096:
         _control_cache[sql] = found
     return found
 

@@ -20,7 +20,7 @@ from dsqlkit import AsyncRepository, BulkLoadError, Repository, UnsettledChunks,
 from dsqlkit.testing import LocalDsql
 
 COLUMNS = ["id", "name"]
-ROWS = [(i, f"row-{i}") for i in range(2500)]
+ROWS = [(i, f"row-{i}") for i in range(250)]
 
 
 @pytest.fixture
@@ -37,14 +37,14 @@ def _table(repo: Repository, *, primary_key: bool = True) -> str:
 
 
 def _stopped_load(local_dsql: LocalDsql, repo: Repository, table: str, **options: Any) -> Any:
-    """A COPY load whose first chunk (rows 0-999) committed, but whose COMMIT answer was lost."""
+    """A COPY load whose first chunk (rows 0-99) committed, but whose COMMIT answer was lost."""
     local_dsql.drop_next_commit("after")
+    load = options.pop("load", repo.copy_rows)
     with pytest.raises(BulkLoadError) as caught:
-        load = options.pop("load", repo.copy_rows)
-        load(table, ROWS, columns=COLUMNS, chunk_rows=1000, show_progress=False, **options)
+        load(table, ROWS, columns=COLUMNS, chunk_rows=100, show_progress=False, **options)
     error = caught.value
-    assert error.unknown == ((0, 1000),)
-    assert repo.scalar(f"SELECT count(*) FROM {table}") == 1000  # it had committed
+    assert error.unknown == ((0, 100),)
+    assert repo.scalar(f"SELECT count(*) FROM {table}") == 100  # it had committed
     assert "settle=" in str(error)
     return error
 
@@ -61,10 +61,10 @@ def test_resume_without_settle_is_refused_before_anything_is_written(
     table = _table(repo, primary_key=primary_key)
     error = _stopped_load(local_dsql, repo, table)
     with pytest.raises(UnsettledChunks) as caught:
-        repo.copy_rows(table, ROWS, columns=COLUMNS, chunk_rows=1000, resume=error)
-    assert caught.value.unknown == ((0, 1000),)
+        repo.copy_rows(table, ROWS, columns=COLUMNS, chunk_rows=100, resume=error)
+    assert caught.value.unknown == ((0, 100),)
     assert "settle=" in str(caught.value)
-    assert _count(repo, table) == (1000, 1000)  # nothing written
+    assert _count(repo, table) == (100, 100)  # nothing written
 
 
 @pytest.mark.parametrize("primary_key", [True, False], ids=["primary key", "no key"])
@@ -73,10 +73,10 @@ def test_settle_verify_copies_only_the_missing_rows(
 ) -> None:
     table = _table(repo, primary_key=primary_key)
     error = _stopped_load(local_dsql, repo, table)
-    result = repo.copy_rows(table, ROWS, columns=COLUMNS, chunk_rows=1000, resume=error,
+    result = repo.copy_rows(table, ROWS, columns=COLUMNS, chunk_rows=100, resume=error,
                             settle="verify", key="id")  # fmt: skip
-    assert result.written == 1500
-    assert _count(repo, table) == (2500, 2500)  # every row once: no duplicate, no violation
+    assert result.written == 150
+    assert _count(repo, table) == (250, 250)  # every row once: no duplicate, no violation
 
 
 def test_settle_verify_loads_a_chunk_that_did_not_commit(
@@ -86,13 +86,13 @@ def test_settle_verify_loads_a_chunk_that_did_not_commit(
     table = _table(repo)
     local_dsql.drop_next_commit("before")
     with pytest.raises(BulkLoadError) as caught:
-        repo.copy_rows(table, ROWS, columns=COLUMNS, chunk_rows=1000, show_progress=False)
-    assert caught.value.unknown == ((0, 1000),)
+        repo.copy_rows(table, ROWS, columns=COLUMNS, chunk_rows=100, show_progress=False)
+    assert caught.value.unknown == ((0, 100),)
     assert _count(repo, table) == (0, 0)
-    result = repo.copy_rows(table, ROWS, columns=COLUMNS, chunk_rows=1000,
+    result = repo.copy_rows(table, ROWS, columns=COLUMNS, chunk_rows=100,
                             resume=caught.value, settle="verify", key=["id"])  # fmt: skip
-    assert result.written == 2500
-    assert _count(repo, table) == (2500, 2500)
+    assert result.written == 250
+    assert _count(repo, table) == (250, 250)
 
 
 def test_settle_skip_and_rerun_are_explicit_choices(
@@ -101,13 +101,13 @@ def test_settle_skip_and_rerun_are_explicit_choices(
     table = _table(repo)
     error = _stopped_load(local_dsql, repo, table)
     with pytest.raises(BulkLoadError) as caught:  # rerun: the caller asked, COPY re-copies
-        repo.copy_rows(table, ROWS, columns=COLUMNS, chunk_rows=1000, resume=error,
+        repo.copy_rows(table, ROWS, columns=COLUMNS, chunk_rows=100, resume=error,
                        settle="rerun", show_progress=False)  # fmt: skip
     assert isinstance(caught.value.__cause__, psycopg.errors.UniqueViolation)
-    result = repo.copy_rows(table, ROWS, columns=COLUMNS, chunk_rows=1000, resume=error,
+    result = repo.copy_rows(table, ROWS, columns=COLUMNS, chunk_rows=100, resume=error,
                             settle="skip")  # fmt: skip
-    assert result.written == 1500
-    assert _count(repo, table) == (2500, 2500)
+    assert result.written == 150
+    assert _count(repo, table) == (250, 250)
 
 
 def test_settle_needs_a_key_to_verify_and_a_known_choice(
@@ -121,7 +121,7 @@ def test_settle_needs_a_key_to_verify_and_a_known_choice(
         repo.copy_rows(table, ROWS, columns=COLUMNS, resume=error, settle="maybe")
     with pytest.raises(UsageError, match="resume="):
         repo.copy_rows(table, ROWS, columns=COLUMNS, settle="skip")
-    assert _count(repo, table) == (1000, 1000)
+    assert _count(repo, table) == (100, 100)
 
 
 def test_insert_many_without_a_key_needs_settle_and_with_a_key_does_not(
@@ -130,17 +130,17 @@ def test_insert_many_without_a_key_needs_settle_and_with_a_key_does_not(
     table = _table(repo, primary_key=False)
     error = _stopped_load(local_dsql, repo, table, load=repo.insert_many)
     with pytest.raises(UnsettledChunks):  # ON CONFLICT cannot fire without a unique key
-        repo.insert_many(table, ROWS, columns=COLUMNS, chunk_rows=1000, resume=error)
-    repo.insert_many(table, ROWS, columns=COLUMNS, chunk_rows=1000, resume=error,
+        repo.insert_many(table, ROWS, columns=COLUMNS, chunk_rows=100, resume=error)
+    repo.insert_many(table, ROWS, columns=COLUMNS, chunk_rows=100, resume=error,
                      settle="skip")  # fmt: skip
-    assert _count(repo, table) == (2500, 2500)
+    assert _count(repo, table) == (250, 250)
 
     keyed = _table(repo)
     error = _stopped_load(local_dsql, repo, keyed, load=repo.insert_many, key="id")
-    result = repo.insert_many(keyed, ROWS, columns=COLUMNS, chunk_rows=1000, resume=error,
+    result = repo.insert_many(keyed, ROWS, columns=COLUMNS, chunk_rows=100, resume=error,
                               key="id")  # fmt: skip
-    assert (result.written, result.skipped) == (1500, 1000)  # ON CONFLICT skipped the chunk
-    assert _count(repo, keyed) == (2500, 2500)
+    assert (result.written, result.skipped) == (150, 100)  # ON CONFLICT skipped the chunk
+    assert _count(repo, keyed) == (250, 250)
 
 
 async def test_async_copy_resume_settles_unknown_chunks(local_dsql: LocalDsql) -> None:
@@ -150,11 +150,11 @@ async def test_async_copy_resume_settles_unknown_chunks(local_dsql: LocalDsql) -
         await repo.execute(f"CREATE TABLE {table} (id int, name text NOT NULL)")
         local_dsql.drop_next_commit("after")
         with pytest.raises(BulkLoadError) as caught:
-            await repo.copy_rows(table, ROWS, columns=COLUMNS, chunk_rows=1000,
+            await repo.copy_rows(table, ROWS, columns=COLUMNS, chunk_rows=100,
                                  show_progress=False)  # fmt: skip
         with pytest.raises(UnsettledChunks):
             await repo.copy_rows(table, ROWS, columns=COLUMNS, resume=caught.value)
-        await repo.copy_rows(table, ROWS, columns=COLUMNS, chunk_rows=1000,
+        await repo.copy_rows(table, ROWS, columns=COLUMNS, chunk_rows=100,
                              resume=caught.value, settle="verify", key="id")  # fmt: skip
-        assert await repo.scalar(f"SELECT count(DISTINCT id) FROM {table}") == 2500
-        assert await repo.scalar(f"SELECT count(*) FROM {table}") == 2500
+        assert await repo.scalar(f"SELECT count(DISTINCT id) FROM {table}") == 250
+        assert await repo.scalar(f"SELECT count(*) FROM {table}") == 250

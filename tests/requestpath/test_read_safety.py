@@ -70,7 +70,7 @@ def _create(conn: psycopg.Connection[Any], objects: Objects) -> None:
         f"CREATE TABLE {o.rows} (a int PRIMARY KEY)",
         f"CREATE FUNCTION {o.attr}({o.rows}) RETURNS int LANGUAGE sql AS "
         f"$f$INSERT INTO {o.log} (x) VALUES ($1.a); SELECT $1.a FROM pg_sleep({SLEEP})$f$",
-        f"CREATE VIEW {o.view} AS SELECT \"{o.fn}\"(a) AS v FROM {o.rows}",
+        f'CREATE VIEW {o.view} AS SELECT "{o.fn}"(a) AS v FROM {o.rows}',
     ]
     for statement in statements:
         conn.execute(statement)

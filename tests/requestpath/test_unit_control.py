@@ -37,12 +37,19 @@ def repo(pool: DsqlConnectionPool[Any]) -> Repository:
     return Repository(pool)
 
 
-@pytest.fixture
-def table(repo: Repository) -> str:
+@pytest.fixture(scope="module")
+def shared_table(local_dsql: LocalDsql) -> str:
     name = "uc_" + uuid.uuid4().hex[:8]
-    repo.execute(f"CREATE TABLE {name} (id int PRIMARY KEY, n int NOT NULL)")
-    repo.execute(f"INSERT INTO {name} (id, n) VALUES (1, 0), (2, 0)")
+    with psycopg.connect(local_dsql.conninfo("admin"), autocommit=True) as conn:
+        conn.execute(f"CREATE TABLE {name} (id int PRIMARY KEY, n int NOT NULL)")
+        conn.execute(f"INSERT INTO {name} (id, n) VALUES (1, 0), (2, 0)")
     return name
+
+
+@pytest.fixture
+def table(repo: Repository, shared_table: str) -> str:
+    repo.execute(f"UPDATE {shared_table} SET n = 0")
+    return shared_table
 
 
 def _conflict() -> psycopg.errors.SerializationFailure:
@@ -66,7 +73,7 @@ def test_a_nested_transaction_block_is_refused_and_nothing_is_applied_twice(
         if runs == 1:
             raise _conflict()  # the first attempt loses a conflict: the unit is re-run
 
-    with pytest.raises(TransactionControlRefused, match="nested connection.transaction"):
+    with pytest.raises(TransactionControlRefused, match=r"nested connection\.transaction"):
         transfer()
     assert runs == 1
     assert repo.query(f"SELECT id, n FROM {table} ORDER BY id") == [
@@ -88,8 +95,15 @@ CONTROL_SQL = [
 ]
 
 
-@pytest.mark.parametrize("statement", CONTROL_SQL)
-@pytest.mark.parametrize("through", ["handle", "connection", "cursor"])
+CASES = [("handle", statement) for statement in CONTROL_SQL] + [
+    ("connection", "COMMIT"),
+    ("connection", "SELECT 1; END"),
+    ("cursor", "COMMIT"),
+    ("cursor", "rollback"),
+]
+
+
+@pytest.mark.parametrize(("through", "statement"), CASES)
 def test_transaction_control_as_sql_is_refused_before_it_is_sent(
     pool: DsqlConnectionPool[Any], repo: Repository, table: str, statement: str, through: str
 ) -> None:
