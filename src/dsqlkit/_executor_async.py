@@ -1,7 +1,8 @@
 """The one executor that runs every unit of work (asyncio source; `_executor_sync` is generated).
 
 A unit of work is a transaction function, a read, an autocommit write, or a function that
-runs its own transaction (`occ_retry`). `AsyncExecutor` runs it attempt by attempt: it takes a
+runs its own transaction (`occ_retry`). `run_attempts` is the one retry loop (it knows
+nothing of pools); `AsyncExecutor` runs units on a pool attempt by attempt: it takes a
 connection, tracks what the attempt has sent (`Attempt`: nothing yet, COMMIT in flight, a
 ``READ ONLY`` transaction), and on failure asks `dsqlkit._retry.RetryRun` for the verdict:
 run again after a backoff (nothing was written), raise `CommitOutcomeUnknown` (it may have
@@ -19,6 +20,10 @@ write behind any text). So:
   returned. If the server refuses the re-run (25006: the statement writes) or it fails for
   any other reason, `CommitOutcomeUnknown` is raised (``__cause__`` is the lost connection):
   the first run may have written, and it is never run again outside READ ONLY.
+
+A transaction function runs inside psycopg's own ``connection.transaction()`` block, entered
+by the executor, with cursors that refuse transaction control sent as SQL: nothing can commit
+behind the executor (`TransactionControlRefused`).
 """
 
 from __future__ import annotations
@@ -34,21 +39,21 @@ from psycopg import pq
 
 from . import _aio
 from ._errors import CommitOutcomeUnknown, TransactionAborted, TransactionControlRefused
-from ._query import JOINED, control_message, control_refusal, joined_handle, refuse_awaitable
+from ._joined import joined_handle, joining
+from ._query import control_message, control_refusal, refuse_awaitable
 from ._retry import (
     Attempt,
     RetryPolicy,
     RetryStats,
+    Scope,
     connection_lost,
     count_unknown,
     find_conflict,
-    is_conflict,
-    judge_all,
     mark_commit_unknown,
 )
 from ._transaction_async import AsyncTransaction, guard_cursors
 
-__all__ = ["AsyncExecutor", "rollback_quietly"]
+__all__ = ["AsyncExecutor", "autocommit", "call_once", "rollback_quietly", "run_attempts"]
 
 _IDLE = pq.TransactionStatus.IDLE
 _INERROR = pq.TransactionStatus.INERROR
@@ -102,6 +107,32 @@ def _heat(pool: Any, key: Any, seconds: float) -> None:
     units.setdefault(key, _Gate(until))
 
 
+async def run_attempts(
+    policy: RetryPolicy, stats: RetryStats, once: Callable[..., Any], scope: Scope, *args: Any
+) -> Any:
+    """The retry loop: ``once(attempt, *args)`` until it succeeds or the verdict on its
+    failure (`dsqlkit._retry.RetryRun.failed`, within ``scope``) stops it."""
+    run = policy.start(stats)
+    while True:
+        attempt = run.next_attempt()
+        try:
+            return await once(attempt, *args)
+        except BaseException as exc:
+            verdict = run.failed(exc, attempt, scope)
+            if verdict is None:
+                raise
+            if isinstance(verdict, BaseException):
+                raise verdict from exc
+        await _aio.sleep(verdict)
+
+
+async def call_once(attempt: Attempt, fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
+    """One attempt of a function that runs its own transaction (`occ_retry`)."""
+    result = await fn(*args, **kwargs)
+    refuse_awaitable(result, fn)
+    return result
+
+
 class _ReadState:
     """What the attempts of one read share: the lost connection that left the first run's
     outcome unknown (from then on, only READ ONLY re-runs), and the attempts so far."""
@@ -123,21 +154,6 @@ class AsyncExecutor:
         self.policy = policy
         self.stats = stats
 
-    async def run_attempts(self, once: Callable[..., Any], retry_on: Any, *args: Any) -> Any:
-        """The retry loop: ``once(attempt, *args)`` until it succeeds or the verdict stops it."""
-        run = self.policy.start(self.stats)
-        while True:
-            attempt = run.next_attempt()
-            try:
-                return await once(attempt, *args)
-            except BaseException as exc:
-                verdict = run.failed(exc, attempt, retry_on)
-                if verdict is None:
-                    raise
-                if isinstance(verdict, BaseException):
-                    raise verdict from exc
-            await _aio.sleep(verdict)
-
     # -- transactions ------------------------------------------------------------------------
 
     async def transaction(self, fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
@@ -147,10 +163,19 @@ class AsyncExecutor:
             return await fn(joined, *args, **kwargs)
         key = _hot_key(fn, args, kwargs) if self.policy.hot_seconds else None
         if key is not None:
-            return await self.run_attempts(
-                self._hot_transaction_once, judge_all, key, fn, args, kwargs
+            return await run_attempts(
+                self.policy,
+                self.stats,
+                self._hot_transaction_once,
+                Scope.UNIT,
+                key,
+                fn,
+                args,
+                kwargs,
             )
-        return await self.run_attempts(self._transaction_once, judge_all, fn, args, kwargs)
+        return await run_attempts(
+            self.policy, self.stats, self._transaction_once, Scope.UNIT, fn, args, kwargs
+        )
 
     async def _hot_transaction_once(
         self, attempt: Attempt, key: Any, fn: Callable[..., Any], args: Any, kwargs: Any
@@ -179,24 +204,23 @@ class AsyncExecutor:
             attempt.connection = conn
             if conn.info.transaction_status != _IDLE:
                 await conn.rollback()  # a dirty checkout must never nest (savepoints)
-            async with _autocommit(conn, False):
+            async with autocommit(conn, False):
                 handle = AsyncTransaction(conn)
-                token = JOINED.set({**(JOINED.get() or {}), id(self.pool): handle})
-                try:
-                    # psycopg's own transaction block, entered here (BEGIN, the round trip the
-                    # first statement would make anyway): inside it psycopg refuses commit(),
-                    # rollback() and autocommit, and a nested transaction() is a SAVEPOINT
-                    # (refused by DSQL, nothing written); the cursors refuse COMMIT & co. as SQL.
-                    async with guard_cursors(conn), conn.transaction():
-                        result = await _run_unit(fn, handle, args, kwargs)
-                        _check_still_open(conn, fn)
-                        attempt.writing = True
-                    return result
-                except BaseException:
-                    await rollback_quietly(conn)
-                    raise
-                finally:
-                    JOINED.reset(token)
+                with joining(self.pool, handle):
+                    try:
+                        # psycopg's own transaction block, entered here (BEGIN: the round trip
+                        # the first statement would make anyway): inside it psycopg refuses
+                        # commit(), rollback() and autocommit, and a nested transaction() is a
+                        # SAVEPOINT (refused by DSQL, nothing written); the connection's
+                        # cursors refuse COMMIT, BEGIN, END, ... sent as SQL.
+                        async with guard_cursors(conn), conn.transaction():
+                            result = await _run_unit(fn, handle, args, kwargs)
+                            _check_still_open(conn, fn)
+                            attempt.writing = True
+                        return result
+                    except BaseException:
+                        await rollback_quietly(conn)
+                        raise
 
     # -- reads and autocommit writes ---------------------------------------------------------
 
@@ -218,18 +242,25 @@ class AsyncExecutor:
                 return await take(cur)
         state = _ReadState()
         try:
-            return await self.run_attempts(
-                self._read_once, judge_all, query, params, row_factory, take, state
+            return await run_attempts(
+                self.policy,
+                self.stats,
+                self._read_once,
+                Scope.UNIT,
+                query,
+                params,
+                row_factory,
+                take,
+                state,
             )
         except BaseException as exc:
             lost = state.unsettled
             if lost is None or isinstance(exc, CommitOutcomeUnknown):
                 raise
+            count_unknown(self.stats)
             if not isinstance(exc, Exception):  # an interruption during the re-run
-                count_unknown(self.stats)
                 mark_commit_unknown(exc)
                 raise
-            count_unknown(self.stats)
             raise CommitOutcomeUnknown(
                 "the connection was lost while the statement ran in autocommit, so it may have "
                 "written (a function, view or CHECK it calls can write, whatever its text "
@@ -289,28 +320,14 @@ class AsyncExecutor:
         if joined is not None:
             async with joined.connection.cursor() as cur:
                 return await run(cur)
-        return await self.run_attempts(self._write_once, judge_all, run)
+        return await run_attempts(self.policy, self.stats, self._write_once, Scope.UNIT, run)
 
     async def _write_once(self, attempt: Attempt, run: Callable[..., Any]) -> Any:
         async with self.pool.connection() as conn:
             attempt.connection = conn
-            async with _autocommit(conn, True), conn.cursor() as cur:
+            async with autocommit(conn, True), conn.cursor() as cur:
                 attempt.writing = True
                 return await run(cur)
-
-    # -- functions that run their own transaction --------------------------------------------
-
-    async def call(self, fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
-        """``fn(*args, **kwargs)``, re-run on a conflict only (`occ_retry`): the function owns
-        its connection and COMMIT, so a lost connection is its caller's to judge."""
-        return await self.run_attempts(self._call_once, is_conflict, fn, args, kwargs)
-
-    async def _call_once(
-        self, attempt: Attempt, fn: Callable[..., Any], args: Any, kwargs: Any
-    ) -> Any:
-        result = await fn(*args, **kwargs)
-        refuse_awaitable(result, fn)
-        return result
 
 
 async def _run_unit(fn: Callable[..., Any], handle: Any, args: Any, kwargs: Any) -> Any:
@@ -343,7 +360,7 @@ def _check_still_open(conn: Any, fn: Callable[..., Any]) -> None:
 
 
 @contextlib.asynccontextmanager
-async def _autocommit(conn: Any, value: bool) -> AsyncIterator[None]:
+async def autocommit(conn: Any, value: bool) -> AsyncIterator[None]:
     """Run with ``conn.autocommit == value``, then restore it (if the connection survived)."""
     previous = conn.autocommit
     if previous != value:

@@ -88,13 +88,43 @@ def objects(local_dsql: LocalDsql) -> Objects:
 @pytest.fixture
 def repo(local_dsql: LocalDsql) -> Iterator[Repository]:
     with local_dsql.pool(min_size=1, max_size=2) as pool:
-        yield Repository(pool)
+        yield Repository(pool, on_retry=_drops_done)
+
+
+_droppers: list[threading.Thread] = []
 
 
 def _drop_soon(local: LocalDsql) -> threading.Thread:
     thread = threading.Thread(target=lambda: (time.sleep(DROP_AFTER), local.drop_connections()))
     thread.start()
+    _droppers.append(thread)
     return thread
+
+
+def _terminate_soon(local: LocalDsql, marker: str) -> threading.Thread:
+    """Kill, on the server, the backend running the statement that contains ``marker`` (its
+    client connection is closed mid-statement, and no other connection is touched: a pool
+    reconnecting meanwhile is not cut mid-handshake as by `drop_connections`)."""
+
+    def terminate() -> None:
+        time.sleep(DROP_AFTER)
+        with psycopg.connect(local.backend_conninfo, autocommit=True) as admin:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE query LIKE %s AND pid <> pg_backend_pid()",
+                (f"%{marker}%",),
+            )
+
+    thread = threading.Thread(target=terminate)
+    thread.start()
+    return thread
+
+
+def _drops_done(event: Any) -> None:
+    """``on_retry``: reconnect only once the endpoint has finished dropping connections (a
+    connect racing the drop would be cut mid-handshake, a different fault)."""
+    for thread in _droppers:
+        thread.join(5)
 
 
 def _written(repo: Repository, objects: Objects, value: int) -> int:
@@ -136,7 +166,7 @@ async def test_async_reads_that_write_are_never_run_twice(
     local_dsql: LocalDsql, objects: Objects
 ) -> None:
     async with local_dsql.async_pool(min_size=1, max_size=2) as pool:
-        repo = AsyncRepository(pool)
+        repo = AsyncRepository(pool, on_retry=_drops_done)
         for number, shape in enumerate(SHAPES):
             value = 100_000 + number
             await repo.execute(f"INSERT INTO {objects.rows} (a) VALUES (%s)", (value,))
@@ -156,10 +186,12 @@ async def test_async_reads_that_write_are_never_run_twice(
 def test_a_pure_read_is_re_run_read_only_and_returns_its_rows(
     local_dsql: LocalDsql, repo: Repository
 ) -> None:
-    """The same drop on a statement that writes nothing: the READ ONLY re-run succeeds."""
-    dropper = _drop_soon(local_dsql)
+    """The same loss on a statement that writes nothing: the READ ONLY re-run succeeds."""
+    dropper = _terminate_soon(local_dsql, "pure-read-sync")
     try:
-        assert repo.scalar("SELECT pg_sleep(%s)::text || 'x'", (SLEEP,)) == "x"
+        assert repo.scalar("SELECT pg_sleep(%s)::text || 'pure-read-sync'", (SLEEP,)) == (
+            "pure-read-sync"
+        )
     finally:
         dropper.join()
     stats = repo.pool.get_stats()
@@ -169,14 +201,16 @@ def test_a_pure_read_is_re_run_read_only_and_returns_its_rows(
 
 async def test_an_async_pure_read_is_re_run_read_only(local_dsql: LocalDsql) -> None:
     async with local_dsql.async_pool(min_size=1, max_size=2) as pool:
-        repo = AsyncRepository(pool)
-        dropper = _drop_soon(local_dsql)
+        repo = AsyncRepository(pool, on_retry=_drops_done)
+        dropper = _terminate_soon(local_dsql, "pure-read-async")
         try:
-            rows = await repo.query("SELECT 7 AS n FROM pg_sleep(%s)", (SLEEP,))
+            rows = await repo.query(
+                "SELECT 7 AS n FROM pg_sleep(%s) /* pure-read-async */", (SLEEP,)
+            )
         finally:
             await asyncio.to_thread(dropper.join)
         assert list(rows) == [{"n": 7}]
-        assert pool.get_stats()["occ_disconnects_retried"] == 1
+        assert pool.get_stats()["occ_disconnects_retried"] == 1, pool.get_stats()
 
 
 def test_the_first_run_is_one_plain_autocommit_statement(

@@ -2,8 +2,6 @@
 
 The asyncio source: ``_run_sync`` is generated from it by ``tools/async_to_sync.py``.
 
-- `connect`: one physical connection the way dsqlkit's pools open one (a fresh token, minted
-  off the event loop; the connect plan's retries), registered for the checkout checks;
 - `wrap`: the wrapper `dsqlkit.sqlalchemy.transactional` returns;
 - `run_unit`: the one place these units enter dsqlkit's executor (its retry loop, verdict,
   backoff and accounting);
@@ -17,17 +15,16 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Awaitable, Callable  # sync: from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection  # sync: from sqlalchemy import Connection
 
-from .. import _aio
-from .._connect_async import AsyncDsqlConnection
 from .._errors import TransactionControlRefused
-from .._executor_async import AsyncExecutor, rollback_quietly
-from .._query import JOINED, control_message, control_refusal, joined_handle, refuse_awaitable
-from .._retry import Attempt, RetryPolicy, RetryStats, judge_all
+from .._executor_async import rollback_quietly, run_attempts
+from .._joined import joined_handle, joining
+from .._query import control_message, control_refusal, refuse_awaitable
+from .._retry import Attempt, RetryPolicy, RetryStats, Scope
 from .._transaction_async import guard_cursors
 from ._checks import (
     Unit,
@@ -37,22 +34,9 @@ from ._checks import (
     commit_guard,
 )
 
-if TYPE_CHECKING:
-    from .._pool import PoolCore
-
-__all__ = ["attempt_once", "connect", "run_unit", "wrap"]
+__all__ = ["attempt_once", "run_unit", "wrap"]
 
 T = TypeVar("T")
-
-
-async def connect(core: PoolCore) -> Any:
-    """A new psycopg connection for SQLAlchemy's pool (its ``creator``)."""
-    kwargs = core.static_kwargs()
-    if core.minter is not None:
-        kwargs["password"] = await _aio.to_thread(core.mint)
-    conn = await AsyncDsqlConnection.connect(**kwargs)
-    core.connection_created(conn)
-    return conn
 
 
 def wrap(unit: Unit, policy: RetryPolicy, stats: RetryStats) -> Any:
@@ -77,7 +61,7 @@ async def run_unit(
     *args: Any,
 ) -> T:
     """``once(attempt, *args)`` under ``policy`` on dsqlkit's executor."""
-    result: T = await AsyncExecutor(None, policy, stats).run_attempts(once, judge_all, *args)
+    result: T = await run_attempts(policy, stats, once, Scope.UNIT, *args)
     return result
 
 
@@ -94,30 +78,28 @@ async def attempt_once(attempt: Attempt, unit: Unit, args: Any, kwargs: Any) -> 
         driver, engine = await driver_of(handle)
         attempt.connection = driver
         check_transactional(driver, fn)
-        token = JOINED.set({**(JOINED.get() or {}), id(unit.bind): handle})
-        try:
-            guard = commit_guard(engine, driver)
-            with guard:  # sync: with guard, guard_cursors(driver):
-                async with guard_cursors(driver):  # async-only
-                    result = await fn(handle, *args, **kwargs)
-            refuse_awaitable(result, fn)
-            check_still_transactional(driver, fn)
-            if unit.session:
-                await handle.flush()  # flush errors happen before COMMIT is sent
-            check_not_aborted(driver, fn)
-            attempt.writing = True
-            await handle.commit()
-            return result
-        except BaseException as exc:
-            # End the transaction here: after a commit refused by the guard, SQLAlchemy
-            # believes it already ended and would hand the connection back to its pool open.
-            await rollback_quietly(driver)
-            what = control_refusal(exc) if isinstance(exc, sa_exc.DBAPIError) else None
-            if what is None:
-                raise
-            raise TransactionControlRefused(control_message(what)) from exc
-        finally:
-            JOINED.reset(token)
+        with joining(unit.bind, handle):
+            try:
+                guard = commit_guard(engine, driver)
+                with guard:  # sync: with guard, guard_cursors(driver):
+                    async with guard_cursors(driver):  # async-only
+                        result = await fn(handle, *args, **kwargs)
+                refuse_awaitable(result, fn)
+                check_still_transactional(driver, fn)
+                if unit.session:
+                    await handle.flush()  # flush errors happen before COMMIT is sent
+                check_not_aborted(driver, fn)
+                attempt.writing = True
+                await handle.commit()
+                return result
+            except BaseException as exc:
+                # End the transaction here: after a commit refused by the guard, SQLAlchemy
+                # believes it already ended and would hand the connection back to its pool open.
+                await rollback_quietly(driver)
+                what = control_refusal(exc) if isinstance(exc, sa_exc.DBAPIError) else None
+                if what is None:
+                    raise
+                raise TransactionControlRefused(control_message(what)) from exc
 
 
 async def driver_of(handle: Any) -> tuple[Any, Any]:
