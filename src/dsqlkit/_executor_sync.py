@@ -10,7 +10,7 @@ connection, tracks what the attempt has sent (`Attempt`: nothing yet, COMMIT in 
 run again after a backoff (nothing was written), raise `CommitOutcomeUnknown` (it may have
 committed), or propagate. Accounting goes to the pool's one `RetryStats`.
 
-A read (`AsyncExecutor.read`) first runs as one plain autocommit statement, like a raw pool.
+A read (`Executor.read`) first runs as one plain autocommit statement, like a raw pool.
 Its text is never trusted to prove it cannot write (a function, a view or a domain CHECK can
 write behind any text). So:
 
