@@ -1,118 +1,39 @@
-"""Migrations that respect DSQL's DDL rules (see `dsqlkit.migrations` for the public names).
-
-A migration is a file ``<version>_<name>.sql`` in a directory; versions sort numerically.
-Files are split into statements with PostgreSQL's parser and linted before any database I/O.
-Then, under a lease lock (DSQL has no advisory locks), each pending file runs statement by
-statement:
-
-- each DDL statement in its own transaction; ``CREATE INDEX ASYNC`` and
-  ``ALTER TABLE ASYNC ... VALIDATE CONSTRAINT`` wait for their job;
-- each DML statement in a transaction with its own "done" mark, so a crash can never make
-  it run twice; an ``INSERT ... VALUES`` of more than ``chunk_rows`` rows is split;
-- a ``BEGIN ... COMMIT`` block runs as one transaction (DML only: DSQL refuses the rest),
-  again with its "done" mark;
-- progress is recorded after every statement, and the ledger row only when the whole file
-  succeeded. A failure stops with the file, statement number and line; fix the statement and
-  run again: statements already applied are skipped (their text may not change).
-
-Each DDL statement is marked "running" before it is sent and "done" after it committed (DDL
-cannot share a transaction with the mark). A crash in between leaves it "running"; on the
-next run, that statement failing with "already exists"
-(SQLSTATE 42P07, 42710, 42701, 42P06, 42723) or a unique violation (23505) counts as applied,
-and nothing else is ever skipped on a guess.
-"""
+"""Applying migration files under a lease lock, statement by statement, resumably."""
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 import time
 import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
-from ._backoff import full_jitter
-from ._errors import LintFailed, MigrationError, MigrationFailed, MigrationLocked
+from .._backoff import full_jitter
+from .._errors import LintFailed, MigrationError, MigrationFailed, MigrationLocked
+from .._jobs import JOBS_QUERY, wait_for_job
+from ._files import Migration, Statement, load_directory
+from ._lint import LintIssue, lint
 
 __all__ = [
+    "ALREADY_EXISTS",
+    "MAX_DML_ROWS",
     "AppliedMigration",
-    "LintFailed",
-    "LintIssue",
-    "Migration",
-    "MigrationError",
-    "MigrationFailed",
-    "MigrationLocked",
     "MigrationReport",
     "MigrationStatus",
     "Migrator",
-    "bootstrap_role",
-    "lint_directory",
-    "new_migration",
-    "role_statements",
 ]
 
 _logger = logging.getLogger("dsqlkit.migrations")
 
-FILE_NAME = re.compile(r"(?P<version>\d+)_(?P<name>[A-Za-z0-9][A-Za-z0-9_\-]*)\.sql")
-#: Scanner tokens that are not part of a statement's text.
-NOT_STATEMENT_TOKENS = frozenset(("SQL_COMMENT", "C_COMMENT", "ASCII_59"))
 ALREADY_EXISTS = frozenset(("42P07", "42710", "42701", "42P06", "42723", "23505"))
-ROLE_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 #: Rows one DML statement may write: DSQL's 3,000 per transaction, less its "done" mark.
 MAX_DML_ROWS = 2999
-IAM_ROLE_ARN = re.compile(r"arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]+")
-
-
-@dataclass(frozen=True)
-class LintIssue:
-    path: Path
-    line: int
-    statement: int
-    message: str
-    fix: str
-
-    def __str__(self) -> str:
-        return f"{self.path.name}:{self.line}: {self.message} (fix: {self.fix})"
-
-
-@dataclass(frozen=True)
-class Statement:
-    """One unit of a migration file: a statement, or a BEGIN ... COMMIT block."""
-
-    number: int
-    line: int
-    text: str
-    kind: str
-    checksum: str
-    node: str = ""
-    block: tuple[str, ...] = ()
-    index_name: str | None = None
-    #: The job an async statement starts ("INDEX_BUILD", "VALIDATE_CONSTRAINT"), waited for.
-    job: str | None = None
-    #: What the job works on, for messages: ``index i``, ``constraint c of t``.
-    job_object: str | None = None
-
-
-@dataclass(frozen=True)
-class Migration:
-    """A migration file."""
-
-    version: int
-    name: str
-    path: Path
-    checksum: str
-    statements: tuple[Statement, ...] = field(repr=False)
-
-    @property
-    def key(self) -> str:
-        return str(self.version)
 
 
 @dataclass(frozen=True)
@@ -144,194 +65,6 @@ class MigrationReport:
     def versions(self) -> list[int]:
         return [m.version for m, _ in self.applied]
 
-
-def _checksum(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _parse_file(path: Path) -> Migration:
-    from pglast import parser
-
-    from ._sqlrules import classify
-
-    match = FILE_NAME.fullmatch(path.name)
-    if match is None:
-        raise MigrationError(
-            f"{path.name} is not named <version>_<name>.sql (e.g. 20260101120000_items.sql)"
-        )
-    text = path.read_text()
-    slices = list(parser.split(text, with_parser=False, only_slices=True))
-    covered = [(sl.start, sl.stop) for sl in slices]
-    for token in parser.scan(text):
-        if token.name in NOT_STATEMENT_TOKENS:
-            continue
-        if not any(start <= token.start < stop for start, stop in covered):
-            line = text.count("\n", 0, token.start) + 1
-            snippet = text[token.start : token.end + 1]
-            raise MigrationError(
-                f"{path.name}:{line}: syntax error at or near {snippet!r} (not a statement)"
-            )
-    units: list[Statement] = []
-    block: list[tuple[int, str, Any]] = []
-    block_start: tuple[int, str] | None = None
-    for piece in slices:
-        chunk = text[piece]
-        tokens = [t for t in parser.scan(chunk) if t.name not in NOT_STATEMENT_TOKENS]
-        if not tokens:
-            continue
-        start = piece.start + tokens[0].start
-        line = text.count("\n", 0, start) + 1
-        body = text[start : piece.stop].strip()
-        (info,) = classify(body)[:1] or (None,)
-        kind = info.kind if info is not None else "other"
-        node = info.node if info is not None else ""
-        if kind == "begin":
-            block_start = (line, body)
-            block = []
-            continue
-        if block_start is not None:
-            if kind == "rollback":
-                raise MigrationError(
-                    f"{path.name}:{block_start[0]}: a BEGIN ... ROLLBACK block would do nothing; "
-                    "end it with COMMIT or remove it"
-                )
-            if kind == "commit":
-                number = len(units) + 1
-                texts = tuple(b for _, b, _ in block)
-                units.append(
-                    Statement(
-                        number,
-                        block_start[0],
-                        block_start[1],
-                        "block",
-                        _checksum("\n".join(texts)),
-                        "Block",
-                        texts,
-                    )
-                )
-                block_start = None
-                continue
-            block.append((line, body, info))
-            continue
-        index_name = job_object = None
-        job = info.async_job if info is not None else None
-        if job == "INDEX_BUILD" and info is not None:
-            index_name = getattr(info.parsed, "idxname", None)
-            job_object = f"index {index_name or '(unnamed index)'}"
-        elif job is not None and info is not None:
-            table = info.parsed.relation.relname
-            job_object = f"constraint {info.parsed.cmds[0].name} of {table}"
-        units.append(
-            Statement(
-                len(units) + 1,
-                line,
-                body,
-                kind,
-                _checksum(body),
-                node,
-                (),
-                index_name,
-                job,
-                job_object,
-            )
-        )
-    if block_start is not None:
-        raise MigrationError(f"{path.name}:{block_start[0]}: BEGIN without COMMIT")
-    return Migration(int(match["version"]), match["name"], path, _checksum(text), tuple(units))
-
-
-def load_directory(directory: str | Path) -> list[Migration]:
-    """Every migration in ``directory``, in version order."""
-    folder = Path(directory)
-    if not folder.is_dir():
-        raise MigrationError(f"migrations directory {folder} does not exist")
-    migrations = [_parse_file(p) for p in sorted(folder.glob("*.sql"))]
-    migrations.sort(key=lambda m: m.version)
-    seen: dict[int, Path] = {}
-    for m in migrations:
-        if m.version in seen:
-            raise MigrationError(
-                f"version {m.version} is used twice: {seen[m.version].name} and {m.path.name}"
-            )
-        seen[m.version] = m.path
-    return migrations
-
-
-def lint(migrations: Sequence[Migration]) -> list[LintIssue]:
-    """Statements DSQL would refuse, with file:line and the fix; no database I/O.
-
-    Uses the same rules as the local endpoint (`dsqlkit._sqlrules`), so every statement
-    DSQL refuses for a reason visible in its text is reported. Primary keys declared by
-    earlier statements are remembered, so dropping a primary-key column is reported too.
-    """
-    from ._sqlrules import classify, primary_key_drop
-
-    issues: list[LintIssue] = []
-    keys: dict[str, set[str]] = {}  # table -> primary-key columns, from CREATE TABLE
-    for migration in migrations:
-        for unit in migration.statements:
-
-            def report(
-                message: str, fix: str, path: Path = migration.path, unit: Statement = unit
-            ) -> None:
-                issues.append(LintIssue(path, unit.line, unit.number, message, fix))
-
-            texts = unit.block or (unit.text,)
-            ddl = dml = 0
-            for text in texts:
-                for info in classify(text):
-                    if info.node == "Unparsed":
-                        report(_syntax_error(text), "fix the syntax")
-                        continue
-                    refusal = info.refusal or primary_key_drop(info.parsed, keys)
-                    if refusal is not None:
-                        report(refusal.message, refusal.fix or "remove or rewrite it")
-                    ddl += info.kind == "ddl"
-                    dml += info.kind == "dml"
-            if unit.block and ddl > 1:
-                report("several DDL statements in one BEGIN ... COMMIT block",
-                       "remove BEGIN/COMMIT: each DDL runs in its own transaction")  # fmt: skip
-            elif unit.block and ddl and dml:
-                report("DDL and DML in one BEGIN ... COMMIT block", "move the DDL out of the block")
-    return issues
-
-
-def _syntax_error(text: str) -> str:
-    from pglast import parser
-
-    from ._sqlrules import _strip_async
-
-    try:
-        parser.parse_sql(_strip_async(text)[0])
-    except Exception as exc:
-        return f"syntax error: {exc}"
-    return "statement could not be parsed"
-
-
-def lint_directory(directory: str | Path) -> list[LintIssue]:
-    """Lint every migration file of ``directory`` (no database needed)."""
-    return lint(load_directory(directory))
-
-
-def new_migration(directory: str | Path, name: str, *, now: datetime | None = None) -> Path:
-    """Create ``<UTC timestamp>_<name>.sql`` in ``directory`` and return its path."""
-    slug = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
-    if not slug:
-        raise MigrationError(f"{name!r} gives an empty file name: use letters or digits")
-    stamp = (now or datetime.now(timezone.utc)).strftime("%Y%m%d%H%M%S")
-    folder = Path(directory)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{stamp}_{slug}.sql"
-    if path.exists():
-        raise MigrationError(f"{path} already exists")
-    path.write_text(
-        f"-- {name}\n-- One DDL statement per transaction is automatic: write plain statements.\n"
-        "-- Indexes: CREATE INDEX ASYNC name ON table (columns);\n\n"
-    )
-    return path
-
-
-# -- applying ----------------------------------------------------------------------------------
 
 LEDGER_DDL = (
     "CREATE TABLE IF NOT EXISTS {ledger} (version text PRIMARY KEY, name text NOT NULL, "
@@ -374,7 +107,7 @@ class Migrator:
         lock_timeout: float = 300.0,
         lease: float = 330.0,
     ) -> None:
-        from ._repository_sync import Repository
+        from .._repository_sync import Repository
 
         self.repo = target if isinstance(target, Repository) else Repository(target)
         if not isinstance(chunk_rows, int) or not 1 <= chunk_rows <= MAX_DML_ROWS:
@@ -641,34 +374,29 @@ class Migrator:
         return parts
 
     def _wait_for_job(self, migration: Migration, unit: Statement, job_id: str) -> None:
-        """Poll ``sys.jobs`` (what ``sys.wait_for_job`` waits on) until the job ends."""
-        deadline = time.monotonic() + self.index_timeout
-        delay = 0.05
+        """Wait for the job (polling ``sys.jobs``, renewing the lease) until it ends."""
         name = unit.job_object or "(unnamed index)"
         verb = "failed to build" if unit.job == "INDEX_BUILD" else "failed to validate"
-        while True:
-            job = self.repo.query_one(
-                "SELECT status, details FROM sys.jobs WHERE job_id = %s", (job_id,)
+
+        def read(job: str) -> tuple[str, str | None] | None:
+            row = self.repo.query_one(JOBS_QUERY, (job,))
+            return (row["status"], row["details"]) if row is not None else None
+
+        outcome = wait_for_job(read, job_id, timeout=self.index_timeout, heartbeat=self._heartbeat)
+        if outcome.ok:
+            return
+        if outcome.timed_out:
+            raise MigrationError(
+                f"{migration.path.name}: {name} (job {job_id}) still running after "
+                f"{self.index_timeout:g}s; raise index_timeout or check sys.jobs"
             )
-            status = (job or {}).get("status", "")
-            if status == "completed":
-                return
-            if status in ("failed", "cancelled"):
-                # Not "running" any more: a failed index left in the catalog must not later
-                # pass for an applied statement.
-                self._forget(migration, unit, 0)
-                raise MigrationError(
-                    f"{migration.path.name}: statement {unit.number} (line {unit.line}): "
-                    f"{name} {verb} (job {job_id}): {(job or {}).get('details')}"
-                )
-            if time.monotonic() > deadline:
-                raise MigrationError(
-                    f"{migration.path.name}: {name} (job {job_id}) still running after "
-                    f"{self.index_timeout:g}s; raise index_timeout or check sys.jobs"
-                )
-            self._heartbeat()
-            time.sleep(delay)
-            delay = min(delay * 2, 2.0)
+        # Not "running" any more: a failed index left in the catalog must not later pass
+        # for an applied statement.
+        self._forget(migration, unit, 0)
+        raise MigrationError(
+            f"{migration.path.name}: statement {unit.number} (line {unit.line}): "
+            f"{name} {verb} (job {job_id}): {outcome.details}"
+        )
 
     # -- the lock ----------------------------------------------------------------------------
 
@@ -710,75 +438,3 @@ class Migrator:
             sql.SQL("DELETE FROM {} WHERE name = 'migrations' AND owner = %s").format(self.lock),
             (self.owner,),
         )
-
-
-# -- roles -------------------------------------------------------------------------------------
-
-
-def role_statements(
-    role: str,
-    *,
-    iam_role_arn: str | None = None,
-    schema: str = "public",
-    privileges: Sequence[str] = ("SELECT", "INSERT", "UPDATE", "DELETE"),
-) -> list[str]:
-    """The SQL that creates ``role``, grants it ``privileges`` on ``schema`` and maps it to an
-    IAM role (``AWS IAM GRANT``). Pure: for review, or for `bootstrap_role`."""
-    if not ROLE_NAME.fullmatch(role) or role == "admin":
-        raise MigrationError(f"role {role!r} must be a lowercase identifier other than admin")
-    if not ROLE_NAME.fullmatch(schema):
-        raise MigrationError(f"schema {schema!r} must be a lowercase identifier")
-    allowed = {"SELECT", "INSERT", "UPDATE", "DELETE", "REFERENCES", "TRIGGER"}
-    wanted = [p.upper() for p in privileges]
-    if not wanted or any(p not in allowed for p in wanted):
-        raise MigrationError(f"privileges must be among {sorted(allowed)}")
-    statements = [
-        f"CREATE ROLE {role} WITH LOGIN",
-        f"GRANT USAGE ON SCHEMA {schema} TO {role}",
-        f"GRANT {', '.join(wanted)} ON ALL TABLES IN SCHEMA {schema} TO {role}",
-    ]
-    if iam_role_arn is not None:
-        if not IAM_ROLE_ARN.fullmatch(iam_role_arn):
-            raise MigrationError(
-                f"{iam_role_arn!r} is not an IAM role ARN (arn:aws:iam::<account>:role/<name>)"
-            )
-        statements.append(f"AWS IAM GRANT {role} TO '{iam_role_arn}'")
-    return statements
-
-
-def bootstrap_role(
-    target: Any,
-    role: str,
-    *,
-    iam_role_arn: str | None = None,
-    schema: str = "public",
-    privileges: Sequence[str] = ("SELECT", "INSERT", "UPDATE", "DELETE"),
-    apply_iam: bool = True,
-) -> list[str]:
-    """Create and grant ``role`` idempotently; return the statements that ran.
-
-    ``apply_iam=False`` skips ``AWS IAM GRANT`` (which only real DSQL understands; the local
-    endpoint does not): the statement is still validated by `role_statements`.
-    """
-    from ._repository_sync import Repository
-
-    repo = target if isinstance(target, Repository) else Repository(target)
-    statements = role_statements(role, iam_role_arn=iam_role_arn, schema=schema,
-                                 privileges=privileges)  # fmt: skip
-    ran = []
-    for statement in statements:
-        if statement.startswith("CREATE ROLE"):
-            if repo.scalar("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)):
-                continue
-        elif statement.startswith("AWS IAM GRANT"):
-            if not apply_iam:
-                continue
-            mapped = repo.scalar(
-                "SELECT 1 FROM sys.iam_pg_role_mappings WHERE pg_role_name = %s "
-                "AND arn = %s", (role, iam_role_arn),
-            )  # fmt: skip
-            if mapped:
-                continue
-        repo.execute(statement)
-        ran.append(statement)
-    return ran
