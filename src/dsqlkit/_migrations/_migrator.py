@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import re
 import time
-import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -14,9 +13,9 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from .._backoff import full_jitter
-from .._errors import LintFailed, MigrationError, MigrationFailed, MigrationLocked
+from .._errors import LintFailed, MigrationError, MigrationFailed
 from .._jobs import JOBS_QUERY, wait_for_job
+from .._lease import LeaseLock
 from ._files import Migration, Statement, load_directory
 from ._lint import LintIssue, lint
 
@@ -73,8 +72,6 @@ LEDGER_DDL = (
     "CREATE TABLE IF NOT EXISTS {progress} (version text NOT NULL, statement integer NOT NULL, "
     "part integer NOT NULL, checksum text NOT NULL, state text NOT NULL, applied_at timestamptz "
     "NOT NULL DEFAULT now(), PRIMARY KEY (version, statement, part))",
-    "CREATE TABLE IF NOT EXISTS {lock} (name text PRIMARY KEY, owner text NOT NULL, "
-    "expires_at timestamptz NOT NULL)",
 )
 
 
@@ -120,14 +117,20 @@ class Migrator:
             raise MigrationError(f"table {table!r} must be a plain lowercase identifier")
         self.ledger = sql.Identifier(table)
         self.progress = sql.Identifier(f"{table}_progress")
-        self.lock = sql.Identifier(f"{table}_lock")
         self.table = table
         self.index_timeout = index_timeout
         self.chunk_rows = chunk_rows
         self.wait_for_lock = wait_for_lock
         self.lock_timeout = lock_timeout
         self.lease = lease
-        self.owner = uuid.uuid4().hex
+        self.lock = LeaseLock(
+            self.repo.execute,
+            f"{table}_lock",
+            lease=lease,
+            wait=wait_for_lock,
+            timeout=lock_timeout,
+        )
+        self.owner = self.lock.owner
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -190,18 +193,16 @@ class Migrator:
         if issues:
             raise LintFailed(issues)
         self._create_ledger()
-        self._acquire()
+        self.lock.acquire()
         try:
             return self._apply(migrations)
         finally:
-            self._release()
+            self.lock.release()
 
     def _create_ledger(self) -> None:
         """Create the ledger tables; two runners racing to do it is fine."""
-        for statement in LEDGER_DDL:
-            query = sql.SQL(statement).format(
-                ledger=self.ledger, progress=self.progress, lock=self.lock
-            )
+        for statement in (*LEDGER_DDL, self.lock.ddl):
+            query = sql.SQL(statement).format(ledger=self.ledger, progress=self.progress)
             for attempt in range(10):
                 try:
                     self.repo.execute(query)
@@ -264,7 +265,7 @@ class Migrator:
                 raise
             except psycopg.Error as exc:
                 raise MigrationFailed(migration, unit, exc) from exc
-            self._heartbeat()
+            self.lock.renew()
         duration = int((time.perf_counter() - started) * 1000)
 
         def finish(tx: Any) -> None:
@@ -382,7 +383,7 @@ class Migrator:
             row = self.repo.query_one(JOBS_QUERY, (job,))
             return (row["status"], row["details"]) if row is not None else None
 
-        outcome = wait_for_job(read, job_id, timeout=self.index_timeout, heartbeat=self._heartbeat)
+        outcome = wait_for_job(read, job_id, timeout=self.index_timeout, heartbeat=self.lock.renew)
         if outcome.ok:
             return
         if outcome.timed_out:
@@ -396,45 +397,4 @@ class Migrator:
         raise MigrationError(
             f"{migration.path.name}: statement {unit.number} (line {unit.line}): "
             f"{name} {verb} (job {job_id}): {outcome.details}"
-        )
-
-    # -- the lock ----------------------------------------------------------------------------
-
-    def _acquire(self) -> None:
-        deadline = time.monotonic() + self.lock_timeout
-        waits = 0
-        while True:
-            taken = self.repo.execute(
-                sql.SQL("INSERT INTO {} (name, owner, expires_at) VALUES ('migrations', %s, "
-                        "now() + make_interval(secs => %s)) ON CONFLICT DO NOTHING").format(
-                    self.lock),
-                (self.owner, self.lease),
-            ) or self.repo.execute(
-                sql.SQL("UPDATE {} SET owner = %s, expires_at = now() + make_interval(secs => %s) "
-                        "WHERE name = 'migrations' AND expires_at < now()").format(self.lock),
-                (self.owner, self.lease),
-            )  # fmt: skip
-            if taken:
-                return
-            if not self.wait_for_lock or time.monotonic() > deadline:
-                raise MigrationLocked(
-                    "another runner is migrating (the lock is held); wait for it, or after a "
-                    f"crash for its lease ({self.lease:g}s) to expire"
-                )
-            waits += 1
-            time.sleep(full_jitter(waits, 0.05, 1.0))
-
-    def _heartbeat(self) -> None:
-        renewed = self.repo.execute(
-            sql.SQL("UPDATE {} SET expires_at = now() + make_interval(secs => %s) "
-                    "WHERE name = 'migrations' AND owner = %s").format(self.lock),
-            (self.lease, self.owner),
-        )  # fmt: skip
-        if not renewed:
-            raise MigrationLocked("lost the migration lock (lease expired); stopping")
-
-    def _release(self) -> None:
-        self.repo.execute(
-            sql.SQL("DELETE FROM {} WHERE name = 'migrations' AND owner = %s").format(self.lock),
-            (self.owner,),
         )
