@@ -14,7 +14,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-ENV_PY = '''
+ENV_PY = """
+import asyncio
+
 from alembic import context
 
 from dsqlkit.sqlalchemy import alembic as dsql_alembic
@@ -22,21 +24,26 @@ from dsqlkit.sqlalchemy import create_engine
 
 config = context.config
 metadata = config.attributes.get("metadata")
+options = dict(config.attributes.get("options", {}))
 
 if context.is_offline_mode():
-    dsql_alembic.run_migrations_offline(target_metadata=metadata)
+    dsql_alembic.run_migrations_offline(target_metadata=metadata, **options)
+elif config.attributes.get("async_engine") is not None:
+    asyncio.run(dsql_alembic.run_migrations_async(
+        config.attributes["async_engine"], target_metadata=metadata, **options
+    ))
 elif config.attributes.get("connection") is not None:
     dsql_alembic.run_migrations_online(
-        config.attributes["connection"], target_metadata=metadata
+        config.attributes["connection"], target_metadata=metadata, **options
     )
 else:
     engine = create_engine()  # DSQL_ENDPOINT and friends
     try:
         with engine.connect() as connection:
-            dsql_alembic.run_migrations_online(connection, target_metadata=metadata)
+            dsql_alembic.run_migrations_online(connection, target_metadata=metadata, **options)
     finally:
         engine.dispose()
-'''
+"""
 
 SCRIPT_MAKO = '''"""${message}"""
 from alembic import op
@@ -57,7 +64,9 @@ def downgrade() -> None:
 '''
 
 REVISIONS = {
-    "a1": (None, '''
+    "a1": (
+        None,
+        """
 def upgrade():
     op.create_table(
         "{p}parent",
@@ -78,8 +87,11 @@ def downgrade():
     op.drop_index("{p}child_parent", table_name="{p}child")
     op.drop_table("{p}child")
     op.drop_table("{p}parent")
-'''),
-    "a2": ("a1", '''
+""",
+    ),
+    "a2": (
+        "a1",
+        """
 def upgrade():
     parent = sa.table("{p}parent", sa.column("id", sa.BigInteger), sa.column("name", sa.String))
     op.bulk_insert(parent, [{"id": 1, "name": "one"}, {"id": 2, "name": "two"},
@@ -90,8 +102,11 @@ def upgrade():
 def downgrade():
     op.execute("DELETE FROM {p}child")
     op.execute("DELETE FROM {p}parent")
-'''),
-    "a3": ("a2", '''
+""",
+    ),
+    "a3": (
+        "a2",
+        """
 def upgrade():
     op.add_column("{p}parent", sa.Column("note", sa.Text))
     op.create_check_constraint("{p}name_long", "{p}parent", "length(name) > 2")
@@ -102,8 +117,11 @@ def downgrade():
     op.drop_index("{p}parent_name", table_name="{p}parent")
     op.drop_constraint("{p}name_long", "{p}parent", type_="check")
     op.drop_column("{p}parent", "note")
-'''),
-    "a4": ("a3", '''
+""",
+    ),
+    "a4": (
+        "a3",
+        """
 def upgrade():
     op.create_table("{p}tag", sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=False))
     op.add_column("{p}child", sa.Column("tag_id", sa.BigInteger))
@@ -114,11 +132,14 @@ def downgrade():
     op.drop_constraint("{p}child_tag", "{p}child", type_="foreignkey")
     op.drop_column("{p}child", "tag_id")
     op.drop_table("{p}tag")
-'''),
+""",
+    ),
 }
 
 
-def write_environment(folder: Path, prefix: str, revisions: dict[str, tuple[str | None, str]] | None = None) -> Path:
+def write_environment(
+    folder: Path, prefix: str, revisions: dict[str, tuple[str | None, str]] | None = None
+) -> Path:
     """Write env.py, script.py.mako and the revisions; return the script location."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "env.py").write_text(ENV_PY)

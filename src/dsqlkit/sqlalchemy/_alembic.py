@@ -28,10 +28,9 @@ import hashlib
 import logging
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING, Any
 
-from alembic import context as alembic_context
 from alembic.ddl.postgresql import PostgresqlImpl
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import schema as sa_schema
@@ -40,6 +39,8 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.sql.dml import UpdateBase
 from sqlalchemy.sql.elements import TextClause
 from sqlalchemy.util import immutabledict
+
+from alembic import context as alembic_context
 
 from .._errors import MigrationError, UsageError
 from .._jobs import JOBS_QUERY, job_id_of, wait_for_job
@@ -64,10 +65,10 @@ _logger = logging.getLogger("dsqlkit.alembic")
 #: already exists (42P07 relation, 42710 object, 42701 column, 42P06 schema, 42723 function,
 #: 23505 unique), or is gone (42P01 relation, 42703 column, 42704 object, 42883 function,
 #: 3F000 schema) for a DROP or RENAME.
-APPLIED_BEFORE = frozenset(
-    ("42P07", "42710", "42701", "42P06", "42723", "23505", "42P01", "42703", "42704", "42883")
-    + ("3F000",)
-)
+APPLIED_BEFORE = frozenset((
+    "42P07", "42710", "42701", "42P06", "42723", "23505",
+    "42P01", "42703", "42704", "42883", "3F000",
+))  # fmt: skip
 CONFLICT = "40001"
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*")
 
@@ -161,10 +162,8 @@ class _Runner:
             yield
         except BaseException:
             if not self.conn.invalidated and not self.conn.closed:
-                try:
+                with suppress(sa_exc.DBAPIError):
                     self.conn.exec_driver_sql("ROLLBACK")
-                except sa_exc.DBAPIError:
-                    pass
             raise
         self.conn.exec_driver_sql("COMMIT")
 
@@ -277,7 +276,7 @@ class _Runner:
         assert self.step is not None
         return AlembicOperationFailed(self.step[0], self.step[1], number, sql_text, exc)
 
-    def _run_dml(
+    def _run_dml(  # noqa: PLR0917 - one operation's parts
         self,
         conn: Connection,
         construct: Any,
@@ -296,7 +295,7 @@ class _Runner:
         self.ops_run += 1
         return result
 
-    def _run_ddl(
+    def _run_ddl(  # noqa: PLR0917 - one operation's parts
         self,
         conn: Connection,
         construct: Any,

@@ -115,7 +115,8 @@ def _add_column(op: Any, dialect: Any, problems: list[str]) -> Iterable[Any]:
         )
         column.nullable = True
         column.server_default = None
-    table = sa_schema.Table(op.table_name, sa_schema.MetaData(), column.copy(), schema=op.schema)
+    bare = sa_schema.Column(column.name, column.type)
+    table = sa_schema.Table(op.table_name, sa_schema.MetaData(), bare, schema=op.schema)
     _check(str(sa_schema.CreateTable(table).compile(dialect=dialect)), where, problems)
     yield op
     if default is not None:
