@@ -27,12 +27,15 @@ from __future__ import annotations
 from .._errors import LintFailed, MigrationError, MigrationFailed, MigrationLocked
 from ._files import Migration, new_migration
 from ._files import Statement as Statement  # for _errors' annotations
+from ._fix import FixChange, FixResult, fix_sql
 from ._lint import LintIssue, lint_directory
 from ._migrator import AppliedMigration, MigrationReport, MigrationStatus, Migrator
 from ._roles import bootstrap_role, role_statements
 
 __all__ = [
     "AppliedMigration",
+    "FixChange",
+    "FixResult",
     "LintFailed",
     "LintIssue",
     "Migration",
@@ -43,6 +46,7 @@ __all__ = [
     "MigrationStatus",
     "Migrator",
     "bootstrap_role",
+    "fix_sql",
     "lint_directory",
     "new_migration",
     "role_statements",
