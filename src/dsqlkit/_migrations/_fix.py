@@ -134,9 +134,10 @@ class _Fixer:
             warning=len(pieces) > 1,
         )  # fmt: skip
         run: list[_Piece] = []
-        for piece in [*pieces, None]:
-            if piece is not None and piece.kind in ("dml", "query", "session"):
-                run.append(piece)
+        ends: list[_Piece | None] = [*pieces, None]
+        for next_piece in ends:
+            if next_piece is not None and next_piece.kind in ("dml", "query", "session"):
+                run.append(next_piece)
                 continue
             if run:
                 if len(run) > 1:
@@ -146,8 +147,8 @@ class _Fixer:
                 if len(run) > 1:
                     self.out.append("COMMIT")
                 run = []
-            if piece is not None:
-                self.statement(piece)
+            if next_piece is not None:
+                self.statement(next_piece)
 
     # -- one statement -------------------------------------------------------------------
 
@@ -445,7 +446,7 @@ def _columns(create: Any) -> set[str]:
     """The columns a CREATE TABLE defines (a constraint naming others cannot move in)."""
     from pglast import ast
 
-    return {e.colname for e in create.tableElts or () if isinstance(e, ast.ColumnDef)}
+    return {str(e.colname) for e in create.tableElts or () if isinstance(e, ast.ColumnDef)}
 
 
 def _cache(value: int) -> Any:
