@@ -165,3 +165,14 @@ def test_the_fixer_fixes_at_least_the_statements_dsql_lint_fixes(name: str) -> N
     ours, theirs = run_dsqlkit(CORPUS / name), run_dsql_lint(CORPUS / name)
     fixed = sum(1 for s in ours.lines.values() if s == "fixed")
     assert fixed >= sum(1 for s in theirs.lines.values() if s == "fixed")
+
+
+def test_the_documented_example_prints_what_the_page_shows(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    page = (Path(__file__).resolve().parents[2] / "docs" / "migrations.md").read_text()
+    section = page[page.index("## Fixing SQL for DSQL") :]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    shown = section.split("```text\n", 1)[1].split("```", 1)[0]
+    exec(compile(code, "migrations.md", "exec"), {})  # noqa: S102 - the page's own example
+    assert capsys.readouterr().out == shown
