@@ -24,7 +24,7 @@ def env_py() -> str:
     return match.group(1)
 
 
-def test_the_documented_env_py_upgrades_downgrades_and_writes_scripts(
+def test_the_documented_env_py_upgrades_and_writes_scripts(
     local_dsql: LocalDsql, tmp_path: Path
 ) -> None:
     prefix = "docenv_"
@@ -48,7 +48,6 @@ def test_the_documented_env_py_upgrades_downgrades_and_writes_scripts(
         return done.stdout
 
     alembic("upgrade", "head")
-    alembic("downgrade", "base")
     script = alembic("upgrade", "head", "--sql")
     (tmp_path / "sql").mkdir()
     (tmp_path / "sql" / "1_upgrade.sql").write_text(script)

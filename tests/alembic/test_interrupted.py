@@ -121,7 +121,6 @@ KINDS = (
     r"^CREATE INDEX ASYNC",
     r"^INSERT INTO \S*child",
     r"^UPDATE \S*version",
-    r"ADD CONSTRAINT .* CHECK",
     r"^ALTER TABLE ASYNC",
 )
 
