@@ -8,17 +8,18 @@ read methods mean what `AsyncRepository`'s mean: both fetch through `take_rows` 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+from collections.abc import AsyncIterator, Iterable
 from typing import Any, Generic, TypeVar
 
 import psycopg
 from psycopg import pq
 from psycopg.rows import tuple_row
 
-from ._query import Params, ParamSet, RowShape, check_sql, row_factory
+from ._query import Params, ParamSet, RowShape, check_sql, refuse_control, row_factory
 from ._results import Rows, only_row, rows_of
 
-__all__ = ["AsyncTransaction", "take_one", "take_rows"]
+__all__ = ["AsyncTransaction", "guard_cursors", "take_one", "take_rows"]
 
 _TUPLES_OK = pq.ExecStatus.TUPLES_OK
 
@@ -89,3 +90,41 @@ async def take_one(cur: Any) -> Any:
     if result.ntuples == 1:  # the common case: one fetch, no list
         return await cur.fetchone()
     return only_row(await cur.fetchmany(2), "query_one()")
+
+
+_guarded: dict[type, type] = {}
+
+
+def _guarded_class(base: Any) -> Any:
+    """``base`` (the connection's cursor class) refusing transaction control sent as SQL."""
+    made = _guarded.get(base)
+    if made is not None or getattr(base, "_dsqlkit_guarded", False):
+        return made or base
+
+    async def execute(self: Any, query: Any, params: Any = None, **kwargs: Any) -> Any:
+        refuse_control(query, self, self.connection.autocommit)
+        return await base.execute(self, query, params, **kwargs)
+
+    async def executemany(self: Any, query: Any, params_seq: Any, **kwargs: Any) -> Any:
+        refuse_control(query, self, self.connection.autocommit)
+        return await base.executemany(self, query, params_seq, **kwargs)
+
+    namespace = {"execute": execute, "executemany": executemany, "_dsqlkit_guarded": True}
+    made = type(base.__name__, (base,), namespace)
+    _guarded[base] = made
+    return made
+
+
+@contextlib.asynccontextmanager
+async def guard_cursors(conn: Any) -> AsyncIterator[None]:
+    """While a unit of work runs, the cursors of ``conn`` (``conn.execute()``,
+    ``conn.cursor()``, the handle's methods) refuse COMMIT, BEGIN, END, ... sent as SQL."""
+    if conn is None:
+        yield
+        return
+    previous = conn.cursor_factory
+    conn.cursor_factory = _guarded_class(previous)
+    try:
+        yield
+    finally:
+        conn.cursor_factory = previous
