@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 from pglast import parser
 
-from dsqlkit._sqlrules import Statement, classify
+from dsqlkit._sqlrules import ClassifiedStatement, classify
 from dsqlkit.testing import _wire as wire
 from dsqlkit.testing._rules import Emulation, TxState, decide, emulation
 
 
-def one(sql: str) -> Statement:
+def one(sql: str) -> ClassifiedStatement:
     (statement,) = classify(sql)
     return statement
 
@@ -48,7 +48,7 @@ def test_async_index_becomes_a_job() -> None:
 def test_async_validate_constraint_becomes_a_job() -> None:
     # As the shared classifier reports it once it knows DSQL's ALTER TABLE ASYNC ...
     (raw,) = parser.parse_sql("ALTER TABLE t VALIDATE CONSTRAINT c")
-    known = Statement(
+    known = ClassifiedStatement(
         "ALTER TABLE ASYNC t VALIDATE CONSTRAINT c", "AlterTableStmt", "ddl",
         parsed=raw.stmt, is_async=True,
     )  # fmt: skip

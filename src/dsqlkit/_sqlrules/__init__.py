@@ -3,12 +3,12 @@
 Shared by the local endpoint (which enforces them) and migrations (which lint files before
 running them). Needs the ``migrations`` (or ``local``) extra.
 
-`classify` turns SQL text into one `Statement` per statement and states facts about it: its
-kind (DDL, DML, transaction control, session setting...), whether it was DSQL's asynchronous
-form (``CREATE INDEX ASYNC``, ``ALTER TABLE ASYNC ... VALIDATE CONSTRAINT``) and whether DSQL
-refuses it, as a `Refusal` with DSQL's SQLSTATE, its message (a real cluster's wording where
-one was recorded) and a fix. Every refusal comes from one entry of `RULES`, the rule table,
-which names the source of each rule (a page of the DSQL user guide or a recorded probe) and is
+`classify` turns SQL text into one `ClassifiedStatement` per statement and states facts
+about it: its kind (DDL, DML, transaction control, session setting...), whether it was DSQL's
+asynchronous form (``CREATE INDEX ASYNC``, ``ALTER TABLE ASYNC ... VALIDATE CONSTRAINT``) and
+whether DSQL refuses it, as a `Refusal` with DSQL's SQLSTATE, its message (a real cluster's
+wording where one was recorded) and a fix. Every refusal comes from one entry of `RULES`, the
+rule table, which names the source of each rule (a page of the DSQL user guide or a recorded probe) and is
 rendered into ``docs/testing.md`` by `rule_table_markdown`.
 
 Where the user guide gives a closed list (column data types, ``ALTER TABLE`` actions,
@@ -23,22 +23,23 @@ table and its docs renderer), `checks` (a parsed statement's refusal), `classifi
 (SQL text into statements; `strip_async` removes DSQL's ``ASYNC`` keyword).
 
 The ``rewrite``/``tag``/``value``/``count_sql``/``rerun_sql``/``values_rows``/``plain_dml``
-fields of `Statement` are the endpoint's emulation helpers; they move to ``dsqlkit.testing``.
+fields of `ClassifiedStatement` are the endpoint's emulation helpers; they move to
+``dsqlkit.testing``.
 """
 
 from __future__ import annotations
 
 from .checks import primary_key_drop
-from .classification import Statement, classify, strip_async
+from .classification import ClassifiedStatement, classify, strip_async
 from .table import RULES, Refusal, Rule, rule_table_markdown
 from .vocabulary import KINDS
 
 __all__ = [
     "KINDS",
     "RULES",
+    "ClassifiedStatement",
     "Refusal",
     "Rule",
-    "Statement",
     "classify",
     "primary_key_drop",
     "rule_table_markdown",

@@ -1,4 +1,4 @@
-"""Classification: SQL text into `Statement`s, each with its kind and DSQL's refusal.
+"""Classification: SQL text into `ClassifiedStatement`s, each with its kind and DSQL's refusal.
 
 DSQL's own syntax is not PostgreSQL's: the ``ASYNC`` token after ``CREATE [UNIQUE] INDEX`` or
 ``ALTER TABLE`` is found with pglast's scanner and removed before parsing (`strip_async`).
@@ -110,7 +110,7 @@ def _validates_only(text: str, jobs: list[tuple[int, str]]) -> bool:
 
 
 @dataclass(frozen=True)
-class Statement:
+class ClassifiedStatement:
     """One statement and the facts DSQL's rules state about it."""
 
     text: str
@@ -129,7 +129,7 @@ class Statement:
 
 
 @functools.lru_cache(maxsize=4096)
-def classify(sql: str) -> tuple[Statement, ...]:
+def classify(sql: str) -> tuple[ClassifiedStatement, ...]:
     """Every statement of ``sql``; an unparsable text gives one ``other`` statement.
 
     A statement's ``text`` is PostgreSQL syntax: DSQL's ``ASYNC`` keyword is removed (see
@@ -139,7 +139,7 @@ def classify(sql: str) -> tuple[Statement, ...]:
     try:
         raws = parser.parse_sql(text)
     except Exception:  # the backend reports syntax errors itself
-        return (Statement(sql, "Unparsed", "other", params=_max_param(sql)),)
+        return (ClassifiedStatement(sql, "Unparsed", "other", params=_max_param(sql)),)
     statements = []
     for raw in raws:
         stmt: Any = raw.stmt
@@ -155,7 +155,7 @@ def classify(sql: str) -> tuple[Statement, ...]:
         is_async = async_job is not None and node in ("IndexStmt", "AlterTableStmt")
         async_job = async_job if is_async else None
         statements.append(
-            Statement(
+            ClassifiedStatement(
                 piece,
                 node,
                 "ddl" if is_async else _kind(stmt),

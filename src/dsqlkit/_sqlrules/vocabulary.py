@@ -306,7 +306,7 @@ CACHE_HINT = "please define CACHE greater than or equal to 65536 or equal to 1"
 #: The CACHE range, worded to match what AWS's SQLAlchemy adapter tests assert.
 CACHE_RANGE = "CACHE must be greater than or equal to 65536 or equal to 1"
 
-#: The kinds `Statement.kind` takes.
+#: The kinds `ClassifiedStatement.kind` takes.
 KINDS = ("ddl", "dml", "select", "begin", "commit", "rollback", "txn", "session", "other")
 
 

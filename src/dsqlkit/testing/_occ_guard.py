@@ -30,7 +30,7 @@ from . import _wire as wire
 from ._faults import CONFLICT_MESSAGES
 
 if TYPE_CHECKING:
-    from .._sqlrules import Statement
+    from .._sqlrules import ClassifiedStatement
     from ._rules import Emulation
     from ._session import Bound, Pending, Session
 
@@ -41,7 +41,7 @@ SAVEPOINT = "dsqlkit_occ"
 class Guard:
     """A plain DML statement wrapped in a savepoint so a lost conflict surfaces at COMMIT."""
 
-    statement: Statement
+    statement: ClassifiedStatement
     emulation: Emulation
     bound: Bound | None
     extended: bool
@@ -74,7 +74,11 @@ class OccGuard:
             session.cwriter.write(wire.encode(b"E", guard.error) + bytes(held))
 
     def maybe_guard(
-        self, statement: Statement, emulation: Emulation, bound: Bound | None, out: bytearray
+        self,
+        statement: ClassifiedStatement,
+        emulation: Emulation,
+        bound: Bound | None,
+        out: bytearray,
     ) -> Guard | None:
         """Wrap a guarded statement of an explicit transaction in a savepoint."""
         session = self.session

@@ -25,7 +25,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from .._sqlrules import Refusal, Statement
+from .._sqlrules import ClassifiedStatement, Refusal
 
 __all__ = [
     "SERVER_VERSION",
@@ -100,7 +100,7 @@ NOTHING = Emulation()
 
 
 @functools.lru_cache(maxsize=4096)
-def emulation(statement: Statement) -> Emulation:
+def emulation(statement: ClassifiedStatement) -> Emulation:
     """The emulation of ``statement`` (cached: statements come from a cached parse)."""
     stmt: Any = statement.parsed
     if stmt is None:
@@ -156,7 +156,7 @@ def emulation(statement: Statement) -> Emulation:
 _TRIGGERS_ALL = {"AT_EnableTrigAll": "AT_EnableTrigUser", "AT_DisableTrigAll": "AT_DisableTrigUser"}
 
 
-def _ddl(statement: Statement, node: str) -> Emulation | None:
+def _ddl(statement: ClassifiedStatement, node: str) -> Emulation | None:
     """DDL the backend must run differently: ``numeric`` without a size as DSQL's
     ``numeric(18,6)``, ``TRIGGER ALL`` as ``TRIGGER USER``, and ``DROP COLUMN`` behind DSQL's
     primary-key check."""
@@ -397,7 +397,7 @@ class Decision:
 
 
 def decide(
-    statement: Statement,
+    statement: ClassifiedStatement,
     tx: TxState,
     *,
     aborted: bool,

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .._sqlrules import Refusal, Statement, classify
+from .._sqlrules import ClassifiedStatement, Refusal, classify
 from . import _wire as wire
 from ._faults import CONFLICT_MESSAGES, CONFLICT_SQLSTATES
 from ._occ_guard import Guard, OccGuard
@@ -87,7 +87,7 @@ class Prepared:
 
     name: str
     sql: str
-    statement: Statement | None
+    statement: ClassifiedStatement | None
     param_types: bytes
 
 
@@ -106,7 +106,7 @@ class CsvEndOfData:
     ended: bool = False
 
     @classmethod
-    def of(cls, statement: Statement | None) -> CsvEndOfData | None:
+    def of(cls, statement: ClassifiedStatement | None) -> CsvEndOfData | None:
         """A scanner for a CSV ``COPY ... FROM STDIN`` statement, else ``None``."""
         stmt: Any = statement.parsed if statement is not None else None
         if type(stmt).__name__ != "CopyStmt" or not stmt.is_from or stmt.filename is not None:
@@ -400,7 +400,7 @@ class Session:
         if mtype in COMPLETES:
             self.expect(mtype)
 
-    def _classify_one(self, sql: str) -> Statement | None:
+    def _classify_one(self, sql: str) -> ClassifiedStatement | None:
         if not self.rules:
             return None
         statements = classify(sql)
@@ -494,7 +494,7 @@ class Session:
         self.occ.close_unit(out, pending, extended=False)
 
     def _decide(
-        self, statement: Statement, out: bytearray, *, extended: bool, single: bool = True
+        self, statement: ClassifiedStatement, out: bytearray, *, extended: bool, single: bool = True
     ) -> Verdict:
         """Refuse the statement, or forward it (perhaps with a result transform)."""
         config = self.endpoint.config
