@@ -151,6 +151,33 @@ async def run_with_timeout(seconds: float, work: Awaitable[None]) -> None:
         await asyncio.wait_for(work, seconds)
 
 
+async def expire_during_commit(local_dsql: LocalDsql, work: Awaitable[None]) -> None:
+    """Run ``work`` under ``asyncio.timeout()`` that expires once the server is running its
+    COMMIT (seen in pg_stat_activity): an event, not a race against the clock (3.11+)."""
+    async with asyncio.timeout(None) as deadline:
+
+        async def expire_at_commit() -> None:
+            backend = await psycopg.AsyncConnection.connect(
+                local_dsql.backend_conninfo, autocommit=True
+            )
+            async with backend:
+                for _ in range(3000):  # a hang guard, not a time bound on the test
+                    cur = await backend.execute(
+                        "SELECT 1 FROM pg_stat_activity WHERE state = 'active' "
+                        "AND query = 'COMMIT' AND pid <> pg_backend_pid()"
+                    )
+                    if await cur.fetchone():
+                        deadline.reschedule(asyncio.get_running_loop().time())
+                        return
+                    await asyncio.sleep(0.01)
+
+        watcher = asyncio.ensure_future(expire_at_commit())
+        try:
+            await work
+        finally:
+            watcher.cancel()
+
+
 async def test_a_timeout_landing_during_commit_is_marked_outcome_unknown(
     local_dsql: LocalDsql, slow_commit_table: str
 ) -> None:
@@ -163,8 +190,12 @@ async def test_a_timeout_landing_during_commit_is_marked_outcome_unknown(
         async def insert(tx: Any) -> None:
             await tx.execute(f"INSERT INTO {slow_commit_table} (id) VALUES (1)")
 
+        if sys.version_info >= (3, 11):
+            work = expire_during_commit(local_dsql, insert())
+        else:
+            work = run_with_timeout(0.3, insert())
         with pytest.raises(asyncio.TimeoutError) as caught:
-            await run_with_timeout(0.3, insert())
+            await work
         assert commit_outcome_unknown(caught.value)
         assert pool.get_stats()["occ_commit_unknown"] == 1
         assert pool.get_stats()["occ_attempts"] == 1  # never re-run

@@ -8,8 +8,8 @@ about it: its kind (DDL, DML, transaction control, session setting...), whether 
 asynchronous form (``CREATE INDEX ASYNC``, ``ALTER TABLE ASYNC ... VALIDATE CONSTRAINT``) and
 whether DSQL refuses it, as a `Refusal` with DSQL's SQLSTATE, its message (a real cluster's
 wording where one was recorded) and a fix. Every refusal comes from one entry of `RULES`, the
-rule table, which names the source of each rule (a page of the DSQL user guide or a recorded probe) and is
-rendered into ``docs/testing.md`` by `rule_table_markdown`.
+rule table, which names the source of each rule (a page of the DSQL user guide or a recorded
+probe) and is rendered into ``docs/testing.md`` by `rule_table_markdown`.
 
 Where the user guide gives a closed list (column data types, ``ALTER TABLE`` actions,
 ``CREATE TABLE`` clauses, sequence and identity options, index options), it is an allowlist:
