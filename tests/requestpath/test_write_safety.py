@@ -55,6 +55,28 @@ def _drop_soon(local: LocalDsql, delay: float) -> threading.Thread:
     return thread
 
 
+def _drop_during(local: LocalDsql, text: str) -> threading.Thread:
+    """Drop the connections once the server is running a statement containing ``text`` (seen
+    in pg_stat_activity): mid-statement by construction, not by a race against the clock."""
+
+    def watch() -> None:
+        with psycopg.connect(local.backend_conninfo, autocommit=True) as backend:
+            for _ in range(3000):  # a hang guard, not a time bound on the test
+                running = backend.execute(
+                    "SELECT 1 FROM pg_stat_activity WHERE state = 'active' "
+                    "AND query LIKE %s AND pid <> pg_backend_pid()",
+                    (f"%{text}%",),
+                ).fetchone()
+                if running:
+                    local.drop_connections()
+                    return
+                time.sleep(0.01)
+
+    thread = threading.Thread(target=watch)
+    thread.start()
+    return thread
+
+
 def test_insert_returning_through_query_is_never_repeated(
     local_dsql: LocalDsql, repo: Repository, table: str
 ) -> None:
@@ -83,7 +105,7 @@ def test_insert_returning_through_query_is_never_repeated(
 def test_a_read_is_retried_after_a_drop_mid_statement(
     local_dsql: LocalDsql, repo: Repository
 ) -> None:
-    dropper = _drop_soon(local_dsql, 0.15)
+    dropper = _drop_during(local_dsql, "pg_sleep(0.4)::text || 'x'")
     try:
         assert repo.scalar("SELECT pg_sleep(0.4)::text || 'x'") == "x"
     finally:
