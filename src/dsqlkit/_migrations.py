@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import re
 import time
 import uuid
@@ -159,7 +160,14 @@ def _parse_file(path: Path) -> Migration:
         raise MigrationError(
             f"{path.name} is not named <version>_<name>.sql (e.g. 20260101120000_items.sql)"
         )
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        line = exc.object[: exc.start].count(b"\n") + 1
+        raise MigrationError(
+            f"{path}: line {line} is not UTF-8 (byte {exc.object[exc.start]:#04x} at offset "
+            f"{exc.start}): save the migration file as UTF-8"
+        ) from None
     slices = list(parser.split(text, with_parser=False, only_slices=True))
     covered = [(sl.start, sl.stop) for sl in slices]
     for token in parser.scan(text):
@@ -389,6 +397,19 @@ class Migrator:
         self.progress = sql.Identifier(f"{table}_progress")
         self.lock = sql.Identifier(f"{table}_lock")
         self.table = table
+        for name, value in (
+            ("index_timeout", index_timeout),
+            ("lock_timeout", lock_timeout),
+            ("lease", lease),
+        ):
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not 0 < value < math.inf  # also false for NaN
+            ):
+                raise MigrationError(
+                    f"{name} must be a finite number of seconds more than zero, not {value!r}"
+                )
         self.index_timeout = index_timeout
         self.chunk_rows = chunk_rows
         self.wait_for_lock = wait_for_lock

@@ -72,6 +72,14 @@ _OWN_PARAMETERS = {
 
 #: DSQL closes any connection after 60 minutes.
 MAX_CONNECTION_AGE = 3600.0
+#: Shorter lifetimes would spend the pool's time reconnecting (DSQL: 100 connects/s a cluster).
+MIN_LIFETIME = 1.0
+#: DSQL's limit of open connections per cluster.
+MAX_CLUSTER_CONNECTIONS = 10_000
+#: Keyword arguments psycopg's ``connect`` takes besides libpq's connection parameters.
+_PSYCOPG_CONNECT_ARGUMENTS = frozenset(
+    ("autocommit", "prepare_threshold", "context", "row_factory", "cursor_factory")
+)
 _CONN_OK = pq.ConnStatus.OK
 
 
@@ -107,13 +115,24 @@ class PoolOptions(TypedDict, total=False):
     num_workers: int
 
 
+_DSQL_OPTION_NAMES = frozenset(DsqlOptions.__annotations__) | frozenset(PoolOptions.__annotations__)
+
+
 class _ConnectionState:
     """When a pooled connection was made and last returned (both clocks), and its poller."""
 
-    __slots__ = ("created_mono", "created_wall", "poller", "used_mono", "used_wall")
+    __slots__ = (
+        "created_mono",
+        "created_wall",
+        "fork_generation",
+        "poller",
+        "used_mono",
+        "used_wall",
+    )
 
     def __init__(self, fd: int) -> None:
         mono, wall = time.monotonic(), time.time()
+        self.fork_generation = _fork_generation
         self.created_mono = self.used_mono = mono
         self.created_wall = self.used_wall = wall
         self.poller: Any = None
@@ -137,6 +156,8 @@ _STATE = "_dsqlkit_state"
 #: Bumped in every child process right after fork (see `_after_fork_in_child`).
 _fork_generation = 0
 _live_pools: weakref.WeakSet[Any] = weakref.WeakSet()
+#: Every core (pools and SQLAlchemy engines): their connections are detached in a fork child.
+_live_cores: weakref.WeakSet[PoolCore] = weakref.WeakSet()
 
 
 class PoolCore:
@@ -165,6 +186,12 @@ class PoolCore:
             insecure_tls=options.get("insecure_tls", False),
         )
         self.max_lifetime = _check_seconds("max_lifetime", max_lifetime)
+        if self.max_lifetime < MIN_LIFETIME:
+            raise ConfigurationError(
+                f"max_lifetime={max_lifetime!r} would replace every connection almost at once: "
+                f"it is in seconds; use at least {MIN_LIFETIME:.0f} (the default, 3000, is 50 "
+                "minutes, under DSQL's 60-minute connection limit)"
+            )
         if self.max_lifetime > MAX_CONNECTION_AGE:
             raise ConfigurationError(
                 f"max_lifetime={max_lifetime!r} is beyond DSQL's connection limit of 60 minutes "
@@ -184,12 +211,21 @@ class PoolCore:
             or (connect_timeout < 1)
         ):
             raise ConfigurationError("connect_timeout must be a whole number of seconds >= 1")
+        _check_flag("insecure_tls", options.get("insecure_tls", False))
+        application_name = options.get("application_name")
+        if application_name is not None and not isinstance(application_name, str):
+            raise ConfigurationError(
+                f"application_name must be a str (shown in the server's session list), "
+                f"not {type(application_name).__name__}: {application_name!r}"
+            )
         if isinstance(user_kwargs, Mapping):
-            for key, argument in _OWN_PARAMETERS.items():
-                if key in user_kwargs:
-                    raise ConfigurationError(
-                        f"pass {key!r} as the pool's `{argument}` argument, not in kwargs"
-                    )
+            check_connect_kwargs(user_kwargs)
+        elif user_kwargs is not None and not callable(user_kwargs):
+            raise ConfigurationError(
+                f"kwargs must be a dict of libpq connection parameters (or a function "
+                f"returning one), not {type(user_kwargs).__name__}: e.g. "
+                "kwargs={'hostaddr': '10.0.0.5'}"
+            )
         self.user_kwargs = user_kwargs
         self.password = options.get("password")
         self.minter = self._make_minter(options)
@@ -211,6 +247,7 @@ class PoolCore:
         self.fail_waiters: Callable[[BaseException], None] | None = None
         self.fork_generation = _fork_generation
         self.connections: weakref.WeakSet[Any] = weakref.WeakSet()
+        _live_cores.add(self)
         self.plan = ConnectPlan(
             deadline=timeout,
             mint=self.minter,
@@ -281,7 +318,20 @@ class PoolCore:
 
     def static_kwargs(self) -> dict[str, Any]:
         """Connection keywords without the token (user kwargs, our params, the plan)."""
-        user = self.user_kwargs() if callable(self.user_kwargs) else (self.user_kwargs or {})
+        if callable(self.user_kwargs):
+            try:
+                user = self.user_kwargs()
+                if not isinstance(user, Mapping):
+                    raise ConfigurationError(
+                        "the kwargs function must return a dict of libpq connection "
+                        f"parameters, not {type(user).__name__}"
+                    )
+                check_connect_kwargs(user)
+            except Exception as exc:
+                self.failed_permanently(exc)
+                raise
+        else:
+            user = self.user_kwargs or {}
         return {**user, **self.base_params, PLAN_KEY: self.plan}
 
     def mint(self) -> str:
@@ -297,6 +347,12 @@ class PoolCore:
         setattr(conn, _STATE, _ConnectionState(conn.pgconn.socket))
         self.connections.add(conn)
         self.last_error = self.permanent_error = None
+
+    def inherited(self, conn: Any) -> bool:
+        """Whether ``conn`` was made by the parent of this fork child (its session is the
+        parent's: never use it here)."""
+        state: _ConnectionState | None = getattr(conn, _STATE, None)
+        return state is not None and state.fork_generation != _fork_generation
 
     def connection_returned(self, conn: Any) -> None:
         state: _ConnectionState | None = getattr(conn, _STATE, None)
@@ -349,12 +405,70 @@ class PoolCore:
         return f"{self.endpoint} region={region} mode={mode}"
 
     def timeout_error(self, waited: float, what: str = "get a connection") -> PoolTimeout:
-        """The `PoolTimeout` to raise (``from self.last_error``): it names the last cause."""
-        message = f"couldn't {what} to {self.endpoint.host} after {waited:.2f} sec"
+        """The `PoolTimeout` to raise (``from self.last_error``) after ``waited`` seconds (the
+        time really waited): it says why, from the last connect error or the connects still
+        waiting for an answer."""
+        host = self.endpoint.host
+        if self.permanent_error is not None:
+            error = self.permanent_error
+            return PoolTimeout(
+                f"couldn't {what} to {host}: gave up after {waited:.2f} sec because connecting "
+                f"cannot succeed (retrying would not help): {type(error).__name__}: {error}"
+            )
+        message = f"couldn't {what} to {host} after {waited:.2f} sec"
+        hanging = self.plan.oldest_connect()
         if self.last_error is not None:
-            kind = "connect error" if self.permanent_error is None else "permanent connect error"
-            message += f"; last {kind}: {type(self.last_error).__name__}: {self.last_error}"
+            message += f"; last connect error: {type(self.last_error).__name__}: {self.last_error}"
+        if hanging is not None:
+            message += (
+                f"; a connect has been waiting {hanging:.2f} sec for the server to answer "
+                f"(each try is bounded by connect_timeout={self.base_params['connect_timeout']}"
+                " s): check the network path to the endpoint (security groups, proxies)"
+            )
+        elif self.last_error is None:
+            message += (
+                "; no connect failed: every connection was in use (raise max_size, or "
+                "return connections sooner)"
+            )
         return PoolTimeout(message)
+
+
+def check_connect_kwargs(kwargs: Mapping[str, Any]) -> None:
+    """Refuse what libpq would refuse at every connect (an unknown parameter), and parameters
+    that have a pool argument of their own, with what to pass instead."""
+    for key in kwargs:
+        if not isinstance(key, str):
+            raise ConfigurationError(f"kwargs keys must be str, not {key!r}")
+        if key in _OWN_PARAMETERS:
+            raise ConfigurationError(
+                f"pass {key!r} as the pool's `{_OWN_PARAMETERS[key]}` argument, not in kwargs"
+            )
+        if key in _DSQL_OPTION_NAMES:
+            raise ConfigurationError(
+                f"{key!r} is a pool argument, not a libpq connection parameter: pass "
+                f"{key}=... to the pool itself, not in kwargs"
+            )
+        if key not in _PSYCOPG_CONNECT_ARGUMENTS and key not in _libpq_parameters():
+            raise ConfigurationError(
+                f"kwargs has {key!r}, which is not a libpq connection parameter (libpq would "
+                "refuse every connect): kwargs takes libpq parameters such as hostaddr, "
+                "keepalives or options; pool settings are arguments of the pool itself"
+            )
+
+
+_libpq_names: frozenset[str] = frozenset()
+
+
+def _libpq_parameters() -> frozenset[str]:
+    global _libpq_names
+    if not _libpq_names:
+        _libpq_names = frozenset(option.keyword.decode() for option in pq.Conninfo.get_defaults())
+    return _libpq_names
+
+
+def _check_flag(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ConfigurationError(f"{name} must be True or False, not {value!r}")
 
 
 def _check_seconds(name: str, value: Any, *, allow_zero: bool = False) -> float:
@@ -364,6 +478,11 @@ def _check_seconds(name: str, value: Any, *, allow_zero: bool = False) -> float:
         low = "zero or more" if allow_zero else "more than zero"
         raise ConfigurationError(f"{name} must be a finite number of seconds, {low}: {value!r}")
     return float(value)
+
+
+def check_timeout(value: Any, name: str = "timeout") -> float:
+    """A wait in seconds (zero allowed), or `ConfigurationError`."""
+    return _check_seconds(name, value, allow_zero=True)
 
 
 def _check_positive(name: str, value: Any) -> None:
@@ -388,10 +507,10 @@ def _neutralize(conn: Any) -> None:
 def _after_fork_in_child() -> None:
     global _fork_generation
     _fork_generation += 1
-    for pool in list(_live_pools):
-        for conn in list(pool._core.connections):
+    for core in list(_live_cores):
+        for conn in list(core.connections):
             _neutralize(conn)
-        pool._core.connections = weakref.WeakSet()
+        core.connections = weakref.WeakSet()
 
 
 if hasattr(os, "register_at_fork"):
@@ -421,6 +540,12 @@ class _DsqlPoolMixin(BasePool):
         name: str | None,
     ) -> dict[str, Any]:
         """Build the core; return the arguments for psycopg_pool's constructor."""
+        kind = plan_base.__mro__[1]  # psycopg.Connection or psycopg.AsyncConnection
+        if not isinstance(connection_class, type) or not issubclass(connection_class, kind):
+            raise ConfigurationError(
+                f"connection_class must be a subclass of {kind.__module__}.{kind.__name__} "
+                f"(this pool's kind), not {connection_class!r}; leave it out for the default"
+            )
         dsql, pool_options = _split_options(options)
         self._core = PoolCore(
             endpoint, options=dsql, max_lifetime=max_lifetime, timeout=timeout, user_kwargs=kwargs
@@ -482,8 +607,11 @@ class _DsqlPoolMixin(BasePool):
         return {**super().pop_stats(), **self._core.stats(reset=True)}
 
     def __repr__(self) -> str:
+        core: PoolCore | None = getattr(self, "_core", None)
+        if core is None or not hasattr(self, "_closed"):  # the constructor raised
+            return f"<{type(self).__name__} (not constructed)>"
         state = "closed" if self.closed else "open"
-        return f"<{type(self).__name__} {self.name!r} {self._core.describe()} {state}>"
+        return f"<{type(self).__name__} {self.name!r} {core.describe()} {state}>"
 
 
 class _AllOptions(DsqlOptions, PoolOptions, total=False):
@@ -515,6 +643,13 @@ def _split_options(options: Mapping[str, Any]) -> tuple[DsqlOptions, PoolOptions
     min_size = pool.get("min_size", 4)
     if max_size is None and min_size == 0:
         raise ConfigurationError("min_size=0 needs max_size >= 1 (how many connections at most)")
+    for key, value in (("min_size", min_size), ("max_size", max_size)):
+        if value is not None and value > MAX_CLUSTER_CONNECTIONS:
+            raise ConfigurationError(
+                f"{key}={value} is more connections than a DSQL cluster accepts "
+                f"({MAX_CLUSTER_CONNECTIONS:,}, shared by all clients): a pool needs only as "
+                "many as it runs statements at once, e.g. max_size=20"
+            )
     if max_size is not None and max_size < min_size:
         raise ConfigurationError(f"max_size ({max_size}) must be at least min_size ({min_size})")
     for key in ("max_idle", "reconnect_timeout"):

@@ -10,7 +10,8 @@ retries, and a fork child that starts with its own connections.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
 from typing import Any, Generic
 
 import psycopg
@@ -27,6 +28,7 @@ from ._pool import (
     PROBE,
     _AllOptions,
     _DsqlPoolMixin,
+    check_timeout,
 )
 
 __all__ = ["AsyncDsqlConnectionPool"]
@@ -131,8 +133,8 @@ class AsyncDsqlConnectionPool(_DsqlPoolMixin, AsyncConnectionPool[ACT], Generic[
         async with self._lock:
             waiting = list(self._waiting)
             self._waiting.clear()
-        for position in waiting:
-            await position.fail(self._core.timeout_error(0.0))
+        for position in waiting:  # each client's getconn says how long it really waited
+            await position.fail(PoolTimeout(str(error)))
 
     async def _check_fork(self) -> None:
         if self._core.forked() and self._reset_after_fork():
@@ -153,12 +155,15 @@ class AsyncDsqlConnectionPool(_DsqlPoolMixin, AsyncConnectionPool[ACT], Generic[
         connecting cannot succeed; either way the `PoolTimeout` names the cause."""
         core = self._core
         self._check_open_getconn()
-        deadline = time.monotonic() + timeout
+        timeout = check_timeout(timeout)
+        started = time.monotonic()
+        deadline = started + timeout
         while len(self._pool) < self._min_size:
             if core.permanent_error is not None or time.monotonic() >= deadline:
-                await self.close()
                 error = core.permanent_error or core.last_error
-                raise core.timeout_error(timeout, "open the pool") from error
+                failure = core.timeout_error(time.monotonic() - started, "open the pool")
+                await self.close()
+                raise failure from error
             await _aio.sleep(0.01)
 
     async def close(self, timeout: float = 5.0) -> None:
@@ -175,15 +180,25 @@ class AsyncDsqlConnectionPool(_DsqlPoolMixin, AsyncConnectionPool[ACT], Generic[
         core = self._core
         if core.forked():
             await self._check_fork()
-        waited = self.timeout if timeout is None else timeout
-        deadline = time.monotonic() + waited
+        limit = self.timeout if timeout is None else check_timeout(timeout)
+        started = time.monotonic()
+        deadline = started + limit
         while True:
             if core.permanent_error is not None and not self._pool:
-                raise core.timeout_error(waited) from core.permanent_error
+                raise core.timeout_error(time.monotonic() - started) from core.permanent_error
             try:
                 conn = await super().getconn(max(deadline - time.monotonic(), 0.0))
             except PoolTimeout:
-                raise core.timeout_error(waited) from (core.permanent_error or core.last_error)
+                error = core.permanent_error or core.last_error
+                raise core.timeout_error(time.monotonic() - started) from error
+            if await self._checked_out(conn):
+                return conn
+
+    async def _checked_out(self, conn: ACT) -> bool:
+        """Whether ``conn`` may be handed out; if not, it was replaced. Whatever interrupts
+        this (KeyboardInterrupt, cancellation), the connection goes back to the pool."""
+        core = self._core
+        try:
             verdict = core.checkout_verdict(conn)
             if verdict == PROBE:
                 try:
@@ -193,14 +208,36 @@ class AsyncDsqlConnectionPool(_DsqlPoolMixin, AsyncConnectionPool[ACT], Generic[
                 else:
                     verdict = OK
             if verdict == OK:
-                return conn
+                return True
             core.count_discard(verdict)
             await conn.close()
-            await self._putconn(conn, from_getconn=True)  # replaced quietly, without a warning
+        except BaseException:
+            await self._putconn(conn, from_getconn=True)
+            raise
+        await self._putconn(conn, from_getconn=True)  # replaced quietly, without a warning
+        return False
+
+    @asynccontextmanager
+    async def connection(self, timeout: float | None = None) -> AsyncIterator[ACT]:
+        """Like psycopg_pool's, and a connection taken is given back whatever interrupts
+        (psycopg_pool's takes it before its ``try``)."""
+        conn = None
+        started = 0.0
+        try:
+            conn = await self.getconn(timeout=timeout)
+            started = time.monotonic()
+            async with conn:
+                yield conn
+        finally:
+            if conn is not None:
+                await self.putconn(conn)
+                self._stats[self._USAGE_MS] += int(1000.0 * (time.monotonic() - started))
 
     async def putconn(self, conn: ACT) -> None:
-        self._core.connection_returned(conn)
-        await super().putconn(conn)
+        try:
+            self._core.connection_returned(conn)
+        finally:
+            await super().putconn(conn)
 
 
 class _FailWaiters:

@@ -12,7 +12,8 @@ retries, and a fork child that starts with its own connections.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any, Generic
 
 import psycopg
@@ -29,6 +30,7 @@ from ._pool import (
     PROBE,
     _AllOptions,
     _DsqlPoolMixin,
+    check_timeout,
 )
 
 __all__ = ["DsqlConnectionPool"]
@@ -133,8 +135,8 @@ class DsqlConnectionPool(_DsqlPoolMixin, ConnectionPool[CT], Generic[CT]):
         with self._lock:
             waiting = list(self._waiting)
             self._waiting.clear()
-        for position in waiting:
-            position.fail(self._core.timeout_error(0.0))
+        for position in waiting:  # each client's getconn says how long it really waited
+            position.fail(PoolTimeout(str(error)))
 
     def _check_fork(self) -> None:
         if self._core.forked() and self._reset_after_fork():
@@ -155,12 +157,15 @@ class DsqlConnectionPool(_DsqlPoolMixin, ConnectionPool[CT], Generic[CT]):
         connecting cannot succeed; either way the `PoolTimeout` names the cause."""
         core = self._core
         self._check_open_getconn()
-        deadline = time.monotonic() + timeout
+        timeout = check_timeout(timeout)
+        started = time.monotonic()
+        deadline = started + timeout
         while len(self._pool) < self._min_size:
             if core.permanent_error is not None or time.monotonic() >= deadline:
-                self.close()
                 error = core.permanent_error or core.last_error
-                raise core.timeout_error(timeout, "open the pool") from error
+                failure = core.timeout_error(time.monotonic() - started, "open the pool")
+                self.close()
+                raise failure from error
             _sio.sleep(0.01)
 
     def close(self, timeout: float = 5.0) -> None:
@@ -177,15 +182,25 @@ class DsqlConnectionPool(_DsqlPoolMixin, ConnectionPool[CT], Generic[CT]):
         core = self._core
         if core.forked():
             self._check_fork()
-        waited = self.timeout if timeout is None else timeout
-        deadline = time.monotonic() + waited
+        limit = self.timeout if timeout is None else check_timeout(timeout)
+        started = time.monotonic()
+        deadline = started + limit
         while True:
             if core.permanent_error is not None and not self._pool:
-                raise core.timeout_error(waited) from core.permanent_error
+                raise core.timeout_error(time.monotonic() - started) from core.permanent_error
             try:
                 conn = super().getconn(max(deadline - time.monotonic(), 0.0))
             except PoolTimeout:
-                raise core.timeout_error(waited) from (core.permanent_error or core.last_error)
+                error = core.permanent_error or core.last_error
+                raise core.timeout_error(time.monotonic() - started) from error
+            if self._checked_out(conn):
+                return conn
+
+    def _checked_out(self, conn: CT) -> bool:
+        """Whether ``conn`` may be handed out; if not, it was replaced. Whatever interrupts
+        this (KeyboardInterrupt, cancellation), the connection goes back to the pool."""
+        core = self._core
+        try:
             verdict = core.checkout_verdict(conn)
             if verdict == PROBE:
                 try:
@@ -195,14 +210,36 @@ class DsqlConnectionPool(_DsqlPoolMixin, ConnectionPool[CT], Generic[CT]):
                 else:
                     verdict = OK
             if verdict == OK:
-                return conn
+                return True
             core.count_discard(verdict)
             conn.close()
-            self._putconn(conn, from_getconn=True)  # replaced quietly, without a warning
+        except BaseException:
+            self._putconn(conn, from_getconn=True)
+            raise
+        self._putconn(conn, from_getconn=True)  # replaced quietly, without a warning
+        return False
+
+    @contextmanager
+    def connection(self, timeout: float | None = None) -> Iterator[CT]:
+        """Like psycopg_pool's, and a connection taken is given back whatever interrupts
+        (psycopg_pool's takes it before its ``try``)."""
+        conn = None
+        started = 0.0
+        try:
+            conn = self.getconn(timeout=timeout)
+            started = time.monotonic()
+            with conn:
+                yield conn
+        finally:
+            if conn is not None:
+                self.putconn(conn)
+                self._stats[self._USAGE_MS] += int(1000.0 * (time.monotonic() - started))
 
     def putconn(self, conn: CT) -> None:
-        self._core.connection_returned(conn)
-        super().putconn(conn)
+        try:
+            self._core.connection_returned(conn)
+        finally:
+            super().putconn(conn)
 
 
 class _FailWaiters:

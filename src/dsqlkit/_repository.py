@@ -8,10 +8,11 @@ module holds what they share (`RepositoryBase`) and `connect`, the one-line note
 from __future__ import annotations
 
 import atexit
+import math
 import weakref
 from typing import TYPE_CHECKING, Any
 
-from ._errors import DatabaseUnavailable
+from ._errors import ConfigurationError, DatabaseUnavailable
 from ._query import RowShape, row_factory
 from ._results import Ping, Rows
 from ._retry import RetryPolicy, RetryStats, resolve_policy
@@ -19,7 +20,7 @@ from ._retry import RetryPolicy, RetryStats, resolve_policy
 if TYPE_CHECKING:
     from ._repository_sync import Repository
 
-__all__ = ["Ping", "RepositoryBase", "Rows", "connect", "stats_for"]
+__all__ = ["Ping", "RepositoryBase", "Rows", "check_ping_timeout", "connect", "stats_for"]
 
 _foreign_stats: weakref.WeakKeyDictionary[Any, RetryStats] = weakref.WeakKeyDictionary()
 
@@ -39,6 +40,20 @@ def unavailable(pool: Any, exc: BaseException) -> DatabaseUnavailable:
     core = getattr(pool, "_core", None)
     where = core.endpoint.host if core is not None else getattr(pool, "name", "the database")
     return DatabaseUnavailable(f"{where} is unreachable: {exc}")
+
+
+def check_ping_timeout(timeout: Any) -> float:
+    """`ping`'s timeout, in seconds, or `ConfigurationError` (before any I/O)."""
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, (int, float))
+        or not 0 < timeout < math.inf  # also false for NaN
+    ):
+        raise ConfigurationError(
+            f"ping(timeout=...) is the seconds to wait for the database, more than zero: "
+            f"not {timeout!r} (default 5)"
+        )
+    return float(timeout)
 
 
 class RepositoryBase:

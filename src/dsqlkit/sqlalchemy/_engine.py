@@ -29,7 +29,16 @@ from sqlalchemy.engine import URL, Engine
 
 from .._config import endpoint_from_env
 from .._errors import ConfigurationError
-from .._pool import DEAD, EXPIRED, OK, PROBE, DsqlOptions, PoolCore
+from .._pool import (
+    DEAD,
+    EXPIRED,
+    MAX_CLUSTER_CONNECTIONS,
+    OK,
+    PROBE,
+    DsqlOptions,
+    PoolCore,
+    check_timeout,
+)
 from . import _run_async, _run_sync
 from ._dialect import register
 
@@ -150,6 +159,7 @@ def _prepare(
             raise ConfigurationError("pass connect_args= or kwargs=, not both")
         connect_args = options.pop("kwargs")
     _check_recycle(pool_recycle)
+    _check_pool_options(options)
     dsql = {key: options.pop(key) for key in list(options) if key in _DSQL_OPTIONS}
     endpoint = _endpoint_text(url)
     if endpoint is None:
@@ -215,6 +225,26 @@ def _check_recycle(pool_recycle: float) -> None:
         )
 
 
+def _check_pool_options(options: Mapping[str, Any]) -> None:
+    """SQLAlchemy's pool sizes and timeout, checked before any connection is made."""
+    for name, low in (("pool_size", 0), ("max_overflow", -1)):
+        if name not in options:
+            continue
+        value = options[name]
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            what = "zero or more" if low == 0 else "zero or more (-1: no limit)"
+            raise ConfigurationError(
+                f"{name} must be a whole number of connections, {what}, not {value!r}"
+            )
+        if value > MAX_CLUSTER_CONNECTIONS:
+            raise ConfigurationError(
+                f"{name}={value} is more connections than a DSQL cluster accepts "
+                f"({MAX_CLUSTER_CONNECTIONS:,}, shared by all clients)"
+            )
+    if "pool_timeout" in options:
+        check_timeout(options["pool_timeout"], "pool_timeout")
+
+
 def _install_checks(engine: Engine, core: PoolCore) -> None:
     """Attach ``core`` to the engine's dialect and dsqlkit's checks to its pool."""
     engine.dialect.dsqlkit_core = core  # type: ignore[attr-defined]
@@ -223,6 +253,11 @@ def _install_checks(engine: Engine, core: PoolCore) -> None:
     @event.listens_for(engine, "checkout")
     def _checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
         conn = _driver(dbapi_connection)
+        if core.inherited(conn):
+            # Made by the parent process before fork(): its session is the parent's. The
+            # socket was detached at fork (closing it sends nothing); connect anew.
+            record.dbapi_connection = proxy.dbapi_connection = None
+            raise sa_exc.DisconnectionError("dsqlkit: connection inherited across fork()")
         verdict = core.checkout_verdict(conn)
         if verdict == PROBE:
             try:
