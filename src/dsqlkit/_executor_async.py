@@ -291,7 +291,12 @@ class AsyncExecutor:
                         with contextlib.suppress(psycopg.Error):
                             await conn.set_autocommit(False)  # sync: conn.autocommit = False
                 finally:
-                    await self.pool.putconn(conn)
+                    try:
+                        await self.pool.putconn(conn)
+                    except BaseException:
+                        if getattr(conn, "_pool", None) is self.pool:  # not taken back yet
+                            await self.pool.putconn(conn)
+                        raise
 
     async def write(self, run: Callable[..., Any]) -> Any:
         """``run(cursor)`` in autocommit: one statement, which is its own COMMIT."""

@@ -291,7 +291,12 @@ class Executor:
                         with contextlib.suppress(psycopg.Error):
                             conn.autocommit = False
                 finally:
-                    self.pool.putconn(conn)
+                    try:
+                        self.pool.putconn(conn)
+                    except BaseException:
+                        if getattr(conn, "_pool", None) is self.pool:  # not taken back yet
+                            self.pool.putconn(conn)
+                        raise
 
     def write(self, run: Callable[..., Any]) -> Any:
         """``run(cursor)`` in autocommit: one statement, which is its own COMMIT."""

@@ -186,12 +186,6 @@ class PoolCore:
             insecure_tls=options.get("insecure_tls", False),
         )
         self.max_lifetime = _check_seconds("max_lifetime", max_lifetime)
-        if self.max_lifetime < MIN_LIFETIME:
-            raise ConfigurationError(
-                f"max_lifetime={max_lifetime!r} would replace every connection almost at once: "
-                f"it is in seconds; use at least {MIN_LIFETIME:.0f} (the default, 3000, is 50 "
-                "minutes, under DSQL's 60-minute connection limit)"
-            )
         if self.max_lifetime > MAX_CONNECTION_AGE:
             raise ConfigurationError(
                 f"max_lifetime={max_lifetime!r} is beyond DSQL's connection limit of 60 minutes "
@@ -547,6 +541,13 @@ class _DsqlPoolMixin(BasePool):
                 f"(this pool's kind), not {connection_class!r}; leave it out for the default"
             )
         dsql, pool_options = _split_options(options)
+        lifetime = _check_seconds("max_lifetime", max_lifetime)
+        if lifetime < MIN_LIFETIME:
+            raise ConfigurationError(
+                f"max_lifetime={max_lifetime!r} would replace every connection almost at once: "
+                f"it is in seconds; use at least {MIN_LIFETIME:.0f} (the default, 3000, is 50 "
+                "minutes, under DSQL's 60-minute connection limit)"
+            )
         self._core = PoolCore(
             endpoint, options=dsql, max_lifetime=max_lifetime, timeout=timeout, user_kwargs=kwargs
         )

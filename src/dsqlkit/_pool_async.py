@@ -191,30 +191,29 @@ class AsyncDsqlConnectionPool(_DsqlPoolMixin, AsyncConnectionPool[ACT], Generic[
             except PoolTimeout:
                 error = core.permanent_error or core.last_error
                 raise core.timeout_error(time.monotonic() - started) from error
-            if await self._checked_out(conn):
-                return conn
+            try:  # whatever interrupts (KeyboardInterrupt, cancellation), it goes back
+                if await self._checked_out(conn):
+                    return conn
+            except BaseException:
+                await self._putconn(conn, from_getconn=True)
+                raise
+            await self._putconn(conn, from_getconn=True)  # replaced quietly, without a warning
 
     async def _checked_out(self, conn: ACT) -> bool:
-        """Whether ``conn`` may be handed out; if not, it was replaced. Whatever interrupts
-        this (KeyboardInterrupt, cancellation), the connection goes back to the pool."""
+        """Whether ``conn`` may be handed out; if not, it was closed (to be replaced)."""
         core = self._core
-        try:
-            verdict = core.checkout_verdict(conn)
-            if verdict == PROBE:
-                try:
-                    await self.check_connection(conn)
-                except Exception:
-                    verdict = DEAD
-                else:
-                    verdict = OK
-            if verdict == OK:
-                return True
-            core.count_discard(verdict)
-            await conn.close()
-        except BaseException:
-            await self._putconn(conn, from_getconn=True)
-            raise
-        await self._putconn(conn, from_getconn=True)  # replaced quietly, without a warning
+        verdict = core.checkout_verdict(conn)
+        if verdict == PROBE:
+            try:
+                await self.check_connection(conn)
+            except Exception:
+                verdict = DEAD
+            else:
+                verdict = OK
+        if verdict == OK:
+            return True
+        core.count_discard(verdict)
+        await conn.close()
         return False
 
     @asynccontextmanager
@@ -230,8 +229,13 @@ class AsyncDsqlConnectionPool(_DsqlPoolMixin, AsyncConnectionPool[ACT], Generic[
                 yield conn
         finally:
             if conn is not None:
-                await self.putconn(conn)
                 self._stats[self._USAGE_MS] += int(1000.0 * (time.monotonic() - started))
+                try:
+                    await self.putconn(conn)
+                except BaseException:
+                    if getattr(conn, "_pool", None) is self:  # interrupted before taken back
+                        await self.putconn(conn)
+                    raise
 
     async def putconn(self, conn: ACT) -> None:
         try:

@@ -193,30 +193,29 @@ class DsqlConnectionPool(_DsqlPoolMixin, ConnectionPool[CT], Generic[CT]):
             except PoolTimeout:
                 error = core.permanent_error or core.last_error
                 raise core.timeout_error(time.monotonic() - started) from error
-            if self._checked_out(conn):
-                return conn
+            try:  # whatever interrupts (KeyboardInterrupt, cancellation), it goes back
+                if self._checked_out(conn):
+                    return conn
+            except BaseException:
+                self._putconn(conn, from_getconn=True)
+                raise
+            self._putconn(conn, from_getconn=True)  # replaced quietly, without a warning
 
     def _checked_out(self, conn: CT) -> bool:
-        """Whether ``conn`` may be handed out; if not, it was replaced. Whatever interrupts
-        this (KeyboardInterrupt, cancellation), the connection goes back to the pool."""
+        """Whether ``conn`` may be handed out; if not, it was closed (to be replaced)."""
         core = self._core
-        try:
-            verdict = core.checkout_verdict(conn)
-            if verdict == PROBE:
-                try:
-                    self.check_connection(conn)
-                except Exception:
-                    verdict = DEAD
-                else:
-                    verdict = OK
-            if verdict == OK:
-                return True
-            core.count_discard(verdict)
-            conn.close()
-        except BaseException:
-            self._putconn(conn, from_getconn=True)
-            raise
-        self._putconn(conn, from_getconn=True)  # replaced quietly, without a warning
+        verdict = core.checkout_verdict(conn)
+        if verdict == PROBE:
+            try:
+                self.check_connection(conn)
+            except Exception:
+                verdict = DEAD
+            else:
+                verdict = OK
+        if verdict == OK:
+            return True
+        core.count_discard(verdict)
+        conn.close()
         return False
 
     @contextmanager
@@ -232,8 +231,13 @@ class DsqlConnectionPool(_DsqlPoolMixin, ConnectionPool[CT], Generic[CT]):
                 yield conn
         finally:
             if conn is not None:
-                self.putconn(conn)
                 self._stats[self._USAGE_MS] += int(1000.0 * (time.monotonic() - started))
+                try:
+                    self.putconn(conn)
+                except BaseException:
+                    if getattr(conn, "_pool", None) is self:  # interrupted before taken back
+                        self.putconn(conn)
+                    raise
 
     def putconn(self, conn: CT) -> None:
         try:
