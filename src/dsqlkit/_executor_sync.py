@@ -30,6 +30,7 @@ from psycopg import errors, pq
 
 from . import _sio
 from ._errors import TransactionAborted
+from ._pool import not_taken_back
 from ._query import JOINED, joined_handle, refuse_awaitable
 from ._retry import Attempt, RetryPolicy, RetryStats, find_conflict, is_conflict, judge_all
 from ._transaction_sync import Transaction
@@ -254,7 +255,7 @@ class Executor:
         take: Callable[..., Any],
         pure: bool,
     ) -> Any:
-        conn = None
+        conn: Any = None
         autocommit = True
         try:  # the connection is taken inside the try: whatever interrupts, it goes back
             conn = self.pool.getconn()
@@ -294,7 +295,7 @@ class Executor:
                     try:
                         self.pool.putconn(conn)
                     except BaseException:
-                        if getattr(conn, "_pool", None) is self.pool:  # not taken back yet
+                        if not_taken_back(conn, self.pool):
                             self.pool.putconn(conn)
                         raise
 

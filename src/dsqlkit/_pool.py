@@ -427,6 +427,12 @@ class PoolCore:
         return PoolTimeout(message)
 
 
+def not_taken_back(conn: Any, pool: Any) -> bool:
+    """Whether ``putconn(conn)`` was interrupted (KeyboardInterrupt) before ``pool`` took the
+    connection back: psycopg_pool forgets a connection's pool first thing when it takes it."""
+    return getattr(conn, "_pool", None) is pool
+
+
 def check_connect_kwargs(kwargs: Mapping[str, Any]) -> None:
     """Refuse what libpq would refuse at every connect (an unknown parameter), and parameters
     that have a pool argument of their own, with what to pass instead."""

@@ -29,6 +29,7 @@ from ._pool import (
     _AllOptions,
     _DsqlPoolMixin,
     check_timeout,
+    not_taken_back,
 )
 
 __all__ = ["AsyncDsqlConnectionPool"]
@@ -233,7 +234,7 @@ class AsyncDsqlConnectionPool(_DsqlPoolMixin, AsyncConnectionPool[ACT], Generic[
                 try:
                     await self.putconn(conn)
                 except BaseException:
-                    if getattr(conn, "_pool", None) is self:  # interrupted before taken back
+                    if not_taken_back(conn, self):
                         await self.putconn(conn)
                     raise
 

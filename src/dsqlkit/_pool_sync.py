@@ -31,6 +31,7 @@ from ._pool import (
     _AllOptions,
     _DsqlPoolMixin,
     check_timeout,
+    not_taken_back,
 )
 
 __all__ = ["DsqlConnectionPool"]
@@ -235,7 +236,7 @@ class DsqlConnectionPool(_DsqlPoolMixin, ConnectionPool[CT], Generic[CT]):
                 try:
                     self.putconn(conn)
                 except BaseException:
-                    if getattr(conn, "_pool", None) is self:  # interrupted before taken back
+                    if not_taken_back(conn, self):
                         self.putconn(conn)
                     raise
 

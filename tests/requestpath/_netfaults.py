@@ -111,7 +111,7 @@ class BlackHole(_Server):
 
     def wait_for(self, what: str, count: int, timeout: float = 20.0) -> bool:
         with self.changed:
-            return self.changed.wait_for(lambda: getattr(self, what) >= count, timeout)
+            return bool(self.changed.wait_for(lambda: getattr(self, what) >= count, timeout))
 
     def wait_accepted(self, count: int, timeout: float = 20.0) -> bool:
         deadline = threading.Event()

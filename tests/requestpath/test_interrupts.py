@@ -44,7 +44,7 @@ class Interrupt:
             self.seen += 1
             if self.seen == self.at:
                 self.fired = True
-                raise KeyboardInterrupt(f"injected at {frame.f_code.co_qualname}")
+                raise KeyboardInterrupt(f"injected at {frame.f_code.co_name}")
         return None
 
 
@@ -104,7 +104,7 @@ def _calls(pool: DsqlConnectionPool[Any], table: str) -> dict[str, Callable[[], 
         "insert_many": lambda: repo.insert_many(
             table, [{"id": next(counter) + n} for n in range(3)], key="id"
         ),
-        "ping": lambda: repo.ping(),
+        "ping": repo.ping,
         "pool.connection": with_connection,
     }
 

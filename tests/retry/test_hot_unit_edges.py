@@ -47,7 +47,7 @@ def pool(local_dsql: LocalDsql) -> Iterator[DsqlConnectionPool[Any]]:
 
 def _values(local: LocalDsql, table: str) -> dict[int, int]:
     with psycopg.connect(local.conninfo(), autocommit=True) as conn:
-        return dict(conn.execute(f"SELECT id, v FROM {table}").fetchall())  # type: ignore[arg-type]
+        return dict(conn.execute(f"SELECT id, v FROM {table}").fetchall())
 
 
 class Weighty:
@@ -305,14 +305,14 @@ async def test_a_task_cancelled_as_the_gate_opens_does_not_commit(
         await bump(row)  # conflicted once: the unit is hot
         first = asyncio.ensure_future(bump(row))
         first.set_name("first")
-        while "first" not in ran:
+        while "first" not in ran:  # noqa: ASYNC110 - stepping the loop is the point
             await asyncio.sleep(0.005)
         second = asyncio.ensure_future(bump(row))
         second.set_name("second")
         await asyncio.sleep(0.05)
         assert "second" not in ran  # it waits at the gate
         hold.set()
-        while not first.done():
+        while not first.done():  # noqa: ASYNC110 - stepping the loop is the point
             await asyncio.sleep(0)
         for _ in range(steps):
             await asyncio.sleep(0)
