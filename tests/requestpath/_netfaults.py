@@ -71,10 +71,12 @@ class CuttingRelay(_Server):
 
     def handle(self, client: socket.socket, number: int) -> None:
         if number <= self.cut:
-            first = client.recv(8)
-            if first[:8] == b"\x00\x00\x00\x08\x04\xd2\x16\x2f":  # SSLRequest: say yes
+            first = client.recv(65536)
+            if first == b"\x00\x00\x00\x08\x04\xd2\x16\x2f":  # SSLRequest: say yes
                 client.sendall(b"S")
-                client.recv(4096)  # the ClientHello
+                client.recv(65536)  # the ClientHello
+            # Everything read, so closing sends a FIN (unread bytes would make it a reset):
+            # the client's TLS library sees the stream end in the middle of the handshake.
             with self.lock:
                 self.was_cut += 1
             client.close()
