@@ -78,7 +78,7 @@ def _outcome(exc: BaseException | None) -> str:
     return "failed"
 
 
-def test_fault_campaign(local_dsql: LocalDsql) -> None:  # noqa: PLR0915 - one scenario
+def test_fault_campaign(local_dsql: LocalDsql) -> None:
     suffix = uuid.uuid4().hex[:8]
     ledger, counters = f"camp_ops_{suffix}", f"camp_n_{suffix}"
     with psycopg.connect(local_dsql.conninfo(), autocommit=True) as conn:
@@ -209,5 +209,6 @@ def test_fault_campaign(local_dsql: LocalDsql) -> None:  # noqa: PLR0915 - one s
         f"unaccounted={len(unaccounted)} leaked_connections={lent}"
     )
     assert (lost, duplicated, phantom, len(unaccounted), lent) == (0, 0, 0, 0, 0)
-    assert tx_rows is not None and total is not None
+    assert tx_rows is not None
+    assert total is not None
     assert tx_rows[0] == total[0]  # every hot-unit commit did both of its writes
