@@ -150,3 +150,41 @@ def test_an_interrupt_at_any_dsqlkit_entry_leaks_no_connection(
     assert not leaks, leaks
     call()  # and the pool still works
     assert _lent(pool) == 0
+
+
+async def test_a_cancellation_at_any_step_leaks_no_connection(
+    local_dsql: LocalDsql, table: str
+) -> None:
+    """The asyncio twin: a task cancelled after 0, 1, 2... event-loop steps of a call."""
+    import asyncio
+
+    from dsqlkit import AsyncRepository
+
+    async with local_dsql.async_pool(min_size=2, max_size=2, idle_check_after=0.0) as pool:
+        await pool.wait()
+        repo = AsyncRepository(pool)
+        calls = [
+            lambda: repo.query(f"SELECT * FROM {table}"),
+            lambda: repo.scalar(f"SELECT v FROM {table} WHERE id = 1 FOR UPDATE"),
+            lambda: repo.execute(f"UPDATE {table} SET v = v WHERE id = 2"),
+            lambda: repo.transaction(
+                lambda tx: tx.execute(f"UPDATE {table} SET v = v WHERE id = 3")
+            ),
+            repo.ping,
+        ]
+        for call in calls:
+            for steps in range(40):
+                task = asyncio.ensure_future(call())
+                for _ in range(steps):
+                    await asyncio.sleep(0)
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
+                for _ in range(250):
+                    stats = pool.get_stats()
+                    if stats.get("pool_size", 0) == stats.get("pool_available", 0):
+                        break
+                    await asyncio.sleep(0.02)
+                assert stats.get("pool_size", 0) == stats.get("pool_available", 0), steps
