@@ -47,6 +47,8 @@ _HOT_KEY_MAX_ITEMS = 4096
 #: Hot units per pool: the hash of each unit (never the unit's arguments themselves, which
 #: the table would keep alive) and its gate. Replaced in a fork child (see `_forget_hot_units`).
 _hot: weakref.WeakKeyDictionary[Any, dict[int, _Gate]] = weakref.WeakKeyDictionary()
+#: Whether any unit has been hot in this process (a global read is cheaper than the table's).
+_heated = False
 
 
 class _Gate:
@@ -96,6 +98,8 @@ class _UnitKey:
 
 
 def _hot_gate(pool: Any, key: _UnitKey) -> _Gate | None:
+    if not _heated:  # no unit ever conflicted here (the common case): nothing to look up
+        return None
     units = _hot.get(pool)
     if not units:
         return None
@@ -114,6 +118,7 @@ def _hot_gate(pool: Any, key: _UnitKey) -> _Gate | None:
 
 def _heat(pool: Any, key: _UnitKey, seconds: float) -> None:
     """Mark a unit hot for ``seconds`` after it lost a conflict."""
+    global _heated
     value = key.get()
     if value is None:
         return
@@ -132,13 +137,15 @@ def _heat(pool: Any, key: _UnitKey, seconds: float) -> None:
     if len(units) >= _HOT_UNITS:
         units.pop(next(iter(units)))
     units.setdefault(value, _Gate(now + seconds))
+    _heated = True
 
 
 def _forget_hot_units() -> None:
     """In a fork child: a new, empty table. A gate's lock held by another thread of the parent
     at fork() would stay locked in the child for good."""
-    global _hot
+    global _hot, _heated
     _hot = weakref.WeakKeyDictionary()
+    _heated = False
 
 
 if hasattr(os, "register_at_fork"):

@@ -8,6 +8,7 @@ point, one run each), and checks after each run that every connection is back in
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 import uuid
@@ -178,10 +179,8 @@ async def test_a_cancellation_at_any_step_leaks_no_connection(
                 for _ in range(steps):
                     await asyncio.sleep(0)
                 task.cancel()
-                try:
+                with contextlib.suppress(asyncio.CancelledError):
                     await task
-                except asyncio.CancelledError:
-                    pass
                 for _ in range(250):
                     stats = pool.get_stats()
                     if stats.get("pool_size", 0) == stats.get("pool_available", 0):
