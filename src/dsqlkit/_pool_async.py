@@ -1,7 +1,8 @@
 """`AsyncDsqlConnectionPool` (asyncio source; `DsqlConnectionPool` in `_pool_sync` is generated).
 
-What this adds to psycopg_pool's pool is thin I/O around the shared `PoolCore`: a fresh token
-per physical connection (signed in a worker thread, never on the event loop), a checkout that
+What this adds to psycopg_pool's pool is thin I/O around a `dsqlkit._connector.Connector`
+(through `dsqlkit._connector_async`, as SQLAlchemy engines do): a fresh token per physical
+connection (signed in a worker thread, never on the event loop), a checkout that
 never hands out an expired or dead connection, waiting clients failed at once when a connect
 error is permanent (every timeout names its last cause), a close that interrupts connect
 retries, and a fork child that starts with its own connections.
@@ -19,25 +20,18 @@ from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from typing_extensions import TypeVar, Unpack
 
-from . import _aio
+from . import _aio, _pool_internals
 from ._connect_async import AsyncDsqlConnection
-from ._pool import (
-    DEAD,
-    DEFAULT_MAX_LIFETIME,
-    OK,
-    PROBE,
-    _AllOptions,
-    _DsqlPoolMixin,
-    check_timeout,
-    not_taken_back,
-)
+from ._connector import Verdict, check_timeout
+from ._connector_async import checkout, connection_kwargs
+from ._pool import DEFAULT_MAX_LIFETIME, AllOptions, DsqlPoolMixin
 
 __all__ = ["AsyncDsqlConnectionPool"]
 
 ACT = TypeVar("ACT", bound=psycopg.AsyncConnection[Any], default=AsyncDsqlConnection[TupleRow])
 
 
-class AsyncDsqlConnectionPool(_DsqlPoolMixin, AsyncConnectionPool[ACT], Generic[ACT]):
+class AsyncDsqlConnectionPool(DsqlPoolMixin, AsyncConnectionPool[ACT], Generic[ACT]):
     """A psycopg_pool pool for Aurora DSQL (or plain PostgreSQL in local mode).
 
     Args:
@@ -88,7 +82,7 @@ class AsyncDsqlConnectionPool(_DsqlPoolMixin, AsyncConnectionPool[ACT], Generic[
         max_lifetime: float = DEFAULT_MAX_LIFETIME,
         timeout: float = 30.0,
         name: str | None = None,
-        **options: Unpack[_AllOptions],
+        **options: Unpack[AllOptions],
     ) -> None:
         arguments = self._dsql_arguments(
             endpoint,
@@ -114,11 +108,7 @@ class AsyncDsqlConnectionPool(_DsqlPoolMixin, AsyncConnectionPool[ACT], Generic[
         )
 
     async def _connect_kwargs(self) -> dict[str, Any]:
-        core = self._core
-        kwargs = core.static_kwargs()
-        if core.minter is not None:
-            kwargs["password"] = await _aio.to_thread(core.mint)
-        return kwargs
+        return await connection_kwargs(self._core)
 
     async def _configure_new(self, conn: ACT) -> None:
         self._core.connection_created(conn)
@@ -131,9 +121,8 @@ class AsyncDsqlConnectionPool(_DsqlPoolMixin, AsyncConnectionPool[ACT], Generic[
         self.run_task(_FailWaiters(self, error))  # type: ignore[arg-type]
 
     async def _fail_waiters(self, error: BaseException) -> None:
-        async with self._lock:
-            waiting = list(self._waiting)
-            self._waiting.clear()
+        async with _pool_internals.waiting_lock(self):
+            waiting = _pool_internals.take_waiting(self)
         for position in waiting:  # each client's getconn says how long it really waited
             await position.fail(PoolTimeout(str(error)))
 
@@ -155,11 +144,11 @@ class AsyncDsqlConnectionPool(_DsqlPoolMixin, AsyncConnectionPool[ACT], Generic[
         """Wait for ``min_size`` connections, like psycopg_pool's, but fail at once when
         connecting cannot succeed; either way the `PoolTimeout` names the cause."""
         core = self._core
-        self._check_open_getconn()
+        _pool_internals.check_open(self)
         timeout = check_timeout(timeout)
         started = time.monotonic()
         deadline = started + timeout
-        while len(self._pool) < self._min_size:
+        while _pool_internals.idle_count(self) < self.min_size:
             if core.permanent_error is not None or time.monotonic() >= deadline:
                 error = core.permanent_error or core.last_error
                 failure = core.timeout_error(time.monotonic() - started, "open the pool")
@@ -176,8 +165,9 @@ class AsyncDsqlConnectionPool(_DsqlPoolMixin, AsyncConnectionPool[ACT], Generic[
         await super().close(timeout)
 
     async def getconn(self, timeout: float | None = None) -> ACT:
-        """Like psycopg_pool's, but never returns an expired or dead connection, and fails
-        at once (naming the cause) when connecting cannot succeed."""
+        """Like psycopg_pool's, but never returns an expired or dead connection, fails at once
+        (naming the cause) when connecting cannot succeed, and gives a connection it took
+        back to the pool whatever interrupts it (KeyboardInterrupt, cancellation)."""
         core = self._core
         if core.forked():
             await self._check_fork()
@@ -185,37 +175,21 @@ class AsyncDsqlConnectionPool(_DsqlPoolMixin, AsyncConnectionPool[ACT], Generic[
         started = time.monotonic()
         deadline = started + limit
         while True:
-            if core.permanent_error is not None and not self._pool:
+            if core.permanent_error is not None and not _pool_internals.idle_count(self):
                 raise core.timeout_error(time.monotonic() - started) from core.permanent_error
             try:
                 conn = await super().getconn(max(deadline - time.monotonic(), 0.0))
             except PoolTimeout:
                 error = core.permanent_error or core.last_error
                 raise core.timeout_error(time.monotonic() - started) from error
-            try:  # whatever interrupts (KeyboardInterrupt, cancellation), it goes back
-                if await self._checked_out(conn):
-                    return conn
-            except BaseException:
-                await self._putconn(conn, from_getconn=True)
-                raise
-            await self._putconn(conn, from_getconn=True)  # replaced quietly, without a warning
-
-    async def _checked_out(self, conn: ACT) -> bool:
-        """Whether ``conn`` may be handed out; if not, it was closed (to be replaced)."""
-        core = self._core
-        verdict = core.checkout_verdict(conn)
-        if verdict == PROBE:
             try:
-                await self.check_connection(conn)
-            except Exception:
-                verdict = DEAD
-            else:
-                verdict = OK
-        if verdict == OK:
-            return True
-        core.count_discard(verdict)
-        await conn.close()
-        return False
+                if await checkout(core, conn, self.check_connection) is Verdict.OK:
+                    return conn
+                await conn.close()
+            except BaseException:
+                await _pool_internals.discard_checked_out(self, conn)
+                raise
+            await _pool_internals.discard_checked_out(self, conn)  # replaced without a warning
 
     @asynccontextmanager
     async def connection(self, timeout: float | None = None) -> AsyncIterator[ACT]:
@@ -230,13 +204,13 @@ class AsyncDsqlConnectionPool(_DsqlPoolMixin, AsyncConnectionPool[ACT], Generic[
                 yield conn
         finally:
             if conn is not None:
-                self._stats[self._USAGE_MS] += int(1000.0 * (time.monotonic() - started))
                 try:
                     await self.putconn(conn)
                 except BaseException:
-                    if not_taken_back(conn, self):
+                    if _pool_internals.not_taken_back(conn, self):
                         await self.putconn(conn)
                     raise
+                _pool_internals.count_usage(self, time.monotonic() - started)
 
     async def putconn(self, conn: ACT) -> None:
         try:

@@ -77,7 +77,7 @@ MISTAKES: list[Mistake] = [
     ("kwargs as a list", lambda d, r, t: _pool(d, kwargs=[("hostaddr", "127.0.0.1")]),
      ConfigurationError, "kwargs must be a dict"),
     ('kwargs={"region": ...}', lambda d, r, t: _pool(d, kwargs={"region": "us-east-1"}),
-     ConfigurationError, "pass region=... to the pool itself"),
+     ConfigurationError, "pass region=... to the pool"),
     ('kwargs={"min_size": 2}', lambda d, r, t: _pool(d, kwargs={"min_size": 2}),
      ConfigurationError, "pool argument"),
     ('kwargs={"regoin": ...} (unknown)', lambda d, r, t: _pool(d, kwargs={"regoin": "x"}),
