@@ -33,12 +33,12 @@ import select
 import time
 import weakref
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 from psycopg import pq
 from psycopg_pool import PoolTimeout
 
-from ._config import DsqlEndpoint, TLSSettings
+from ._config import DsqlEndpoint, TLSSettings, check_connection_kwargs, resolve_address
 from ._connect import PLAN_KEY, ConnectPlan
 from ._errors import ConfigurationError
 from ._retry import RetryStats
@@ -49,6 +49,7 @@ from ._tokens import (
     EnvTokenProvider,
     TokenMinter,
     TokenProvider,
+    explain_auth_failure,
 )
 from ._version import __version__
 
@@ -61,7 +62,6 @@ __all__ = [
     "DsqlOptions",
     "Target",
     "Verdict",
-    "check_connect_kwargs",
     "check_seconds",
     "check_timeout",
 ]
@@ -85,23 +85,18 @@ OWN_PARAMETERS = {
     "application_name": "application_name",
     "connect_timeout": "connect_timeout",
 }
+#: The same for an engine's ``connect_args``.
+ENGINE_PARAMETERS = {
+    **OWN_PARAMETERS,
+    "host": "url",
+    "port": "url (or port=)",
+    "user": "url (or user=)",
+    "dbname": "url (or dbname=)",
+}
 _CONN_OK = pq.ConnStatus.OK
 _STATE = "_dsqlkit_state"
 #: DSQL's limit of open connections per cluster.
 MAX_CLUSTER_CONNECTIONS = 10_000
-#: Keyword arguments psycopg's ``connect`` takes besides libpq's connection parameters.
-_PSYCOPG_CONNECT_ARGUMENTS = frozenset(
-    ("autocommit", "prepare_threshold", "context", "row_factory", "cursor_factory")
-)
-#: psycopg_pool's and SQLAlchemy's arguments: misplaced in kwargs, libpq would refuse them.
-_POOL_ARGUMENT_NAMES = frozenset(
-    (
-        "min_size", "max_size", "max_waiting", "max_idle", "reconnect_timeout", "num_workers",
-        "timeout", "max_lifetime", "name", "open", "configure", "check", "reset",
-        "reconnect_failed", "connection_class", "pool_size", "max_overflow", "pool_timeout",
-        "pool_recycle", "pool_pre_ping", "echo",
-    )
-)  # fmt: skip
 
 
 class DsqlOptions(TypedDict, total=False):
@@ -112,6 +107,9 @@ class DsqlOptions(TypedDict, total=False):
     user: str
     dbname: str
     port: int
+    cluster_id: str | None
+    tls_name: Literal["cluster", "host"]
+    plain_postgresql: bool
     token_provider: TokenProvider | None
     boto3_session: boto3.Session | None
     profile_name: str | None
@@ -196,7 +194,7 @@ class Target:
 
     def describe(self) -> str:
         region = self.endpoint.region or "-"
-        mode = "dsql" if self.endpoint.is_dsql else "local"
+        mode = "dsql" if self.endpoint.is_dsql else "plain-postgresql"
         return f"{self.endpoint} region={region} mode={mode}"
 
 
@@ -218,20 +216,23 @@ class Connector:
         max_lifetime: float,
         timeout: float,
         user_kwargs: Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None,
+        engine: bool = False,
     ) -> None:
         if endpoint is None:
             raise ConfigurationError(
                 "no endpoint: pass the DSQL host name or cluster id as the first argument, "
                 "or use from_env() with DSQL_ENDPOINT / DSQL_CLUSTER_ID set"
             )
-        self.max_lifetime = check_seconds("max_lifetime", max_lifetime)
+        self.max_lifetime = check_seconds(
+            "pool_recycle" if engine else "max_lifetime", max_lifetime
+        )
         if self.max_lifetime > MAX_CONNECTION_AGE:
             raise ConfigurationError(
                 f"max_lifetime={max_lifetime!r} is beyond DSQL's connection limit of 60 minutes "
                 f"({MAX_CONNECTION_AGE:.0f} s), after which the server closes connections: use "
                 "at most 3600 (the default, 3000, leaves room for psycopg_pool's jitter)"
             )
-        self.timeout = check_seconds("timeout", timeout)
+        self.timeout = check_seconds("connect_deadline" if engine else "timeout", timeout)
         self.idle_check_after = check_seconds(
             "idle_check_after",
             options.get("idle_check_after", DEFAULT_IDLE_CHECK_AFTER),
@@ -245,7 +246,13 @@ class Connector:
                 f"not {type(application_name).__name__}: {application_name!r}"
             )
         if isinstance(user_kwargs, Mapping):
-            check_connect_kwargs(user_kwargs)
+            _check_keys(user_kwargs)
+            check_connection_kwargs(
+                user_kwargs,
+                ENGINE_PARAMETERS if engine else OWN_PARAMETERS,
+                where="connect_args" if engine else "kwargs",
+                owner="engine" if engine else "pool",
+            )
         elif user_kwargs is not None and not callable(user_kwargs):
             raise ConfigurationError(
                 f"kwargs must be a dict of libpq connection parameters (or a function "
@@ -254,6 +261,16 @@ class Connector:
             )
         self.user_kwargs = user_kwargs
         self.targets: tuple[Target, ...] = (_target(endpoint, options),)
+        if (
+            self.endpoint.address_host is not None
+            and isinstance(user_kwargs, Mapping)
+            and "hostaddr" in user_kwargs
+        ):
+            raise ConfigurationError(
+                "kwargs={'hostaddr': ...} and a custom host name both say where to "
+                "connect: pass the cluster's real host name with hostaddr, or the custom "
+                "name with cluster_id, not both"
+            )
         self.counters = Counters(
             (
                 "connects_retried",
@@ -274,6 +291,7 @@ class Connector:
             stats=self.counters,
             on_failure=self.failed,
             on_permanent_failure=self.failed_permanently,
+            explain_auth=self._explain_auth if self.targets[0].minter is not None else None,
         )
 
     # -- the target (one today; the seam for an ordered list of Regions) ---------------------
@@ -303,6 +321,14 @@ class Connector:
     def permanent_error(self) -> BaseException | None:
         return self.target.permanent_error
 
+    def _explain_auth(self, exc: BaseException) -> str:
+        """The `AuthenticationFailed` message for an IAM authentication failure."""
+        minter = self.target.minter
+        assert minter is not None
+        return explain_auth_failure(
+            user=minter.user, host=minter.host, region=minter.region, signer=minter.provider
+        )
+
     def failed(self, exc: BaseException) -> None:
         """Remember why the last connect failed (named by every pool timeout after it)."""
         self.target.last_error = exc
@@ -331,13 +357,37 @@ class Connector:
                         "the kwargs function must return a dict of libpq connection "
                         f"parameters, not {type(user).__name__}"
                     )
-                check_connect_kwargs(user)
+                _check_keys(user)
+                check_connection_kwargs(user, OWN_PARAMETERS, where="kwargs", owner="pool")
             except Exception as exc:
                 self.failed_permanently(exc)
                 raise
         else:
             user = self.user_kwargs or {}
         return {**user, **self.target.params, PLAN_KEY: self.plan}
+
+    @property
+    def per_connection(self) -> bool:
+        """Whether each connection needs `connection_secrets` (a token or an address)."""
+        target = self.target
+        return target.minter is not None or target.endpoint.address_host is not None
+
+    def connection_secrets(self) -> dict[str, Any]:
+        """What changes for every physical connection: a fresh token (``password``) and the
+        custom host name's current address (``hostaddr``). Blocking: async callers run it in
+        a worker thread."""
+        params: dict[str, Any] = {}
+        target = self.target
+        address_host = target.endpoint.address_host
+        if address_host is not None:
+            try:
+                params["hostaddr"] = resolve_address(address_host, target.endpoint.port)
+            except Exception as exc:
+                self.failed(exc)
+                raise
+        if target.minter is not None:
+            params["password"] = self.mint()
+        return params
 
     def mint(self) -> str:
         """A fresh token for the target (blocking: async callers run it in a worker thread)."""
@@ -476,7 +526,7 @@ def _target(endpoint: str, options: DsqlOptions) -> Target:
     password = options.get("password")
     minter = _minter(resolved, options, password)
     params: dict[str, Any] = {
-        "host": resolved.host,
+        "host": resolved.tls_host,
         "port": resolved.port,
         "user": resolved.user,
         "dbname": resolved.dbname,
@@ -497,7 +547,7 @@ def _minter(
     profile = options.get("profile_name")
     expires_in = options.get("token_expires_in", DEFAULT_TOKEN_EXPIRES_IN)
     if not endpoint.is_dsql and provider is None and session is None and not profile:
-        return None  # local mode: plain PostgreSQL, static password or none
+        return None  # plain_postgresql=True: a static password or none
     if password is not None:
         raise ConfigurationError(
             "a DSQL endpoint authenticates with IAM tokens: drop password=, or pass a "
@@ -529,38 +579,13 @@ def check_timeout(value: Any, name: str = "timeout") -> float:
     return check_seconds(name, value, allow_zero=True)
 
 
-def check_connect_kwargs(kwargs: Mapping[str, Any]) -> None:
-    """Refuse what libpq would refuse at every connect (an unknown parameter), and parameters
-    that have an argument of their own, with what to pass instead."""
-    for key in kwargs:
+def _check_keys(params: Mapping[Any, Any]) -> None:
+    for key in params:
         if not isinstance(key, str):
-            raise ConfigurationError(f"kwargs keys must be str, not {key!r}")
-        if key in OWN_PARAMETERS:
             raise ConfigurationError(
-                f"pass {key!r} as the pool's `{OWN_PARAMETERS[key]}` argument, not in kwargs"
+                f"connection parameter names must be str, not {key!r}: e.g. "
+                "kwargs={'keepalives': 1}"
             )
-        if key in _DSQL_OPTION_NAMES or key in _POOL_ARGUMENT_NAMES:
-            raise ConfigurationError(
-                f"{key!r} is a pool argument, not a libpq connection parameter: pass "
-                f"{key}=... to the pool (or engine) itself, not in kwargs"
-            )
-        if key not in _PSYCOPG_CONNECT_ARGUMENTS and key not in _libpq_parameters():
-            raise ConfigurationError(
-                f"kwargs has {key!r}, which is not a libpq connection parameter (libpq would "
-                "refuse every connect): kwargs takes libpq parameters such as hostaddr, "
-                "keepalives or options; pool settings are arguments of the pool itself"
-            )
-
-
-_DSQL_OPTION_NAMES = frozenset(DsqlOptions.__annotations__)
-_libpq_names: frozenset[str] = frozenset()
-
-
-def _libpq_parameters() -> frozenset[str]:
-    global _libpq_names
-    if not _libpq_names:
-        _libpq_names = frozenset(option.keyword.decode() for option in pq.Conninfo.get_defaults())
-    return _libpq_names
 
 
 def _check_flag(name: str, value: Any) -> None:
