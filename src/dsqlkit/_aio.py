@@ -48,12 +48,25 @@ def lock() -> asyncio.Lock:
 
 
 async def acquire(lock: asyncio.Lock, timeout: float) -> bool:
-    """Take ``lock``, waiting at most ``timeout`` seconds; whether it was taken."""
+    """Take ``lock``, waiting at most ``timeout`` seconds; whether it was taken.
+
+    A cancellation is never swallowed (``asyncio.wait_for`` on Python 3.11 returns the lock
+    instead when the cancellation lands just as the lock is granted): the lock is given back
+    and `asyncio.CancelledError` propagates.
+    """
+    acquiring = asyncio.ensure_future(lock.acquire())
     try:
-        await asyncio.wait_for(lock.acquire(), max(timeout, 0.0))
-    except asyncio.TimeoutError:  # not the builtin TimeoutError on Python 3.10
-        return False
-    return True
+        await asyncio.wait((acquiring,), timeout=max(timeout, 0.0))
+    except BaseException:
+        if acquiring.done() and not acquiring.cancelled() and acquiring.exception() is None:
+            lock.release()
+        else:
+            acquiring.cancel()
+        raise
+    if acquiring.done():
+        return acquiring.result()
+    acquiring.cancel()  # a pending acquire that is cancelled never takes the lock
+    return False
 
 
 async def run_workers(work: Callable[[], Any], count: int) -> None:

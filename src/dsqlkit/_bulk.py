@@ -245,8 +245,11 @@ def plan(
         raise UsageError(f"chunk_rows must be 1 to {MAX_ROWS} (DSQL's rows per transaction)")
     if not isinstance(chunk_bytes, int) or not 1 <= chunk_bytes <= MAX_BYTES:
         raise UsageError(f"chunk_bytes must be 1 to {MAX_BYTES} (DSQL's 10 MiB per transaction)")
-    if isinstance(rows, (str, bytes, Mapping)):
-        raise UsageError("rows must be an iterable of rows (dicts or tuples), not a single value")
+    if isinstance(rows, (str, bytes, Mapping)) or not isinstance(rows, Iterable):
+        raise UsageError(
+            "rows must be an iterable of rows (dicts or tuples), not "
+            f"{type(rows).__name__}: e.g. [{{'id': 1}}, {{'id': 2}}]"
+        )
     target = table_identifier(table)
     materialized = list(rows)
     if not materialized:
@@ -491,6 +494,13 @@ def progress_reporter(
     callback: Callable[[BulkProgress], None] | None, show: bool | None, total: int
 ) -> tuple[Callable[[BulkProgress], None], Callable[[], None]]:
     """A per-chunk reporter (callback and/or a tqdm bar) and a function that closes the bar."""
+    if callback is not None and not callable(callback):
+        raise UsageError(
+            f"progress must be a function called with a BulkProgress after each chunk, not "
+            f"{callback!r} (for a progress bar, pass show_progress=True)"
+        )
+    if show is not None and not isinstance(show, bool):
+        raise UsageError(f"show_progress must be True, False or None, not {show!r}")
     bar = _progress_bar(show, total)
 
     def report(progress: BulkProgress) -> None:

@@ -17,11 +17,13 @@ generated sync twin), the hook psycopg_pool calls for every physical connection.
 
 from __future__ import annotations
 
+import contextvars
 import enum
+import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +52,11 @@ _TRANSIENT_MARKERS = (
     "could not receive data from server",
     "could not send data to server",
     "SSL SYSCALL error",
+    # The connection was cut during the TLS handshake (OpenSSL 3 words it "unexpected eof
+    # while reading"; OpenSSL 1.1 "EOF detected"): a network or load-balancer drop, not a
+    # TLS misconfiguration (that fails with "certificate verify failed" and the like).
+    "unexpected eof while reading",
+    "EOF detected",
     "Network is unreachable",
     "No route to host",
     "the database system is starting up",
@@ -64,6 +71,8 @@ class ConnectErrorKind(enum.Enum):
 
 
 def classify_connect_error(exc: BaseException) -> ConnectErrorKind:
+    if isinstance(exc, psycopg.ProgrammingError):
+        return ConnectErrorKind.FATAL  # e.g. 'invalid connection option "region"'
     message = str(exc)
     if any(marker in message for marker in _AUTH_MARKERS):
         return ConnectErrorKind.AUTH
@@ -89,11 +98,29 @@ class ConnectPlan:
     #: For a DSQL endpoint: the message of the `AuthenticationFailed` an IAM authentication
     #: failure becomes once retrying with a new token did not help.
     explain_auth: Callable[[BaseException], str] | None = None
-    #: Set when the pool closes: a connect waiting to retry gives up at once.
+    #: Set when the pool closes: a connect waiting to retry, or waiting for the server to
+    #: answer, gives up at once.
     closing: threading.Event = field(default_factory=threading.Event)
+    #: When each connect in progress started (monotonic), by a serial number.
+    in_flight: dict[int, float] = field(default_factory=dict)
+    _serial: Any = field(default_factory=itertools.count)
 
     def start(self) -> ConnectAttempt:
         return ConnectAttempt(self, time.monotonic() + self.deadline)
+
+    def connecting(self) -> int:
+        """Note a connect starting; pass the number returned to `connected`."""
+        serial: int = next(self._serial)
+        self.in_flight[serial] = time.monotonic()
+        return serial
+
+    def connected(self, serial: int) -> None:
+        self.in_flight.pop(serial, None)
+
+    def oldest_connect(self) -> float | None:
+        """How long the oldest connect still in progress has been waiting, in seconds."""
+        started = list(self.in_flight.values())
+        return time.monotonic() - min(started) if started else None
 
     def failed_permanently(self, exc: BaseException) -> None:
         if self.on_permanent_failure is not None:
@@ -109,9 +136,11 @@ class ConnectAttempt:
     tries: int = 0
     reminted: bool = False
 
-    def after_failure(self, exc: psycopg.OperationalError) -> tuple[bool, float]:
+    def after_failure(self, exc: psycopg.Error) -> tuple[bool, float]:
         """``(remint, delay)`` for the next try, or re-raise ``exc`` when it is final."""
         plan = self.plan
+        if plan.closing.is_set():
+            raise exc  # the pool closed: nothing to retry, nobody to tell
         if plan.on_failure is not None:
             plan.on_failure(exc)
         kind = classify_connect_error(exc)
@@ -135,6 +164,29 @@ class ConnectAttempt:
         if kind is not ConnectErrorKind.TRANSIENT:
             plan.failed_permanently(exc)
         raise exc
+
+
+#: The closing flag of the pool whose connect runs in this context (see `abandon_on`).
+CLOSING: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVar(
+    "dsqlkit_connect_closing", default=None
+)
+
+
+def abandon_on(flag: threading.Event, gen: Generator[Any, Any, Any]) -> Generator[Any, Any, Any]:
+    """psycopg's connect generator ``gen``, abandoned as soon as ``flag`` is set: psycopg wakes
+    it at least every 0.1 s, so a connect to a server that accepted and never answers ends
+    when the pool closes, not after ``connect_timeout``."""
+    try:
+        value = next(gen)
+        while True:
+            ready = yield value
+            if flag.is_set():
+                raise psycopg.OperationalError("the pool was closed while connecting")
+            value = gen.send(ready)
+    except StopIteration as stop:
+        return stop.value
+    finally:
+        gen.close()
 
 
 def with_plan_support(connection_class: type[Any], base: type[Any]) -> type[Any]:

@@ -16,7 +16,7 @@ from psycopg.rows import Row
 from typing_extensions import Self
 
 from . import _aio
-from ._connect import PLAN_KEY, ConnectPlan
+from ._connect import CLOSING, PLAN_KEY, ConnectPlan, abandon_on
 
 __all__ = ["AsyncDsqlConnection"]
 
@@ -31,12 +31,26 @@ class AsyncDsqlConnection(psycopg.AsyncConnection[Row]):
             return await super().connect(conninfo, **kwargs)
         attempt = plan.start()
         while True:
+            if plan.closing.is_set():
+                raise psycopg.OperationalError("the pool was closed while connecting")
+            serial = plan.connecting()
+            token = CLOSING.set(plan.closing)
             try:
                 return await super().connect(conninfo, **kwargs)
-            except psycopg.OperationalError as exc:
+            except (psycopg.OperationalError, psycopg.ProgrammingError) as exc:
                 remint, delay = attempt.after_failure(exc)
+            finally:
+                CLOSING.reset(token)
+                plan.connected(serial)
             if remint:
                 assert plan.mint is not None
                 kwargs["password"] = await _aio.to_thread(plan.mint)
             if await _aio.wait_flag(plan.closing, delay):
                 raise psycopg.OperationalError("the pool was closed while connecting")
+
+    @classmethod
+    def _connect_gen(cls, conninfo: str = "") -> Any:
+        """psycopg's connect generator, abandoned when the pool closes (see `abandon_on`)."""
+        gen = super()._connect_gen(conninfo)
+        closing = CLOSING.get()
+        return gen if closing is None else abandon_on(closing, gen)

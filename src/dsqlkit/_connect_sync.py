@@ -17,7 +17,7 @@ from psycopg.rows import Row
 from typing_extensions import Self
 
 from . import _sio
-from ._connect import PLAN_KEY, ConnectPlan
+from ._connect import CLOSING, PLAN_KEY, ConnectPlan, abandon_on
 
 __all__ = ["DsqlConnection"]
 
@@ -32,12 +32,26 @@ class DsqlConnection(psycopg.Connection[Row]):
             return super().connect(conninfo, **kwargs)
         attempt = plan.start()
         while True:
+            if plan.closing.is_set():
+                raise psycopg.OperationalError("the pool was closed while connecting")
+            serial = plan.connecting()
+            token = CLOSING.set(plan.closing)
             try:
                 return super().connect(conninfo, **kwargs)
-            except psycopg.OperationalError as exc:
+            except (psycopg.OperationalError, psycopg.ProgrammingError) as exc:
                 remint, delay = attempt.after_failure(exc)
+            finally:
+                CLOSING.reset(token)
+                plan.connected(serial)
             if remint:
                 assert plan.mint is not None
                 kwargs["password"] = _sio.to_thread(plan.mint)
             if _sio.wait_flag(plan.closing, delay):
                 raise psycopg.OperationalError("the pool was closed while connecting")
+
+    @classmethod
+    def _connect_gen(cls, conninfo: str = "") -> Any:
+        """psycopg's connect generator, abandoned when the pool closes (see `abandon_on`)."""
+        gen = super()._connect_gen(conninfo)
+        closing = CLOSING.get()
+        return gen if closing is None else abandon_on(closing, gen)

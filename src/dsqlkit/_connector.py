@@ -56,7 +56,15 @@ from ._version import __version__
 if TYPE_CHECKING:
     import boto3
 
-__all__ = ["Connector", "DsqlOptions", "Target", "Verdict", "check_seconds"]
+__all__ = [
+    "MAX_CLUSTER_CONNECTIONS",
+    "Connector",
+    "DsqlOptions",
+    "Target",
+    "Verdict",
+    "check_seconds",
+    "check_timeout",
+]
 
 _logger = logging.getLogger("dsqlkit.pool")
 
@@ -87,6 +95,8 @@ ENGINE_PARAMETERS = {
 }
 _CONN_OK = pq.ConnStatus.OK
 _STATE = "_dsqlkit_state"
+#: DSQL's limit of open connections per cluster.
+MAX_CLUSTER_CONNECTIONS = 10_000
 
 
 class DsqlOptions(TypedDict, total=False):
@@ -130,10 +140,18 @@ class Verdict(enum.Enum):
 class _ConnectionState:
     """When a connection was made and last returned (both clocks), and its poller."""
 
-    __slots__ = ("created_mono", "created_wall", "poller", "used_mono", "used_wall")
+    __slots__ = (
+        "created_mono",
+        "created_wall",
+        "fork_generation",
+        "poller",
+        "used_mono",
+        "used_wall",
+    )
 
     def __init__(self, fd: int) -> None:
         mono, wall = time.monotonic(), time.time()
+        self.fork_generation = _fork_generation
         self.created_mono = self.used_mono = mono
         self.created_wall = self.used_wall = wall
         self.poller: Any = None
@@ -220,12 +238,26 @@ class Connector:
             options.get("idle_check_after", DEFAULT_IDLE_CHECK_AFTER),
             allow_zero=True,
         )
+        _check_flag("insecure_tls", options.get("insecure_tls", False))
+        application_name = options.get("application_name")
+        if application_name is not None and not isinstance(application_name, str):
+            raise ConfigurationError(
+                f"application_name must be a str (shown in the server's session list), "
+                f"not {type(application_name).__name__}: {application_name!r}"
+            )
         if isinstance(user_kwargs, Mapping):
+            _check_keys(user_kwargs)
             check_connection_kwargs(
                 user_kwargs,
                 ENGINE_PARAMETERS if engine else OWN_PARAMETERS,
                 where="connect_args" if engine else "kwargs",
                 owner="engine" if engine else "pool",
+            )
+        elif user_kwargs is not None and not callable(user_kwargs):
+            raise ConfigurationError(
+                f"kwargs must be a dict of libpq connection parameters (or a function "
+                f"returning one), not {type(user_kwargs).__name__}: e.g. "
+                "kwargs={'hostaddr': '10.0.0.5'}"
             )
         self.user_kwargs = user_kwargs
         self.targets: tuple[Target, ...] = (_target(endpoint, options),)
@@ -315,7 +347,21 @@ class Connector:
 
     def static_kwargs(self) -> dict[str, Any]:
         """Connection keywords without the token (user kwargs, our params, the plan)."""
-        user = self.user_kwargs() if callable(self.user_kwargs) else (self.user_kwargs or {})
+        if callable(self.user_kwargs):
+            try:
+                user = self.user_kwargs()
+                if not isinstance(user, Mapping):
+                    raise ConfigurationError(
+                        "the kwargs function must return a dict of libpq connection "
+                        f"parameters, not {type(user).__name__}"
+                    )
+                _check_keys(user)
+                check_connection_kwargs(user, OWN_PARAMETERS, where="kwargs", owner="pool")
+            except Exception as exc:
+                self.failed_permanently(exc)
+                raise
+        else:
+            user = self.user_kwargs or {}
         return {**user, **self.target.params, PLAN_KEY: self.plan}
 
     @property
@@ -355,6 +401,12 @@ class Connector:
         setattr(conn, _STATE, _ConnectionState(conn.pgconn.socket))
         self.connections.add(conn)
         self.clear_errors()
+
+    def inherited(self, conn: Any) -> bool:
+        """Whether ``conn`` was made by the parent of this fork child (its session is the
+        parent's: never use it here)."""
+        state: _ConnectionState | None = getattr(conn, _STATE, None)
+        return state is not None and state.fork_generation != _fork_generation
 
     def connection_returned(self, conn: Any) -> None:
         state: _ConnectionState | None = getattr(conn, _STATE, None)
@@ -405,12 +457,34 @@ class Connector:
         return self.target.describe()
 
     def timeout_error(self, waited: float, what: str = "get a connection") -> PoolTimeout:
-        """The `PoolTimeout` to raise (``from self.last_error``): it names the last cause."""
+        """The `PoolTimeout` to raise (``from self.last_error``) after ``waited`` seconds (the
+        time really waited): it says why, from the last connect error or the connects still
+        waiting for an answer."""
         target = self.target
-        message = f"couldn't {what} to {target.endpoint.host} after {waited:.2f} sec"
+        host = target.endpoint.host
+        if target.permanent_error is not None:
+            error = target.permanent_error
+            return PoolTimeout(
+                f"couldn't {what} to {host}: gave up after {waited:.2f} sec because connecting "
+                f"cannot succeed (retrying would not help): {type(error).__name__}: {error}"
+            )
+        message = f"couldn't {what} to {host} after {waited:.2f} sec"
+        hanging = self.plan.oldest_connect()
         if target.last_error is not None:
-            kind = "connect error" if target.permanent_error is None else "permanent connect error"
-            message += f"; last {kind}: {type(target.last_error).__name__}: {target.last_error}"
+            message += (
+                f"; last connect error: {type(target.last_error).__name__}: {target.last_error}"
+            )
+        if hanging is not None:
+            message += (
+                f"; a connect has been waiting {hanging:.2f} sec for the server to answer "
+                f"(each try is bounded by connect_timeout={target.params['connect_timeout']}"
+                " s): check the network path to the endpoint (security groups, proxies)"
+            )
+        elif target.last_error is None:
+            message += (
+                "; no connect failed: every connection was in use (raise max_size, or "
+                "return connections sooner)"
+            )
         return PoolTimeout(message)
 
     # -- fork ------------------------------------------------------------------------------
@@ -496,6 +570,25 @@ def _minter(
     elif not callable(provider):
         raise ConfigurationError("token_provider must be callable(*, host, region, user)")
     return TokenMinter(provider, host=endpoint.host, region=region, user=endpoint.user)
+
+
+def check_timeout(value: Any, name: str = "timeout") -> float:
+    """A wait in seconds (zero allowed), or `ConfigurationError`."""
+    return check_seconds(name, value, allow_zero=True)
+
+
+def _check_keys(params: Mapping[Any, Any]) -> None:
+    for key in params:
+        if not isinstance(key, str):
+            raise ConfigurationError(
+                f"connection parameter names must be str, not {key!r}: e.g. "
+                "kwargs={'keepalives': 1}"
+            )
+
+
+def _check_flag(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ConfigurationError(f"{name} must be True or False, not {value!r}")
 
 
 def check_seconds(name: str, value: Any, *, allow_zero: bool = False) -> float:

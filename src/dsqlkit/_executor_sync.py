@@ -31,6 +31,7 @@ behind the executor (`TransactionControlRefused`).
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 import weakref
 from collections.abc import Callable, Iterator
@@ -42,6 +43,7 @@ from psycopg import pq
 from . import _sio
 from ._errors import CommitOutcomeUnknown, TransactionAborted, TransactionControlRefused
 from ._joined import joined_handle, joining
+from ._pool_internals import not_taken_back
 from ._query import control_message, control_refusal, refuse_awaitable
 from ._retry import (
     Attempt,
@@ -63,7 +65,14 @@ _INERROR = pq.TransactionStatus.INERROR
 _INTRANS = pq.TransactionStatus.INTRANS
 #: Hot units per pool (see `AsyncExecutor._hot_transaction_once`), at most this many each.
 _HOT_UNITS = 1024
-_hot: weakref.WeakKeyDictionary[Any, dict[Any, _Gate]] = weakref.WeakKeyDictionary()
+#: A unit with an argument longer than this (a tuple, list, set, str or bytes) is never gated:
+#: hashing it would cost more than the gate saves.
+_HOT_KEY_MAX_ITEMS = 4096
+#: Hot units per pool: the hash of each unit (never the unit's arguments themselves, which
+#: the table would keep alive) and its gate. Replaced in a fork child (see `_forget_hot_units`).
+_hot: weakref.WeakKeyDictionary[Any, dict[int, _Gate]] = weakref.WeakKeyDictionary()
+#: Whether any unit has been hot in this process (a global read is cheaper than the table's).
+_heated = False
 
 
 class _Gate:
@@ -76,38 +85,95 @@ class _Gate:
         self.until = until
 
 
-def _hot_key(fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
-    """What identifies a unit of work: the function and its arguments, if they hash."""
-    key = (fn, args, tuple(sorted(kwargs.items()))) if kwargs else (fn, args)
+def _hot_key(fn: Callable[..., Any], args: Any, kwargs: Any) -> int | None:
+    """What identifies a unit of work: the hash of the function and its arguments, or None
+    when they do not hash (whatever ``__hash__`` raises) or are too long to hash cheaply; such
+    a unit is never gated. Two units whose hashes collide share one gate, which only makes
+    them take turns: what each one does and returns is unchanged."""
+    values = (*args, *kwargs.values()) if kwargs else args
+    for value in values:
+        if isinstance(value, _SIZED) and len(value) > _HOT_KEY_MAX_ITEMS:
+            return None
     try:
-        hash(key)
-    except TypeError:
+        return hash((fn, args, tuple(sorted(kwargs.items()))) if kwargs else (fn, args))
+    except Exception:
         return None
-    return key
 
 
-def _hot_gate(pool: Any, key: Any) -> _Gate | None:
+_SIZED = (tuple, list, frozenset, set, dict, str, bytes)
+
+
+class _UnitKey:
+    """A unit's `_hot_key`, computed at most once and only when needed: when its pool has hot
+    units, or after it conflicted. Most units never pay for hashing their arguments."""
+
+    __slots__ = ("args", "computed", "fn", "kwargs", "value")
+
+    def __init__(self, fn: Callable[..., Any], args: Any, kwargs: Any) -> None:
+        self.fn, self.args, self.kwargs = fn, args, kwargs
+        self.computed = False
+        self.value: int | None = None
+
+    def get(self) -> int | None:
+        if not self.computed:
+            self.value = _hot_key(self.fn, self.args, self.kwargs)
+            self.computed = True
+        return self.value
+
+
+def _hot_gate(pool: Any, key: _UnitKey) -> _Gate | None:
+    if not _heated:  # no unit ever conflicted here (the common case): nothing to look up
+        return None
     units = _hot.get(pool)
-    gate = units.get(key) if units else None
-    if gate is None or gate.until < time.monotonic():
+    if not units:
+        return None
+    value = key.get()
+    if value is None:
+        return None
+    gate = units.get(value)
+    if gate is None:
+        return None
+    if gate.until < time.monotonic():
+        if not gate.lock.locked():
+            units.pop(value, None)  # cold: forget it
         return None
     return gate
 
 
-def _heat(pool: Any, key: Any, seconds: float) -> None:
+def _heat(pool: Any, key: _UnitKey, seconds: float) -> None:
     """Mark a unit hot for ``seconds`` after it lost a conflict."""
-    until = time.monotonic() + seconds
+    global _heated
+    value = key.get()
+    if value is None:
+        return
+    now = time.monotonic()
     try:
         units = _hot.setdefault(pool, {})
     except TypeError:  # a pool that cannot be weakly referenced: no gate
         return
-    gate = units.get(key)
+    gate = units.get(value)
     if gate is not None:
-        gate.until = until
+        gate.until = now + seconds
         return
+    if len(units) >= 64:  # forget cold units before adding one
+        for cold in [k for k, g in units.items() if g.until < now and not g.lock.locked()]:
+            units.pop(cold, None)
     if len(units) >= _HOT_UNITS:
         units.pop(next(iter(units)))
-    units.setdefault(key, _Gate(until))
+    units.setdefault(value, _Gate(now + seconds))
+    _heated = True
+
+
+def _forget_hot_units() -> None:
+    """In a fork child: a new, empty table. A gate's lock held by another thread of the parent
+    at fork() would stay locked in the child for good."""
+    global _hot, _heated
+    _hot = weakref.WeakKeyDictionary()
+    _heated = False
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_hot_units)
 
 
 def run_attempts(
@@ -164,14 +230,13 @@ class Executor:
         joined = joined_handle(self.pool)
         if joined is not None:  # nested on the same pool: join, and let the outer call retry
             return fn(joined, *args, **kwargs)
-        key = _hot_key(fn, args, kwargs) if self.policy.hot_seconds else None
-        if key is not None:
+        if self.policy.hot_seconds:
             return run_attempts(
                 self.policy,
                 self.stats,
                 self._hot_transaction_once,
                 Scope.UNIT,
-                key,
+                _UnitKey(fn, args, kwargs),
                 fn,
                 args,
                 kwargs,
@@ -181,7 +246,7 @@ class Executor:
         )
 
     def _hot_transaction_once(
-        self, attempt: Attempt, key: Any, fn: Callable[..., Any], args: Any, kwargs: Any
+        self, attempt: Attempt, key: _UnitKey, fn: Callable[..., Any], args: Any, kwargs: Any
     ) -> Any:
         """One attempt, run alone among this process's attempts of the same unit (same pool,
         function and arguments) while that unit is hot, i.e. conflicted in the last
@@ -282,10 +347,12 @@ class Executor:
         state: _ReadState,
     ) -> Any:
         state.attempts = attempt.number
-        conn = self.pool.getconn()
-        attempt.connection = conn
-        autocommit = conn.autocommit
-        try:
+        conn: Any = None
+        autocommit = True
+        try:  # the connection is taken inside the try: whatever interrupts, it goes back
+            conn = self.pool.getconn()
+            attempt.connection = conn
+            autocommit = conn.autocommit
             if not autocommit:
                 conn.set_autocommit(True)
             cur = conn.cursor(row_factory=row_factory)
@@ -310,10 +377,18 @@ class Executor:
                     raise
             return take(cur)
         finally:
-            if not autocommit and not conn.closed and not conn.broken:
-                with contextlib.suppress(psycopg.Error):
-                    conn.set_autocommit(False)
-            self.pool.putconn(conn)
+            if conn is not None:
+                try:
+                    if not autocommit and not conn.closed and not conn.broken:
+                        with contextlib.suppress(psycopg.Error):
+                            conn.set_autocommit(False)
+                finally:
+                    try:
+                        self.pool.putconn(conn)
+                    except BaseException:
+                        if not_taken_back(conn, self.pool):
+                            self.pool.putconn(conn)
+                        raise
 
     def write(self, run: Callable[..., Any]) -> Any:
         """``run(cursor)`` in autocommit: one statement, which is its own COMMIT."""

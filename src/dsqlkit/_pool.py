@@ -30,7 +30,7 @@ from typing_extensions import Self
 from . import _pool_internals
 from ._config import DsqlEndpoint, endpoint_from_env, unknown_arguments
 from ._connect import with_plan_support
-from ._connector import Connector, DsqlOptions, check_seconds
+from ._connector import MAX_CLUSTER_CONNECTIONS, Connector, DsqlOptions, check_seconds
 from ._errors import ConfigurationError
 from ._retry import RetryStats
 
@@ -39,6 +39,8 @@ __all__ = ["AllOptions", "DsqlOptions", "DsqlPoolMixin", "PoolArguments", "PoolO
 _logger = logging.getLogger("dsqlkit.pool")
 
 DEFAULT_MAX_LIFETIME = 50 * 60.0
+#: Shorter lifetimes would spend the pool's time reconnecting (DSQL: 100 connects/s a cluster).
+MIN_LIFETIME = 1.0
 
 
 class PoolOptions(TypedDict, total=False):
@@ -80,7 +82,20 @@ class DsqlPoolMixin(BasePool):
         name: str | None,
     ) -> dict[str, Any]:
         """Build the core; return the arguments for psycopg_pool's constructor."""
+        kind = plan_base.__mro__[1]  # psycopg.Connection or psycopg.AsyncConnection
+        if not isinstance(connection_class, type) or not issubclass(connection_class, kind):
+            raise ConfigurationError(
+                f"connection_class must be a subclass of {kind.__module__}.{kind.__name__} "
+                f"(this pool's kind), not {connection_class!r}; leave it out for the default"
+            )
         dsql, pool_options = _split_options(options)
+        lifetime = check_seconds("max_lifetime", max_lifetime)
+        if lifetime < MIN_LIFETIME:
+            raise ConfigurationError(
+                f"max_lifetime={max_lifetime!r} would replace every connection almost at once: "
+                f"it is in seconds; use at least {MIN_LIFETIME:.0f} (the default, 3000, is 50 "
+                "minutes, under DSQL's 60-minute connection limit)"
+            )
         self._core = Connector(
             endpoint, options=dsql, max_lifetime=max_lifetime, timeout=timeout, user_kwargs=kwargs
         )
@@ -139,8 +154,11 @@ class DsqlPoolMixin(BasePool):
         return {**super().pop_stats(), **self._core.stats(reset=True)}
 
     def __repr__(self) -> str:
+        core: Connector | None = getattr(self, "_core", None)
+        if core is None or not hasattr(self, "name"):  # the constructor raised
+            return f"<{type(self).__name__} (not constructed)>"
         state = "closed" if self.closed else "open"
-        return f"<{type(self).__name__} {self.name!r} {self._core.describe()} {state}>"
+        return f"<{type(self).__name__} {self.name!r} {core.describe()} {state}>"
 
 
 class AllOptions(DsqlOptions, PoolOptions, total=False):
@@ -187,6 +205,13 @@ def _split_options(options: Mapping[str, Any]) -> tuple[DsqlOptions, PoolOptions
     min_size = pool.get("min_size", 4)
     if max_size is None and min_size == 0:
         raise ConfigurationError("min_size=0 needs max_size >= 1 (how many connections at most)")
+    for key, value in (("min_size", min_size), ("max_size", max_size)):
+        if value is not None and value > MAX_CLUSTER_CONNECTIONS:
+            raise ConfigurationError(
+                f"{key}={value} is more connections than a DSQL cluster accepts "
+                f"({MAX_CLUSTER_CONNECTIONS:,}, shared by all clients): a pool needs only as "
+                "many as it runs statements at once, e.g. max_size=20"
+            )
     if max_size is not None and max_size < min_size:
         raise ConfigurationError(f"max_size ({max_size}) must be at least min_size ({min_size})")
     for key in ("max_idle", "reconnect_timeout"):

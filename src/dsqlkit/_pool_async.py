@@ -11,7 +11,8 @@ retries, and a fork child that starts with its own connections.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
 from typing import Any, Generic
 
 import psycopg
@@ -21,7 +22,7 @@ from typing_extensions import TypeVar, Unpack
 
 from . import _aio, _pool_internals
 from ._connect_async import AsyncDsqlConnection
-from ._connector import Verdict
+from ._connector import Verdict, check_timeout
 from ._connector_async import checkout, connection_kwargs
 from ._pool import DEFAULT_MAX_LIFETIME, AllOptions, DsqlPoolMixin
 
@@ -133,8 +134,8 @@ class AsyncDsqlConnectionPool(DsqlPoolMixin, AsyncConnectionPool[ACT], Generic[A
     async def _fail_waiters(self, error: BaseException) -> None:
         async with _pool_internals.waiting_lock(self):
             waiting = _pool_internals.take_waiting(self)
-        for position in waiting:
-            await position.fail(self._core.timeout_error(0.0))
+        for position in waiting:  # each client's getconn says how long it really waited
+            await position.fail(PoolTimeout(str(error)))
 
     async def _check_fork(self) -> None:
         if self._core.forked() and self._reset_after_fork():
@@ -155,12 +156,15 @@ class AsyncDsqlConnectionPool(DsqlPoolMixin, AsyncConnectionPool[ACT], Generic[A
         connecting cannot succeed; either way the `PoolTimeout` names the cause."""
         core = self._core
         _pool_internals.check_open(self)
-        deadline = time.monotonic() + timeout
+        timeout = check_timeout(timeout)
+        started = time.monotonic()
+        deadline = started + timeout
         while _pool_internals.idle_count(self) < self.min_size:
             if core.permanent_error is not None or time.monotonic() >= deadline:
-                await self.close()
                 error = core.permanent_error or core.last_error
-                raise core.timeout_error(timeout, "open the pool") from error
+                failure = core.timeout_error(time.monotonic() - started, "open the pool")
+                await self.close()
+                raise failure from error
             await _aio.sleep(0.01)
 
     async def close(self, timeout: float = 5.0) -> None:
@@ -172,29 +176,58 @@ class AsyncDsqlConnectionPool(DsqlPoolMixin, AsyncConnectionPool[ACT], Generic[A
         await super().close(timeout)
 
     async def getconn(self, timeout: float | None = None) -> ACT:
-        """Like psycopg_pool's, but never returns an expired or dead connection, and fails
-        at once (naming the cause) when connecting cannot succeed."""
+        """Like psycopg_pool's, but never returns an expired or dead connection, fails at once
+        (naming the cause) when connecting cannot succeed, and gives a connection it took
+        back to the pool whatever interrupts it (KeyboardInterrupt, cancellation)."""
         core = self._core
         if core.forked():
             await self._check_fork()
-        waited = left = self.timeout if timeout is None else timeout
-        deadline = time.monotonic() + waited
+        limit = self.timeout if timeout is None else check_timeout(timeout)
+        started = time.monotonic()
+        deadline = started + limit
         while True:
             if core.target.permanent_error is not None and not _pool_internals.idle_count(self):
-                raise core.timeout_error(waited) from core.permanent_error
+                raise core.timeout_error(time.monotonic() - started) from core.permanent_error
             try:
-                conn = await super().getconn(left)
+                conn = await super().getconn(max(deadline - time.monotonic(), 0.0))
             except PoolTimeout:
-                raise core.timeout_error(waited) from (core.permanent_error or core.last_error)
-            if await checkout(core, conn, self.check_connection) is Verdict.OK:
-                return conn
-            await conn.close()
+                error = core.permanent_error or core.last_error
+                raise core.timeout_error(time.monotonic() - started) from error
+            try:
+                if await checkout(core, conn, self.check_connection) is Verdict.OK:
+                    return conn
+                await conn.close()
+            except BaseException:
+                await _pool_internals.discard_checked_out(self, conn)
+                raise
             await _pool_internals.discard_checked_out(self, conn)  # replaced without a warning
-            left = max(deadline - time.monotonic(), 0.0)
+
+    @asynccontextmanager
+    async def connection(self, timeout: float | None = None) -> AsyncIterator[ACT]:
+        """Like psycopg_pool's, and a connection taken is given back whatever interrupts
+        (psycopg_pool's takes it before its ``try``)."""
+        conn = None
+        started = 0.0
+        try:
+            conn = await self.getconn(timeout=timeout)
+            started = time.monotonic()
+            async with conn:
+                yield conn
+        finally:
+            if conn is not None:
+                try:
+                    await self.putconn(conn)
+                except BaseException:
+                    if _pool_internals.not_taken_back(conn, self):
+                        await self.putconn(conn)
+                    raise
+                _pool_internals.count_usage(self, time.monotonic() - started)
 
     async def putconn(self, conn: ACT) -> None:
-        self._core.connection_returned(conn)
-        await super().putconn(conn)
+        try:
+            self._core.connection_returned(conn)
+        finally:
+            await super().putconn(conn)
 
 
 class _FailWaiters:

@@ -17,8 +17,10 @@ __all__ = [
     "FORK_RESET_FIELDS",
     "TESTED",
     "check_open",
+    "count_usage",
     "discard_checked_out",
     "idle_count",
+    "not_taken_back",
     "reset_after_fork",
     "take_waiting",
     "waiting_lock",
@@ -88,3 +90,15 @@ def discard_checked_out(pool: Any, conn: Any) -> Any:
 def check_open(pool: Any) -> None:
     """Raise psycopg_pool's error for a pool that is closed (or never opened)."""
     pool._check_open_getconn()
+
+
+def not_taken_back(conn: Any, pool: Any) -> bool:
+    """Whether ``putconn(conn)`` was interrupted (KeyboardInterrupt) before ``pool`` took the
+    connection back: psycopg_pool forgets a connection's pool first thing when it takes it."""
+    return getattr(conn, "_pool", None) is pool
+
+
+def count_usage(pool: Any, seconds: float) -> None:
+    """Add ``seconds`` of a connection's use to the pool's ``usage_ms`` stat (as
+    psycopg_pool's own ``connection()`` does)."""
+    pool._stats[pool._USAGE_MS] += int(1000.0 * seconds)

@@ -7,9 +7,10 @@ module holds what they share (`RepositoryBase`).
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
-from ._errors import DatabaseUnavailable, UsageError
+from ._errors import ConfigurationError, DatabaseUnavailable, UsageError
 from ._query import RowShape, row_factory
 from ._results import Ping, Rows
 from ._retry import PolicyOptions, RetryPolicy, RetryStats, resolve_policy, stats_for
@@ -17,7 +18,7 @@ from ._retry import PolicyOptions, RetryPolicy, RetryStats, resolve_policy, stat
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
-__all__ = ["Ping", "RepositoryBase", "Rows", "check_pool", "unavailable"]
+__all__ = ["Ping", "RepositoryBase", "Rows", "check_ping_timeout", "check_pool", "unavailable"]
 
 
 def check_pool(repository: Any, pool: Any, expected: type[Any]) -> None:
@@ -57,6 +58,20 @@ def unavailable(pool: Any, exc: BaseException) -> DatabaseUnavailable:
     core = getattr(pool, "_core", None)
     where = core.endpoint.host if core is not None else getattr(pool, "name", "the database")
     return DatabaseUnavailable(f"{where} is unreachable: {exc}")
+
+
+def check_ping_timeout(timeout: Any) -> float:
+    """`ping`'s timeout, in seconds, or `ConfigurationError` (before any I/O)."""
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, (int, float))
+        or not 0 < timeout < math.inf  # also false for NaN
+    ):
+        raise ConfigurationError(
+            f"ping(timeout=...) is the seconds to wait for the database, more than zero: "
+            f"not {timeout!r} (default 5)"
+        )
+    return float(timeout)
 
 
 class RepositoryBase:

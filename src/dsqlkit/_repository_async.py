@@ -41,7 +41,7 @@ from ._query import (
     check_callable,
     check_sql,
 )
-from ._repository import RepositoryBase, check_pool, unavailable
+from ._repository import RepositoryBase, check_ping_timeout, check_pool, unavailable
 from ._results import Ping, Rows
 from ._retry import PolicyOptions, RetryPolicy
 from ._transaction_async import take_one, take_rows
@@ -117,6 +117,12 @@ class AsyncRepository(RepositoryBase):
         so keep them within DSQL's 3,000 rows; for more, use `insert_many`.
         """
         query = check_sql(sql)
+        if isinstance(params_seq, (str, bytes, Mapping)) or not isinstance(params_seq, Iterable):
+            raise UsageError(
+                "executemany() takes a list of parameter sets (one tuple or dict per run), "
+                f"not {type(params_seq).__name__}: e.g. executemany(sql, [(1,), (2,)]); for "
+                "a single run, use execute(sql, params)"
+            )
         sets = list(params_seq)
         if not sets:
             raise UsageError(
@@ -251,6 +257,7 @@ class AsyncRepository(RepositoryBase):
 
     async def ping(self, timeout: float = 5.0) -> Ping:
         """Round-trip a ``SELECT 1``; `DatabaseUnavailable` if the database cannot be reached."""
+        timeout = check_ping_timeout(timeout)
         await self._ensure_open("ping")
         start = time.perf_counter()
         try:

@@ -312,6 +312,11 @@ class RetryPolicy:
                 raise ConfigurationError(f"{name} must be a finite number of seconds: {value!r}")
         if not 0 <= base <= cap:
             raise ConfigurationError("delays must satisfy 0 <= base_delay <= max_delay")
+        if cap > deadline:
+            raise ConfigurationError(
+                f"max_delay={cap!r} is longer than deadline={self.deadline!r}: a single backoff "
+                "could outlast every retry; use a max_delay well under the deadline (default 0.5)"
+            )
         if self.on_retry is not None and not callable(self.on_retry):
             raise ConfigurationError("on_retry must be callable(RetryEvent)")
         hot = _check_seconds("hot_seconds", self.hot_seconds, allow_zero=True)

@@ -15,6 +15,7 @@ tokens from another service.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 import hashlib
@@ -23,7 +24,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from urllib.parse import quote
 
@@ -33,7 +34,13 @@ from ._stats import Counters
 if TYPE_CHECKING:
     import boto3
 
-__all__ = ["Boto3TokenProvider", "EnvTokenProvider", "TokenProvider", "explain_auth_failure"]
+__all__ = [
+    "Boto3TokenProvider",
+    "EnvTokenProvider",
+    "TokenProvider",
+    "explain_auth_failure",
+    "signing_logs_hidden",
+]
 
 _logger = logging.getLogger("dsqlkit.tokens")
 
@@ -78,6 +85,19 @@ def _install_log_filters() -> None:
         for name in _SIGNING_LOGGERS:
             logging.getLogger(name).addFilter(_hide_signing)
         _filters_installed = True
+
+
+@contextlib.contextmanager
+def signing_logs_hidden() -> Iterator[None]:
+    """While inside, this thread's records from botocore's signing loggers are dropped (they
+    print the canonical request and signature at DEBUG: together, a token)."""
+    _install_log_filters()
+    previous = getattr(_signing, "active", False)
+    _signing.active = True
+    try:
+        yield
+    finally:
+        _signing.active = previous
 
 
 class Boto3TokenProvider:

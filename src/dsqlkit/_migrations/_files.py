@@ -73,7 +73,14 @@ def parse_file(path: Path) -> Migration:
         raise MigrationError(
             f"{path.name} is not named <version>_<name>.sql (e.g. 20260101120000_items.sql)"
         )
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        line = exc.object[: exc.start].count(b"\n") + 1
+        raise MigrationError(
+            f"{path}: line {line} is not UTF-8 (byte {exc.object[exc.start]:#04x} at offset "
+            f"{exc.start}): save the migration file as UTF-8"
+        ) from None
     slices = list(parser.split(text, with_parser=False, only_slices=True))
     covered = [(sl.start, sl.stop) for sl in slices]
     for token in parser.scan(text):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import re
 import time
 from dataclasses import dataclass, field
@@ -118,6 +119,19 @@ class Migrator:
         self.ledger = sql.Identifier(table)
         self.progress = sql.Identifier(f"{table}_progress")
         self.table = table
+        for name, value in (
+            ("index_timeout", index_timeout),
+            ("lock_timeout", lock_timeout),
+            ("lease", lease),
+        ):
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not 0 < value < math.inf  # also false for NaN
+            ):
+                raise MigrationError(
+                    f"{name} must be a finite number of seconds more than zero, not {value!r}"
+                )
         self.index_timeout = index_timeout
         self.chunk_rows = chunk_rows
         self.wait_for_lock = wait_for_lock

@@ -30,7 +30,13 @@ from typing_extensions import Unpack
 
 from .. import _connector_async, _connector_sync
 from .._config import endpoint_from_env, unknown_arguments
-from .._connector import Connector, DsqlOptions, Verdict
+from .._connector import (
+    MAX_CLUSTER_CONNECTIONS,
+    Connector,
+    DsqlOptions,
+    Verdict,
+    check_timeout,
+)
 from .._errors import ConfigurationError
 from ._dialect import register
 from ._schema import commit_each_ddl
@@ -201,6 +207,7 @@ def _prepare(
             raise ConfigurationError("pass connect_args= or kwargs=, not both")
         connect_args = options.pop("kwargs")
     _check_recycle(pool_recycle)
+    _check_pool_options(options)
     dsql = {key: options.pop(key) for key in list(options) if key in _DSQL_OPTIONS}
     endpoint = _endpoint_text(url)
     if endpoint is None:
@@ -214,6 +221,7 @@ def _prepare(
         user_kwargs=_connect_args(connect_args),
         engine=True,
     )
+    core.watch_fork()  # a fork child detaches the parent's connections (see _install_checks)
     engine_url = URL.create(
         "dsql+psycopg",
         username=core.endpoint.user,
@@ -290,6 +298,26 @@ def _check_recycle(pool_recycle: float) -> None:
         )
 
 
+def _check_pool_options(options: Mapping[str, Any]) -> None:
+    """SQLAlchemy's pool sizes and timeout, checked before any connection is made."""
+    for name, low in (("pool_size", 0), ("max_overflow", -1)):
+        if name not in options:
+            continue
+        value = options[name]
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            what = "zero or more" if low == 0 else "zero or more (-1: no limit)"
+            raise ConfigurationError(
+                f"{name} must be a whole number of connections, {what}, not {value!r}"
+            )
+        if value > MAX_CLUSTER_CONNECTIONS:
+            raise ConfigurationError(
+                f"{name}={value} is more connections than a DSQL cluster accepts "
+                f"({MAX_CLUSTER_CONNECTIONS:,}, shared by all clients)"
+            )
+    if "pool_timeout" in options:
+        check_timeout(options["pool_timeout"], "pool_timeout")
+
+
 def _install_checks(engine: Engine, core: Connector) -> None:
     """Attach ``core`` to the engine's dialect and dsqlkit's checks to its pool."""
     engine.dialect.dsqlkit_core = core  # type: ignore[attr-defined]
@@ -299,6 +327,11 @@ def _install_checks(engine: Engine, core: Connector) -> None:
     @event.listens_for(engine, "checkout")
     def _checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
         conn = _driver(dbapi_connection)
+        if core.inherited(conn):
+            # Made by the parent process before fork(): its session is the parent's. The
+            # socket was detached at fork (closing it sends nothing); connect anew.
+            record.dbapi_connection = proxy.dbapi_connection = None
+            raise sa_exc.DisconnectionError("dsqlkit: connection inherited across fork()")
         verdict = _connector_sync.checkout(core, conn, lambda _: dialect.do_ping(dbapi_connection))
         if verdict is not Verdict.OK:
             reason = "past its lifetime" if verdict is Verdict.EXPIRED else "closed while idle"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import re
 import secrets
@@ -19,6 +20,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
 from .._errors import ConfigurationError
+from .._tokens import signing_logs_hidden
 from ._errors import LocalEndpointError
 
 if TYPE_CHECKING:
@@ -104,12 +106,11 @@ class LocalDsql:
             )
         if not region or any(c not in _ALPHABET + "-" for c in region):
             raise ConfigurationError(f"region {region!r} is not an AWS Region name like us-east-1")
-        if max_connection_age <= 0:
-            raise ConfigurationError("max_connection_age must be a positive number of seconds")
-        if not isinstance(row_limit, int) or row_limit < 1:
+        _check_age("max_connection_age", max_connection_age)
+        if not isinstance(row_limit, int) or isinstance(row_limit, bool) or row_limit < 1:
             raise ConfigurationError("row_limit must be a positive number of rows")
-        if transaction_age_limit <= 0:
-            raise ConfigurationError("transaction_age_limit must be a positive number of seconds")
+        _check_age("transaction_age_limit", transaction_age_limit)
+        _check_age("startup_timeout", startup_timeout)
         _check_arn(iam_arn)
         self.iam_arn = iam_arn
         self.strict_iam = strict_iam
@@ -292,12 +293,13 @@ class LocalDsql:
                 session = self.iam_identity(identity)
                 self._clients[identity] = session.client("dsql", region_name=self.region)
             client = self._clients[identity]
-        if user == "admin":
-            token: str = client.generate_db_connect_admin_auth_token(
-                self.host, self.region, expires_in
-            )
-        else:
-            token = client.generate_db_connect_auth_token(self.host, self.region, expires_in)
+        with signing_logs_hidden():  # botocore's DEBUG log would print the signature
+            if user == "admin":
+                token: str = client.generate_db_connect_admin_auth_token(
+                    self.host, self.region, expires_in
+                )
+            else:
+                token = client.generate_db_connect_auth_token(self.host, self.region, expires_in)
         return token
 
     def conninfo(
@@ -401,6 +403,13 @@ class LocalDsql:
         """Refuse new connections for ``seconds`` with DSQL's 53300 or 53400 error."""
         if code not in ("53300", "53400"):
             raise ConfigurationError(f"code must be '53300' or '53400', not {code!r}")
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+            raise ConfigurationError(f"seconds must be a number, not {seconds!r}")
+        if not 0 <= seconds < math.inf:  # also false for NaN
+            raise ConfigurationError(
+                f"refuse_connections(seconds={seconds!r}): the refusal window must be a finite "
+                "number of seconds, zero or more (0 ends a window)"
+            )
         self._request({"op": "refuse_connections", "seconds": seconds, "code": code})
 
     def fail_next_commits(
@@ -435,15 +444,13 @@ class LocalDsql:
 
     def set_max_connection_age(self, seconds: float) -> None:
         """Change the age limit for connections accepted from now on."""
-        if seconds <= 0:
-            raise ConfigurationError("max_connection_age must be a positive number of seconds")
+        _check_age("max_connection_age", seconds)
         self._request({"op": "set_max_connection_age", "seconds": seconds})
 
     def set_transaction_age_limit(self, seconds: float) -> None:
         """Change the transaction age limit (DSQL: 300 s); open transactions are checked
         against the new value at their next statement."""
-        if seconds <= 0:
-            raise ConfigurationError("transaction_age_limit must be a positive number of seconds")
+        _check_age("transaction_age_limit", seconds)
         self._request({"op": "set_transaction_age_limit", "seconds": seconds})
 
     def reset(self) -> None:
@@ -509,6 +516,13 @@ def _readline(process: subprocess.Popen[str], timeout: float) -> str:
             process.kill()
             raise LocalEndpointError(f"the local endpoint did not answer within {timeout}s")
     return process.stdout.readline()
+
+
+def _check_age(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+        raise ConfigurationError(
+            f"{name} must be a finite number of seconds more than zero, not {value!r}"
+        )
 
 
 def _check_arn(arn: str) -> None:
