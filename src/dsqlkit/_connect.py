@@ -123,7 +123,9 @@ class ConnectAttempt:
                 _logger.info("connect failed (%s); retry %d in %.3fs", exc, self.tries, delay)
                 return False, delay
         if kind is not ConnectErrorKind.TRANSIENT:
-            plan.failed_permanently(exc)
+            plan.failed_permanently(exc)  # logged there, once
+        elif not plan.closing.is_set():
+            _logger.warning("connect failed after %d retries, giving up: %s", self.tries, exc)
         raise exc
 
 

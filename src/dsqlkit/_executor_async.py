@@ -29,6 +29,7 @@ from . import _aio
 from ._errors import TransactionAborted
 from ._query import JOINED, joined_handle, refuse_awaitable
 from ._retry import Attempt, RetryPolicy, RetryStats, find_conflict, is_conflict, judge_all
+from ._telemetry import unit_started
 from ._transaction_async import AsyncTransaction
 
 __all__ = ["AsyncExecutor"]
@@ -97,17 +98,28 @@ class AsyncExecutor:
     async def run_attempts(self, once: Callable[..., Any], retry_on: Any, *args: Any) -> Any:
         """The retry loop: ``once(attempt, *args)`` until it succeeds or the verdict stops it."""
         run = self.policy.start(self.stats)
-        while True:
-            attempt = run.next_attempt()
-            try:
-                return await once(attempt, *args)
-            except BaseException as exc:
-                verdict = run.failed(exc, attempt, retry_on)
-                if verdict is None:
-                    raise
-                if isinstance(verdict, BaseException):
-                    raise verdict from exc
-            await _aio.sleep(verdict)
+        unit = unit_started(self.pool, once, args)  # None unless telemetry is on
+        try:
+            while True:
+                attempt = run.next_attempt()
+                try:
+                    result = await once(attempt, *args)
+                except BaseException as exc:
+                    verdict = run.failed(exc, attempt, retry_on)
+                    if unit is not None:
+                        unit.failed(exc, attempt, verdict)
+                    if verdict is None:
+                        raise
+                    if isinstance(verdict, BaseException):
+                        raise verdict from exc
+                else:
+                    if unit is not None:
+                        unit.succeeded(attempt)
+                    return result
+                await _aio.sleep(verdict)
+        finally:
+            if unit is not None:
+                unit.end()
 
     # -- transactions ------------------------------------------------------------------------
 

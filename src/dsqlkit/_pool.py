@@ -37,6 +37,7 @@ from ._connect import PLAN_KEY, ConnectPlan, with_plan_support
 from ._errors import ConfigurationError
 from ._retry import RetryStats
 from ._stats import Counters
+from ._telemetry import register_pool
 from ._tokens import (
     DEFAULT_TOKEN_EXPIRES_IN,
     Boto3TokenProvider,
@@ -398,6 +399,28 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+class _OneConnectWarning(logging.Filter):
+    """Drop psycopg_pool's "error connecting in <pool>" warning for dsqlkit's pools: dsqlkit
+    has logged that failure already (once, with what it means), so it is not logged twice."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg != _PSYCOPG_POOL_CONNECT_ERROR or not record.args:
+            return True
+        name = record.args[0] if isinstance(record.args, tuple) else None
+        return not any(pool.name == name for pool in list(_live_pools))
+
+
+_PSYCOPG_POOL_CONNECT_ERROR = "error connecting in %r: %s"
+_log_filter_installed = False
+
+
+def _install_log_filter() -> None:
+    global _log_filter_installed
+    if not _log_filter_installed:
+        logging.getLogger("psycopg.pool").addFilter(_OneConnectWarning())
+        _log_filter_installed = True
+
+
 def _env_endpoint(environ: Mapping[str, str]) -> tuple[str | None, DsqlOptions]:
     """Endpoint and options from DSQL_* / AWS_* variables, then libpq's PG*."""
     return endpoint_from_env(environ)  # type: ignore[return-value]
@@ -427,6 +450,8 @@ class _DsqlPoolMixin(BasePool):
         )
         self._init_arguments = (endpoint, dict(options), kwargs, connection_class, name)
         _live_pools.add(self)
+        register_pool(self)
+        _install_log_filter()
         return {
             "connection_class": with_plan_support(connection_class, plan_base),
             "max_lifetime": max_lifetime,

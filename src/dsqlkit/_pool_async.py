@@ -28,6 +28,14 @@ from ._pool import (
     _AllOptions,
     _DsqlPoolMixin,
 )
+from ._telemetry import (
+    CONNECT_TRACE_KEY,
+    checked_in,
+    checked_out,
+    connect_started,
+    metrics_on,
+    pool_timed_out,
+)
 
 __all__ = ["AsyncDsqlConnectionPool"]
 
@@ -113,8 +121,17 @@ class AsyncDsqlConnectionPool(_DsqlPoolMixin, AsyncConnectionPool[ACT], Generic[
     async def _connect_kwargs(self) -> dict[str, Any]:
         core = self._core
         kwargs = core.static_kwargs()
+        trace = connect_started(core, self.name)  # None unless telemetry is on
         if core.minter is not None:
-            kwargs["password"] = await _aio.to_thread(core.mint)
+            try:
+                kwargs["password"] = await _aio.to_thread(core.mint)
+            except BaseException as exc:
+                if trace is not None:
+                    trace.failed(exc)
+                raise
+        if trace is not None:
+            trace.signed()
+            kwargs[CONNECT_TRACE_KEY] = trace
         return kwargs
 
     async def _configure_new(self, conn: ACT) -> None:
@@ -183,6 +200,7 @@ class AsyncDsqlConnectionPool(_DsqlPoolMixin, AsyncConnectionPool[ACT], Generic[
             try:
                 conn = await super().getconn(max(deadline - time.monotonic(), 0.0))
             except PoolTimeout:
+                pool_timed_out(self.name)
                 raise core.timeout_error(waited) from (core.permanent_error or core.last_error)
             verdict = core.checkout_verdict(conn)
             if verdict == PROBE:
@@ -193,6 +211,8 @@ class AsyncDsqlConnectionPool(_DsqlPoolMixin, AsyncConnectionPool[ACT], Generic[
                 else:
                     verdict = OK
             if verdict == OK:
+                if metrics_on():
+                    checked_out(self.name, conn, waited - (deadline - time.monotonic()))
                 return conn
             core.count_discard(verdict)
             await conn.close()
@@ -200,6 +220,7 @@ class AsyncDsqlConnectionPool(_DsqlPoolMixin, AsyncConnectionPool[ACT], Generic[
 
     async def putconn(self, conn: ACT) -> None:
         self._core.connection_returned(conn)
+        checked_in(self.name, conn)
         await super().putconn(conn)
 
 

@@ -30,6 +30,14 @@ from ._pool import (
     _AllOptions,
     _DsqlPoolMixin,
 )
+from ._telemetry import (
+    CONNECT_TRACE_KEY,
+    checked_in,
+    checked_out,
+    connect_started,
+    metrics_on,
+    pool_timed_out,
+)
 
 __all__ = ["DsqlConnectionPool"]
 
@@ -115,8 +123,17 @@ class DsqlConnectionPool(_DsqlPoolMixin, ConnectionPool[CT], Generic[CT]):
     def _connect_kwargs(self) -> dict[str, Any]:
         core = self._core
         kwargs = core.static_kwargs()
+        trace = connect_started(core, self.name)  # None unless telemetry is on
         if core.minter is not None:
-            kwargs["password"] = _sio.to_thread(core.mint)
+            try:
+                kwargs["password"] = _sio.to_thread(core.mint)
+            except BaseException as exc:
+                if trace is not None:
+                    trace.failed(exc)
+                raise
+        if trace is not None:
+            trace.signed()
+            kwargs[CONNECT_TRACE_KEY] = trace
         return kwargs
 
     def _configure_new(self, conn: CT) -> None:
@@ -185,6 +202,7 @@ class DsqlConnectionPool(_DsqlPoolMixin, ConnectionPool[CT], Generic[CT]):
             try:
                 conn = super().getconn(max(deadline - time.monotonic(), 0.0))
             except PoolTimeout:
+                pool_timed_out(self.name)
                 raise core.timeout_error(waited) from (core.permanent_error or core.last_error)
             verdict = core.checkout_verdict(conn)
             if verdict == PROBE:
@@ -195,6 +213,8 @@ class DsqlConnectionPool(_DsqlPoolMixin, ConnectionPool[CT], Generic[CT]):
                 else:
                     verdict = OK
             if verdict == OK:
+                if metrics_on():
+                    checked_out(self.name, conn, waited - (deadline - time.monotonic()))
                 return conn
             core.count_discard(verdict)
             conn.close()
@@ -202,6 +222,7 @@ class DsqlConnectionPool(_DsqlPoolMixin, ConnectionPool[CT], Generic[CT]):
 
     def putconn(self, conn: CT) -> None:
         self._core.connection_returned(conn)
+        checked_in(self.name, conn)
         super().putconn(conn)
 
 

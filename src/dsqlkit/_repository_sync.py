@@ -46,6 +46,7 @@ from ._query import (
 )
 from ._repository import RepositoryBase, unavailable
 from ._results import Ping, Rows
+from ._telemetry import span
 
 __all__ = ["Repository"]
 
@@ -227,8 +228,9 @@ class Repository(RepositoryBase):
                 with state.settling(chunk) as outcome:
                     outcome.written = int(self.transaction(write, load, *chunk))
 
-        _sio.run_workers(work, state.workers)
-        return state.finish()
+        with span("bulk load", self.pool, bulk_rows=state.todo_rows, bulk_chunks=state.chunks):
+            _sio.run_workers(work, state.workers)
+            return state.finish()
 
     # -- health and lifecycle ----------------------------------------------------------------
 

@@ -27,6 +27,7 @@ from .._connect_async import AsyncDsqlConnection
 from .._executor_async import AsyncExecutor
 from .._query import JOINED, joined_handle, refuse_awaitable
 from .._retry import Attempt, RetryPolicy, RetryStats, judge_all
+from .._telemetry import CONNECT_TRACE_KEY, connect_started
 from ._checks import Unit, check_not_aborted, check_transactional
 
 if TYPE_CHECKING:
@@ -40,8 +41,17 @@ T = TypeVar("T")
 async def connect(core: PoolCore) -> Any:
     """A new psycopg connection for SQLAlchemy's pool (its ``creator``)."""
     kwargs = core.static_kwargs()
+    trace = connect_started(core, None)  # None unless telemetry is on
     if core.minter is not None:
-        kwargs["password"] = await _aio.to_thread(core.mint)
+        try:
+            kwargs["password"] = await _aio.to_thread(core.mint)
+        except BaseException as exc:
+            if trace is not None:
+                trace.failed(exc)
+            raise
+    if trace is not None:
+        trace.signed()
+        kwargs[CONNECT_TRACE_KEY] = trace
     conn = await AsyncDsqlConnection.connect(**kwargs)
     core.connection_created(conn)
     return conn

@@ -29,6 +29,7 @@ from .._connect_sync import DsqlConnection
 from .._executor_sync import Executor
 from .._query import JOINED, joined_handle, refuse_awaitable
 from .._retry import Attempt, RetryPolicy, RetryStats, judge_all
+from .._telemetry import CONNECT_TRACE_KEY, connect_started
 from ._checks import Unit, check_not_aborted, check_transactional
 
 if TYPE_CHECKING:
@@ -42,8 +43,17 @@ T = TypeVar("T")
 def connect(core: PoolCore) -> Any:
     """A new psycopg connection for SQLAlchemy's pool (its ``creator``)."""
     kwargs = core.static_kwargs()
+    trace = connect_started(core, None)  # None unless telemetry is on
     if core.minter is not None:
-        kwargs["password"] = _sio.to_thread(core.mint)
+        try:
+            kwargs["password"] = _sio.to_thread(core.mint)
+        except BaseException as exc:
+            if trace is not None:
+                trace.failed(exc)
+            raise
+    if trace is not None:
+        trace.signed()
+        kwargs[CONNECT_TRACE_KEY] = trace
     conn = DsqlConnection.connect(**kwargs)
     core.connection_created(conn)
     return conn
