@@ -30,6 +30,7 @@ from sqlalchemy.engine import URL, Engine
 from .._config import endpoint_from_env
 from .._errors import ConfigurationError
 from .._pool import DEAD, EXPIRED, OK, PROBE, DsqlOptions, PoolCore
+from .._telemetry import register_engine
 from . import _run_async, _run_sync
 from ._dialect import register
 
@@ -218,6 +219,8 @@ def _check_recycle(pool_recycle: float) -> None:
 def _install_checks(engine: Engine, core: PoolCore) -> None:
     """Attach ``core`` to the engine's dialect and dsqlkit's checks to its pool."""
     engine.dialect.dsqlkit_core = core  # type: ignore[attr-defined]
+    endpoint = core.endpoint
+    register_engine(engine, f"{endpoint.host}:{endpoint.port}/{endpoint.dbname}")
     dialect = engine.dialect
 
     @event.listens_for(engine, "checkout")
