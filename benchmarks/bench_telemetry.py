@@ -1,0 +1,309 @@
+"""What telemetry costs (issue 23): the read path, OCC goodput and one retried call's CPU.
+
+Three variants, measured side by side in one run:
+
+- "before": dsqlkit's executor without the telemetry hook (the retry loop as it was before
+  telemetry, a subclass defined here), the baseline;
+- "no-op API": the shipped executor with ``opentelemetry-api`` imported and no SDK installed
+  (what a user with the ``otel`` extra and no SDK runs; without the extra it is the same code
+  path, minus the import);
+- "SDK, in-memory": an SDK tracer and meter provider with an in-memory span exporter and
+  metric reader (``dsqlkit.telemetry.instrument``): the price of actually recording.
+
+"before" and "no-op API" interleave call by call (the mode is the same); "SDK" needs the
+global mode switched, so it runs in alternating blocks against "no-op API".
+"""
+
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+from _timing import goal, median, scale, seconds, wanted
+
+from dsqlkit import Repository, RetryPolicy, RetryStats, Transaction
+from dsqlkit._executor_sync import Executor
+from dsqlkit.testing import LocalDsql
+
+WRITERS = 16
+HOT_ROWS = 4
+
+
+class Before(Executor):
+    """The executor's retry loop as it was before telemetry (no hook)."""
+
+    __slots__ = ()
+
+    def run_attempts(self, once: Callable[..., Any], retry_on: Any, *args: Any) -> Any:
+        run = self.policy.start(self.stats)
+        while True:
+            attempt = run.next_attempt()
+            try:
+                return once(attempt, *args)
+            except BaseException as exc:
+                verdict = run.failed(exc, attempt, retry_on)
+                if verdict is None:
+                    raise
+                if isinstance(verdict, BaseException):
+                    raise verdict from exc
+            time.sleep(verdict)
+
+
+class Sdk:
+    """An SDK with in-memory exporters, switched on and off through dsqlkit.telemetry."""
+
+    def __init__(self) -> None:
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
+            InMemorySpanExporter,
+        )
+
+        self.exporter = InMemorySpanExporter()
+        self.tracer_provider = TracerProvider()
+        self.tracer_provider.add_span_processor(SimpleSpanProcessor(self.exporter))
+        self.meter_provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
+
+    def on(self) -> None:
+        import dsqlkit.telemetry
+
+        dsqlkit.telemetry.instrument(
+            tracer_provider=self.tracer_provider, meter_provider=self.meter_provider
+        )
+
+    def off(self) -> None:
+        import dsqlkit.telemetry
+
+        dsqlkit.telemetry.automatic()  # follow the globals: the API's no-op providers
+        self.exporter.clear()
+
+
+def _available() -> bool:
+    try:
+        import opentelemetry.sdk.trace
+        import opentelemetry.trace  # noqa: F401
+    except ImportError:
+        print("opentelemetry-sdk is not installed: no telemetry rows (pip install 'dsqlkit[test]')")
+        return False
+    return True
+
+
+def bench_read(local: LocalDsql, sdk: Sdk) -> list[dict[str, Any]]:
+    names = ["before (no hook)", "no-op API", "SDK, in-memory exporter"]
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    noop_ratios: list[float] = []
+    sdk_ratios: list[float] = []
+    with local.pool(min_size=1, max_size=1) as pool:
+        pool.wait()
+        repo = Repository(pool)
+        before = Repository(pool)
+        before._executor = Before(pool, before.policy, before._stats)
+
+        def timed(call: Callable[[], Any]) -> float:
+            start = time.perf_counter()
+            call()
+            return (time.perf_counter() - start) * 1000
+
+        def ours() -> None:
+            repo.scalar("SELECT 1")
+
+        def old() -> None:
+            before.scalar("SELECT 1")
+
+        for _ in range(200):
+            ours()
+            old()
+        for _ in range(scale(7, 3)):
+            run: dict[str, list[float]] = {name: [] for name in names}
+            n = scale(600, 150)
+            for i in range(n):  # before vs no-op: call by call
+                for name, call in ((names[0], old), (names[1], ours))[:: 1 if i % 2 else -1]:
+                    run[name].append(timed(call))
+            noop_block: list[float] = []
+            for block in range(scale(6, 2)):  # SDK vs no-op: alternating blocks
+                for with_sdk in (block % 2 == 0, block % 2 == 1):
+                    if with_sdk:
+                        sdk.on()
+                    try:
+                        for _ in range(n // 6):
+                            (run[names[2]] if with_sdk else noop_block).append(timed(ours))
+                    finally:
+                        sdk.off()
+            for name in names:
+                samples[name] += run[name]
+            noop_ratios.append(median(run[names[1]]) / median(run[names[0]]))
+            sdk_ratios.append(median(run[names[2]]) / median(noop_block))
+    medians = {n: median(s) * 1000 for n, s in samples.items()}
+    return [
+        {"measure": "Repository.scalar('SELECT 1'), one thread (ms), by telemetry mode",
+         "variants": samples},
+        goal("otel-read", "read path (Repository.scalar, 1 thread) with the no-op API vs "
+             "before telemetry", "<= 1.01x", noop_ratios, lambda r: r <= 1.01,
+             medians_us=medians),
+        goal("otel-read-sdk", "same, with an SDK and in-memory exporter vs the no-op API "
+             "(reported, no goal)", "report", sdk_ratios, lambda r: True),
+    ]  # fmt: skip
+
+
+def _occ_round(call: Callable[[int], None], duration: float) -> int:
+    committed = 0
+    lock = threading.Lock()
+    stop = time.monotonic() + duration
+
+    def writer(n: int) -> None:
+        nonlocal committed
+        k = 0
+        while time.monotonic() < stop:
+            call(1 + (n + k) % HOT_ROWS)
+            with lock:
+                committed += 1
+            k += 1
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(WRITERS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return committed
+
+
+def bench_occ(local: LocalDsql, sdk: Sdk) -> list[dict[str, Any]]:
+    table = "otel_hot_" + uuid.uuid4().hex[:8]
+    with psycopg.connect(local.conninfo(), autocommit=True) as conn:
+        conn.execute(f"CREATE TABLE {table} (id int PRIMARY KEY, v int NOT NULL)")
+        conn.execute(f"INSERT INTO {table} SELECT g, 0 FROM generate_series(1, {HOT_ROWS}) g")
+    read = f"SELECT v FROM {table} WHERE id = %s"
+    write = f"UPDATE {table} SET v = %s WHERE id = %s"
+
+    def increment(tx: Transaction[Any], row: int) -> None:
+        value = tx.scalar(read, (row,))
+        tx.execute(write, (value + 1, row))
+
+    names = ["before (no hook)", "no-op API", "SDK, in-memory exporter"]
+    per_round: dict[str, list[int]] = {name: [] for name in names}
+    duration = seconds(3.0, 1.0)
+    with local.pool(min_size=WRITERS, max_size=WRITERS) as pool:
+        pool.wait()
+        policy = RetryPolicy()
+        stats = RetryStats()
+        executors = {
+            names[0]: Before(pool, policy, stats),
+            names[1]: Executor(pool, policy, stats),
+            names[2]: Executor(pool, policy, stats),
+        }
+        for i in range(scale(4, 1)):
+            order = list(executors.items())
+            for name, executor in order if i % 2 else order[::-1]:
+                if name == names[2]:
+                    sdk.on()
+                try:
+                    per_round[name].append(_occ_round(
+                        lambda row, ex=executor: ex.transaction(increment, (row,), {}), duration
+                    ))  # fmt: skip
+                finally:
+                    sdk.off()
+    noop = [b / max(a, 1) for a, b in zip(per_round[names[0]], per_round[names[1]], strict=True)]
+    with_sdk = [b / max(a, 1) for a, b in zip(per_round[names[0]], per_round[names[2]],
+                                             strict=True)]  # fmt: skip
+    rate = {n: statistics.median(r) / duration for n, r in per_round.items()}
+    return [
+        {"measure": f"OCC goodput, {WRITERS} writers on {HOT_ROWS} rows", "rows": {
+            n: {"committed tx/s": rate[n]} for n in names}},
+        goal("otel-occ", "OCC goodput with the no-op API vs before telemetry (higher is "
+             "better)", ">= 0.99x", noop, lambda r: r >= 0.99, committed_per_s=rate),
+        goal("otel-occ-sdk", "same, with an SDK and in-memory exporter vs before "
+             "(reported, no goal)", "report", with_sdk, lambda r: True),
+    ]  # fmt: skip
+
+
+class _Conflict(psycopg.errors.SerializationFailure):
+    """A 40001 as DSQL reports it."""
+
+
+def bench_retry_cpu(sdk: Sdk) -> list[dict[str, Any]]:
+    """Thread CPU of one call that fails once with 40001, then succeeds (no database)."""
+    policy = RetryPolicy(max_attempts=4, base_delay=0.0, max_delay=0.0)
+
+    def flaky() -> Callable[[], int]:
+        state = {"calls": 0}
+
+        def call() -> int:
+            state["calls"] += 1
+            if state["calls"] % 2:
+                raise _Conflict("change conflicts with another transaction (OC000)")
+            return 1
+
+        return call
+
+    before = Before(None, policy, RetryStats())
+    ours = Executor(None, policy, RetryStats())
+    fn_before, fn_ours = flaky(), flaky()
+
+    def old() -> None:
+        before.call(fn_before, (), {})
+
+    def new() -> None:
+        ours.call(fn_ours, (), {})
+
+    def cpu(call: Callable[[], None]) -> float:
+        start = time.thread_time()
+        call()
+        return (time.thread_time() - start) * 1e6
+
+    for _ in range(200):
+        old()
+        new()
+    noop, with_sdk, sdk_cpu = [], [], []
+    samples: dict[str, list[float]] = {"before (no hook)": [], "no-op API": []}
+    for _ in range(scale(7, 3)):
+        run: dict[str, list[float]] = {"before (no hook)": [], "no-op API": []}
+        for i in range(scale(2000, 300)):
+            pairs = (("before (no hook)", old), ("no-op API", new))
+            for name, call in pairs if i % 2 else pairs[::-1]:
+                run[name].append(cpu(call))
+        sdk.on()
+        try:
+            block = [cpu(new) for _ in range(scale(1000, 150))]
+        finally:
+            sdk.off()
+        for name in samples:
+            samples[name] += run[name]
+        sdk_cpu += block
+        base = median(run["before (no hook)"])
+        noop.append(median(run["no-op API"]) / base)
+        with_sdk.append(median(block) / base)
+    cpu_us = {**{n: median(s) for n, s in samples.items()}, "SDK, in-memory": median(sdk_cpu)}
+    return [
+        goal("otel-retry-cpu", "CPU of one retried call (occ_retry, no database) with the "
+             "no-op API vs before telemetry", "<= 1.01x", noop, lambda r: r <= 1.01,
+             cpu_us=cpu_us),
+        goal("otel-retry-cpu-sdk", "same, with an SDK and in-memory exporter (reported, no "
+             "goal)", "report", with_sdk, lambda r: True),
+    ]  # fmt: skip
+
+
+def run() -> list[dict[str, Any]]:
+    if not _available():
+        return []
+    import opentelemetry.metrics
+    import opentelemetry.trace  # noqa: F401 - imported, as an application with the extra has
+
+    sdk = Sdk()
+    sdk.off()
+    groups: list[dict[str, Any]] = []
+    if wanted("telemetry", "otel-retry-cpu"):
+        groups += bench_retry_cpu(sdk)
+    if wanted("telemetry", "otel-read", "otel-occ"):
+        with LocalDsql() as local:
+            if wanted("telemetry", "otel-read"):
+                groups += bench_read(local, sdk)
+            if wanted("telemetry", "otel-occ"):
+                groups += bench_occ(local, sdk)
+    return groups
