@@ -29,7 +29,7 @@ from . import _aio
 from ._errors import TransactionAborted
 from ._query import JOINED, joined_handle, refuse_awaitable
 from ._retry import Attempt, RetryPolicy, RetryStats, find_conflict, is_conflict, judge_all
-from ._telemetry import unit_started
+from ._telemetry import STATE, unit_started
 from ._transaction_async import AsyncTransaction
 
 __all__ = ["AsyncExecutor"]
@@ -98,7 +98,9 @@ class AsyncExecutor:
     async def run_attempts(self, once: Callable[..., Any], retry_on: Any, *args: Any) -> Any:
         """The retry loop: ``once(attempt, *args)`` until it succeeds or the verdict stops it."""
         run = self.policy.start(self.stats)
-        unit = unit_started(self.pool, once, args)  # None unless telemetry is on
+        unit = None  # telemetry (off: these few reads are all it costs)
+        if STATE.on or (STATE.auto and run.started >= STATE.next_check):
+            unit = unit_started(self.pool, once, args, run.started)
         try:
             while True:
                 attempt = run.next_attempt()

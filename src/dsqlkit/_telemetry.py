@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CONNECT_TRACE_KEY",
+    "STATE",
     "ConnectTrace",
     "UnitTrace",
     "checked_in",
@@ -111,6 +112,8 @@ class _State:
 
 
 _state = _State()
+#: The executor reads this (``on``, ``auto``, ``next_check``) before calling `unit_started`.
+STATE = _state
 _lock = threading.Lock()
 #: dsqlkit's pools and SQLAlchemy engines, for the observable pool metrics.
 _pools: weakref.WeakSet[Any] = weakref.WeakSet()
@@ -289,14 +292,17 @@ def _unit_name(kind: str, args: tuple[Any, ...]) -> str | None:
 # -- units of work -------------------------------------------------------------------------
 
 
-def unit_started(pool: Any, once: Callable[..., Any], args: tuple[Any, ...]) -> UnitTrace | None:
-    """A `UnitTrace` for the unit the executor is about to run, or None when telemetry is off."""
-    if not _state.on:
-        if not _state.auto:
-            return None
-        now = time.monotonic()
-        if now < _state.next_check or not _refresh(now):
-            return None
+def unit_started(
+    pool: Any, once: Callable[..., Any], args: tuple[Any, ...], now: float
+) -> UnitTrace | None:
+    """A `UnitTrace` for the unit the executor is about to run, or None when telemetry is off.
+
+    The executor calls this only when ``STATE.on``, or in automatic mode when ``now`` (the
+    unit's start, ``time.monotonic()``) has reached ``STATE.next_check``: the no-op path is
+    a few attribute reads in the executor, without a call.
+    """
+    if not _state.on and not (_state.auto and now >= _state.next_check and _refresh(now)):
+        return None
     return UnitTrace(pool, once, args)
 
 
