@@ -35,6 +35,7 @@ PAGES = {
     "repository.md": 2,
     "retry.md": 1,
     "sqlalchemy.md": 0,
+    "telemetry.md": 0,
 }
 _FENCE = re.compile(r"^(?P<indent>[ \t]*)```(?P<lang>[\w-]*)[^\n]*$")
 _MARK = re.compile(r"<!--\s*docs-test:\s*(?P<what>skip|isolated)\b[^>]*-->")
