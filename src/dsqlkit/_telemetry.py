@@ -117,8 +117,7 @@ STATE = _state
 _lock = threading.Lock()
 #: dsqlkit's pools and SQLAlchemy engines, for the observable pool metrics.
 _pools: weakref.WeakSet[Any] = weakref.WeakSet()
-_engines: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
-_engine_names: dict[int, str] = {}
+_engines: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
 
 
 def _is_api_default(provider: Any) -> bool:
@@ -611,8 +610,7 @@ def register_pool(pool: Any) -> None:
 
 def register_engine(engine: Any, name: str) -> None:
     """Report a SQLAlchemy engine's pool (its connection counts) under ``name``."""
-    _engines[id(engine)] = engine
-    _engine_names[id(engine)] = name
+    _engines[engine] = name
 
 
 def checked_out(pool_name: str, conn: Any, waited: float) -> None:
@@ -653,10 +651,9 @@ def _pool_counts() -> Iterable[tuple[str, int, int, int, int | None]]:
         stats = pool.get_stats()
         size, idle = stats.get("pool_size", 0), stats.get("pool_available", 0)
         yield pool.name, idle, max(size - idle, 0), stats.get("requests_waiting", 0), pool.max_size
-    for key, engine in list(_engines.items()):
-        sa_pool = engine.pool
-        idle, used = _engine_counts(sa_pool)
-        yield _engine_names.get(key, "engine"), idle, used, 0, None
+    for engine, name in list(_engines.items()):
+        idle, used = _engine_counts(engine.pool)
+        yield name, idle, used, 0, None
 
 
 def _engine_counts(sa_pool: Any) -> tuple[int, int]:

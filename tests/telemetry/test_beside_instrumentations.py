@@ -107,3 +107,29 @@ def test_sqlalchemy_units_and_engine_connects(local_dsql: LocalDsql, otel: Otel)
 
 def _unused(_: psycopg.Connection[Any]) -> None:
     pass
+
+
+async def test_async_sqlalchemy_units_nest_and_count(local_dsql: LocalDsql, otel: Otel) -> None:
+    pytest.importorskip("sqlalchemy")
+    from sqlalchemy import text
+
+    import dsqlkit.sqlalchemy as dsa
+
+    engine = dsa.create_async_engine(local_dsql.host, **local_dsql.pool_options())
+    try:
+
+        @dsa.transactional(engine)
+        async def read(conn: Any) -> int:
+            return int((await conn.execute(text("SELECT 1"))).scalar_one())
+
+        local_dsql.fail_next_commits(1, "OC001")
+        with otel.tracer.start_as_current_span("request") as request:
+            assert await read() == 1
+    finally:
+        await engine.dispose()
+    unit = otel.span(f"sqlalchemy {read.__wrapped__.__qualname__}")  # type: ignore[attr-defined]
+    assert unit.parent is not None
+    assert unit.parent.span_id == request.get_span_context().span_id
+    assert [e.attributes["dsqlkit.retry.reason"] for e in unit.events] == ["OC001"]  # type: ignore[index]
+    assert otel.spans("connect")
+    assert otel.value("dsqlkit.units", {"dsqlkit.unit.kind": "sqlalchemy"}) == 1
