@@ -613,12 +613,14 @@ def register_engine(engine: Any, name: str) -> None:
     _engines[engine] = name
 
 
-def checked_out(pool_name: str, conn: Any, waited: float) -> None:
-    """A connection was handed out after ``waited`` seconds (only called when metrics are on)."""
+def checked_out(pool_name: str, conn: Any, waited: float | None) -> None:
+    """A connection was handed out after ``waited`` seconds (None: not known, as with
+    SQLAlchemy's pool); only called when metrics are on."""
     instruments = _state.instruments
     if instruments is None:
         return
-    instruments.wait_time.record(waited, {"db.client.connection.pool.name": pool_name})
+    if waited is not None:
+        instruments.wait_time.record(waited, {"db.client.connection.pool.name": pool_name})
     with suppress(AttributeError):
         setattr(conn, _OUT, time.perf_counter())
 

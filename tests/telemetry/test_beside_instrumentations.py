@@ -92,6 +92,8 @@ def test_sqlalchemy_units_and_engine_connects(local_dsql: LocalDsql, otel: Otel)
         }
         assert counts["idle"] >= 1
         assert counts["used"] == 0
+        engine_name = {"db.client.connection.pool.name": f"{host}:{local_dsql.port}/postgres"}
+        assert otel.value("db.client.connection.use_time", engine_name) >= 1
     finally:
         engine.dispose()
     unit = otel.span(f"sqlalchemy {read.__wrapped__.__qualname__}")  # type: ignore[attr-defined]

@@ -30,7 +30,7 @@ from sqlalchemy.engine import URL, Engine
 from .._config import endpoint_from_env
 from .._errors import ConfigurationError
 from .._pool import DEAD, EXPIRED, OK, PROBE, DsqlOptions, PoolCore
-from .._telemetry import register_engine
+from .._telemetry import checked_in, checked_out, metrics_on, register_engine
 from . import _run_async, _run_sync
 from ._dialect import register
 
@@ -220,7 +220,8 @@ def _install_checks(engine: Engine, core: PoolCore) -> None:
     """Attach ``core`` to the engine's dialect and dsqlkit's checks to its pool."""
     engine.dialect.dsqlkit_core = core  # type: ignore[attr-defined]
     endpoint = core.endpoint
-    register_engine(engine, f"{endpoint.host}:{endpoint.port}/{endpoint.dbname}")
+    name = f"{endpoint.host}:{endpoint.port}/{endpoint.dbname}"  # the pool name in metrics
+    register_engine(engine, name)
     dialect = engine.dialect
 
     @event.listens_for(engine, "checkout")
@@ -238,11 +239,15 @@ def _install_checks(engine: Engine, core: PoolCore) -> None:
             core.count_discard(verdict)
             reason = "past its lifetime" if verdict == EXPIRED else "closed while idle"
             raise sa_exc.DisconnectionError(f"dsqlkit: connection {reason}; replacing it")
+        if metrics_on():
+            checked_out(name, conn, None)
 
     @event.listens_for(engine, "checkin")
     def _checkin(dbapi_connection: Any, record: Any) -> None:
         if dbapi_connection is not None:
-            core.connection_returned(_driver(dbapi_connection))
+            conn = _driver(dbapi_connection)
+            core.connection_returned(conn)
+            checked_in(name, conn)
 
 
 def _driver(dbapi_connection: Any) -> Any:
