@@ -118,6 +118,8 @@ _lock = threading.Lock()
 #: dsqlkit's pools and SQLAlchemy engines, for the observable pool metrics.
 _pools: weakref.WeakSet[Any] = weakref.WeakSet()
 _engines: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+#: The instruments made on each meter provider (an SDK refuses to make them twice).
+_made: weakref.WeakKeyDictionary[Any, _Instruments] = weakref.WeakKeyDictionary()
 
 
 def _is_api_default(provider: Any) -> bool:
@@ -154,11 +156,14 @@ def _use(tracer_provider: Any, meter_provider: Any, query_text: bool) -> None:
     _state.tracer = (
         None if tracer_provider is None else tracer_provider.get_tracer(SCOPE, __version__)
     )
-    _state.instruments = (
-        None
-        if meter_provider is None
-        else _Instruments(meter_provider.get_meter(SCOPE, __version__))
-    )
+    instruments = None
+    if meter_provider is not None:  # one set of instruments per provider (made once)
+        instruments = _made.get(meter_provider)
+        if instruments is None:
+            instruments = _Instruments(meter_provider.get_meter(SCOPE, __version__))
+            with suppress(TypeError):  # a provider that cannot be weakly referenced
+                _made[meter_provider] = instruments
+    _state.instruments = instruments
     _state.metrics = _state.instruments is not None
     _state.on = _state.tracer is not None or _state.metrics
 
