@@ -121,7 +121,7 @@ class AsyncDsqlConnectionPool(_DsqlPoolMixin, AsyncConnectionPool[ACT], Generic[
     async def _connect_kwargs(self) -> dict[str, Any]:
         core = self._core
         kwargs = core.static_kwargs()
-        trace = connect_started(core, self.name)  # None unless telemetry is on
+        trace = connect_started(core.endpoint, self.name)  # None unless telemetry is on
         if core.minter is not None:
             try:
                 kwargs["password"] = await _aio.to_thread(core.mint)

@@ -123,7 +123,7 @@ class DsqlConnectionPool(_DsqlPoolMixin, ConnectionPool[CT], Generic[CT]):
     def _connect_kwargs(self) -> dict[str, Any]:
         core = self._core
         kwargs = core.static_kwargs()
-        trace = connect_started(core, self.name)  # None unless telemetry is on
+        trace = connect_started(core.endpoint, self.name)  # None unless telemetry is on
         if core.minter is not None:
             try:
                 kwargs["password"] = _sio.to_thread(core.mint)

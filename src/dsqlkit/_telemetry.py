@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING, Any
 
+from ._config import DsqlEndpoint
 from ._errors import TokenError
 
 if TYPE_CHECKING:
@@ -243,9 +244,11 @@ def _attributes_of(pool: Any) -> dict[str, Any]:
         cached = None
     if cached is not None:
         return cached
-    core = getattr(pool, "_core", None)
+    endpoint = getattr(pool, "endpoint", None)  # dsqlkit's pools: their DsqlEndpoint
     attributes = (
-        endpoint_attributes(core.endpoint) if core is not None else {"db.system.name": DB_SYSTEM}
+        endpoint_attributes(endpoint)
+        if isinstance(endpoint, DsqlEndpoint)
+        else {"db.system.name": DB_SYSTEM}
     )
     name = getattr(pool, "name", None)
     if isinstance(name, str):
@@ -481,11 +484,11 @@ def connect_failure_reason(exc: BaseException) -> str:
     return "network"
 
 
-def connect_started(core: Any, pool_name: str | None) -> ConnectTrace | None:
+def connect_started(endpoint: DsqlEndpoint, pool_name: str | None) -> ConnectTrace | None:
     """A `ConnectTrace` for one physical connect (token signing included), or None when off."""
     if not _active():
         return None
-    return ConnectTrace(core, pool_name)
+    return ConnectTrace(endpoint, pool_name)
 
 
 class ConnectTrace:
@@ -493,11 +496,10 @@ class ConnectTrace:
 
     __slots__ = ("labels", "retries", "sign_time", "span", "start")
 
-    def __init__(self, core: Any, pool_name: str | None) -> None:
+    def __init__(self, endpoint: DsqlEndpoint, pool_name: str | None) -> None:
         self.start = time.perf_counter()
         self.retries = 0
         self.sign_time: float | None = None
-        endpoint = core.endpoint
         if pool_name is None:
             pool_name = f"{endpoint.host}:{endpoint.port}/{endpoint.dbname}"
         self.labels = {"db.client.connection.pool.name": pool_name}

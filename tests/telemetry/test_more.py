@@ -92,7 +92,7 @@ def test_the_no_op_path_records_nothing(local_dsql: LocalDsql) -> None:
 
     _telemetry.automatic()
     assert _telemetry.unit_started(None, test_the_no_op_path_records_nothing, (), 0.0) is None
-    assert _telemetry.connect_started(None, None) is None
+    assert _telemetry.connect_started(None, None) is None  # type: ignore[arg-type]
     assert not _telemetry.metrics_on()
 
 

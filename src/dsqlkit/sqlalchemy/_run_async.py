@@ -41,7 +41,7 @@ T = TypeVar("T")
 async def connect(core: PoolCore) -> Any:
     """A new psycopg connection for SQLAlchemy's pool (its ``creator``)."""
     kwargs = core.static_kwargs()
-    trace = connect_started(core, None)  # None unless telemetry is on
+    trace = connect_started(core.endpoint, None)  # None unless telemetry is on
     if core.minter is not None:
         try:
             kwargs["password"] = await _aio.to_thread(core.mint)
