@@ -71,6 +71,7 @@ _KINDS = {
     "_read_once": "read",
     "_write_once": "write",
     "_call_once": "call",
+    "call_once": "call",
     "attempt_once": "sqlalchemy",
 }
 

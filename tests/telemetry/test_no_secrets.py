@@ -52,7 +52,6 @@ def test_nothing_secret_in_spans_metrics_or_logs(
     with psycopg.connect(local_dsql.conninfo(), autocommit=True) as conn:
         conn.execute(f"CREATE TABLE {table} (k text PRIMARY KEY, v int NOT NULL)")
 
-    local_dsql.refuse_connections(0.3, "53400")
     with local_dsql.pool(min_size=1, max_size=2, token_provider=provider,
                          boto3_session=None) as pool:  # fmt: skip
         repo = Repository(pool)
@@ -78,6 +77,11 @@ def test_nothing_secret_in_spans_metrics_or_logs(
             repo.execute(f"INSERT INTO {table} VALUES (%s, %s)", (secret_value, 2))
         assert repo.scalar(f"SELECT v FROM {table} WHERE k = %s AND '{secret_literal}' <> ''",
                            (secret_value,)) is not None  # fmt: skip
+
+    refused = local_dsql.pool(min_size=1, max_size=1, token_provider=provider, boto3_session=None)
+    local_dsql.refuse_connections(0.3, "53400")
+    with refused:
+        refused.wait(timeout=20)
 
     bad = RecordingProvider(local_dsql, fail_with=f"provider exploded {secret_value}")
     failing = local_dsql.pool(min_size=1, max_size=1, token_provider=bad, boto3_session=None)
