@@ -2,8 +2,8 @@
 
 Three variants, measured side by side in one run:
 
-- "before": dsqlkit's executor without the telemetry hook (the retry loop as it was before
-  telemetry, a subclass defined here), the baseline;
+- "before": dsqlkit's retry loop as it was before telemetry (`before`, defined here, put in
+  the executor's place), the baseline;
 - "no-op API": the shipped executor with ``opentelemetry-api`` imported and no SDK installed
   (what a user with the ``otel`` extra and no SDK runs; without the extra it is the same code
   path, minus the import);
@@ -26,32 +26,43 @@ from typing import Any
 import psycopg
 from _timing import goal, median, scale, seconds, wanted
 
-from dsqlkit import Repository, RetryPolicy, RetryStats, Transaction
-from dsqlkit._executor_sync import Executor
+from dsqlkit import Repository, RetryPolicy, RetryStats, Transaction, _executor_sync
+from dsqlkit._retry import Scope
 from dsqlkit.testing import LocalDsql
 
 WRITERS = 16
 HOT_ROWS = 4
 
 
-class Before(Executor):
-    """The executor's retry loop as it was before telemetry (no hook)."""
+def before(
+    policy: RetryPolicy,
+    stats: RetryStats,
+    once: Callable[..., Any],
+    scope: Scope,
+    *args: Any,
+    pool: Any = None,
+) -> Any:
+    """The retry loop as it was before telemetry (no hook)."""
+    run = policy.start(stats)
+    while True:
+        attempt = run.next_attempt()
+        try:
+            return once(attempt, *args)
+        except BaseException as exc:
+            verdict = run.failed(exc, attempt, scope)
+            if verdict is None:
+                raise
+            if isinstance(verdict, BaseException):
+                raise verdict from exc
+        time.sleep(verdict)
 
-    __slots__ = ()
 
-    def run_attempts(self, once: Callable[..., Any], retry_on: Any, *args: Any) -> Any:
-        run = self.policy.start(self.stats)
-        while True:
-            attempt = run.next_attempt()
-            try:
-                return once(attempt, *args)
-            except BaseException as exc:
-                verdict = run.failed(exc, attempt, retry_on)
-                if verdict is None:
-                    raise
-                if isinstance(verdict, BaseException):
-                    raise verdict from exc
-            time.sleep(verdict)
+SHIPPED = _executor_sync.run_attempts
+
+
+def use(loop: Callable[..., Any]) -> None:
+    """Make the executor (and occ_retry) run units with ``loop``."""
+    _executor_sync.run_attempts = loop
 
 
 class Sdk:
@@ -103,8 +114,6 @@ def bench_read(local: LocalDsql, sdk: Sdk) -> list[dict[str, Any]]:
     with local.pool(min_size=1, max_size=1) as pool:
         pool.wait()
         repo = Repository(pool)
-        before = Repository(pool)
-        before._executor = Before(pool, before.policy, before._stats)
 
         def timed(call: Callable[[], Any]) -> float:
             start = time.perf_counter()
@@ -112,10 +121,12 @@ def bench_read(local: LocalDsql, sdk: Sdk) -> list[dict[str, Any]]:
             return (time.perf_counter() - start) * 1000
 
         def ours() -> None:
+            use(SHIPPED)
             repo.scalar("SELECT 1")
 
         def old() -> None:
-            before.scalar("SELECT 1")
+            use(before)
+            repo.scalar("SELECT 1")
 
         for _ in range(200):
             ours()
@@ -191,24 +202,21 @@ def bench_occ(local: LocalDsql, sdk: Sdk) -> list[dict[str, Any]]:
     duration = seconds(3.0, 1.0)
     with local.pool(min_size=WRITERS, max_size=WRITERS) as pool:
         pool.wait()
-        policy = RetryPolicy()
-        stats = RetryStats()
-        executors = {
-            names[0]: Before(pool, policy, stats),
-            names[1]: Executor(pool, policy, stats),
-            names[2]: Executor(pool, policy, stats),
-        }
+        executor = _executor_sync.Executor(pool, RetryPolicy(), RetryStats())
+        loops = {names[0]: before, names[1]: SHIPPED, names[2]: SHIPPED}
         for i in range(scale(4, 1)):
-            order = list(executors.items())
-            for name, executor in order if i % 2 else order[::-1]:
+            order = list(loops.items())
+            for name, loop in order if i % 2 else order[::-1]:
+                use(loop)
                 if name == names[2]:
                     sdk.on()
                 try:
                     per_round[name].append(_occ_round(
-                        lambda row, ex=executor: ex.transaction(increment, (row,), {}), duration
+                        lambda row: executor.transaction(increment, (row,), {}), duration
                     ))  # fmt: skip
                 finally:
                     sdk.off()
+                    use(SHIPPED)
     noop = [b / max(a, 1) for a, b in zip(per_round[names[0]], per_round[names[1]], strict=True)]
     with_sdk = [b / max(a, 1) for a, b in zip(per_round[names[0]], per_round[names[2]],
                                              strict=True)]  # fmt: skip
@@ -242,15 +250,15 @@ def bench_retry_cpu(sdk: Sdk) -> list[dict[str, Any]]:
 
         return call
 
-    before = Before(None, policy, RetryStats())
-    ours = Executor(None, policy, RetryStats())
+    stats_before, stats_ours = RetryStats(), RetryStats()
     fn_before, fn_ours = flaky(), flaky()
+    call_once = _executor_sync.call_once
 
     def old() -> None:
-        before.call(fn_before, (), {})
+        before(policy, stats_before, call_once, Scope.CONFLICTS, fn_before, (), {})
 
     def new() -> None:
-        ours.call(fn_ours, (), {})
+        SHIPPED(policy, stats_ours, call_once, Scope.CONFLICTS, fn_ours, (), {})
 
     def cpu(call: Callable[[], None]) -> float:
         start = time.thread_time()
