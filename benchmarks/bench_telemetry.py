@@ -110,15 +110,21 @@ def bench_read(local: LocalDsql, sdk: Sdk) -> list[dict[str, Any]]:
     names = ["before (no hook)", "no-op API", "SDK, in-memory exporter"]
     samples: dict[str, list[float]] = {name: [] for name in names}
     noop_ratios: list[float] = []
+    cpu_ratios: list[float] = []
     sdk_ratios: list[float] = []
     with local.pool(min_size=1, max_size=1) as pool:
         pool.wait()
         repo = Repository(pool)
 
-        def timed(call: Callable[[], Any]) -> float:
-            start = time.perf_counter()
+        cpu: dict[str, list[float]] = {names[0]: [], names[1]: []}
+
+        def timed(call: Callable[[], Any], name: str | None = None) -> float:
+            start, start_cpu = time.perf_counter(), time.thread_time()
             call()
-            return (time.perf_counter() - start) * 1000
+            wall = (time.perf_counter() - start) * 1000
+            if name is not None:  # the calling thread's CPU (us): what the hook can add
+                cpu[name].append((time.thread_time() - start_cpu) * 1e6)
+            return wall
 
         def ours() -> None:
             use(SHIPPED)
@@ -136,7 +142,7 @@ def bench_read(local: LocalDsql, sdk: Sdk) -> list[dict[str, Any]]:
             n = scale(600, 150)
             for i in range(n):  # before vs no-op: call by call
                 for name, call in ((names[0], old), (names[1], ours))[:: 1 if i % 2 else -1]:
-                    run[name].append(timed(call))
+                    run[name].append(timed(call, name))
             noop_block: list[float] = []
             for block in range(scale(6, 2)):  # SDK vs no-op: alternating blocks
                 for with_sdk in (block % 2 == 0, block % 2 == 1):
@@ -150,6 +156,7 @@ def bench_read(local: LocalDsql, sdk: Sdk) -> list[dict[str, Any]]:
             for name in names:
                 samples[name] += run[name]
             noop_ratios.append(median(run[names[1]]) / median(run[names[0]]))
+            cpu_ratios.append(median(cpu[names[1]][-n:]) / median(cpu[names[0]][-n:]))
             sdk_ratios.append(median(run[names[2]]) / median(noop_block))
     medians = {n: median(s) * 1000 for n, s in samples.items()}
     return [
@@ -158,6 +165,9 @@ def bench_read(local: LocalDsql, sdk: Sdk) -> list[dict[str, Any]]:
         goal("otel-read", "read path (Repository.scalar, 1 thread) with the no-op API vs "
              "before telemetry", "<= 1.01x", noop_ratios, lambda r: r <= 1.01,
              medians_us=medians),
+        goal("otel-read-cpu", "same, the calling thread's CPU per read", "<= 1.01x",
+             cpu_ratios, lambda r: r <= 1.01,
+             cpu_us={n: median(c) for n, c in cpu.items()}),
         goal("otel-read-sdk", "same, with an SDK and in-memory exporter vs the no-op API "
              "(reported, no goal)", "report", sdk_ratios, lambda r: True),
     ]  # fmt: skip
@@ -199,10 +209,12 @@ def bench_occ(local: LocalDsql, sdk: Sdk) -> list[dict[str, Any]]:
 
     names = ["before (no hook)", "no-op API", "SDK, in-memory exporter"]
     per_round: dict[str, list[int]] = {name: [] for name in names}
+    cpu_round: dict[str, list[float]] = {name: [] for name in names}
     duration = seconds(3.0, 1.0)
     with local.pool(min_size=WRITERS, max_size=WRITERS) as pool:
         pool.wait()
-        executor = _executor_sync.Executor(pool, RetryPolicy(), RetryStats())
+        stats = RetryStats()
+        executor = _executor_sync.Executor(pool, RetryPolicy(), stats)
         loops = {names[0]: before, names[1]: SHIPPED, names[2]: SHIPPED}
         for i in range(scale(4, 1)):
             order = list(loops.items())
@@ -211,9 +223,15 @@ def bench_occ(local: LocalDsql, sdk: Sdk) -> list[dict[str, Any]]:
                 if name == names[2]:
                     sdk.on()
                 try:
+                    started = time.process_time()  # this process only: LocalDsql is another
+                    attempts = stats.attempts
                     per_round[name].append(_occ_round(
                         lambda row: executor.transaction(increment, (row,), {}), duration
                     ))  # fmt: skip
+                    # Per attempt: how much contention a round had does not change it.
+                    cpu_round[name].append(
+                        (time.process_time() - started) * 1e6 / max(stats.attempts - attempts, 1)
+                    )
                 finally:
                     sdk.off()
                     use(SHIPPED)
@@ -226,6 +244,11 @@ def bench_occ(local: LocalDsql, sdk: Sdk) -> list[dict[str, Any]]:
             n: {"committed tx/s": rate[n]} for n in names}},
         goal("otel-occ", "OCC goodput with the no-op API vs before telemetry (higher is "
              "better)", ">= 0.99x", noop, lambda r: r >= 0.99, committed_per_s=rate),
+        goal("otel-occ-cpu", "same, client CPU per attempt (this process; lower is better)",
+             "<= 1.01x",
+             [b / a for a, b in zip(cpu_round[names[0]], cpu_round[names[1]], strict=True)],
+             lambda r: r <= 1.01,
+             cpu_us_per_attempt={n: statistics.median(c) for n, c in cpu_round.items()}),
         goal("otel-occ-sdk", "same, with an SDK and in-memory exporter vs before "
              "(reported, no goal)", "report", with_sdk, lambda r: True),
     ]  # fmt: skip
