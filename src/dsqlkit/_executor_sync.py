@@ -101,8 +101,8 @@ def run_attempts(
     failure (`dsqlkit._retry.RetryRun.failed`, within ``scope``) stops it. ``pool`` (when
     the unit runs on one) names the endpoint in the unit's telemetry."""
     run = policy.start(stats)
-    unit = None  # telemetry (off: these few reads are all it costs)
-    if STATE.on or (STATE.auto and run.started >= STATE.next_check):
+    unit = None  # telemetry (off: this comparison is all it costs)
+    if run.started >= STATE.gate:
         unit = unit_started(pool, once, args, run.started)
     try:
         while True:

@@ -19,6 +19,7 @@ statement text (``db.query.text``) only with ``instrument(query_text=True)``.
 
 from __future__ import annotations
 
+import math
 import sys
 import threading
 import time
@@ -90,6 +91,7 @@ class _State:
 
     __slots__ = (
         "auto",
+        "gate",
         "instruments",
         "metrics",
         "next_check",
@@ -109,12 +111,15 @@ class _State:
         self.metrics = False
         self.query_text = False
         self.next_check = 0.0
+        #: Units starting at or after this ``time.monotonic()`` call `unit_started`: -inf
+        #: when telemetry is on, ``next_check`` in automatic mode, +inf when uninstrumented.
+        self.gate = 0.0
         #: The providers the tracer and instruments came from.
         self.seen: tuple[Any, Any] = (None, None)
 
 
 _state = _State()
-#: The executor reads this (``on``, ``auto``, ``next_check``) before calling `unit_started`.
+#: The executor compares a unit's start with ``STATE.gate`` before calling `unit_started`.
 STATE = _state
 _lock = threading.Lock()
 #: dsqlkit's pools and SQLAlchemy engines, for the observable pool metrics.
@@ -132,6 +137,7 @@ def _is_api_default(provider: Any) -> bool:
 def _refresh(now: float) -> bool:
     """Look at the global providers again (automatic mode); whether telemetry is on."""
     _state.next_check = now + RECHECK
+    _regate()
     modules = sys.modules
     if "opentelemetry.trace" not in modules and "opentelemetry.metrics" not in modules:
         return False  # nobody imported OpenTelemetry, so no SDK can be installed
@@ -168,6 +174,14 @@ def _use(tracer_provider: Any, meter_provider: Any, query_text: bool) -> None:
     _state.instruments = instruments
     _state.metrics = _state.instruments is not None
     _state.on = _state.tracer is not None or _state.metrics
+    _regate()
+
+
+def _regate() -> None:
+    if _state.on:
+        _state.gate = -math.inf
+    else:
+        _state.gate = _state.next_check if _state.auto else math.inf
 
 
 def instrument(
@@ -186,6 +200,7 @@ def instrument(
             meter_provider or metrics.get_meter_provider(),
             query_text,
         )
+        _regate()
 
 
 def uninstrument() -> None:
@@ -193,6 +208,7 @@ def uninstrument() -> None:
     with _lock:
         _state.auto = False
         _use(None, None, False)
+        _regate()
 
 
 def automatic() -> None:
@@ -201,6 +217,7 @@ def automatic() -> None:
         _state.auto = True
         _state.next_check = 0.0
         _use(None, None, False)
+        _regate()
 
 
 def _active() -> bool:
@@ -305,9 +322,8 @@ def unit_started(
 ) -> UnitTrace | None:
     """A `UnitTrace` for the unit the executor is about to run, or None when telemetry is off.
 
-    The executor calls this only when ``STATE.on``, or in automatic mode when ``now`` (the
-    unit's start, ``time.monotonic()``) has reached ``STATE.next_check``: the no-op path is
-    a few attribute reads in the executor, without a call.
+    The executor calls this only when ``now`` (the unit's start, ``time.monotonic()``) has
+    reached ``STATE.gate``: the no-op path is one comparison in the executor, without a call.
     """
     if not _state.on and not (_state.auto and now >= _state.next_check and _refresh(now)):
         return None
