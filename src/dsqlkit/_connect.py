@@ -48,6 +48,7 @@ _TRANSIENT_MARKERS = (
     "could not receive data from server",
     "could not send data to server",
     "SSL SYSCALL error",
+    "SSL error: unexpected eof",  # the connection dropped during the TLS handshake
     "Network is unreachable",
     "No route to host",
     "the database system is starting up",

@@ -527,7 +527,9 @@ class ConnectTrace:
 
             attributes = endpoint_attributes(endpoint)
             attributes.update(self.labels)
-            self.span = tracer.start_span("connect", kind=SpanKind.CLIENT, attributes=attributes)
+            self.span = tracer.start_span(
+                "dsqlkit connect", kind=SpanKind.CLIENT, attributes=attributes
+            )
 
     def signed(self) -> None:
         """The token for this connect is signed (its signing time is the time since start)."""

@@ -100,7 +100,7 @@ def test_sqlalchemy_units_and_engine_connects(local_dsql: LocalDsql, otel: Otel)
     assert unit.parent is not None
     assert unit.parent.span_id == request.get_span_context().span_id
     assert unit.attributes["dsqlkit.unit.attempts"] == 2  # type: ignore[index]
-    connects = otel.spans("connect")
+    connects = otel.spans("dsqlkit connect")
     assert connects
     assert all(c.parent is not None and c.parent.span_id == unit.context.span_id
                for c in connects)  # fmt: skip
@@ -133,5 +133,38 @@ async def test_async_sqlalchemy_units_nest_and_count(local_dsql: LocalDsql, otel
     assert unit.parent is not None
     assert unit.parent.span_id == request.get_span_context().span_id
     assert [e.attributes["dsqlkit.retry.reason"] for e in unit.events] == ["OC001"]  # type: ignore[index]
-    assert otel.spans("connect")
+    assert otel.spans("dsqlkit connect")
     assert otel.value("dsqlkit.units", {"dsqlkit.unit.kind": "sqlalchemy"}) == 1
+
+
+def test_sqlalchemy_instrumentation_statements_nest_under_the_unit(
+    local_dsql: LocalDsql, otel: Otel
+) -> None:
+    instrumentation = pytest.importorskip("opentelemetry.instrumentation.sqlalchemy")
+    from sqlalchemy import text
+
+    from dsqlkit.sqlalchemy import create_engine
+    from dsqlkit.sqlalchemy import transactional as sa_transactional
+
+    engine = create_engine(local_dsql.host, **local_dsql.pool_options())
+    instrumentor = instrumentation.SQLAlchemyInstrumentor()
+    instrumentor.instrument(engine=engine, tracer_provider=otel.tracer_provider,
+                            skip_dep_check=True)  # fmt: skip
+    try:
+
+        @sa_transactional(engine)
+        def read(conn: Any) -> int:
+            return int(conn.execute(text("SELECT 1")).scalar_one())
+
+        local_dsql.fail_next_commits(1, "OC000")
+        assert read() == 1
+    finally:
+        instrumentor.uninstrument()
+        engine.dispose()
+    unit = otel.span(f"sqlalchemy {read.__wrapped__.__qualname__}")  # type: ignore[attr-defined]
+    statements = [s for s in otel.spans() if s.attributes and "SELECT" in str(s.attributes)
+                  and s is not unit]  # fmt: skip
+    assert len(statements) == 2  # one per attempt
+    assert all(s.parent is not None and s.parent.span_id == unit.context.span_id
+               for s in statements)  # fmt: skip
+    assert len(otel.spans(unit.name)) == 1

@@ -24,7 +24,7 @@ def test_refused_connects_are_retried_inside_one_connect_span(
         pool.wait(timeout=20)
         name = pool.name
         host, region = pool.endpoint.host, pool.endpoint.region
-    (span,) = otel.spans("connect")
+    (span,) = otel.spans("dsqlkit connect")
     attributes = dict(span.attributes or {})
     assert span.kind is SpanKind.CLIENT
     assert span.parent is None  # the pool's worker connects: its own trace
@@ -60,7 +60,7 @@ def test_a_refused_token_fails_the_connect_span_and_is_logged_once(
     with pytest.raises(PoolTimeout):
         pool.open(wait=True, timeout=10)
     pool.close()
-    (span, *_rest) = otel.spans("connect")
+    (span, *_rest) = otel.spans("dsqlkit connect")
     assert span.status.status_code is StatusCode.ERROR
     assert span.attributes["error.type"] == "auth"  # type: ignore[index]
     assert span.status.description == "auth"
@@ -69,7 +69,7 @@ def test_a_refused_token_fails_the_connect_span_and_is_logged_once(
     assert otel.value("dsqlkit.connect.failures", final) >= 1
     warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
     failed_connects = [r for r in warnings if "authentication failed" in r.getMessage()]
-    assert len(failed_connects) == len(otel.spans("connect"))  # once per failed connect
+    assert len(failed_connects) == len(otel.spans("dsqlkit connect"))  # once per failed connect
     assert all(r.name.startswith("dsqlkit") for r in failed_connects)
 
 
@@ -109,7 +109,7 @@ async def test_async_pool_metrics_and_connect_span(local_dsql: LocalDsql, otel: 
         async with pool.connection() as conn:
             await conn.execute("SELECT 1")
         name = {"db.client.connection.pool.name": pool.name}
-    (span,) = otel.spans("connect")
+    (span,) = otel.spans("dsqlkit connect")
     assert span.attributes["dsqlkit.connect.retries"] == 0  # type: ignore[index]
     assert otel.value("db.client.connection.use_time", name) == 1
     assert otel.value("db.client.connection.create_time", name) == 1
@@ -124,3 +124,15 @@ def test_failover_hook_counts_by_endpoint(otel: Otel) -> None:
 
 def _unused(*_: Any) -> None:
     pass
+
+
+def test_a_connection_dropped_during_the_tls_handshake_is_transient() -> None:
+    import psycopg
+
+    from dsqlkit._connect import ConnectErrorKind, classify_connect_error
+
+    error = psycopg.OperationalError(
+        'connection failed: connection to server at "127.0.0.1", port 5432 failed: '
+        "SSL error: unexpected eof while reading"
+    )
+    assert classify_connect_error(error) is ConnectErrorKind.TRANSIENT

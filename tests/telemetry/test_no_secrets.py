@@ -52,7 +52,7 @@ def test_nothing_secret_in_spans_metrics_or_logs(
     with psycopg.connect(local_dsql.conninfo(), autocommit=True) as conn:
         conn.execute(f"CREATE TABLE {table} (k text PRIMARY KEY, v int NOT NULL)")
 
-    with local_dsql.pool(min_size=1, max_size=2, token_provider=provider,
+    with local_dsql.pool(min_size=1, max_size=1, token_provider=provider,
                          boto3_session=None) as pool:  # fmt: skip
         repo = Repository(pool)
         repo.execute(f"INSERT INTO {table} VALUES (%s, %s)", (secret_value, 1))
