@@ -30,8 +30,9 @@ async def connection_kwargs(connector: Connector, pool_name: str | None = None) 
             if trace is not None:
                 trace.failed(exc)
             raise
+        if trace is not None:
+            trace.signed()
     if trace is not None:
-        trace.signed()
         kwargs[CONNECT_TRACE_KEY] = trace
     return kwargs
 

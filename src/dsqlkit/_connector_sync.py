@@ -32,8 +32,9 @@ def connection_kwargs(connector: Connector, pool_name: str | None = None) -> dic
             if trace is not None:
                 trace.failed(exc)
             raise
+        if trace is not None:
+            trace.signed()
     if trace is not None:
-        trace.signed()
         kwargs[CONNECT_TRACE_KEY] = trace
     return kwargs
 
