@@ -1,8 +1,8 @@
 """The I/O around a `Connector` (asyncio source; `_connector_sync` is generated from it).
 
-The one place that mints a token for a new connection (in a worker thread: never on the
-event loop), opens a connection outside a pool, and runs the checkout: the pools and
-`dsqlkit.sqlalchemy`'s engines all come here.
+The one place that mints a token for a new connection
+(in a worker thread, never on the event loop), opens a connection outside a pool and runs
+the checkout: the pools and `dsqlkit.sqlalchemy`'s engines all come here.
 """
 
 from __future__ import annotations
@@ -19,18 +19,19 @@ __all__ = ["checkout", "connection_kwargs", "open_connection"]
 
 
 async def connection_kwargs(connector: Connector, pool_name: str | None = None) -> dict[str, Any]:
-    """The keywords for the next physical connection, with a freshly minted token (and, when
-    telemetry is on, the connect's trace, which the connection class ends)."""
+    """The keywords for the next physical connection, with a freshly minted token and the
+    current address of a custom host name (and, when telemetry is on, the connect's trace,
+    which the connection class ends)."""
     kwargs = connector.static_kwargs()
     trace = connect_started(connector.endpoint, pool_name)  # None unless telemetry is on
-    if connector.target.minter is not None:
+    if connector.per_connection:
         try:
-            kwargs["password"] = await _aio.to_thread(connector.mint)
+            kwargs.update(await _aio.to_thread(connector.connection_secrets))
         except BaseException as exc:
             if trace is not None:
                 trace.failed(exc)
             raise
-        if trace is not None:
+        if trace is not None and connector.minter is not None:
             trace.signed()
     if trace is not None:
         kwargs[CONNECT_TRACE_KEY] = trace
