@@ -140,5 +140,5 @@ def demo(session: nox.Session) -> None:
 @nox.session
 def bench(session: nox.Session) -> None:
     """Run the benchmarks; numbers go to bench-results/ (JSON and markdown)."""
-    session.install("-e", ".[local,bench,sqlalchemy]")
+    session.install("-e", ".[local,bench,sqlalchemy,otel]")
     session.run("python", "benchmarks/run.py", *session.posargs)
