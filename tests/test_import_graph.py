@@ -23,10 +23,7 @@ PENDING_CYCLES: set[frozenset[str]] = {
         {"dsqlkit.testing._listener", "dsqlkit.testing._occ_guard", "dsqlkit.testing._session"}
     ),
 }
-PENDING_PRIVATE: set[tuple[str, str, str]] = {
-    # a public strip_async in the _sqlrules package (issue 20 item 6, branch `rules`).
-    ("dsqlkit._migrations", "dsqlkit._sqlrules", "_strip_async"),
-}
+PENDING_PRIVATE: set[tuple[str, str, str]] = set()
 
 
 def _module_name(path: Path) -> str:
