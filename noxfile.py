@@ -127,7 +127,7 @@ def lint(session: nox.Session) -> None:
 def typecheck(session: nox.Session) -> None:
     """mypy --strict over src/."""
     session.install(
-        "-e", ".[local,sqlalchemy,alembic]", "mypy>=1.13", "boto3-stubs[dsql]", "pytest"
+        "-e", ".[local,sqlalchemy,alembic,otel]", "mypy>=1.13", "boto3-stubs[dsql]", "pytest"
     )
     session.run("mypy")
 
@@ -149,5 +149,5 @@ def demo(session: nox.Session) -> None:
 @nox.session
 def bench(session: nox.Session) -> None:
     """Run the benchmarks; numbers go to bench-results/ (JSON and markdown)."""
-    session.install("-e", ".[local,bench,sqlalchemy]")
+    session.install("-e", ".[local,bench,sqlalchemy,otel]")
     session.run("python", "benchmarks/run.py", *session.posargs)

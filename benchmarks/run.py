@@ -34,6 +34,7 @@ import bench_repository
 import bench_retry
 import bench_sqlalchemy
 import bench_startup
+import bench_telemetry
 
 BENCHMARKS = {
     "endpoint": bench_endpoint.run,
@@ -42,6 +43,7 @@ BENCHMARKS = {
     "retry": bench_retry.run,
     "sqlalchemy": bench_sqlalchemy.run,
     "startup": bench_startup.run,
+    "telemetry": bench_telemetry.run,
 }
 #: Goal rows (and other selectable measures) and the group that measures them, in table order.
 ROWS = {
@@ -61,6 +63,14 @@ ROWS = {
     "startup-env": "startup",
     "startup-profile": "startup",
     "async-stall": "pool",
+    "otel-read": "telemetry",
+    "otel-read-cpu": "telemetry",
+    "otel-read-sdk": "telemetry",
+    "otel-occ": "telemetry",
+    "otel-occ-cpu": "telemetry",
+    "otel-occ-sdk": "telemetry",
+    "otel-retry-cpu": "telemetry",
+    "otel-retry-cpu-sdk": "telemetry",
 }
 DOCS_START = "<!-- bench:start (written by benchmarks/run.py --docs) -->"
 DOCS_END = "<!-- bench:end -->"

@@ -46,6 +46,7 @@ PAGES = {
     "repository.md": 2,
     "retry.md": 1,
     "sqlalchemy.md": 0,
+    "telemetry.md": 0,
     "testing.md": 1,
 }
 #: Pages whose blocks are pytest tests, run as one test module.

@@ -176,3 +176,19 @@ def test_notebook_runs_headless(tmp_path: Path) -> None:
     assert "<td>Lisbon</td><td>1000</td>" in html
     assert plain[-1] == "5000"  # the row count, the last value shown
     assert "X-Amz-Signature" not in "".join(plain) + html
+
+
+def test_telemetry_example_prints_the_retried_unit_and_the_metrics(tmp_path: Path) -> None:
+    pytest.importorskip("opentelemetry.sdk")
+    png = tmp_path / "trace.png"
+    args = [sys.executable, str(EXAMPLES / "telemetry_console.py")]
+    if importlib.util.find_spec("matplotlib") is not None:
+        args += ["--png", str(png)]
+    out = subprocess.run(args, capture_output=True, text=True, timeout=120, check=False)
+    assert out.returncode == 0, out.stderr
+    assert '"dsqlkit.unit.outcome": "committed"' in out.stdout
+    assert out.stdout.count('"name": "dsqlkit.attempt.failed"') == 2
+    for metric in ("dsqlkit.occ.conflicts", "db.client.connection.count", "dsqlkit.token.signs"):
+        assert f'"name": "{metric}"' in out.stdout
+    assert "X-Amz-Signature" not in out.stdout + out.stderr
+    assert png.exists() or "--png" not in args

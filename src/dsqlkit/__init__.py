@@ -6,6 +6,8 @@ The local DSQL endpoint for tests lives apart, in `dsqlkit.testing`.
 
 from __future__ import annotations
 
+import logging
+
 from ._bulk import BulkProgress, BulkResult
 from ._config import DsqlEndpoint, InsecureTLSWarning
 from ._connect_async import AsyncDsqlConnection
@@ -40,6 +42,9 @@ from ._sio import BlockingCallWarning
 from ._tokens import Boto3TokenProvider, EnvTokenProvider, TokenProvider
 from ._transaction import AsyncTransaction, Transaction, occ_retry, transactional
 from ._version import __version__
+
+# A library logs, the application decides where records go (nowhere, without a handler).
+logging.getLogger("dsqlkit").addHandler(logging.NullHandler())
 
 __all__ = [
     "AsyncDsqlConnection",

@@ -162,7 +162,9 @@ class ConnectAttempt:
             plan.failed_permanently(explained)
             raise explained
         if kind is not ConnectErrorKind.TRANSIENT:
-            plan.failed_permanently(exc)
+            plan.failed_permanently(exc)  # logged there, once
+        elif not plan.closing.is_set():
+            _logger.warning("connect failed after %d retries, giving up: %s", self.tries, exc)
         raise exc
 
 

@@ -17,6 +17,7 @@ from typing_extensions import Self
 
 from . import _aio
 from ._connect import CLOSING, PLAN_KEY, ConnectPlan, abandon_on
+from ._telemetry import CONNECT_TRACE_KEY, ConnectTrace
 
 __all__ = ["AsyncDsqlConnection"]
 
@@ -27,18 +28,33 @@ class AsyncDsqlConnection(psycopg.AsyncConnection[Row]):
     @classmethod
     async def connect(cls, conninfo: str = "", **kwargs: Any) -> Self:
         plan: ConnectPlan | None = kwargs.pop(PLAN_KEY, None)
+        trace: ConnectTrace | None = kwargs.pop(CONNECT_TRACE_KEY, None)
         if plan is None:
             return await super().connect(conninfo, **kwargs)
         attempt = plan.start()
         while True:
             if plan.closing.is_set():
-                raise psycopg.OperationalError("the pool was closed while connecting")
+                closed = psycopg.OperationalError("the pool was closed while connecting")
+                if trace is not None:
+                    trace.failed(closed)
+                raise closed
             serial = plan.connecting()
             token = CLOSING.set(plan.closing)
             try:
-                return await super().connect(conninfo, **kwargs)
+                conn = await super().connect(conninfo, **kwargs)
             except (psycopg.OperationalError, psycopg.ProgrammingError) as exc:
-                remint, delay = attempt.after_failure(exc)
+                try:
+                    remint, delay = attempt.after_failure(exc)
+                except BaseException:
+                    if trace is not None:
+                        trace.failed(exc)
+                    raise
+                if trace is not None:
+                    trace.retrying(exc, delay, remint)
+            else:
+                if trace is not None:
+                    trace.connected()
+                return conn
             finally:
                 CLOSING.reset(token)
                 plan.connected(serial)
@@ -46,7 +62,10 @@ class AsyncDsqlConnection(psycopg.AsyncConnection[Row]):
                 assert plan.mint is not None
                 kwargs["password"] = await _aio.to_thread(plan.mint)
             if await _aio.wait_flag(plan.closing, delay):
-                raise psycopg.OperationalError("the pool was closed while connecting")
+                closed = psycopg.OperationalError("the pool was closed while connecting")
+                if trace is not None:
+                    trace.failed(closed)
+                raise closed
 
     @classmethod
     def _connect_gen(cls, conninfo: str = "") -> Any:

@@ -18,6 +18,7 @@ from typing_extensions import Self
 
 from . import _sio
 from ._connect import CLOSING, PLAN_KEY, ConnectPlan, abandon_on
+from ._telemetry import CONNECT_TRACE_KEY, ConnectTrace
 
 __all__ = ["DsqlConnection"]
 
@@ -28,18 +29,33 @@ class DsqlConnection(psycopg.Connection[Row]):
     @classmethod
     def connect(cls, conninfo: str = "", **kwargs: Any) -> Self:
         plan: ConnectPlan | None = kwargs.pop(PLAN_KEY, None)
+        trace: ConnectTrace | None = kwargs.pop(CONNECT_TRACE_KEY, None)
         if plan is None:
             return super().connect(conninfo, **kwargs)
         attempt = plan.start()
         while True:
             if plan.closing.is_set():
-                raise psycopg.OperationalError("the pool was closed while connecting")
+                closed = psycopg.OperationalError("the pool was closed while connecting")
+                if trace is not None:
+                    trace.failed(closed)
+                raise closed
             serial = plan.connecting()
             token = CLOSING.set(plan.closing)
             try:
-                return super().connect(conninfo, **kwargs)
+                conn = super().connect(conninfo, **kwargs)
             except (psycopg.OperationalError, psycopg.ProgrammingError) as exc:
-                remint, delay = attempt.after_failure(exc)
+                try:
+                    remint, delay = attempt.after_failure(exc)
+                except BaseException:
+                    if trace is not None:
+                        trace.failed(exc)
+                    raise
+                if trace is not None:
+                    trace.retrying(exc, delay, remint)
+            else:
+                if trace is not None:
+                    trace.connected()
+                return conn
             finally:
                 CLOSING.reset(token)
                 plan.connected(serial)
@@ -47,7 +63,10 @@ class DsqlConnection(psycopg.Connection[Row]):
                 assert plan.mint is not None
                 kwargs["password"] = _sio.to_thread(plan.mint)
             if _sio.wait_flag(plan.closing, delay):
-                raise psycopg.OperationalError("the pool was closed while connecting")
+                closed = psycopg.OperationalError("the pool was closed while connecting")
+                if trace is not None:
+                    trace.failed(closed)
+                raise closed
 
     @classmethod
     def _connect_gen(cls, conninfo: str = "") -> Any:

@@ -14,16 +14,28 @@ from typing import Any
 from . import _sio
 from ._connect_sync import DsqlConnection
 from ._connector import Connector, Verdict
+from ._telemetry import CONNECT_TRACE_KEY, connect_started
 
 __all__ = ["checkout", "connection_kwargs", "open_connection"]
 
 
-def connection_kwargs(connector: Connector) -> dict[str, Any]:
-    """The keywords for the next physical connection, with a freshly minted token (and the
-    current address of a custom host name)."""
+def connection_kwargs(connector: Connector, pool_name: str | None = None) -> dict[str, Any]:
+    """The keywords for the next physical connection, with a freshly minted token and the
+    current address of a custom host name (and, when telemetry is on, the connect's trace,
+    which the connection class ends)."""
     kwargs = connector.static_kwargs()
+    trace = connect_started(connector.endpoint, pool_name)  # None unless telemetry is on
     if connector.per_connection:
-        kwargs.update(_sio.to_thread(connector.connection_secrets))
+        try:
+            kwargs.update(_sio.to_thread(connector.connection_secrets))
+        except BaseException as exc:
+            if trace is not None:
+                trace.failed(exc)
+            raise
+        if trace is not None and connector.minter is not None:
+            trace.signed()
+    if trace is not None:
+        kwargs[CONNECT_TRACE_KEY] = trace
     return kwargs
 
 

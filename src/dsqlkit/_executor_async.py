@@ -46,7 +46,6 @@ from ._query import control_message, control_refusal, refuse_awaitable
 from ._retry import (
     Attempt,
     RetryPolicy,
-    RetryRun,
     RetryStats,
     Scope,
     connection_lost,
@@ -54,6 +53,7 @@ from ._retry import (
     find_conflict,
     mark_commit_unknown,
 )
+from ._telemetry import STATE, unit_started
 from ._transaction_async import AsyncTransaction, guard_cursors
 
 __all__ = ["AsyncExecutor", "autocommit", "call_once", "rollback_quietly", "run_attempts"]
@@ -175,22 +175,41 @@ if hasattr(os, "register_at_fork"):
 
 
 async def run_attempts(
-    policy: RetryPolicy, stats: RetryStats, once: Callable[..., Any], scope: Scope, *args: Any
+    policy: RetryPolicy,
+    stats: RetryStats,
+    once: Callable[..., Any],
+    scope: Scope,
+    *args: Any,
+    pool: Any = None,
 ) -> Any:
     """The retry loop: ``once(attempt, *args)`` until it succeeds or the verdict on its
-    failure (`dsqlkit._retry.RetryRun.failed`, within ``scope``) stops it."""
-    run = RetryRun(policy, stats)
-    while True:
-        attempt = run.next_attempt()
-        try:
-            return await once(attempt, *args)
-        except BaseException as exc:
-            verdict = run.failed(exc, attempt, scope)
-            if verdict is None:
-                raise
-            if isinstance(verdict, BaseException):
-                raise verdict from exc
-        await _aio.sleep(verdict)
+    failure (`dsqlkit._retry.RetryRun.failed`, within ``scope``) stops it. ``pool`` (when
+    the unit runs on one) names the endpoint in the unit's telemetry."""
+    run = policy.start(stats)
+    unit = None  # telemetry (off: this comparison is all it costs)
+    if run.started >= STATE.gate:
+        unit = unit_started(pool, once, args, run.started)
+    try:
+        while True:
+            attempt = run.next_attempt()
+            try:
+                result = await once(attempt, *args)
+            except BaseException as exc:
+                verdict = run.failed(exc, attempt, scope)
+                if unit is not None:
+                    unit.failed(exc, attempt, verdict)
+                if verdict is None:
+                    raise
+                if isinstance(verdict, BaseException):
+                    raise verdict from exc
+            else:
+                if unit is not None:
+                    unit.succeeded(attempt)
+                return result
+            await _aio.sleep(verdict)
+    finally:
+        if unit is not None:
+            unit.end()
 
 
 async def call_once(attempt: Attempt, fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
@@ -238,9 +257,17 @@ class AsyncExecutor:
                 fn,
                 args,
                 kwargs,
+                pool=self.pool,
             )
         return await run_attempts(
-            self.policy, self.stats, self._transaction_once, Scope.UNIT, fn, args, kwargs
+            self.policy,
+            self.stats,
+            self._transaction_once,
+            Scope.UNIT,
+            fn,
+            args,
+            kwargs,
+            pool=self.pool,
         )
 
     async def _hot_transaction_once(
@@ -318,6 +345,7 @@ class AsyncExecutor:
                 row_factory,
                 take,
                 state,
+                pool=self.pool,
             )
         except BaseException as exc:
             lost = state.unsettled
@@ -396,7 +424,9 @@ class AsyncExecutor:
         if joined is not None:
             async with joined.connection.cursor() as cur:
                 return await run(cur)
-        return await run_attempts(self.policy, self.stats, self._write_once, Scope.UNIT, run)
+        return await run_attempts(
+            self.policy, self.stats, self._write_once, Scope.UNIT, run, pool=self.pool
+        )
 
     async def _write_once(self, attempt: Attempt, run: Callable[..., Any]) -> Any:
         async with self.pool.connection() as conn:

@@ -48,7 +48,6 @@ from ._query import control_message, control_refusal, refuse_awaitable
 from ._retry import (
     Attempt,
     RetryPolicy,
-    RetryRun,
     RetryStats,
     Scope,
     connection_lost,
@@ -56,6 +55,7 @@ from ._retry import (
     find_conflict,
     mark_commit_unknown,
 )
+from ._telemetry import STATE, unit_started
 from ._transaction_sync import Transaction, guard_cursors
 
 __all__ = ["Executor", "autocommit", "call_once", "rollback_quietly", "run_attempts"]
@@ -177,22 +177,41 @@ if hasattr(os, "register_at_fork"):
 
 
 def run_attempts(
-    policy: RetryPolicy, stats: RetryStats, once: Callable[..., Any], scope: Scope, *args: Any
+    policy: RetryPolicy,
+    stats: RetryStats,
+    once: Callable[..., Any],
+    scope: Scope,
+    *args: Any,
+    pool: Any = None,
 ) -> Any:
     """The retry loop: ``once(attempt, *args)`` until it succeeds or the verdict on its
-    failure (`dsqlkit._retry.RetryRun.failed`, within ``scope``) stops it."""
-    run = RetryRun(policy, stats)
-    while True:
-        attempt = run.next_attempt()
-        try:
-            return once(attempt, *args)
-        except BaseException as exc:
-            verdict = run.failed(exc, attempt, scope)
-            if verdict is None:
-                raise
-            if isinstance(verdict, BaseException):
-                raise verdict from exc
-        _sio.sleep(verdict)
+    failure (`dsqlkit._retry.RetryRun.failed`, within ``scope``) stops it. ``pool`` (when
+    the unit runs on one) names the endpoint in the unit's telemetry."""
+    run = policy.start(stats)
+    unit = None  # telemetry (off: this comparison is all it costs)
+    if run.started >= STATE.gate:
+        unit = unit_started(pool, once, args, run.started)
+    try:
+        while True:
+            attempt = run.next_attempt()
+            try:
+                result = once(attempt, *args)
+            except BaseException as exc:
+                verdict = run.failed(exc, attempt, scope)
+                if unit is not None:
+                    unit.failed(exc, attempt, verdict)
+                if verdict is None:
+                    raise
+                if isinstance(verdict, BaseException):
+                    raise verdict from exc
+            else:
+                if unit is not None:
+                    unit.succeeded(attempt)
+                return result
+            _sio.sleep(verdict)
+    finally:
+        if unit is not None:
+            unit.end()
 
 
 def call_once(attempt: Attempt, fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
@@ -240,9 +259,17 @@ class Executor:
                 fn,
                 args,
                 kwargs,
+                pool=self.pool,
             )
         return run_attempts(
-            self.policy, self.stats, self._transaction_once, Scope.UNIT, fn, args, kwargs
+            self.policy,
+            self.stats,
+            self._transaction_once,
+            Scope.UNIT,
+            fn,
+            args,
+            kwargs,
+            pool=self.pool,
         )
 
     def _hot_transaction_once(
@@ -318,6 +345,7 @@ class Executor:
                 row_factory,
                 take,
                 state,
+                pool=self.pool,
             )
         except BaseException as exc:
             lost = state.unsettled
@@ -396,7 +424,9 @@ class Executor:
         if joined is not None:
             with joined.connection.cursor() as cur:
                 return run(cur)
-        return run_attempts(self.policy, self.stats, self._write_once, Scope.UNIT, run)
+        return run_attempts(
+            self.policy, self.stats, self._write_once, Scope.UNIT, run, pool=self.pool
+        )
 
     def _write_once(self, attempt: Attempt, run: Callable[..., Any]) -> Any:
         with self.pool.connection() as conn:

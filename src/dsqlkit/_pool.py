@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import weakref
 from collections.abc import Callable, Mapping
 from typing import Any, TypedDict
 
@@ -33,6 +34,7 @@ from ._connect import with_plan_support
 from ._connector import MAX_CLUSTER_CONNECTIONS, Connector, DsqlOptions, check_seconds
 from ._errors import ConfigurationError
 from ._retry import RetryStats
+from ._telemetry import register_pool
 
 __all__ = ["AllOptions", "DsqlOptions", "DsqlPoolMixin", "PoolArguments", "PoolOptions"]
 
@@ -100,6 +102,9 @@ class DsqlPoolMixin(BasePool):
             endpoint, options=dsql, max_lifetime=max_lifetime, timeout=timeout, user_kwargs=kwargs
         )
         self._core.watch_fork()
+        _pools.add(self)
+        register_pool(self)
+        _install_log_filter()
         return {
             "connection_class": with_plan_support(connection_class, plan_base),
             "max_lifetime": max_lifetime,
@@ -159,6 +164,30 @@ class DsqlPoolMixin(BasePool):
             return f"<{type(self).__name__} (not constructed)>"
         state = "closed" if self.closed else "open"
         return f"<{type(self).__name__} {self.name!r} {core.describe()} {state}>"
+
+
+#: dsqlkit's pools (their names, for `_OneConnectWarning`).
+_pools: weakref.WeakSet[Any] = weakref.WeakSet()
+_PSYCOPG_POOL_CONNECT_ERROR = "error connecting in %r: %s"
+_log_filter_installed = False
+
+
+class _OneConnectWarning(logging.Filter):
+    """Drop psycopg_pool's "error connecting in <pool>" warning for dsqlkit's pools: dsqlkit
+    has logged that failure already (once, with what it means), so it is not logged twice."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg != _PSYCOPG_POOL_CONNECT_ERROR or not isinstance(record.args, tuple):
+            return True
+        name = record.args[0] if record.args else None
+        return not any(pool.name == name for pool in list(_pools))
+
+
+def _install_log_filter() -> None:
+    global _log_filter_installed
+    if not _log_filter_installed:
+        logging.getLogger("psycopg.pool").addFilter(_OneConnectWarning())
+        _log_filter_installed = True
 
 
 class AllOptions(DsqlOptions, PoolOptions, total=False):

@@ -25,6 +25,7 @@ from ._connect_async import AsyncDsqlConnection
 from ._connector import Verdict, check_timeout
 from ._connector_async import checkout, connection_kwargs
 from ._pool import DEFAULT_MAX_LIFETIME, AllOptions, DsqlPoolMixin
+from ._telemetry import checked_in, checked_out, metrics_on, pool_timed_out
 
 __all__ = ["AsyncDsqlConnectionPool"]
 
@@ -119,7 +120,7 @@ class AsyncDsqlConnectionPool(DsqlPoolMixin, AsyncConnectionPool[ACT], Generic[A
         )
 
     async def _connect_kwargs(self) -> dict[str, Any]:
-        return await connection_kwargs(self._core)
+        return await connection_kwargs(self._core, self.name)
 
     async def _configure_new(self, conn: ACT) -> None:
         self._core.connection_created(conn)
@@ -191,10 +192,13 @@ class AsyncDsqlConnectionPool(DsqlPoolMixin, AsyncConnectionPool[ACT], Generic[A
             try:
                 conn = await super().getconn(max(deadline - time.monotonic(), 0.0))
             except PoolTimeout:
+                pool_timed_out(self.name)
                 error = core.permanent_error or core.last_error
                 raise core.timeout_error(time.monotonic() - started) from error
             try:
                 if await checkout(core, conn, self.check_connection) is Verdict.OK:
+                    if metrics_on():
+                        checked_out(self.name, conn, time.monotonic() - started)
                     return conn
                 await conn.close()
             except BaseException:
@@ -226,6 +230,7 @@ class AsyncDsqlConnectionPool(DsqlPoolMixin, AsyncConnectionPool[ACT], Generic[A
     async def putconn(self, conn: ACT) -> None:
         try:
             self._core.connection_returned(conn)
+            checked_in(self.name, conn)
         finally:
             await super().putconn(conn)
 

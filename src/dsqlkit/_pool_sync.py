@@ -27,6 +27,7 @@ from ._connect_sync import DsqlConnection
 from ._connector import Verdict, check_timeout
 from ._connector_sync import checkout, connection_kwargs
 from ._pool import DEFAULT_MAX_LIFETIME, AllOptions, DsqlPoolMixin
+from ._telemetry import checked_in, checked_out, metrics_on, pool_timed_out
 
 __all__ = ["DsqlConnectionPool"]
 
@@ -121,7 +122,7 @@ class DsqlConnectionPool(DsqlPoolMixin, ConnectionPool[CT], Generic[CT]):
         )
 
     def _connect_kwargs(self) -> dict[str, Any]:
-        return connection_kwargs(self._core)
+        return connection_kwargs(self._core, self.name)
 
     def _configure_new(self, conn: CT) -> None:
         self._core.connection_created(conn)
@@ -193,10 +194,13 @@ class DsqlConnectionPool(DsqlPoolMixin, ConnectionPool[CT], Generic[CT]):
             try:
                 conn = super().getconn(max(deadline - time.monotonic(), 0.0))
             except PoolTimeout:
+                pool_timed_out(self.name)
                 error = core.permanent_error or core.last_error
                 raise core.timeout_error(time.monotonic() - started) from error
             try:
                 if checkout(core, conn, self.check_connection) is Verdict.OK:
+                    if metrics_on():
+                        checked_out(self.name, conn, time.monotonic() - started)
                     return conn
                 conn.close()
             except BaseException:
@@ -228,6 +232,7 @@ class DsqlConnectionPool(DsqlPoolMixin, ConnectionPool[CT], Generic[CT]):
     def putconn(self, conn: CT) -> None:
         try:
             self._core.connection_returned(conn)
+            checked_in(self.name, conn)
         finally:
             super().putconn(conn)
 

@@ -44,6 +44,7 @@ from ._query import (
 from ._repository import RepositoryBase, check_ping_timeout, check_pool, unavailable
 from ._results import Ping, Rows
 from ._retry import PolicyOptions, RetryPolicy
+from ._telemetry import span
 from ._transaction_async import take_one, take_rows
 
 __all__ = ["AsyncRepository"]
@@ -250,8 +251,9 @@ class AsyncRepository(RepositoryBase):
                 with state.settling(chunk) as outcome:
                     outcome.written = int(await self.transaction(write, load, *chunk))
 
-        await _aio.run_workers(work, state.workers)
-        return state.finish()
+        with span("bulk load", self.pool, bulk_rows=state.todo_rows, bulk_chunks=state.chunks):
+            await _aio.run_workers(work, state.workers)
+            return state.finish()
 
     # -- health and lifecycle ----------------------------------------------------------------
 

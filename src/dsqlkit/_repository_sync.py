@@ -46,6 +46,7 @@ from ._query import (
 from ._repository import RepositoryBase, check_ping_timeout, check_pool, unavailable
 from ._results import Ping, Rows
 from ._retry import PolicyOptions, RetryPolicy
+from ._telemetry import span
 from ._transaction_sync import take_one, take_rows
 
 __all__ = ["Repository"]
@@ -252,8 +253,9 @@ class Repository(RepositoryBase):
                 with state.settling(chunk) as outcome:
                     outcome.written = int(self.transaction(write, load, *chunk))
 
-        _sio.run_workers(work, state.workers)
-        return state.finish()
+        with span("bulk load", self.pool, bulk_rows=state.todo_rows, bulk_chunks=state.chunks):
+            _sio.run_workers(work, state.workers)
+            return state.finish()
 
     # -- health and lifecycle ----------------------------------------------------------------
 

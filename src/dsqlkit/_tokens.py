@@ -30,6 +30,7 @@ from urllib.parse import quote
 
 from ._errors import ConfigurationError, TokenError
 from ._stats import Counters
+from ._telemetry import token_signed
 
 if TYPE_CHECKING:
     import boto3
@@ -478,10 +479,12 @@ class TokenMinter:
             token = self.provider(host=self.host, region=self.region, user=self.user)
         except Exception:
             self.stats.add("tokens_failed")
+            token_signed(time.perf_counter() - start, self.region, False)
             raise
         elapsed = time.perf_counter() - start
         self.stats.add("tokens_minted")
         self.stats.add("tokens_mint_us", round(elapsed * 1e6))
+        token_signed(elapsed, self.region, True)
         _logger.debug("minted a token for %s in %s (%.3f s)", self.user, self.region, elapsed)
         return token
 

@@ -17,6 +17,7 @@ from psycopg import sql
 from .._errors import LintFailed, MigrationError, MigrationFailed
 from .._jobs import JOBS_QUERY, wait_for_job
 from .._lease import LeaseLock
+from .._telemetry import span
 from ._files import Migration, Statement, load_directory
 from ._lint import LintIssue, lint
 
@@ -263,7 +264,9 @@ class Migrator:
                     )
         for migration in pending:
             started = time.perf_counter()
-            self._apply_file(migration, partial.get(migration.key, {}))
+            with span("migration", self.repo.pool, migration_version=migration.key,
+                      migration_file=migration.path.name):  # fmt: skip
+                self._apply_file(migration, partial.get(migration.key, {}))
             report.applied.append((migration, time.perf_counter() - started))
         return report
 
@@ -274,7 +277,10 @@ class Migrator:
         _logger.info("applying %s", migration.path.name)
         for unit in migration.statements:
             try:
-                self._run(migration, unit, progress)
+                with span("migration step", self.repo.pool, migration_version=migration.key,
+                          migration_file=migration.path.name, migration_statement=unit.number,
+                          migration_kind=unit.kind):  # fmt: skip
+                    self._run(migration, unit, progress)
             except MigrationError:
                 raise
             except psycopg.Error as exc:

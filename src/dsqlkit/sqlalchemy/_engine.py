@@ -38,6 +38,7 @@ from .._connector import (
     check_timeout,
 )
 from .._errors import ConfigurationError
+from .._telemetry import checked_in, checked_out, metrics_on, register_engine
 from ._dialect import register
 from ._schema import commit_each_ddl
 
@@ -321,6 +322,9 @@ def _check_pool_options(options: Mapping[str, Any]) -> None:
 def _install_checks(engine: Engine, core: Connector) -> None:
     """Attach ``core`` to the engine's dialect and dsqlkit's checks to its pool."""
     engine.dialect.dsqlkit_core = core  # type: ignore[attr-defined]
+    endpoint = core.endpoint
+    name = f"{endpoint.host}:{endpoint.port}/{endpoint.dbname}"  # the pool name in metrics
+    register_engine(engine, name)
     dialect = engine.dialect
     commit_each_ddl(engine)
 
@@ -336,11 +340,15 @@ def _install_checks(engine: Engine, core: Connector) -> None:
         if verdict is not Verdict.OK:
             reason = "past its lifetime" if verdict is Verdict.EXPIRED else "closed while idle"
             raise sa_exc.DisconnectionError(f"dsqlkit: connection {reason}; replacing it")
+        if metrics_on():
+            checked_out(name, conn, None)
 
     @event.listens_for(engine, "checkin")
     def _checkin(dbapi_connection: Any, record: Any) -> None:
         if dbapi_connection is not None:
-            core.connection_returned(_driver(dbapi_connection))
+            conn = _driver(dbapi_connection)
+            core.connection_returned(conn)
+            checked_in(name, conn)
 
 
 def _driver(dbapi_connection: Any) -> Any:
