@@ -3,16 +3,14 @@
 It runs apart from the test process so that its TLS handshakes and relaying never hold the
 test's GIL or stall the test's event loop (the pool benchmarks measure exactly that).
 
-Protocol with `dsqlkit.testing.LocalDsql`, one JSON object per line:
-stdin receives the configuration, then requests ``{"op": ..., ...}``; stdout answers
-``{"ok": true, ...}`` or ``{"ok": false, "error": ...}``. End of stdin (the parent exited or was
-killed) shuts everything down: sessions, PostgreSQL, and the work directory.
+It talks with `dsqlkit.testing.LocalDsql` over stdin and stdout in the control protocol of
+`._control`. End of stdin (the parent exited or was killed) shuts everything down: sessions,
+PostgreSQL, and the work directory.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import shutil
 import ssl
@@ -22,8 +20,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from . import _control as control
+from ._context import EndpointConfig
+from ._control import Op
 from ._faults import CommitFault
-from ._listener import Endpoint, EndpointConfig
+from ._listener import Endpoint
 from ._postgres import EmbeddedPostgres
 from ._sigv4 import Credentials
 
@@ -79,19 +80,18 @@ class Controller:
     def __init__(self, endpoint: Endpoint) -> None:
         self.endpoint = endpoint
 
-    async def handle(self, request: dict[str, Any]) -> dict[str, Any]:
-        op = request.get("op")
+    async def handle(self, op: Op, request: dict[str, Any]) -> dict[str, Any]:
         endpoint = self.endpoint
         faults = endpoint.faults
-        if op == "counters":
+        if op is Op.COUNTERS:
             return {"counters": endpoint.counters.snapshot(len(endpoint.sessions))}
-        if op == "drop_connections":
+        if op is Op.DROP_CONNECTIONS:
             return {"dropped": await endpoint.drop_all()}
-        if op == "refuse_connections":
+        if op is Op.REFUSE_CONNECTIONS:
             faults.refuse_until = time.monotonic() + float(request["seconds"])
             faults.refuse_code = str(request["code"])
             return {}
-        if op == "commit_fault":
+        if op is Op.COMMIT_FAULT:
             faults.commit_faults.append(
                 CommitFault(
                     action=request["action"],
@@ -101,18 +101,18 @@ class Controller:
                 )
             )
             return {}
-        if op == "add_identity":
+        if op is Op.ADD_IDENTITY:
             endpoint.add_identity(
                 Credentials(request["access_key_id"], request["secret"], request["arn"])
             )
             return {}
-        if op == "set_max_connection_age":
+        if op is Op.SET_MAX_CONNECTION_AGE:
             endpoint.config.max_connection_age = float(request["seconds"])
             return {}
-        if op == "set_transaction_age_limit":
+        if op is Op.SET_TRANSACTION_AGE_LIMIT:
             endpoint.config.transaction_age_limit = float(request["seconds"])
             return {}
-        if op == "reset":
+        if op is Op.RESET:
             faults.reset()
             endpoint.config.max_connection_age = float(request["max_connection_age"])
             endpoint.config.transaction_age_limit = float(request["transaction_age_limit"])
@@ -148,34 +148,33 @@ async def serve(
         )
         port = await endpoint.start(int(config.get("port", 0)))
         _reply(
-            {
-                "ok": True,
-                "port": port,
-                "ca_file": str(workdir / "ca.pem"),
-                "backend_port": server.port,
-                "backend_socket_dir": str(server.socket_dir),
-                "postgres_pid": server.pid,
-            }
+            control.answer(
+                port=port,
+                ca_file=str(workdir / "ca.pem"),
+                backend_port=server.port,
+                backend_socket_dir=str(server.socket_dir),
+                postgres_pid=server.pid,
+            )
         )
         controller = Controller(endpoint)
         while (line := await lines.get()) is not None:
-            request = json.loads(line)
-            if request.get("op") == "shutdown":
-                break
             try:
-                _reply({"ok": True, **(await controller.handle(request))})
+                op, request = control.read_request(line)
+                if op is Op.SHUTDOWN:
+                    break
+                _reply(control.answer(**(await controller.handle(op, request))))
             except Exception as exc:
-                _reply({"ok": False, "error": f"{type(exc).__name__}: {exc}"})
+                _reply(control.failure(exc))
     except Exception as exc:
         _logger.exception("local endpoint failed")
-        _reply({"ok": False, "error": f"{type(exc).__name__}: {exc}"})
+        _reply(control.failure(exc))
     finally:
         if endpoint is not None:
             await endpoint.close()
 
 
-def _reply(message: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(message) + "\n")
+def _reply(line: str) -> None:
+    sys.stdout.write(line)
     sys.stdout.flush()
 
 
@@ -186,7 +185,7 @@ def _read_stdin(loop: asyncio.AbstractEventLoop, lines: asyncio.Queue[str | None
 
 
 async def _main() -> None:
-    config = json.loads(sys.stdin.readline())
+    config = control.read_configuration(sys.stdin.readline())
     workdir = Path(config["workdir"])
     logging.basicConfig(
         filename=str(workdir / "endpoint.log"),
@@ -206,7 +205,7 @@ async def _main() -> None:
         await serve(config, server, lines)
     except Exception as exc:
         _logger.exception("local endpoint failed to start")
-        _reply({"ok": False, "error": f"{type(exc).__name__}: {exc}"})
+        _reply(control.failure(exc))
     finally:
         server.stop()
         if config.get("remove_workdir", True):

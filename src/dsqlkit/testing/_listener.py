@@ -6,7 +6,8 @@ with an IAM token. The token must be signed by credentials the endpoint trusts, 
 Region and action (``DbConnectAdmin`` for ``admin``, ``DbConnect`` otherwise), and, for a
 custom role, by an IAM identity mapped to that role with ``AWS IAM GRANT`` (unless the
 endpoint is lenient and the signer is its default identity). Then the session opens its own
-backend connection over the embedded server's Unix socket and relays (`._session`).
+backend connection over the embedded server's Unix socket and relays (`._relay`, with the
+statement policy of `._policy`). Sessions see only the endpoint's `SessionContext`.
 """
 
 from __future__ import annotations
@@ -17,14 +18,13 @@ import logging
 import socket
 import ssl
 import time
-from collections import Counter
-from dataclasses import dataclass, field
-from typing import Any
 
-from .._sqlrules import classify
 from . import _wire as wire
-from ._faults import REFUSAL_MESSAGES, Faults
-from ._session import CHUNK, Session, parameter_status
+from ._context import EndpointConfig, SessionContext
+from ._faults import REFUSAL_MESSAGES
+from ._policy import new_session
+from ._relay import CHUNK, Relay
+from ._rewrite import parameter_status
 from ._sigv4 import Credentials, TokenRejected, verify_token
 
 _logger = logging.getLogger("dsqlkit.testing")
@@ -32,57 +32,16 @@ _logger = logging.getLogger("dsqlkit.testing")
 HANDSHAKE_TIMEOUT = 10.0
 
 
-@dataclass
-class EndpointConfig:
-    host: str
-    region: str
-    #: Trusted signing credentials by access key id, each with its IAM identity (ARN).
-    credentials: dict[str, Credentials]
-    backend_socket: str
-    max_connection_age: float = 3600.0
-    #: Apply DSQL's SQL and transaction rules (off: a plain PostgreSQL relay behind TLS+IAM).
-    dsql_rules: bool = True
-    transaction_age_limit: float = 300.0
-    #: The access key of the test's own identity: with ``strict_iam`` off it may connect as
-    #: any role without an ``AWS IAM GRANT`` (the compatible default).
-    default_access_key: str = ""
-    strict_iam: bool = False
-
-
-@dataclass
-class Counters:
-    """What tests can read about the endpoint's life; reset never clears them."""
-
-    connections_accepted: int = 0
-    connections_authenticated: int = 0
-    connections_closed_for_age: int = 0
-    connections_dropped: int = 0
-    plaintext_refused: int = 0
-    tls_failures: int = 0
-    commit_conflicts_injected: int = 0
-    commit_drops: int = 0
-    statements_refused: int = 0
-    conflicts_deferred: int = 0
-    auth_failures: Counter[str] = field(default_factory=Counter)
-    refused: Counter[str] = field(default_factory=Counter)
-
-    def snapshot(self, active: int) -> dict[str, Any]:
-        data: dict[str, Any] = {k: v for k, v in vars(self).items() if not isinstance(v, Counter)}
-        data["auth_failures"] = dict(self.auth_failures)
-        data["refused"] = dict(self.refused)
-        data["active_connections"] = active
-        return data
-
-
 class Endpoint:
     """Listens on 127.0.0.1 and serves one `Session` per client connection."""
 
     def __init__(self, config: EndpointConfig, tls: ssl.SSLContext) -> None:
+        self.context = SessionContext(config)
         self.config = config
         self.tls = tls
-        self.counters = Counters()
-        self.faults = Faults()
-        self.sessions: set[Session] = set()
+        self.counters = self.context.counters
+        self.faults = self.context.faults
+        self.sessions: set[Relay] = set()
         self.port = 0
         self._listener: socket.socket | None = None
         self._accept_task: asyncio.Task[None] | None = None
@@ -125,7 +84,7 @@ class Endpoint:
         if streams is None:
             sock.close()
             return
-        session = Session(self, *streams, accepted_at=accepted_at)
+        session = new_session(self.context, *streams, accepted_at=accepted_at)
         self.sessions.add(session)
         try:
             session.start_age_timer()
@@ -211,12 +170,6 @@ class Endpoint:
         await writer.drain()
         writer.close()
 
-    @staticmethod
-    def is_commit(sql: str) -> bool:
-        """Whether ``sql`` is exactly one COMMIT/END statement (the shared, cached parse)."""
-        statements = classify(sql)
-        return len(statements) == 1 and statements[0].kind == "commit"
-
     async def drop_all(self) -> int:
         """Drop every client connection; return once their sockets are really closed."""
         sessions = list(self.sessions)
@@ -246,7 +199,7 @@ class Endpoint:
 class Startup:
     """The startup conversation of one session, up to its first ReadyForQuery."""
 
-    def __init__(self, endpoint: Endpoint, session: Session) -> None:
+    def __init__(self, endpoint: Endpoint, session: Relay) -> None:
         self.endpoint = endpoint
         self.session = session
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import secrets
@@ -19,6 +18,8 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
 from .._errors import ConfigurationError
+from . import _control as control
+from ._control import Op
 from ._errors import LocalEndpointError
 
 if TYPE_CHECKING:
@@ -168,7 +169,7 @@ class LocalDsql:
                 bufsize=1,
             )
         try:
-            info = self._request(config, timeout=self.startup_timeout)
+            info = self._send(control.configuration(config), timeout=self.startup_timeout)
         except BaseException:
             self.close()
             raise
@@ -183,7 +184,7 @@ class LocalDsql:
             # Separate guards: if the endpoint is already dead the write fails (broken pipe), and
             # the close must still happen, or the unsent line is flushed again, noisily, at GC.
             with contextlib.suppress(OSError, ValueError):
-                process.stdin.write(json.dumps({"op": "shutdown"}) + "\n")
+                process.stdin.write(control.request(Op.SHUTDOWN))
             with contextlib.suppress(OSError, ValueError):
                 process.stdin.close()
             try:
@@ -261,9 +262,7 @@ class LocalDsql:
             key = "AKIA" + _random(string.ascii_uppercase + string.digits, 16)
             secret = _random(string.ascii_letters + string.digits + "/+", 40)
             if self._process is not None:
-                self._request(
-                    {"op": "add_identity", "access_key_id": key, "secret": secret, "arn": arn}
-                )
+                self._request(Op.ADD_IDENTITY, access_key_id=key, secret=secret, arn=arn)
             self._identities[arn] = (key, secret)
         if arn not in self._sessions:
             key, secret = self._identities[arn]
@@ -395,13 +394,13 @@ class LocalDsql:
 
     def drop_connections(self) -> int:
         """Drop every open client connection now (as a network failure would)."""
-        return int(self._request({"op": "drop_connections"})["dropped"])
+        return int(self._request(Op.DROP_CONNECTIONS)["dropped"])
 
     def refuse_connections(self, seconds: float, code: RefusalCode = "53300") -> None:
         """Refuse new connections for ``seconds`` with DSQL's 53300 or 53400 error."""
         if code not in ("53300", "53400"):
             raise ConfigurationError(f"code must be '53300' or '53400', not {code!r}")
-        self._request({"op": "refuse_connections", "seconds": seconds, "code": code})
+        self._request(Op.REFUSE_CONNECTIONS, seconds=seconds, code=code)
 
     def fail_next_commits(
         self, count: int = 1, code: ConflictCode = "OC000", *, backend_pid: int | None = None
@@ -431,36 +430,34 @@ class LocalDsql:
     def _commit_fault(self, action: str, count: int, **options: Any) -> None:
         if count < 1:
             raise ConfigurationError("count must be at least 1")
-        self._request({"op": "commit_fault", "action": action, "count": count, **options})
+        self._request(Op.COMMIT_FAULT, action=action, count=count, **options)
 
     def set_max_connection_age(self, seconds: float) -> None:
         """Change the age limit for connections accepted from now on."""
         if seconds <= 0:
             raise ConfigurationError("max_connection_age must be a positive number of seconds")
-        self._request({"op": "set_max_connection_age", "seconds": seconds})
+        self._request(Op.SET_MAX_CONNECTION_AGE, seconds=seconds)
 
     def set_transaction_age_limit(self, seconds: float) -> None:
         """Change the transaction age limit (DSQL: 300 s); open transactions are checked
         against the new value at their next statement."""
         if seconds <= 0:
             raise ConfigurationError("transaction_age_limit must be a positive number of seconds")
-        self._request({"op": "set_transaction_age_limit", "seconds": seconds})
+        self._request(Op.SET_TRANSACTION_AGE_LIMIT, seconds=seconds)
 
     def reset(self) -> None:
         """Clear armed faults and restore the configured age limits (counters are kept)."""
         self._request(
-            {
-                "op": "reset",
-                "max_connection_age": self.max_connection_age,
-                "transaction_age_limit": self.transaction_age_limit,
-            }
+            Op.RESET,
+            max_connection_age=self.max_connection_age,
+            transaction_age_limit=self.transaction_age_limit,
         )
 
     def counters(self) -> dict[str, Any]:
         """Connections accepted and authenticated, authentication failures by reason,
         connections closed for age or dropped, refused connects by SQLSTATE, faults fired,
         statements refused by the DSQL rules and conflicts deferred to COMMIT."""
-        counters: dict[str, Any] = self._request({"op": "counters"})["counters"]
+        counters: dict[str, Any] = self._request(Op.COUNTERS)["counters"]
         return counters
 
     # -- plumbing --------------------------------------------------------------------------
@@ -470,13 +467,16 @@ class LocalDsql:
             raise LocalEndpointError("the local endpoint is not running: call start() first")
         return self._info
 
-    def _request(self, message: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:
+    def _request(self, op: Op, timeout: float = 30.0, **fields: Any) -> dict[str, Any]:
+        return self._send(control.request(op, **fields), timeout)
+
+    def _send(self, line: str, timeout: float = 30.0) -> dict[str, Any]:
         process = self._process
         if process is None or process.stdin is None or process.stdout is None:
             raise LocalEndpointError("the local endpoint is not running: call start() first")
         with self._lock:
             try:
-                process.stdin.write(json.dumps(message) + "\n")
+                process.stdin.write(line)
                 process.stdin.flush()
             except OSError as exc:
                 raise LocalEndpointError(f"the local endpoint is gone: {exc}") from None
@@ -485,10 +485,7 @@ class LocalDsql:
             raise LocalEndpointError(
                 f"the local endpoint exited ({process.poll()}): {self._stderr_tail()}"
             )
-        reply: dict[str, Any] = json.loads(line)
-        if not reply.pop("ok", False):
-            raise LocalEndpointError(f"local endpoint: {reply.get('error')}")
-        return reply
+        return control.read_answer(line)
 
     def _stderr_tail(self) -> str:
         if self.workdir is None:
