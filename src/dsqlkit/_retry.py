@@ -9,6 +9,9 @@ again. Whether an attempt may run again is decided in one place, `judge`, by ask
 the failed attempt can have written anything:
 
 - 40001 anywhere in the error's ``__cause__`` chain: DSQL wrote nothing, retry;
+- ``server unavailable`` (SQLSTATE XX000, DSQL's troubleshooting page, 2026-09-08) before
+  COMMIT (or an autocommit write) was sent, or in a ``READ ONLY`` transaction: retry the whole
+  transaction; met by COMMIT or an autocommit write: it may have committed, outcome unknown;
 - a connection lost in a ``READ ONLY`` transaction, or before COMMIT (or an autocommit
   write) was sent: nothing was written, retry on a new connection;
 - a connection lost, or a cancellation landing, while COMMIT (or an autocommit write) was in
@@ -66,6 +69,34 @@ def find_conflict(exc: BaseException | None) -> psycopg.Error | None:
         seen.add(id(exc))
         if isinstance(exc, psycopg.Error) and exc.sqlstate == "40001":
             return exc
+        exc = exc.__cause__
+    return None
+
+
+#: DSQL's transient internal error: "ERROR: server unavailable", SQLSTATE XX000 (the user
+#: guide's troubleshooting page, 2026-09-08: retry the whole transaction; a COMMIT that met it
+#: may or may not have committed).
+UNAVAILABLE_SQLSTATE = "XX000"
+UNAVAILABLE_MESSAGE = "server unavailable"
+
+
+def find_unavailable(exc: BaseException | None) -> psycopg.Error | None:
+    """The first DSQL ``server unavailable`` error (XX000) in ``exc``, its ``orig`` (SQLAlchemy
+    wraps the driver's error there) or its ``__cause__`` chain, if any.
+
+    Only this message counts: XX000 is PostgreSQL's generic internal error, and any other
+    internal error is not one DSQL says to retry.
+    """
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        error = getattr(exc, "orig", exc)
+        if (
+            isinstance(error, psycopg.Error)
+            and error.sqlstate == UNAVAILABLE_SQLSTATE
+            and UNAVAILABLE_MESSAGE in (error.diag.message_primary or "").lower()
+        ):
+            return error
         exc = exc.__cause__
     return None
 
@@ -139,11 +170,25 @@ class Attempt:
 
 def judge(exc: BaseException, attempt: Attempt, conflict: Any = _UNSET) -> Outcome:
     """The verdict on an attempt that raised ``exc`` (pure: looks at the error and state);
-    ``conflict`` is ``find_conflict(exc)`` when the caller has it already."""
+    ``conflict`` is ``find_conflict(exc)`` when the caller has it already.
+
+    - `RETRY`: a conflict (40001); or the connection lost, or DSQL's ``server unavailable``
+      (XX000), while nothing that can commit was in flight (before COMMIT, before an
+      autocommit write, or in a ``READ ONLY`` transaction): nothing was written.
+    - `UNKNOWN`: the connection lost, or ``server unavailable``, while COMMIT or an
+      autocommit write was in flight: it may have committed (DSQL's troubleshooting page
+      says so of ``server unavailable`` at COMMIT).
+    - `INTERRUPTED`: a cancellation, timeout or interrupt landed during COMMIT.
+    - `FAIL`: anything else.
+    """
     if (find_conflict(exc) if conflict is _UNSET else conflict) is not None:
         return Outcome.RETRY
     conn = attempt.connection
     error = getattr(exc, "orig", exc)  # SQLAlchemy wraps the driver's error (in .orig)
+    if isinstance(error, psycopg.Error) and find_unavailable(exc) is not None:
+        if attempt.read_only or not attempt.writing:
+            return Outcome.RETRY
+        return Outcome.UNKNOWN
     lost = isinstance(error, psycopg.OperationalError) and conn is not None
     lost = lost and bool(conn.broken or conn.closed)
     if lost:
@@ -157,6 +202,7 @@ def judge(exc: BaseException, attempt: Attempt, conflict: Any = _UNSET) -> Outco
 
 _REASON_KEYS = {
     "disconnect": "occ_disconnects_retried",
+    "XX000": "occ_unavailable_retried",
     "OC000": "occ_conflicts_oc000",
     "OC001": "occ_conflicts_oc001",
     "40001": "occ_conflicts_40001",
@@ -165,7 +211,9 @@ _REASON_KEYS = {
 
 def retry_reason(exc: BaseException) -> str:
     conflict = find_conflict(exc)
-    return conflict_code(conflict) if conflict is not None else "disconnect"
+    if conflict is not None:
+        return conflict_code(conflict)
+    return "XX000" if find_unavailable(exc) is not None else "disconnect"
 
 
 @dataclass(frozen=True)
@@ -174,14 +222,16 @@ class RetryEvent:
 
     Attributes:
         attempt: the attempt that just failed (1 for the first).
-        code: ``OC000``, ``OC001``, ``40001`` (a conflict without a DSQL code) or ``disconnect``.
+        code: ``OC000``, ``OC001``, ``40001`` (a conflict without a DSQL code), ``XX000``
+            (DSQL's ``server unavailable``) or ``disconnect``.
         delay: seconds until the next attempt.
         error: the error that failed the attempt.
     """
 
     #: The attempt that just failed (1 for the first).
     attempt: int
-    #: ``OC000``, ``OC001``, ``40001`` (a conflict without a DSQL code), or ``disconnect``.
+    #: ``OC000``, ``OC001``, ``40001`` (a conflict without a DSQL code), ``XX000`` (DSQL's
+    #: ``server unavailable``), or ``disconnect``.
     code: str
     #: Seconds until the next attempt.
     delay: float
@@ -192,7 +242,8 @@ class RetryEvent:
 class RetryStats(Counters):
     """Counters of a pool's (or one decorated function's) units of work, as ``occ_*`` keys.
 
-    ``occ_attempts``, ``occ_retries``, ``occ_disconnects_retried``, ``occ_gave_up``,
+    ``occ_attempts``, ``occ_retries``, ``occ_disconnects_retried``,
+    ``occ_unavailable_retried`` (``server unavailable``, XX000), ``occ_gave_up``,
     ``occ_commit_unknown`` and one ``occ_conflicts_<code>`` per conflict code seen.
     """
 
@@ -203,6 +254,7 @@ class RetryStats(Counters):
         "occ_retries",
         "occ_serialized",
         "occ_disconnects_retried",
+        "occ_unavailable_retried",
         "occ_gave_up",
         "occ_commit_unknown",
     )
@@ -376,10 +428,14 @@ class RetryRun:
             if outcome is Outcome.INTERRUPTED:
                 mark_commit_unknown(exc)
                 return None
+            what = (
+                "DSQL answered 'server unavailable' (XX000) to COMMIT (or an autocommit write)"
+                if find_unavailable(exc) is not None
+                else "the connection was lost while COMMIT (or an autocommit write) was in flight"
+            )
             return CommitOutcomeUnknown(
-                "the connection was lost while COMMIT (or an autocommit write) was in flight, so "
-                "it may or may not have committed; dsqlkit does not repeat it (make it "
-                f"idempotent, or check the data, then decide): {exc}",
+                f"{what}, so it may or may not have committed; dsqlkit does not repeat it (make "
+                f"it idempotent, or check the data, then decide): {exc}",
                 attempts=attempt.number,
             )
         reason = conflict_code(conflict) if conflict is not None else retry_reason(exc)

@@ -44,6 +44,7 @@ class Counters:
     tls_failures: int = 0
     commit_conflicts_injected: int = 0
     commit_drops: int = 0
+    server_unavailable_injected: int = 0
     statements_refused: int = 0
     conflicts_deferred: int = 0
     auth_failures: Counter[str] = field(default_factory=Counter)

@@ -23,6 +23,7 @@ class Op(str, enum.Enum):
     DROP_CONNECTIONS = "drop_connections"
     REFUSE_CONNECTIONS = "refuse_connections"
     COMMIT_FAULT = "commit_fault"
+    STATEMENT_FAULT = "statement_fault"
     ADD_IDENTITY = "add_identity"
     SET_MAX_CONNECTION_AGE = "set_max_connection_age"
     SET_TRANSACTION_AGE_LIMIT = "set_transaction_age_limit"

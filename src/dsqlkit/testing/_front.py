@@ -23,7 +23,7 @@ from typing import Any
 from . import _control as control
 from ._context import EndpointConfig
 from ._control import Op
-from ._faults import CommitFault
+from ._faults import CommitFault, StatementFault
 from ._listener import Endpoint
 from ._postgres import EmbeddedPostgres
 from ._sigv4 import Credentials
@@ -97,6 +97,14 @@ class Controller:
                     action=request["action"],
                     remaining=int(request.get("count", 1)),
                     code=str(request.get("code", "OC000")),
+                    backend_pid=request.get("backend_pid"),
+                )
+            )
+            return {}
+        if op is Op.STATEMENT_FAULT:
+            faults.statement_faults.append(
+                StatementFault(
+                    remaining=int(request.get("count", 1)),
                     backend_pid=request.get("backend_pid"),
                 )
             )

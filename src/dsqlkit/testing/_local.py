@@ -427,6 +427,40 @@ class LocalDsql:
             raise ConfigurationError(f"when must be 'before' or 'after', not {when!r}")
         self._commit_fault(f"drop_{when}", 1, backend_pid=backend_pid)
 
+    def server_unavailable(
+        self,
+        count: int = 1,
+        *,
+        at: Literal["statement", "commit"] = "statement",
+        committed: bool = False,
+        backend_pid: int | None = None,
+    ) -> None:
+        """Answer the next ``count`` statements (or COMMITs) with DSQL's ``ERROR: server
+        unavailable`` (SQLSTATE XX000), of ``backend_pid`` or of any session.
+
+        ``at="statement"``: the statement does not run; the backend raises the error in its
+        place, so an open transaction is aborted, as on DSQL. Transaction control (``BEGIN``,
+        ``COMMIT``, ``ROLLBACK``) and session statements (``SET``) are never hit, so the error
+        lands on the test's own statement.
+
+        ``at="commit"``: the next COMMIT of an open transaction fails with it. ``committed``
+        (COMMIT only): the backend commits first and the client still gets the error, the
+        case where DSQL warns a COMMIT's outcome is unknown; otherwise the transaction rolls
+        back. DSQL says to retry the whole transaction after this error (user guide,
+        troubleshooting, 2026-09-08).
+        """
+        if at not in ("statement", "commit"):
+            raise ConfigurationError(f"at must be 'statement' or 'commit', not {at!r}")
+        if count < 1:
+            raise ConfigurationError("count must be at least 1")
+        if at == "statement":
+            if committed:
+                raise ConfigurationError("committed=True needs at='commit'")
+            self._request(Op.STATEMENT_FAULT, count=count, backend_pid=backend_pid)
+            return
+        action = "unavailable_after_commit" if committed else "unavailable"
+        self._commit_fault(action, count, backend_pid=backend_pid)
+
     def _commit_fault(self, action: str, count: int, **options: Any) -> None:
         if count < 1:
             raise ConfigurationError("count must be at least 1")
@@ -455,7 +489,8 @@ class LocalDsql:
 
     def counters(self) -> dict[str, Any]:
         """Connections accepted and authenticated, authentication failures by reason,
-        connections closed for age or dropped, refused connects by SQLSTATE, faults fired,
+        connections closed for age or dropped, refused connects by SQLSTATE, faults fired
+        (``commit_conflicts_injected``, ``commit_drops``, ``server_unavailable_injected``),
         statements refused by the DSQL rules and conflicts deferred to COMMIT."""
         counters: dict[str, Any] = self._request(Op.COUNTERS)["counters"]
         return counters

@@ -19,7 +19,7 @@ from .._sqlrules import Refusal, Statement, classify
 from . import _wire as wire
 from ._context import SessionContext
 from ._copyscan import CsvEndOfData
-from ._faults import CONFLICT_MESSAGES
+from ._faults import CONFLICT_MESSAGES, UNAVAILABLE_MESSAGE, UNAVAILABLE_SQLSTATE, UNFAULTED_KINDS
 from ._occ_guard import OccGuard
 from ._relay import COMPLETES, Bound, Prepared, Relay, doom_literal
 from ._rewrite import HIDDEN, Transform, result_rewriter
@@ -29,6 +29,8 @@ _logger = logging.getLogger("dsqlkit.testing")
 
 RAISE_SQL = "SELECT dsqlkit_internal.raise_error($1, $2)"
 RAISE_NAME = "_dsqlkit_raise"
+#: DSQL's ``server unavailable``, raised instead of a statement (`Faults.statement_faults`).
+UNAVAILABLE = Refusal(UNAVAILABLE_SQLSTATE, UNAVAILABLE_MESSAGE)
 
 
 def is_commit(sql: str) -> bool:
@@ -164,6 +166,9 @@ class StatementPolicy:
         statement = prepared.statement if prepared is not None else None
         self.unit_executes += 1
         self.occ.more_in_unit()
+        if self.context.faults.statement_faults and self._statement_fault(sql, statement):
+            self._refuse_execute(out, UNAVAILABLE)
+            return
         transform: Transform | None = None
         guard = None
         iam = iam_statement(sql) if statement is None else None
@@ -196,7 +201,9 @@ class StatementPolicy:
         transform: Transform | None = None
         if not self.rules:
             iam = iam_statement(sql)
-            if iam is not None and iam.rewrite is not None:
+            if self.context.faults.statement_faults and self._statement_fault(sql, None):
+                payload = wire.cstring(_raise_sql(UNAVAILABLE))
+            elif iam is not None and iam.rewrite is not None:
                 payload = wire.cstring(iam.rewrite)
                 transform = result_rewriter([(iam.tag, None)])
             elif is_commit(sql):
@@ -210,7 +217,13 @@ class StatementPolicy:
         changed = False
         emulated: Emulation | None = None
         abort_at: int | None = None
+        fail_at: int | None = None
+        faults = self.context.faults
         for statement in statements:
+            if faults.statement_faults and self._statement_fault(statement.text, statement):
+                pieces.append(_raise_sql(UNAVAILABLE))
+                changed = True
+                break
             decision = self._decide(statement, out, extended=False, single=len(statements) == 1)
             if relay.closing:
                 return
@@ -224,7 +237,9 @@ class StatementPolicy:
                     return
                 if fault == "drop_after":
                     abort_at = len(rewrites)  # the COMMIT's result
-                changed = changed or fault == "conflict"
+                if fault == "unavailable_after_commit":
+                    fail_at = len(rewrites)  # the COMMIT's result
+                changed = changed or fault in ("conflict", "unavailable")
             emulated = decision.emulation
             transform = decision.transform or transform
             pieces.append(emulated.rewrite or statement.text)
@@ -232,6 +247,8 @@ class StatementPolicy:
             rewrites.append((emulated.tag, emulated.value))
         if abort_at is not None:
             transform = result_rewriter(rewrites, abort_at=abort_at, abort=self._drop_after_commit)
+        elif fail_at is not None:
+            transform = result_rewriter(rewrites, fail_at=fail_at, failure=_unavailable_error())
         elif any(tag or value for tag, value in rewrites):
             transform = result_rewriter(rewrites)
         guard = None
@@ -327,6 +344,19 @@ class StatementPolicy:
                 return wire.encode(rtype, rpayload)
 
             return drop_after_commit
+        if fault.action == "unavailable_after_commit":
+            counters.server_unavailable_injected += 1
+            _logger.info("fault: server unavailable after the backend committed")
+            failure = _unavailable_error()
+
+            def unavailable_after_commit(rtype: bytes, rpayload: bytes) -> bytes | None:
+                return failure if rtype == b"C" else wire.encode(rtype, rpayload)
+
+            return unavailable_after_commit
+        if fault.action == "unavailable":
+            counters.server_unavailable_injected += 1
+            relay.doom(out, UNAVAILABLE_SQLSTATE, UNAVAILABLE_MESSAGE, extended=extended)
+            return None
         counters.commit_conflicts_injected += 1
         relay.doom(out, "40001", CONFLICT_MESSAGES[fault.code], extended=extended)
         return None
@@ -355,12 +385,37 @@ class StatementPolicy:
             counters.commit_conflicts_injected += 1
             pieces.append(doom_literal("40001", CONFLICT_MESSAGES[fault.code]))
             rewrites.append((HIDDEN, None))
+        elif fault.action == "unavailable":
+            counters.server_unavailable_injected += 1
+            pieces.append(doom_literal(UNAVAILABLE_SQLSTATE, UNAVAILABLE_MESSAGE))
+            rewrites.append((HIDDEN, None))
+        elif fault.action == "unavailable_after_commit":
+            counters.server_unavailable_injected += 1
         return fault.action
+
+    def _statement_fault(self, sql: str, statement: Statement | None) -> bool:
+        """Whether an armed statement fault hits this statement (and consume it if so)."""
+        relay = self.relay
+        faults = self.context.faults
+        if not sql or not faults.statement_fault_armed(relay.backend_pid):
+            return False
+        kinds = [statement.kind] if statement is not None else [s.kind for s in classify(sql)]
+        if all(kind in UNFAULTED_KINDS for kind in kinds):
+            return False
+        if faults.take_statement_fault(relay.backend_pid) is None:
+            return False
+        self.context.counters.server_unavailable_injected += 1
+        _logger.info("fault: server unavailable instead of a statement")
+        return True
 
     def _drop_after_commit(self) -> None:
         self.context.counters.commit_drops += 1
         _logger.info("fault: dropping connection after the backend committed")
         self.relay.abort()
+
+
+def _unavailable_error() -> bytes:
+    return wire.error_response(UNAVAILABLE_SQLSTATE, UNAVAILABLE_MESSAGE)
 
 
 def _raise_sql(refusal: Refusal) -> str:

@@ -46,9 +46,12 @@ def result_rewriter(
     *,
     abort_at: int | None = None,
     abort: Callable[[], None] | None = None,
+    fail_at: int | None = None,
+    failure: bytes = b"",
 ) -> Transform:
     """Rewrite command tags and single values of successive results (in order); hide the
-    results tagged `HIDDEN`; call ``abort`` instead of passing on result ``abort_at``."""
+    results tagged `HIDDEN`; call ``abort`` instead of passing on result ``abort_at``; send
+    ``failure`` (an ErrorResponse) instead of result ``fail_at``."""
     index = 0
 
     def rewrite(rtype: bytes, rpayload: bytes) -> bytes | None:
@@ -62,6 +65,8 @@ def result_rewriter(
             if rtype == b"C" and current == abort_at and abort is not None:
                 abort()
                 return None
+            if rtype == b"C" and current == fail_at:
+                return failure
             if rtype == b"C" and tag == HIDDEN:
                 return None
             if rtype == b"C" and tag is not None:
