@@ -6,6 +6,7 @@ boto3's real DSQL signer.
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import threading
@@ -71,9 +72,20 @@ def test_admin_token_connects_over_verified_tls(connect: Connect, negotiation: s
 def test_plaintext_is_refused(local_dsql: LocalDsql) -> None:
     before = local_dsql.counters()["plaintext_refused"]
     conninfo = make_conninfo(local_dsql.conninfo(), sslmode="disable")
-    with pytest.raises(psycopg.OperationalError, match="TLS is required"):
+    with pytest.raises(psycopg.OperationalError, match="SSL is mandatory"):
         psycopg.connect(conninfo)
     assert local_dsql.counters()["plaintext_refused"] == before + 1
+    # libpq does not expose a startup error's SQLSTATE: read the ErrorResponse itself.
+    import socket
+
+    from dsqlkit.testing import _wire as wire
+
+    with socket.create_connection((local_dsql.hostaddr, local_dsql.port), timeout=10) as raw:
+        raw.sendall(wire.startup_message(196608, {"user": "admin", "database": "postgres"}))
+        reply = raw.recv(65536)
+    fields = wire.parse_fields(reply[5:])
+    # 08P01 is what asyncpg raises as ProtocolViolationError, as AWS's connector tests expect.
+    assert (fields["S"], fields["C"], fields["M"]) == ("FATAL", "08P01", "SSL is mandatory")
 
 
 def test_wrong_ca_fails_verification(local_dsql: LocalDsql, tmp_path: Path) -> None:
@@ -175,11 +187,15 @@ def test_drop_connections(local_dsql: LocalDsql, connect: Connect) -> None:
 
 
 @pytest.mark.parametrize(
-    ("code", "message"), [("53300", "too many open connections"), ("53400", "rate exceeded")]
+    ("code", "message"),
+    [
+        ("53300", "Unable to accept connection, too many open connections."),
+        ("53400", "Unable to accept connection, rate exceeded."),
+    ],
 )
 def test_refuse_connections_for_a_while(local_dsql: LocalDsql, code: str, message: str) -> None:
     local_dsql.refuse_connections(0.5, code)  # type: ignore[arg-type]
-    with pytest.raises(psycopg.OperationalError, match=message):
+    with pytest.raises(psycopg.OperationalError, match=re.escape(message)):
         psycopg.connect(local_dsql.conninfo())
     assert local_dsql.counters()["refused"][code] >= 1
     time.sleep(0.6)
@@ -347,6 +363,18 @@ def test_closed_and_dropped_clients_leave_no_backend_sessions(local_dsql: LocalD
     dropped.close()
 
 
+def test_a_tls_connection_without_sni_is_refused_in_dsql_words(local_dsql: LocalDsql) -> None:
+    """An IP address as host: libpq sends no SNI (as psql before 14 never does)."""
+    conninfo = make_conninfo(
+        local_dsql.conninfo(), host=local_dsql.hostaddr, sslmode="require", sslrootcert=""
+    )
+    with pytest.raises(psycopg.OperationalError) as info:
+        psycopg.connect(conninfo)
+    assert "unable to accept connection, sni was not received" in str(info.value)
+    with psycopg.connect(local_dsql.conninfo(sslmode="require")) as conn:  # the name: SNI
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
 def test_refusals_carry_dsql_sqlstates_on_the_wire(local_dsql: LocalDsql) -> None:
     """libpq does not expose a startup error's SQLSTATE, so read the ErrorResponse directly."""
     import socket
@@ -374,4 +402,5 @@ def test_refusals_carry_dsql_sqlstates_on_the_wire(local_dsql: LocalDsql) -> Non
     assert fields["M"] == 'IAM authentication failed for user "admin"'
     local_dsql.refuse_connections(5, "53400")
     fields = startup_error(local_dsql.token())
-    assert (fields["S"], fields["C"], fields["M"]) == ("FATAL", "53400", "rate exceeded")
+    assert (fields["S"], fields["C"]) == ("FATAL", "53400")
+    assert fields["M"] == "Unable to accept connection, rate exceeded."

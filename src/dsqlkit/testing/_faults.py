@@ -19,7 +19,22 @@ CONFLICT_MESSAGES = {
     "OC000": "change conflicts with another transaction (OC000)",
     "OC001": "schema has been updated by another transaction, please retry: (OC001)",
 }
-REFUSAL_MESSAGES = {"53300": "too many open connections", "53400": "rate exceeded"}
+#: DSQL's words for the connections it refuses (user guide, troubleshooting and quotas).
+REFUSAL_MESSAGES = {
+    "53300": "Unable to accept connection, too many open connections.",
+    "53400": "Unable to accept connection, rate exceeded.",
+}
+#: A connection without TLS: AWS's connector tests (asyncpg, 2026-08) expect these words, and
+#: asyncpg's ProtocolViolationError, i.e. SQLSTATE 08P01.
+PLAINTEXT_SQLSTATE = "08P01"
+PLAINTEXT_MESSAGE = "SSL is mandatory"
+#: A TLS connection without SNI (troubleshooting page; the SQLSTATE is not published: 08P01,
+#: as for plaintext, is a guess).
+NO_SNI_SQLSTATE = "08P01"
+NO_SNI_MESSAGE = "unable to accept connection, sni was not received"
+#: A token valid for more than a week: the words AWS's connector tests expect (psycopg and
+#: psycopg2, 2026-08); the endpoint sends them as the DETAIL of DSQL's IAM refusal.
+EXPIRES_TOO_LONG = "X-Amz-Expires must be less than a week (in seconds)"
 #: DSQL's transient internal error (user guide, troubleshooting, 2026-09-08).
 UNAVAILABLE_SQLSTATE = "XX000"
 UNAVAILABLE_MESSAGE = "server unavailable"

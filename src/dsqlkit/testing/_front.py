@@ -24,7 +24,7 @@ from . import _control as control
 from ._context import EndpointConfig
 from ._control import Op
 from ._faults import CommitFault, StatementFault
-from ._listener import Endpoint
+from ._listener import Endpoint, record_server_name
 from ._postgres import EmbeddedPostgres
 from ._sigv4 import Credentials
 
@@ -42,6 +42,7 @@ def make_tls_context(workdir: Path, host: str) -> ssl.SSLContext:
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     server.configure_cert(context)
     context.set_alpn_protocols(["postgresql"])
+    context.sni_callback = record_server_name
     return context
 
 

@@ -18,10 +18,17 @@ import logging
 import socket
 import ssl
 import time
+from typing import Any
 
 from . import _wire as wire
 from ._context import EndpointConfig, SessionContext
-from ._faults import REFUSAL_MESSAGES
+from ._faults import (
+    NO_SNI_MESSAGE,
+    NO_SNI_SQLSTATE,
+    PLAINTEXT_MESSAGE,
+    PLAINTEXT_SQLSTATE,
+    REFUSAL_MESSAGES,
+)
 from ._policy import new_session
 from ._relay import CHUNK, Relay
 from ._rewrite import parameter_status
@@ -30,6 +37,15 @@ from ._sigv4 import Credentials, TokenRejected, verify_token
 _logger = logging.getLogger("dsqlkit.testing")
 
 HANDSHAKE_TIMEOUT = 10.0
+#: Where `record_server_name` keeps the SNI a client sent, on its TLS object.
+SNI_ATTRIBUTE = "dsqlkit_server_name"
+
+
+def record_server_name(ssl_object: Any, server_name: str | None, context: Any) -> None:
+    """The TLS context's SNI callback: remember the name the client asked for (DSQL refuses
+    a connection without SNI)."""
+    if server_name:
+        setattr(ssl_object, SNI_ATTRIBUTE, server_name)
 
 
 class Endpoint:
@@ -84,7 +100,10 @@ class Endpoint:
         if streams is None:
             sock.close()
             return
-        session = new_session(self.context, *streams, accepted_at=accepted_at)
+        reader, writer = streams
+        session = new_session(self.context, reader, writer, accepted_at=accepted_at)
+        ssl_object = writer.get_extra_info("ssl_object")
+        session.server_name = getattr(ssl_object, SNI_ATTRIBUTE, None)
         self.sessions.add(session)
         try:
             session.start_age_timer()
@@ -131,11 +150,7 @@ class Endpoint:
                 await self.forward_cancel(header + key)
                 return None
             self.counters.plaintext_refused += 1
-            message = wire.error_response(
-                "28000",
-                "TLS is required: connect with sslmode=verify-full",
-                severity="FATAL",
-            )
+            message = wire.error_response(PLAINTEXT_SQLSTATE, PLAINTEXT_MESSAGE, severity="FATAL")
             with contextlib.suppress(OSError):
                 await loop.sock_sendall(sock, message)
             return None
@@ -219,6 +234,10 @@ class Startup:
             await self._fatal("0A000", f"unsupported frontend protocol {version >> 16}")
             return False
         _, params = wire.parse_startup(body)
+        if not session.server_name:
+            self.endpoint.counters.tls_failures += 1
+            await self._fatal(NO_SNI_SQLSTATE, NO_SNI_MESSAGE)
+            return False
         session.user = params.get("user", "")
         if not session.user:
             await self._fatal("28000", "no PostgreSQL user name specified in startup packet")

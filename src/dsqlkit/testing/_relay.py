@@ -141,6 +141,8 @@ class Relay:
         self.breader: asyncio.StreamReader | None = None
         self.bwriter: asyncio.StreamWriter | None = None
         self.user = ""
+        #: The server name (SNI) the client's TLS handshake asked for.
+        self.server_name: str | None = None
         self.backend_pid = 0
         self.tx_status = b"I"
         self.pending: deque[Pending] = deque()
