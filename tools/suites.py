@@ -144,6 +144,8 @@ def main(argv: list[str]) -> int:
         with local.pool() as pool, pool.connection() as conn:
             conn.execute(f"CREATE ROLE {ROLE} WITH LOGIN")
             conn.execute(f"AWS IAM GRANT {ROLE} TO '{ROLE_ARN}'")
+            # What an admin grants a custom role on DSQL before it may create tables there.
+            conn.execute(f"GRANT USAGE, CREATE ON SCHEMA public TO {ROLE}")
         admin_env = local.environment()
         role_session = local.iam_identity(ROLE_ARN)
         role_creds = role_session.get_credentials()

@@ -382,13 +382,13 @@ def test_refusals_carry_dsql_sqlstates_on_the_wire(local_dsql: LocalDsql) -> Non
 
     from dsqlkit.testing import _wire as wire
 
-    def startup_error(password: str) -> dict[str, str]:
+    def startup_error(password: str, user: str = "admin") -> dict[str, str]:
         context = ssl.create_default_context(cafile=local_dsql.ca_file)
         with socket.create_connection(("127.0.0.1", local_dsql.port)) as raw:
             raw.sendall((8).to_bytes(4, "big") + wire.SSL_REQUEST_CODE.to_bytes(4, "big"))
             assert raw.recv(1) == b"S"
             with context.wrap_socket(raw, server_hostname=local_dsql.host) as tls:
-                params = {"user": "admin", "database": "postgres"}
+                params = {"user": user, "database": "postgres"}
                 tls.sendall(wire.startup_message(196608, params))
                 reply = tls.recv(65536)
                 if reply == wire.auth_request(3):  # asked for the password (the token)
@@ -397,6 +397,10 @@ def test_refusals_carry_dsql_sqlstates_on_the_wire(local_dsql: LocalDsql) -> Non
         assert reply[:1] == b"E"
         return wire.parse_fields(reply[5:])
 
+    fields = startup_error(local_dsql.token("nobody_here"), "nobody_here")
+    # An unknown role: 08P01, asyncpg's ProtocolViolationError, as AWS's connector tests expect.
+    assert (fields["S"], fields["C"]) == ("FATAL", "08P01")
+    assert fields["M"] == 'IAM authentication failed for user "nobody_here"'
     fields = startup_error("not-a-token")
     assert (fields["S"], fields["C"]) == ("FATAL", "28P01")
     assert fields["M"] == 'IAM authentication failed for user "admin"'

@@ -34,6 +34,10 @@ NO_SNI_SQLSTATE = "08P01"
 NO_SNI_MESSAGE = "unable to accept connection, sni was not received"
 #: A token valid for more than a week: the words AWS's connector tests expect (psycopg and
 #: psycopg2, 2026-08); the endpoint sends them as the DETAIL of DSQL's IAM refusal.
+#: A role that does not exist: AWS's connector tests expect asyncpg's ProtocolViolationError
+#: (08P01) for it; the text is not published (the endpoint keeps DSQL's IAM refusal, with the
+#: role's absence as DETAIL).
+UNKNOWN_ROLE_SQLSTATE = "08P01"
 EXPIRES_TOO_LONG = "X-Amz-Expires must be less than a week (in seconds)"
 #: DSQL's transient internal error (user guide, troubleshooting, 2026-09-08).
 UNAVAILABLE_SQLSTATE = "XX000"
