@@ -24,6 +24,8 @@ from . import _control as control
 from ._context import EndpointConfig
 from ._control import Op
 from ._faults import CommitFault, StatementFault
+from ._internal import MACHINERY_CHECK, resolve
+from ._internal import SCHEMA as INTERNAL_SCHEMA
 from ._listener import Endpoint, record_server_name
 from ._postgres import EmbeddedPostgres
 from ._sigv4 import Credentials
@@ -57,11 +59,25 @@ def bootstrap(server: EmbeddedPostgres, *, dsql_rules: bool = True) -> None:
     """Create the endpoint's server-side objects; with the rules, DSQL's server identity."""
     import psycopg
 
-    conninfo = f"host={server.socket_dir} port={server.port} user=postgres dbname=postgres"
+    conninfo = backend_conninfo(server)
     with psycopg.connect(conninfo, autocommit=True) as conn:
-        conn.execute(sql_resource("bootstrap.sql").encode())
+        conn.execute(resolve(sql_resource("bootstrap.sql")).encode())
         if dsql_rules:
-            conn.execute(sql_resource("identity.sql").encode())
+            conn.execute(resolve(sql_resource("identity.sql")).encode())
+
+
+def backend_conninfo(server: EmbeddedPostgres) -> str:
+    """The endpoint's own connection to its PostgreSQL server (the Unix socket, as postgres)."""
+    return f"host={server.socket_dir} port={server.port} user=postgres dbname=postgres"
+
+
+def machinery_present(conninfo: str) -> bool:
+    """Whether the server-side objects fault injection relies on are all there."""
+    import psycopg
+
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        row = conn.execute(MACHINERY_CHECK.encode()).fetchone()
+    return bool(row and row[0])
 
 
 def credentials_from(config: dict[str, Any]) -> dict[str, Credentials]:
@@ -78,8 +94,19 @@ def credentials_from(config: dict[str, Any]) -> dict[str, Credentials]:
 class Controller:
     """Applies control requests to the endpoint, on its event loop."""
 
-    def __init__(self, endpoint: Endpoint) -> None:
+    def __init__(self, endpoint: Endpoint, backend: str = "") -> None:
         self.endpoint = endpoint
+        #: Conninfo of the endpoint's own connection to PostgreSQL ("": no checks).
+        self.backend = backend
+
+    async def _require_machinery(self) -> None:
+        """Refuse to arm a fault the server can no longer inject (its objects are gone)."""
+        if self.backend and not await asyncio.to_thread(machinery_present, self.backend):
+            raise RuntimeError(
+                "the endpoint's fault-injection objects are gone from its PostgreSQL server "
+                f"(schema {INTERNAL_SCHEMA}), so this fault cannot be injected; start a new "
+                "LocalDsql"
+            )
 
     async def handle(self, op: Op, request: dict[str, Any]) -> dict[str, Any]:
         endpoint = self.endpoint
@@ -92,6 +119,8 @@ class Controller:
             faults.refuse_until = time.monotonic() + float(request["seconds"])
             faults.refuse_code = str(request["code"])
             return {}
+        if op in (Op.COMMIT_FAULT, Op.STATEMENT_FAULT):
+            await self._require_machinery()
         if op is Op.COMMIT_FAULT:
             faults.commit_faults.append(
                 CommitFault(
@@ -165,7 +194,7 @@ async def serve(
                 postgres_pid=server.pid,
             )
         )
-        controller = Controller(endpoint)
+        controller = Controller(endpoint, backend_conninfo(server))
         while (line := await lines.get()) is not None:
             try:
                 op, request = control.read_request(line)

@@ -30,6 +30,7 @@ from ._faults import (
     REFUSAL_MESSAGES,
     UNKNOWN_ROLE_SQLSTATE,
 )
+from ._internal import SCHEMA as INTERNAL_SCHEMA
 from ._policy import new_session
 from ._relay import CHUNK, Relay
 from ._rewrite import parameter_status
@@ -350,7 +351,7 @@ class Startup:
         role = session.user.replace("'", "''")
         arn = signer.arn.replace("'", "''")
         session.bwriter.write(
-            wire.query(f"SELECT dsqlkit_internal.iam_may_connect('{role}', '{arn}')")
+            wire.query(f"SELECT {INTERNAL_SCHEMA}.iam_may_connect('{role}', '{arn}')")
         )
         answer: str | None = None
         while True:

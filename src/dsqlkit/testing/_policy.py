@@ -20,6 +20,7 @@ from . import _wire as wire
 from ._context import SessionContext
 from ._copyscan import CsvEndOfData
 from ._faults import CONFLICT_MESSAGES, UNAVAILABLE_MESSAGE, UNAVAILABLE_SQLSTATE, UNFAULTED_KINDS
+from ._internal import SCHEMA, resolve
 from ._occ_guard import OccGuard
 from ._relay import COMPLETES, Bound, Prepared, Relay, doom_literal
 from ._rewrite import HIDDEN, Transform, result_rewriter
@@ -27,7 +28,7 @@ from ._rules import Emulation, decide, emulation, iam_statement
 
 _logger = logging.getLogger("dsqlkit.testing")
 
-RAISE_SQL = "SELECT dsqlkit_internal.raise_error($1, $2)"
+RAISE_SQL = resolve("SELECT dsqlkit_internal.raise_error($1, $2)")
 RAISE_NAME = "_dsqlkit_raise"
 #: DSQL's ``server unavailable``, raised instead of a statement (`Faults.statement_faults`).
 UNAVAILABLE = Refusal(UNAVAILABLE_SQLSTATE, UNAVAILABLE_MESSAGE)
@@ -117,7 +118,7 @@ class StatementPolicy:
                 iam = iam_statement(sql)
                 rewrite = iam.rewrite if iam is not None else None
             if rewrite is not None:
-                payload = wire.cstring(name) + wire.cstring(rewrite) + types
+                payload = wire.cstring(name) + wire.cstring(resolve(rewrite)) + types
         elif mtype == b"B":
             bind = wire.parse_bind(payload)
             self.portals[bind.portal] = Bound(self.statements.get(bind.statement), bind)
@@ -204,7 +205,7 @@ class StatementPolicy:
             if self.context.faults.statement_faults and self._statement_fault(sql, None):
                 payload = wire.cstring(_raise_sql(UNAVAILABLE))
             elif iam is not None and iam.rewrite is not None:
-                payload = wire.cstring(iam.rewrite)
+                payload = wire.cstring(resolve(iam.rewrite))
                 transform = result_rewriter([(iam.tag, None)])
             elif is_commit(sql):
                 transform = self._commit(out, extended=False)
@@ -242,7 +243,7 @@ class StatementPolicy:
                 changed = changed or fault in ("conflict", "unavailable")
             emulated = decision.emulation
             transform = decision.transform or transform
-            pieces.append(emulated.rewrite or statement.text)
+            pieces.append(resolve(emulated.rewrite) if emulated.rewrite else statement.text)
             changed = changed or emulated.rewrite is not None
             rewrites.append((emulated.tag, emulated.value))
         if abort_at is not None:
@@ -420,4 +421,4 @@ def _unavailable_error() -> bytes:
 
 def _raise_sql(refusal: Refusal) -> str:
     message = refusal.message.replace("'", "''")
-    return f"SELECT dsqlkit_internal.raise_error('{refusal.sqlstate}', '{message}')"
+    return f"SELECT {SCHEMA}.raise_error('{refusal.sqlstate}', '{message}')"

@@ -24,6 +24,7 @@ from typing import Any
 from .._sqlrules import Statement
 from . import _wire as wire
 from ._context import SessionContext
+from ._internal import resolve
 from ._rewrite import Transform, dsql_error, parameter_status
 from ._rules import Emulation, TxState
 
@@ -52,7 +53,7 @@ EXTENDED = frozenset((b"P", b"B", b"C", b"D", b"E"))
 ASYNCHRONOUS = frozenset((b"N", b"S", b"A"))
 
 #: Dooms the current transaction: its COMMIT will fail with ($1, $2) and roll back.
-DOOM_SQL = "INSERT INTO dsqlkit_internal.doomed (sqlstate, message) VALUES ($1, $2)"
+DOOM_SQL = resolve("INSERT INTO dsqlkit_internal.doomed (sqlstate, message) VALUES ($1, $2)")
 
 
 def doom_literal(sqlstate: str, message: str) -> str:
