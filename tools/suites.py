@@ -34,6 +34,8 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psycopg
+
 from dsqlkit.testing import LocalDsql
 
 ROLE = "suite_role"
@@ -140,8 +142,8 @@ def main(argv: list[str]) -> int:
     port = int(os.environ.get("DSQLKIT_SUITES_PORT", "5432"))
     summary: dict[str, dict[str, int]] = {}
     exit_code = 0
-    with LocalDsql(port=port) as local:
-        with local.pool() as pool, pool.connection() as conn:
+    with LocalDsql(port=port, require_sni=True) as local:
+        with psycopg.connect(local.conninfo(), autocommit=True) as conn:
             conn.execute(f"CREATE ROLE {ROLE} WITH LOGIN")
             conn.execute(f"AWS IAM GRANT {ROLE} TO '{ROLE_ARN}'")
             # What an admin grants a custom role on DSQL before it may create tables there.

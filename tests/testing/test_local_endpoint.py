@@ -363,16 +363,17 @@ def test_closed_and_dropped_clients_leave_no_backend_sessions(local_dsql: LocalD
     dropped.close()
 
 
-def test_a_tls_connection_without_sni_is_refused_in_dsql_words(local_dsql: LocalDsql) -> None:
+def test_a_tls_connection_without_sni_is_refused_in_dsql_words() -> None:
     """An IP address as host: libpq sends no SNI (as psql before 14 never does)."""
-    conninfo = make_conninfo(
-        local_dsql.conninfo(), host=local_dsql.hostaddr, sslmode="require", sslrootcert=""
-    )
-    with pytest.raises(psycopg.OperationalError) as info:
-        psycopg.connect(conninfo)
-    assert "unable to accept connection, sni was not received" in str(info.value)
-    with psycopg.connect(local_dsql.conninfo(sslmode="require")) as conn:  # the name: SNI
-        assert conn.execute("SELECT 1").fetchone() == (1,)
+    with LocalDsql(require_sni=True) as local:
+        conninfo = make_conninfo(
+            local.conninfo(), host=local.hostaddr, sslmode="require", sslrootcert=""
+        )
+        with pytest.raises(psycopg.OperationalError) as info:
+            psycopg.connect(conninfo)
+        assert "unable to accept connection, sni was not received" in str(info.value)
+        with psycopg.connect(local.conninfo()) as conn:  # the host name: libpq sends SNI
+            assert conn.execute("SELECT 1").fetchone() == (1,)
 
 
 def test_refusals_carry_dsql_sqlstates_on_the_wire(local_dsql: LocalDsql) -> None:

@@ -30,6 +30,8 @@ class EndpointConfig:
     #: any role without an ``AWS IAM GRANT`` (the compatible default).
     default_access_key: str = ""
     strict_iam: bool = False
+    #: Refuse a TLS connection that sent no server name (SNI), as DSQL does.
+    require_sni: bool = False
 
 
 @dataclass

@@ -181,6 +181,7 @@ async def serve(
                     config.get("default_access_key") or next(iter(credentials), "")
                 ),
                 strict_iam=bool(config.get("strict_iam", False)),
+                require_sni=bool(config.get("require_sni", False)),
             ),
             tls,
         )

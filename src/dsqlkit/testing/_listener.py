@@ -236,7 +236,7 @@ class Startup:
             await self._fatal("0A000", f"unsupported frontend protocol {version >> 16}")
             return False
         _, params = wire.parse_startup(body)
-        if not session.server_name:
+        if self.endpoint.config.require_sni and not session.server_name:
             self.endpoint.counters.tls_failures += 1
             await self._fatal(NO_SNI_SQLSTATE, NO_SNI_MESSAGE)
             return False

@@ -78,6 +78,10 @@ class LocalDsql:
             signs the token. Off (the default), tokens signed by `boto3_session` connect as any
             existing role, as tests written before mappings existed expect; identities from
             `iam_identity` always need a mapping.
+        require_sni: refuse a TLS connection whose handshake names no server (SNI), with
+            DSQL's ``unable to accept connection, sni was not received``. Off by default:
+            clients that dial `hostaddr` by address (asyncpg has no ``hostaddr``) send no
+            SNI; libpq sends the `host` name as SNI even when it dials ``hostaddr``.
         debug: log every session event to ``endpoint.log`` in the work directory.
     """
 
@@ -94,6 +98,7 @@ class LocalDsql:
         transaction_age_limit: float = 300.0,
         iam_arn: str = DEFAULT_IAM_ARN,
         strict_iam: bool = False,
+        require_sni: bool = False,
         debug: bool = False,
     ) -> None:
         if cluster_id is None:
@@ -114,6 +119,7 @@ class LocalDsql:
         _check_arn(iam_arn)
         self.iam_arn = iam_arn
         self.strict_iam = strict_iam
+        self.require_sni = require_sni
         self.dsql_rules = dsql_rules
         self.row_limit = row_limit
         self.transaction_age_limit = float(transaction_age_limit)
@@ -151,6 +157,7 @@ class LocalDsql:
             "credentials": self._trusted_credentials(),
             "default_access_key": self._access_key_id,
             "strict_iam": self.strict_iam,
+            "require_sni": self.require_sni,
             "max_connection_age": self.max_connection_age,
             "dsql_rules": self.dsql_rules,
             "row_limit": self.row_limit,
