@@ -17,7 +17,8 @@ endpoint's host name to 127.0.0.1 (for asyncpg, which resolves names itself). Th
 listens on port 5432 (the port the Django suite's settings name); set
 ``DSQLKIT_SUITES_PORT`` to use another one (the Django suite then fails to connect).
 
-Usage: ``python tools/suites.py [SUITE ...] [-- PYTEST-ARGS]``; sources are downloaded with
+Usage: ``nox -s suites [-- SUITE ... [-- PYTEST-ARGS]]`` or, with the requirements
+installed, ``python tools/suites.py [SUITE ...] [-- PYTEST-ARGS]``; sources are downloaded with
 ``pip download`` into ``DSQLKIT_SUITES_CACHE`` (default ``.suites``). Versions default to
 the ones the docs report; ``DSQLKIT_SUITES_<NAME>_VERSION`` (CONNECTOR, SQLALCHEMY, DJANGO)
 picks another. A JUnit report per suite is written to the cache directory and a summary
@@ -34,10 +35,6 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import psycopg
-
-from dsqlkit.testing import LocalDsql
-
 ROLE = "suite_role"
 ROLE_ARN = "arn:aws:iam::111122223333:role/dsqlkit-suites"
 
@@ -46,6 +43,19 @@ PACKAGES = {
     "SQLALCHEMY": ("aurora-dsql-sqlalchemy", "1.3.0"),
     "DJANGO": ("aurora-dsql-django", "0.7.0"),
 }
+#: What the suites import (their documented extras and test tools), for ``nox -s suites``.
+EXTRAS = {"CONNECTOR": "psycopg,psycopg2,asyncpg", "SQLALCHEMY": "psycopg,psycopg2", "DJANGO": ""}
+TEST_TOOLS = ["django>=4.2", "pytest", "pytest-asyncio", "python-dotenv"]
+
+
+def requirements() -> list[str]:
+    """The packages to install, at the versions the suites are taken from."""
+    pinned = []
+    for key, (name, default) in PACKAGES.items():
+        version = os.environ.get(f"DSQLKIT_SUITES_{key}_VERSION", default)
+        extras = f"[{EXTRAS[key]}]" if EXTRAS[key] else ""
+        pinned.append(f"{name}{extras}=={version}")
+    return [*pinned, *TEST_TOOLS]
 
 
 @dataclass
@@ -125,6 +135,13 @@ def counts(report: Path) -> dict[str, int]:
 
 
 def main(argv: list[str]) -> int:
+    if argv == ["--requirements"]:
+        print("\n".join(requirements()))
+        return 0
+    import psycopg
+
+    from dsqlkit.testing import LocalDsql
+
     names, pytest_args = argv, []
     if "--" in argv:
         cut = argv.index("--")
