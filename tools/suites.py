@@ -34,6 +34,7 @@ import tarfile
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 ROLE = "suite_role"
 ROLE_ARN = "arn:aws:iam::111122223333:role/dsqlkit-suites"
@@ -134,12 +135,46 @@ def counts(report: Path) -> dict[str, int]:
     return result
 
 
+def suite_environment(local: Any, suite: Suite, root: Path, cache: Path) -> dict[str, str]:
+    """The documented environment of one suite, pointed at ``local`` (a running LocalDsql);
+    for the custom-role suite, the role is created and mapped first."""
+    import psycopg
+
+    env = {
+        **os.environ,
+        **local.environment(),
+        "CLUSTER_ENDPOINT": local.host,
+        "REGION": local.region,
+        "AWS_DEFAULT_REGION": local.region,
+        "CLUSTER_USER": "admin",
+        "PGPORT": str(local.port),
+        "SSL_CERT_PATH": local.ca_file,
+        "SSL_CERT_FILE": local.ca_file,
+        "DSQLKIT_SUITES_HOST": local.host,
+        "PYTHONPATH": os.pathsep.join(
+            p for p in (str(cache / "site"), str(root), os.environ.get("PYTHONPATH")) if p
+        ),
+        **suite.env,
+    }
+    for variable in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_CONFIG_FILE"):
+        env.pop(variable, None)
+    if suite.role:
+        with psycopg.connect(local.conninfo(), autocommit=True) as conn:
+            conn.execute(f"CREATE ROLE {ROLE} WITH LOGIN")
+            conn.execute(f"AWS IAM GRANT {ROLE} TO '{ROLE_ARN}'")
+            # What an admin grants a custom role on DSQL before it may create tables there.
+            conn.execute(f"GRANT USAGE, CREATE ON SCHEMA public TO {ROLE}")
+        credentials = local.iam_identity(ROLE_ARN).get_credentials()
+        env["CLUSTER_USER"] = ROLE
+        env["AWS_ACCESS_KEY_ID"] = credentials.access_key
+        env["AWS_SECRET_ACCESS_KEY"] = credentials.secret_key
+    return env
+
+
 def main(argv: list[str]) -> int:
     if argv == ["--requirements"]:
         print("\n".join(requirements()))
         return 0
-    import psycopg
-
     from dsqlkit.testing import LocalDsql
 
     names, pytest_args = argv, []
@@ -159,40 +194,11 @@ def main(argv: list[str]) -> int:
     port = int(os.environ.get("DSQLKIT_SUITES_PORT", "5432"))
     summary: dict[str, dict[str, int]] = {}
     exit_code = 0
-    with LocalDsql(port=port, require_sni=True) as local:
-        with psycopg.connect(local.conninfo(), autocommit=True) as conn:
-            conn.execute(f"CREATE ROLE {ROLE} WITH LOGIN")
-            conn.execute(f"AWS IAM GRANT {ROLE} TO '{ROLE_ARN}'")
-            # What an admin grants a custom role on DSQL before it may create tables there.
-            conn.execute(f"GRANT USAGE, CREATE ON SCHEMA public TO {ROLE}")
-        admin_env = local.environment()
-        role_session = local.iam_identity(ROLE_ARN)
-        role_creds = role_session.get_credentials()
-        assert role_creds is not None
-        for suite in chosen:
-            root = source(cache, suite.package)
-            env = {
-                **os.environ,
-                **admin_env,
-                "CLUSTER_ENDPOINT": local.host,
-                "REGION": local.region,
-                "AWS_DEFAULT_REGION": local.region,
-                "CLUSTER_USER": "admin",
-                "PGPORT": str(local.port),
-                "SSL_CERT_PATH": local.ca_file,
-                "SSL_CERT_FILE": local.ca_file,
-                "DSQLKIT_SUITES_HOST": local.host,
-                "PYTHONPATH": os.pathsep.join(
-                    p for p in (str(cache / "site"), str(root), os.environ.get("PYTHONPATH")) if p
-                ),
-                **suite.env,
-            }
-            for variable in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_CONFIG_FILE"):
-                env.pop(variable, None)
-            if suite.role:
-                env["CLUSTER_USER"] = ROLE
-                env["AWS_ACCESS_KEY_ID"] = role_creds.access_key
-                env["AWS_SECRET_ACCESS_KEY"] = role_creds.secret_key
+    for suite in chosen:
+        root = source(cache, suite.package)
+        # A fresh endpoint per suite, as a fresh cluster: no suite sees another's tables.
+        with LocalDsql(port=port, require_sni=True) as local:
+            env = suite_environment(local, suite, root, cache)
             report = cache / f"{suite.name}.xml"
             report.unlink(missing_ok=True)
             print(f"\n=== {suite.name} ({root.name}) ===", flush=True)
@@ -201,10 +207,9 @@ def main(argv: list[str]) -> int:
                  "-q", "-rfEs", f"--junitxml={report}", *suite.paths, *pytest_args],
                 cwd=root, env=env, check=False,
             )  # fmt: skip
-            summary[suite.name] = counts(report)
-            if result.returncode not in (0, 5):
-                exit_code = 1
-            local.reset()
+        summary[suite.name] = counts(report)
+        if result.returncode not in (0, 5):
+            exit_code = 1
     print("\nsuite            passed  failed  skipped")
     for name, result in summary.items():
         print(f"{name:<16} {result['passed']:>6}  {result['failed']:>6}  {result['skipped']:>7}")
