@@ -423,8 +423,9 @@ class RetryRun:
             return None
         if outcome is Outcome.UNKNOWN or outcome is Outcome.INTERRUPTED:
             self.stats.add("occ_commit_unknown")
-            _logger.warning("connection lost or interrupted while a COMMIT (or an autocommit "
-                            "write) was in flight: outcome unknown, not retrying")  # fmt: skip
+            _logger.warning("connection lost, server unavailable or interrupted while a COMMIT "
+                            "(or an autocommit write) was in flight: outcome unknown, not "
+                            "retrying")  # fmt: skip
             if outcome is Outcome.INTERRUPTED:
                 mark_commit_unknown(exc)
                 return None
