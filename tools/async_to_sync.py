@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "src" / "dsqlkit"
 SOURCES = (
     "_connect_async.py",
+    "_connector_async.py",
     "_executor_async.py",
     "_pool_async.py",
     "_repository_async.py",
@@ -38,6 +39,7 @@ SOURCES = (
 RENAMES = {
     "_aio": "_sio",
     "_connect_async": "_connect_sync",
+    "_connector_async": "_connector_sync",
     "_executor_async": "_executor_sync",
     "_pool_async": "_pool_sync",
     "_repository_async": "_repository_sync",

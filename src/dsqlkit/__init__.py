@@ -28,12 +28,11 @@ from ._errors import (
 )
 from ._pool_async import AsyncDsqlConnectionPool
 from ._pool_sync import DsqlConnectionPool
-from ._repository import connect
 from ._repository_async import AsyncRepository
 from ._repository_sync import Repository
 from ._results import Ping, Rows
 from ._retry import RetryEvent, RetryPolicy, RetryStats, commit_outcome_unknown
-from ._shared import close_shared_pools, shared_pool
+from ._shared import close_shared_pools, connect, shared_pool
 from ._tokens import Boto3TokenProvider, EnvTokenProvider, TokenProvider
 from ._transaction import AsyncTransaction, Transaction, occ_retry, transactional
 from ._version import __version__

@@ -36,10 +36,8 @@ Messages say what is wrong and how to fix it. They never contain an IAM token.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from ._migrations import LintIssue, Migration, Statement
+from pathlib import Path
+from typing import Protocol
 
 __all__ = [
     "BulkLoadError",
@@ -158,6 +156,23 @@ class DatabaseUnavailable(DsqlError):
     """The database could not be reached (a health check failed); ``__cause__`` says why."""
 
 
+class _MigrationFile(Protocol):
+    """What `MigrationFailed` needs of a migration (`dsqlkit.migrations.Migration`)."""
+
+    @property
+    def path(self) -> Path: ...
+
+
+class _FailedStatement(Protocol):
+    """What `MigrationFailed` needs of a statement (`dsqlkit.migrations.Statement`)."""
+
+    @property
+    def number(self) -> int: ...
+
+    @property
+    def line(self) -> int: ...
+
+
 class MigrationError(DsqlError):
     """A migration could not be planned or applied."""
 
@@ -165,7 +180,7 @@ class MigrationError(DsqlError):
 class LintFailed(MigrationError):
     """Statements DSQL would refuse; ``issues`` lists each with file, line and fix."""
 
-    def __init__(self, issues: Sequence[LintIssue]) -> None:
+    def __init__(self, issues: Sequence[object]) -> None:
         self.issues = list(issues)
         lines = "\n".join(f"  {issue}" for issue in self.issues)
         super().__init__(f"{len(self.issues)} statement(s) DSQL would refuse:\n{lines}")
@@ -174,7 +189,9 @@ class LintFailed(MigrationError):
 class MigrationFailed(MigrationError):
     """A statement failed; nothing after it ran. Fix it and migrate again to resume."""
 
-    def __init__(self, migration: Migration, statement: Statement, error: BaseException) -> None:
+    def __init__(
+        self, migration: _MigrationFile, statement: _FailedStatement, error: BaseException
+    ) -> None:
         self.migration = migration
         self.statement = statement
         self.error = error

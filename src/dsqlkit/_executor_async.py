@@ -1,7 +1,8 @@
 """The one executor that runs every unit of work (asyncio source; `_executor_sync` is generated).
 
 A unit of work is a transaction function, a read, an autocommit write, or a function that
-runs its own transaction (`occ_retry`). `AsyncExecutor` runs it attempt by attempt: it takes a
+runs its own transaction (`occ_retry`). `run_attempts` is the one retry loop (it knows
+nothing of pools); `AsyncExecutor` runs units on a pool attempt by attempt: it takes a
 connection, tracks what the attempt has sent (`Attempt`: nothing yet, COMMIT in flight, a
 ``READ ONLY`` transaction), and on failure asks `dsqlkit._retry.RetryRun` for the verdict:
 run again after a backoff (nothing was written), raise `CommitOutcomeUnknown` (it may have
@@ -27,11 +28,12 @@ from psycopg import errors, pq
 
 from . import _aio
 from ._errors import TransactionAborted
-from ._query import JOINED, joined_handle, refuse_awaitable
-from ._retry import Attempt, RetryPolicy, RetryStats, find_conflict, is_conflict, judge_all
+from ._joined import joined_handle, joining
+from ._query import refuse_awaitable
+from ._retry import Attempt, RetryPolicy, RetryStats, Scope, find_conflict
 from ._transaction_async import AsyncTransaction
 
-__all__ = ["AsyncExecutor"]
+__all__ = ["AsyncExecutor", "autocommit", "call_once", "run_attempts"]
 
 _IDLE = pq.TransactionStatus.IDLE
 _INERROR = pq.TransactionStatus.INERROR
@@ -84,6 +86,32 @@ def _heat(pool: Any, key: Any, seconds: float) -> None:
     units.setdefault(key, _Gate(until))
 
 
+async def run_attempts(
+    policy: RetryPolicy, stats: RetryStats, once: Callable[..., Any], scope: Scope, *args: Any
+) -> Any:
+    """The retry loop: ``once(attempt, *args)`` until it succeeds or the verdict on its
+    failure (`dsqlkit._retry.RetryRun.failed`, within ``scope``) stops it."""
+    run = policy.start(stats)
+    while True:
+        attempt = run.next_attempt()
+        try:
+            return await once(attempt, *args)
+        except BaseException as exc:
+            verdict = run.failed(exc, attempt, scope)
+            if verdict is None:
+                raise
+            if isinstance(verdict, BaseException):
+                raise verdict from exc
+        await _aio.sleep(verdict)
+
+
+async def call_once(attempt: Attempt, fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
+    """One attempt of a function that runs its own transaction (`occ_retry`)."""
+    result = await fn(*args, **kwargs)
+    refuse_awaitable(result, fn)
+    return result
+
+
 class AsyncExecutor:
     """Runs units of work on one pool under one policy, counting into one `RetryStats`."""
 
@@ -94,21 +122,6 @@ class AsyncExecutor:
         self.policy = policy
         self.stats = stats
 
-    async def run_attempts(self, once: Callable[..., Any], retry_on: Any, *args: Any) -> Any:
-        """The retry loop: ``once(attempt, *args)`` until it succeeds or the verdict stops it."""
-        run = self.policy.start(self.stats)
-        while True:
-            attempt = run.next_attempt()
-            try:
-                return await once(attempt, *args)
-            except BaseException as exc:
-                verdict = run.failed(exc, attempt, retry_on)
-                if verdict is None:
-                    raise
-                if isinstance(verdict, BaseException):
-                    raise verdict from exc
-            await _aio.sleep(verdict)
-
     # -- transactions ------------------------------------------------------------------------
 
     async def transaction(self, fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
@@ -118,10 +131,19 @@ class AsyncExecutor:
             return await fn(joined, *args, **kwargs)
         key = _hot_key(fn, args, kwargs) if self.policy.hot_seconds else None
         if key is not None:
-            return await self.run_attempts(
-                self._hot_transaction_once, judge_all, key, fn, args, kwargs
+            return await run_attempts(
+                self.policy,
+                self.stats,
+                self._hot_transaction_once,
+                Scope.UNIT,
+                key,
+                fn,
+                args,
+                kwargs,
             )
-        return await self.run_attempts(self._transaction_once, judge_all, fn, args, kwargs)
+        return await run_attempts(
+            self.policy, self.stats, self._transaction_once, Scope.UNIT, fn, args, kwargs
+        )
 
     async def _hot_transaction_once(
         self, attempt: Attempt, key: Any, fn: Callable[..., Any], args: Any, kwargs: Any
@@ -150,28 +172,26 @@ class AsyncExecutor:
             attempt.connection = conn
             if conn.info.transaction_status != _IDLE:
                 await conn.rollback()  # a dirty checkout must never nest (savepoints)
-            async with _autocommit(conn, False):
+            async with autocommit(conn, False):
                 handle = AsyncTransaction(conn)
-                token = JOINED.set({**(JOINED.get() or {}), id(self.pool): handle})
-                try:
-                    result = await fn(handle, *args, **kwargs)
-                    refuse_awaitable(result, fn)
-                    if conn.info.transaction_status == _INERROR:
-                        raise TransactionAborted(
-                            f"{getattr(fn, '__qualname__', fn)!s} returned normally, but its "
-                            "transaction had failed (a database error was caught inside it), "
-                            "so nothing was committed; let the error propagate, or check "
-                            "before the statement instead of catching its error (DSQL has "
-                            "no savepoints)"
-                        )
-                    attempt.writing = True
-                    await conn.commit()
-                    return result
-                except BaseException:
-                    await _rollback_quietly(conn)
-                    raise
-                finally:
-                    JOINED.reset(token)
+                with joining(self.pool, handle):
+                    try:
+                        result = await fn(handle, *args, **kwargs)
+                        refuse_awaitable(result, fn)
+                        if conn.info.transaction_status == _INERROR:
+                            raise TransactionAborted(
+                                f"{getattr(fn, '__qualname__', fn)!s} returned normally, but its "
+                                "transaction had failed (a database error was caught inside it), "
+                                "so nothing was committed; let the error propagate, or check "
+                                "before the statement instead of catching its error (DSQL has "
+                                "no savepoints)"
+                            )
+                        attempt.writing = True
+                        await conn.commit()
+                        return result
+                    except BaseException:
+                        await _rollback_quietly(conn)
+                        raise
 
     # -- reads and autocommit writes ---------------------------------------------------------
 
@@ -184,8 +204,16 @@ class AsyncExecutor:
             async with joined.connection.cursor(row_factory=row_factory) as cur:
                 await cur.execute(query, params)
                 return await take(cur)
-        return await self.run_attempts(
-            self._read_once, judge_all, query, params, row_factory, take, pure
+        return await run_attempts(
+            self.policy,
+            self.stats,
+            self._read_once,
+            Scope.UNIT,
+            query,
+            params,
+            row_factory,
+            take,
+            pure,
         )
 
     async def _read_once(  # noqa: PLR0917 - the executor's own call, positional by design
@@ -237,32 +265,18 @@ class AsyncExecutor:
         if joined is not None:
             async with joined.connection.cursor() as cur:
                 return await run(cur)
-        return await self.run_attempts(self._write_once, judge_all, run)
+        return await run_attempts(self.policy, self.stats, self._write_once, Scope.UNIT, run)
 
     async def _write_once(self, attempt: Attempt, run: Callable[..., Any]) -> Any:
         async with self.pool.connection() as conn:
             attempt.connection = conn
-            async with _autocommit(conn, True), conn.cursor() as cur:
+            async with autocommit(conn, True), conn.cursor() as cur:
                 attempt.writing = True
                 return await run(cur)
 
-    # -- functions that run their own transaction --------------------------------------------
-
-    async def call(self, fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
-        """``fn(*args, **kwargs)``, re-run on a conflict only (`occ_retry`): the function owns
-        its connection and COMMIT, so a lost connection is its caller's to judge."""
-        return await self.run_attempts(self._call_once, is_conflict, fn, args, kwargs)
-
-    async def _call_once(
-        self, attempt: Attempt, fn: Callable[..., Any], args: Any, kwargs: Any
-    ) -> Any:
-        result = await fn(*args, **kwargs)
-        refuse_awaitable(result, fn)
-        return result
-
 
 @contextlib.asynccontextmanager
-async def _autocommit(conn: Any, value: bool) -> AsyncIterator[None]:
+async def autocommit(conn: Any, value: bool) -> AsyncIterator[None]:
     """Run with ``conn.autocommit == value``, then restore it (if the connection survived)."""
     previous = conn.autocommit
     if previous != value:

@@ -3,7 +3,8 @@
 """The one executor that runs every unit of work (asyncio source; `_executor_sync` is generated).
 
 A unit of work is a transaction function, a read, an autocommit write, or a function that
-runs its own transaction (`occ_retry`). `AsyncExecutor` runs it attempt by attempt: it takes a
+runs its own transaction (`occ_retry`). `run_attempts` is the one retry loop (it knows
+nothing of pools); `AsyncExecutor` runs units on a pool attempt by attempt: it takes a
 connection, tracks what the attempt has sent (`Attempt`: nothing yet, COMMIT in flight, a
 ``READ ONLY`` transaction), and on failure asks `dsqlkit._retry.RetryRun` for the verdict:
 run again after a backoff (nothing was written), raise `CommitOutcomeUnknown` (it may have
@@ -29,11 +30,12 @@ from psycopg import errors, pq
 
 from . import _sio
 from ._errors import TransactionAborted
-from ._query import JOINED, joined_handle, refuse_awaitable
-from ._retry import Attempt, RetryPolicy, RetryStats, find_conflict, is_conflict, judge_all
+from ._joined import joined_handle, joining
+from ._query import refuse_awaitable
+from ._retry import Attempt, RetryPolicy, RetryStats, Scope, find_conflict
 from ._transaction_sync import Transaction
 
-__all__ = ["Executor"]
+__all__ = ["Executor", "autocommit", "call_once", "run_attempts"]
 
 _IDLE = pq.TransactionStatus.IDLE
 _INERROR = pq.TransactionStatus.INERROR
@@ -86,6 +88,32 @@ def _heat(pool: Any, key: Any, seconds: float) -> None:
     units.setdefault(key, _Gate(until))
 
 
+def run_attempts(
+    policy: RetryPolicy, stats: RetryStats, once: Callable[..., Any], scope: Scope, *args: Any
+) -> Any:
+    """The retry loop: ``once(attempt, *args)`` until it succeeds or the verdict on its
+    failure (`dsqlkit._retry.RetryRun.failed`, within ``scope``) stops it."""
+    run = policy.start(stats)
+    while True:
+        attempt = run.next_attempt()
+        try:
+            return once(attempt, *args)
+        except BaseException as exc:
+            verdict = run.failed(exc, attempt, scope)
+            if verdict is None:
+                raise
+            if isinstance(verdict, BaseException):
+                raise verdict from exc
+        _sio.sleep(verdict)
+
+
+def call_once(attempt: Attempt, fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
+    """One attempt of a function that runs its own transaction (`occ_retry`)."""
+    result = fn(*args, **kwargs)
+    refuse_awaitable(result, fn)
+    return result
+
+
 class Executor:
     """Runs units of work on one pool under one policy, counting into one `RetryStats`."""
 
@@ -96,21 +124,6 @@ class Executor:
         self.policy = policy
         self.stats = stats
 
-    def run_attempts(self, once: Callable[..., Any], retry_on: Any, *args: Any) -> Any:
-        """The retry loop: ``once(attempt, *args)`` until it succeeds or the verdict stops it."""
-        run = self.policy.start(self.stats)
-        while True:
-            attempt = run.next_attempt()
-            try:
-                return once(attempt, *args)
-            except BaseException as exc:
-                verdict = run.failed(exc, attempt, retry_on)
-                if verdict is None:
-                    raise
-                if isinstance(verdict, BaseException):
-                    raise verdict from exc
-            _sio.sleep(verdict)
-
     # -- transactions ------------------------------------------------------------------------
 
     def transaction(self, fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
@@ -120,8 +133,19 @@ class Executor:
             return fn(joined, *args, **kwargs)
         key = _hot_key(fn, args, kwargs) if self.policy.hot_seconds else None
         if key is not None:
-            return self.run_attempts(self._hot_transaction_once, judge_all, key, fn, args, kwargs)
-        return self.run_attempts(self._transaction_once, judge_all, fn, args, kwargs)
+            return run_attempts(
+                self.policy,
+                self.stats,
+                self._hot_transaction_once,
+                Scope.UNIT,
+                key,
+                fn,
+                args,
+                kwargs,
+            )
+        return run_attempts(
+            self.policy, self.stats, self._transaction_once, Scope.UNIT, fn, args, kwargs
+        )
 
     def _hot_transaction_once(
         self, attempt: Attempt, key: Any, fn: Callable[..., Any], args: Any, kwargs: Any
@@ -150,28 +174,26 @@ class Executor:
             attempt.connection = conn
             if conn.info.transaction_status != _IDLE:
                 conn.rollback()  # a dirty checkout must never nest (savepoints)
-            with _autocommit(conn, False):
+            with autocommit(conn, False):
                 handle = Transaction(conn)
-                token = JOINED.set({**(JOINED.get() or {}), id(self.pool): handle})
-                try:
-                    result = fn(handle, *args, **kwargs)
-                    refuse_awaitable(result, fn)
-                    if conn.info.transaction_status == _INERROR:
-                        raise TransactionAborted(
-                            f"{getattr(fn, '__qualname__', fn)!s} returned normally, but its "
-                            "transaction had failed (a database error was caught inside it), "
-                            "so nothing was committed; let the error propagate, or check "
-                            "before the statement instead of catching its error (DSQL has "
-                            "no savepoints)"
-                        )
-                    attempt.writing = True
-                    conn.commit()
-                    return result
-                except BaseException:
-                    _rollback_quietly(conn)
-                    raise
-                finally:
-                    JOINED.reset(token)
+                with joining(self.pool, handle):
+                    try:
+                        result = fn(handle, *args, **kwargs)
+                        refuse_awaitable(result, fn)
+                        if conn.info.transaction_status == _INERROR:
+                            raise TransactionAborted(
+                                f"{getattr(fn, '__qualname__', fn)!s} returned normally, but its "
+                                "transaction had failed (a database error was caught inside it), "
+                                "so nothing was committed; let the error propagate, or check "
+                                "before the statement instead of catching its error (DSQL has "
+                                "no savepoints)"
+                            )
+                        attempt.writing = True
+                        conn.commit()
+                        return result
+                    except BaseException:
+                        _rollback_quietly(conn)
+                        raise
 
     # -- reads and autocommit writes ---------------------------------------------------------
 
@@ -184,7 +206,17 @@ class Executor:
             with joined.connection.cursor(row_factory=row_factory) as cur:
                 cur.execute(query, params)
                 return take(cur)
-        return self.run_attempts(self._read_once, judge_all, query, params, row_factory, take, pure)
+        return run_attempts(
+            self.policy,
+            self.stats,
+            self._read_once,
+            Scope.UNIT,
+            query,
+            params,
+            row_factory,
+            take,
+            pure,
+        )
 
     def _read_once(  # noqa: PLR0917 - the executor's own call, positional by design
         self,
@@ -235,30 +267,18 @@ class Executor:
         if joined is not None:
             with joined.connection.cursor() as cur:
                 return run(cur)
-        return self.run_attempts(self._write_once, judge_all, run)
+        return run_attempts(self.policy, self.stats, self._write_once, Scope.UNIT, run)
 
     def _write_once(self, attempt: Attempt, run: Callable[..., Any]) -> Any:
         with self.pool.connection() as conn:
             attempt.connection = conn
-            with _autocommit(conn, True), conn.cursor() as cur:
+            with autocommit(conn, True), conn.cursor() as cur:
                 attempt.writing = True
                 return run(cur)
 
-    # -- functions that run their own transaction --------------------------------------------
-
-    def call(self, fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
-        """``fn(*args, **kwargs)``, re-run on a conflict only (`occ_retry`): the function owns
-        its connection and COMMIT, so a lost connection is its caller's to judge."""
-        return self.run_attempts(self._call_once, is_conflict, fn, args, kwargs)
-
-    def _call_once(self, attempt: Attempt, fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
-        result = fn(*args, **kwargs)
-        refuse_awaitable(result, fn)
-        return result
-
 
 @contextlib.contextmanager
-def _autocommit(conn: Any, value: bool) -> Iterator[None]:
+def autocommit(conn: Any, value: bool) -> Iterator[None]:
     """Run with ``conn.autocommit == value``, then restore it (if the connection survived)."""
     previous = conn.autocommit
     if previous != value:

@@ -1,7 +1,8 @@
 """`AsyncDsqlConnectionPool` (asyncio source; `DsqlConnectionPool` in `_pool_sync` is generated).
 
-What this adds to psycopg_pool's pool is thin I/O around the shared `PoolCore`: a fresh token
-per physical connection (signed in a worker thread, never on the event loop), a checkout that
+What this adds to psycopg_pool's pool is thin I/O around a `dsqlkit._connector.Connector`
+(through `dsqlkit._connector_async`, as SQLAlchemy engines do): a fresh token per physical
+connection (signed in a worker thread, never on the event loop), a checkout that
 never hands out an expired or dead connection, waiting clients failed at once when a connect
 error is permanent (every timeout names its last cause), a close that interrupts connect
 retries, and a fork child that starts with its own connections.
@@ -18,23 +19,18 @@ from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from typing_extensions import TypeVar, Unpack
 
-from . import _aio
+from . import _aio, _pool_internals
 from ._connect_async import AsyncDsqlConnection
-from ._pool import (
-    DEAD,
-    DEFAULT_MAX_LIFETIME,
-    OK,
-    PROBE,
-    _AllOptions,
-    _DsqlPoolMixin,
-)
+from ._connector import Verdict
+from ._connector_async import checkout, connection_kwargs
+from ._pool import DEFAULT_MAX_LIFETIME, AllOptions, DsqlPoolMixin
 
 __all__ = ["AsyncDsqlConnectionPool"]
 
 ACT = TypeVar("ACT", bound=psycopg.AsyncConnection[Any], default=AsyncDsqlConnection[TupleRow])
 
 
-class AsyncDsqlConnectionPool(_DsqlPoolMixin, AsyncConnectionPool[ACT], Generic[ACT]):
+class AsyncDsqlConnectionPool(DsqlPoolMixin, AsyncConnectionPool[ACT], Generic[ACT]):
     """A psycopg_pool pool for Aurora DSQL (or plain PostgreSQL in local mode).
 
     Args:
@@ -85,7 +81,7 @@ class AsyncDsqlConnectionPool(_DsqlPoolMixin, AsyncConnectionPool[ACT], Generic[
         max_lifetime: float = DEFAULT_MAX_LIFETIME,
         timeout: float = 30.0,
         name: str | None = None,
-        **options: Unpack[_AllOptions],
+        **options: Unpack[AllOptions],
     ) -> None:
         arguments = self._dsql_arguments(
             endpoint,
@@ -111,11 +107,7 @@ class AsyncDsqlConnectionPool(_DsqlPoolMixin, AsyncConnectionPool[ACT], Generic[
         )
 
     async def _connect_kwargs(self) -> dict[str, Any]:
-        core = self._core
-        kwargs = core.static_kwargs()
-        if core.minter is not None:
-            kwargs["password"] = await _aio.to_thread(core.mint)
-        return kwargs
+        return await connection_kwargs(self._core)
 
     async def _configure_new(self, conn: ACT) -> None:
         self._core.connection_created(conn)
@@ -128,9 +120,8 @@ class AsyncDsqlConnectionPool(_DsqlPoolMixin, AsyncConnectionPool[ACT], Generic[
         self.run_task(_FailWaiters(self, error))  # type: ignore[arg-type]
 
     async def _fail_waiters(self, error: BaseException) -> None:
-        async with self._lock:
-            waiting = list(self._waiting)
-            self._waiting.clear()
+        async with _pool_internals.waiting_lock(self):
+            waiting = _pool_internals.take_waiting(self)
         for position in waiting:
             await position.fail(self._core.timeout_error(0.0))
 
@@ -152,9 +143,9 @@ class AsyncDsqlConnectionPool(_DsqlPoolMixin, AsyncConnectionPool[ACT], Generic[
         """Wait for ``min_size`` connections, like psycopg_pool's, but fail at once when
         connecting cannot succeed; either way the `PoolTimeout` names the cause."""
         core = self._core
-        self._check_open_getconn()
+        _pool_internals.check_open(self)
         deadline = time.monotonic() + timeout
-        while len(self._pool) < self._min_size:
+        while _pool_internals.idle_count(self) < self.min_size:
             if core.permanent_error is not None or time.monotonic() >= deadline:
                 await self.close()
                 error = core.permanent_error or core.last_error
@@ -178,25 +169,16 @@ class AsyncDsqlConnectionPool(_DsqlPoolMixin, AsyncConnectionPool[ACT], Generic[
         waited = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + waited
         while True:
-            if core.permanent_error is not None and not self._pool:
+            if core.permanent_error is not None and not _pool_internals.idle_count(self):
                 raise core.timeout_error(waited) from core.permanent_error
             try:
                 conn = await super().getconn(max(deadline - time.monotonic(), 0.0))
             except PoolTimeout:
                 raise core.timeout_error(waited) from (core.permanent_error or core.last_error)
-            verdict = core.checkout_verdict(conn)
-            if verdict == PROBE:
-                try:
-                    await self.check_connection(conn)
-                except Exception:
-                    verdict = DEAD
-                else:
-                    verdict = OK
-            if verdict == OK:
+            if await checkout(core, conn, self.check_connection) is Verdict.OK:
                 return conn
-            core.count_discard(verdict)
             await conn.close()
-            await self._putconn(conn, from_getconn=True)  # replaced quietly, without a warning
+            await _pool_internals.discard_checked_out(self, conn)  # replaced without a warning
 
     async def putconn(self, conn: ACT) -> None:
         self._core.connection_returned(conn)

@@ -5,7 +5,6 @@ Shared by the transaction handles, the executor and the repositories (sync and a
 
 from __future__ import annotations
 
-import contextvars
 import inspect
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -19,18 +18,6 @@ from ._errors import TooManyRows, UsageError
 Params = Sequence[Any] | Mapping[str, Any] | None
 ParamSet = Sequence[Any] | Mapping[str, Any]
 RowShape = RowFactory[Any] | type | None
-
-#: The transaction handles running in this thread or task, by pool: a nested unit of work on
-#: the same pool joins its handle instead of starting (and retrying) a transaction of its own.
-JOINED: contextvars.ContextVar[dict[int, Any] | None] = contextvars.ContextVar(
-    "dsqlkit_joined_transactions", default=None
-)
-
-
-def joined_handle(pool: Any) -> Any:
-    """The handle of the transaction running on ``pool`` in this context, if any."""
-    joined = JOINED.get()
-    return joined.get(id(pool)) if joined else None
 
 
 def check_sql(sql: Any) -> Any:

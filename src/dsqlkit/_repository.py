@@ -2,37 +2,19 @@
 
 The layer most application code touches. Both are written once: `AsyncRepository` in
 `dsqlkit._repository_async`, and `Repository` generated from it (`_repository_sync`). This
-module holds what they share (`RepositoryBase`) and `connect`, the one-line notebook entry.
+module holds what they share (`RepositoryBase`).
 """
 
 from __future__ import annotations
 
-import atexit
-import weakref
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ._errors import DatabaseUnavailable
 from ._query import RowShape, row_factory
 from ._results import Ping, Rows
-from ._retry import RetryPolicy, RetryStats, resolve_policy
+from ._retry import RetryPolicy, RetryStats, resolve_policy, stats_for
 
-if TYPE_CHECKING:
-    from ._repository_sync import Repository
-
-__all__ = ["Ping", "RepositoryBase", "Rows", "connect", "stats_for"]
-
-_foreign_stats: weakref.WeakKeyDictionary[Any, RetryStats] = weakref.WeakKeyDictionary()
-
-
-def stats_for(pool: Any) -> RetryStats:
-    """The `RetryStats` of ``pool``: its own for dsqlkit's pools, else one kept per pool."""
-    stats = getattr(pool, "retry_stats", None)
-    if isinstance(stats, RetryStats):
-        return stats
-    stats = _foreign_stats.get(pool)
-    if stats is None:
-        stats = _foreign_stats[pool] = RetryStats()
-    return stats
+__all__ = ["Ping", "RepositoryBase", "Rows", "unavailable"]
 
 
 def unavailable(pool: Any, exc: BaseException) -> DatabaseUnavailable:
@@ -60,6 +42,11 @@ class RepositoryBase:
         self._owns_pool = False
         self._opened = True
 
+    def own_pool(self) -> None:
+        """This repository opens its pool on first use and closes it in ``close()``."""
+        self._owns_pool = True
+        self._opened = False
+
     def _shape(self, shape: RowShape) -> Any:
         return self._default_shape if shape is None else _row_factory(shape)
 
@@ -80,37 +67,3 @@ class RepositoryBase:
 
 
 _row_factory = row_factory
-
-
-def connect(endpoint: Any = None, /, **options: Any) -> Repository:
-    """A ready `Repository` in one line, for notebooks and scripts.
-
-    ``endpoint`` is a host name, cluster id, conninfo or URL (``None``: from the environment),
-    or a running `dsqlkit.testing.LocalDsql`, which supplies its host, port, CA and signing
-    credentials; ``options`` are `DsqlConnectionPool` arguments (``min_size`` defaults to 1,
-    ``max_size`` to 4). The pool opens on first use and closes at interpreter exit (or with
-    ``close()``).
-    """
-    from ._pool_sync import DsqlConnectionPool
-    from ._repository_sync import Repository
-
-    options.setdefault("min_size", 1)
-    options.setdefault("max_size", 4)
-    options["open"] = False
-    if endpoint is None:
-        pool: DsqlConnectionPool[Any] = DsqlConnectionPool.from_env(**options)
-    elif callable(getattr(endpoint, "pool_options", None)):  # a LocalDsql
-        pool = DsqlConnectionPool(endpoint.host, **endpoint.pool_options(**options))
-    else:
-        pool = DsqlConnectionPool(endpoint, **options)
-    repository = Repository(pool)
-    repository._owns_pool = True
-    repository._opened = False
-    atexit.register(_close_later, weakref.ref(repository))
-    return repository
-
-
-def _close_later(ref: weakref.ref[Repository]) -> None:
-    repository = ref()
-    if repository is not None:
-        repository.close()

@@ -31,7 +31,8 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from . import _aio
 from ._bulk import DEFAULT_CHUNK_BYTES, BulkPlan, BulkProgress, BulkResult, LoadState, plan
 from ._errors import BulkLoadError, UsageError
-from ._executor_async import AsyncExecutor, _autocommit
+from ._executor_async import AsyncExecutor, autocommit
+from ._joined import joined_handle
 from ._query import (
     Params,
     ParamSet,
@@ -39,7 +40,6 @@ from ._query import (
     check_callable,
     check_sql,
     is_pure_read,
-    joined_handle,
     single,
 )
 from ._repository import RepositoryBase, unavailable
@@ -238,7 +238,7 @@ class AsyncRepository(RepositoryBase):
         start = time.perf_counter()
         try:
             async with self.pool.connection(timeout=timeout) as conn:
-                async with _autocommit(conn, True):
+                async with autocommit(conn, True):
                     await conn.execute("SELECT 1")
                 version = conn.info.parameter_status("server_version") or "unknown"
         except (PoolTimeout, psycopg.OperationalError) as exc:

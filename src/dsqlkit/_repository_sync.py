@@ -33,7 +33,8 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from . import _sio
 from ._bulk import DEFAULT_CHUNK_BYTES, BulkPlan, BulkProgress, BulkResult, LoadState, plan
 from ._errors import BulkLoadError, UsageError
-from ._executor_sync import Executor, _autocommit
+from ._executor_sync import Executor, autocommit
+from ._joined import joined_handle
 from ._query import (
     Params,
     ParamSet,
@@ -41,7 +42,6 @@ from ._query import (
     check_callable,
     check_sql,
     is_pure_read,
-    joined_handle,
     single,
 )
 from ._repository import RepositoryBase, unavailable
@@ -238,7 +238,7 @@ class Repository(RepositoryBase):
         start = time.perf_counter()
         try:
             with self.pool.connection(timeout=timeout) as conn:
-                with _autocommit(conn, True):
+                with autocommit(conn, True):
                     conn.execute("SELECT 1")
                 version = conn.info.parameter_status("server_version") or "unknown"
         except (PoolTimeout, psycopg.OperationalError) as exc:

@@ -28,6 +28,7 @@ import logging
 import math
 import re
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
@@ -41,7 +42,7 @@ from ._stats import Counters
 if TYPE_CHECKING:
     import tenacity
 
-__all__ = ["RetryEvent", "RetryPolicy", "RetryStats"]
+__all__ = ["RetryEvent", "RetryPolicy", "RetryStats", "Scope", "stats_for"]
 
 _logger = logging.getLogger("dsqlkit.retry")
 
@@ -141,6 +142,18 @@ _INTERRUPTIONS = (
 _UNSET: Any = object()
 
 
+class Scope(enum.Enum):
+    """What a retry loop may re-run after a failed attempt."""
+
+    #: dsqlkit runs the unit and tracks what it sent (`Attempt`): re-run on a conflict, or
+    #: when the connection was lost before anything that can commit was sent; report
+    #: `CommitOutcomeUnknown` when it was lost while COMMIT was in flight.
+    UNIT = "unit"
+    #: The function runs its own transaction (`occ_retry`): re-run on a conflict (40001)
+    #: only; a lost connection is its caller's to judge.
+    CONFLICTS = "conflicts"
+
+
 class Outcome(enum.Enum):
     """What a failed attempt means for the unit of work."""
 
@@ -207,13 +220,6 @@ _REASON_KEYS = {
     "OC001": "occ_conflicts_oc001",
     "40001": "occ_conflicts_40001",
 }
-
-
-def retry_reason(exc: BaseException) -> str:
-    conflict = find_conflict(exc)
-    if conflict is not None:
-        return conflict_code(conflict)
-    return "XX000" if find_unavailable(exc) is not None else "disconnect"
 
 
 @dataclass(frozen=True)
@@ -355,14 +361,14 @@ class RetryPolicy:
         """The bookkeeping for one unit of work run under this policy."""
         return RetryRun(self, stats)
 
-    def retrying(self, stats: RetryStats | None = None) -> tenacity.Retrying:
+    def retrying(self) -> tenacity.Retrying:
         """This policy as a tenacity ``Retrying`` that retries conflicts (40001) only, for code
         that runs its own transactions (tenacity is imported on first use)."""
         import tenacity
 
         return tenacity.Retrying(**self._tenacity_options())
 
-    def async_retrying(self, stats: RetryStats | None = None) -> tenacity.AsyncRetrying:
+    def async_retrying(self) -> tenacity.AsyncRetrying:
         """Like `retrying`, as a tenacity ``AsyncRetrying``."""
         import tenacity
 
@@ -408,17 +414,15 @@ class RetryRun:
         return Attempt(self.attempts)
 
     def failed(
-        self, exc: BaseException, attempt: Attempt, retry_on: Callable[[BaseException], bool]
+        self, exc: BaseException, attempt: Attempt, scope: Scope
     ) -> float | BaseException | None:
         """The delay before the next attempt, an error to raise from ``exc``, or None to
         re-raise ``exc`` itself."""
         conflict = find_conflict(exc)
-        if retry_on is judge_all:
+        if scope is Scope.UNIT:
             outcome = judge(exc, attempt, conflict)
-        elif retry_on is is_conflict:
-            outcome = Outcome.RETRY if conflict is not None else Outcome.FAIL
         else:
-            outcome = _only(retry_on, exc)
+            outcome = Outcome.RETRY if conflict is not None else Outcome.FAIL
         if outcome is Outcome.FAIL:
             return None
         if outcome is Outcome.UNKNOWN or outcome is Outcome.INTERRUPTED:
@@ -439,7 +443,10 @@ class RetryRun:
                 f"it idempotent, or check the data, then decide): {exc}",
                 attempts=attempt.number,
             )
-        reason = conflict_code(conflict) if conflict is not None else retry_reason(exc)
+        if conflict is not None:
+            reason = conflict_code(conflict)
+        else:
+            reason = "XX000" if find_unavailable(exc) is not None else "disconnect"
         policy = self.policy
         delay = policy.delay(attempt.number)
         number = attempt.number
@@ -458,15 +465,6 @@ class RetryRun:
         if policy.on_retry is not None:
             policy.on_retry(RetryEvent(number, reason, delay, exc))
         return delay
-
-
-def judge_all(exc: BaseException) -> bool:
-    """Marker for `RetryRun.failed`: use the full verdict of `judge` (units dsqlkit runs)."""
-    return True
-
-
-def _only(retry_on: Callable[[BaseException], bool], exc: BaseException) -> Outcome:
-    return Outcome.RETRY if retry_on(exc) else Outcome.FAIL
 
 
 def _set_attempts(exc: BaseException, attempts: int) -> None:
@@ -499,3 +497,17 @@ def resolve_policy(policy: RetryPolicy | None, options: dict[str, Any]) -> Retry
     if not isinstance(base, RetryPolicy):
         raise ConfigurationError("policy must be a dsqlkit.RetryPolicy")
     return base.with_options(**options) if options else base
+
+
+_foreign_stats: weakref.WeakKeyDictionary[Any, RetryStats] = weakref.WeakKeyDictionary()
+
+
+def stats_for(pool: Any) -> RetryStats:
+    """The `RetryStats` of ``pool``: its own for dsqlkit's pools, else one kept per pool."""
+    stats = getattr(pool, "retry_stats", None)
+    if isinstance(stats, RetryStats):
+        return stats
+    stats = _foreign_stats.get(pool)
+    if stats is None:
+        stats = _foreign_stats[pool] = RetryStats()
+    return stats

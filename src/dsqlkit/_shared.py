@@ -1,4 +1,6 @@
-"""One memoized pool per process and configuration, for Lambda handlers and services.
+"""Pools the library opens for you: `shared_pool` and `connect`.
+
+One memoized pool per process and configuration, for Lambda handlers and services.
 
 ``shared_pool(...)`` returns the same `DsqlConnectionPool` for the same arguments in the same
 process, creating it (and opening it lazily) on first use. Shared pools are closed at
@@ -14,12 +16,14 @@ import logging
 import os
 import signal
 import threading
+import weakref
 from typing import Any
 
 from ._errors import ConfigurationError
 from ._pool_sync import DsqlConnectionPool
+from ._repository_sync import Repository
 
-__all__ = ["close_shared_pools", "shared_pool"]
+__all__ = ["close_shared_pools", "connect", "shared_pool"]
 
 _logger = logging.getLogger("dsqlkit.pool")
 _pools: dict[tuple[Any, ...], DsqlConnectionPool[Any]] = {}
@@ -105,3 +109,33 @@ def _install_hooks() -> None:
                 signal.signal(signal.SIGTERM, _on_sigterm)
         except (ValueError, OSError):  # not the main interpreter, or no signals here
             pass
+
+
+def connect(endpoint: Any = None, /, **options: Any) -> Repository:
+    """A ready `Repository` in one line, for notebooks and scripts.
+
+    ``endpoint`` is a host name, cluster id, conninfo or URL (``None``: from the environment),
+    or a running `dsqlkit.testing.LocalDsql`, which supplies its host, port, CA and signing
+    credentials; ``options`` are `DsqlConnectionPool` arguments (``min_size`` defaults to 1,
+    ``max_size`` to 4). The pool opens on first use and closes at interpreter exit (or with
+    ``close()``).
+    """
+    options.setdefault("min_size", 1)
+    options.setdefault("max_size", 4)
+    options["open"] = False
+    if endpoint is None:
+        pool: DsqlConnectionPool[Any] = DsqlConnectionPool.from_env(**options)
+    elif callable(getattr(endpoint, "pool_options", None)):  # a LocalDsql
+        pool = DsqlConnectionPool(endpoint.host, **endpoint.pool_options(**options))
+    else:
+        pool = DsqlConnectionPool(endpoint, **options)
+    repository = Repository(pool)
+    repository.own_pool()
+    atexit.register(_close_later, weakref.ref(repository))
+    return repository
+
+
+def _close_later(ref: weakref.ref[Repository]) -> None:
+    repository = ref()
+    if repository is not None:
+        repository.close()

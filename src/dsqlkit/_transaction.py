@@ -22,12 +22,13 @@ from typing import Any, Concatenate, TypeVar, overload
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 from typing_extensions import ParamSpec
 
+from . import _executor_async, _executor_sync
 from ._errors import UsageError
 from ._executor_async import AsyncExecutor
 from ._executor_sync import Executor
-from ._query import JOINED, check_callable
-from ._repository import stats_for
-from ._retry import RetryPolicy, RetryStats, resolve_policy
+from ._joined import in_unit
+from ._query import check_callable, refuse_awaitable
+from ._retry import RetryPolicy, RetryStats, Scope, resolve_policy, stats_for
 from ._transaction_async import AsyncTransaction
 from ._transaction_sync import Transaction
 
@@ -138,24 +139,27 @@ def occ_retry(
         stats = RetryStats()
 
         if inspect.iscoroutinefunction(func):
-            executor = AsyncExecutor(None, resolved, stats)
 
             @functools.wraps(func)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                if JOINED.get():
+                if in_unit():
                     return await func(*args, **kwargs)
-                return await executor.call(func, args, kwargs)
+                return await _executor_async.run_attempts(
+                    resolved, stats, _executor_async.call_once, Scope.CONFLICTS, func, args, kwargs
+                )
 
             async_wrapper.retry_stats = stats  # type: ignore[attr-defined]
             return async_wrapper
 
-        sync_executor = Executor(None, resolved, stats)
-
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            if JOINED.get():
-                return sync_executor._call_once(None, func, args, kwargs)  # type: ignore[arg-type]
-            return sync_executor.call(func, args, kwargs)
+            if in_unit():
+                result = func(*args, **kwargs)
+                refuse_awaitable(result, func)
+                return result
+            return _executor_sync.run_attempts(
+                resolved, stats, _executor_sync.call_once, Scope.CONFLICTS, func, args, kwargs
+            )
 
         wrapper.retry_stats = stats  # type: ignore[attr-defined]
         return wrapper

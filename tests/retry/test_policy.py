@@ -146,7 +146,7 @@ def test_backoff_is_full_jitter_exponential_and_capped() -> None:
     import tenacity
 
     policy = RetryPolicy(base_delay=0.01, max_delay=0.08)
-    wait = policy.retrying(RetryStats()).wait
+    wait = policy.retrying().wait
     ceilings = []
     for attempt in range(1, 8):
         state = tenacity.RetryCallState(None, None, (), {})

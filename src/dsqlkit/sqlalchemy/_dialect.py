@@ -28,7 +28,7 @@ from sqlalchemy.dialects.postgresql.base import PGDDLCompiler
 from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg, PGDialectAsync_psycopg
 
 if TYPE_CHECKING:
-    from .._pool import PoolCore
+    from .._connector import Connector
 
 __all__ = ["DsqlDDLCompiler", "DsqlDialect", "DsqlDialectAsync"]
 
@@ -94,7 +94,7 @@ class DsqlDialect(PGDialect_psycopg):
     supports_statement_cache = True
     #: The dsqlkit core (endpoint, tokens, connection checks) of an engine built by
     #: `dsqlkit.sqlalchemy.create_engine`; None for an engine built some other way.
-    dsqlkit_core: PoolCore | None = None
+    dsqlkit_core: Connector | None = None
 
     def __init__(self, **kwargs: Any) -> None:
         kwargs.setdefault("use_native_hstore", False)  # DSQL has no extensions
@@ -112,7 +112,7 @@ class DsqlDialectAsync(PGDialectAsync_psycopg):
     ddl_compiler = DsqlDDLCompiler
     supports_native_enum = False
     supports_statement_cache = True
-    dsqlkit_core: PoolCore | None = None
+    dsqlkit_core: Connector | None = None
 
     def __init__(self, **kwargs: Any) -> None:
         kwargs.setdefault("use_native_hstore", False)

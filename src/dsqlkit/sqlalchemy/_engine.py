@@ -27,10 +27,10 @@ from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, Engine
 
+from .. import _connector_async, _connector_sync
 from .._config import endpoint_from_env
+from .._connector import Connector, DsqlOptions, Verdict
 from .._errors import ConfigurationError
-from .._pool import DEAD, EXPIRED, OK, PROBE, DsqlOptions, PoolCore
-from . import _run_async, _run_sync
 from ._dialect import register
 
 if TYPE_CHECKING:
@@ -73,7 +73,7 @@ def create_engine(
 
     engine = sqlalchemy.create_engine(
         engine_url,
-        creator=lambda: _run_sync.connect(core),
+        creator=lambda: _connector_sync.open_connection(core),
         pool_recycle=pool_recycle,
         **engine_options,
     )
@@ -104,7 +104,7 @@ def create_async_engine(
 
     engine = sa_create_async_engine(
         engine_url.set(drivername="dsql+psycopg_async"),
-        async_creator=lambda: _run_async.connect(core),
+        async_creator=lambda: _connector_async.open_connection(core),
         pool_recycle=pool_recycle,
         **engine_options,
     )
@@ -119,8 +119,8 @@ def get_stats(engine: Engine | AsyncEngine) -> dict[str, int]:
     return core_of(engine).stats(reset=False)
 
 
-def core_of(engine: Any) -> PoolCore:
-    """The dsqlkit core of an engine built here; `ConfigurationError` for any other engine."""
+def core_of(engine: Any) -> Connector:
+    """The dsqlkit connector of an engine built here; `ConfigurationError` for any other engine."""
     sync_engine = getattr(engine, "sync_engine", engine)
     core = getattr(getattr(sync_engine, "dialect", None), "dsqlkit_core", None)
     if core is None:
@@ -137,7 +137,7 @@ def _prepare(
     pool_recycle: float,
     connect_deadline: float,
     options: dict[str, Any],
-) -> tuple[PoolCore, URL, dict[str, Any]]:
+) -> tuple[Connector, URL, dict[str, Any]]:
     """The dsqlkit core, SQLAlchemy URL and remaining engine options for one engine."""
     for name in _OURS:
         if name in options:
@@ -155,7 +155,7 @@ def _prepare(
     if endpoint is None:
         endpoint, from_env = endpoint_from_env(os.environ)
         dsql = {**from_env, **dsql}
-    core = PoolCore(
+    core = Connector(
         endpoint,
         options=dsql,  # type: ignore[arg-type]
         max_lifetime=pool_recycle,
@@ -215,7 +215,7 @@ def _check_recycle(pool_recycle: float) -> None:
         )
 
 
-def _install_checks(engine: Engine, core: PoolCore) -> None:
+def _install_checks(engine: Engine, core: Connector) -> None:
     """Attach ``core`` to the engine's dialect and dsqlkit's checks to its pool."""
     engine.dialect.dsqlkit_core = core  # type: ignore[attr-defined]
     dialect = engine.dialect
@@ -223,17 +223,9 @@ def _install_checks(engine: Engine, core: PoolCore) -> None:
     @event.listens_for(engine, "checkout")
     def _checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
         conn = _driver(dbapi_connection)
-        verdict = core.checkout_verdict(conn)
-        if verdict == PROBE:
-            try:
-                dialect.do_ping(dbapi_connection)
-            except Exception:
-                verdict = DEAD
-            else:
-                verdict = OK
-        if verdict != OK:
-            core.count_discard(verdict)
-            reason = "past its lifetime" if verdict == EXPIRED else "closed while idle"
+        verdict = _connector_sync.checkout(core, conn, lambda _: dialect.do_ping(dbapi_connection))
+        if verdict is not Verdict.OK:
+            reason = "past its lifetime" if verdict is Verdict.EXPIRED else "closed while idle"
             raise sa_exc.DisconnectionError(f"dsqlkit: connection {reason}; replacing it")
 
     @event.listens_for(engine, "checkin")

@@ -46,7 +46,7 @@ def transactional(bind: Any, *, policy: RetryPolicy | None = None, **options: An
     """
     kind = _kind_of(bind)
     resolved = resolve_policy(policy, options)
-    stats = _stats_for(bind)
+    stats = stats_of(bind)
 
     def decorate(fn: Any) -> Any:
         check_callable(fn, "transactional")
@@ -81,7 +81,7 @@ def _kind_of(bind: Any) -> str:
     )
 
 
-def _stats_for(bind: Any) -> RetryStats:
+def stats_of(bind: Any) -> RetryStats:
     """The engine's dsqlkit counters when it has them, else counters of its own."""
     engine = getattr(bind, "kw", {}).get("bind", bind)
     try:

@@ -2,8 +2,6 @@
 
 The asyncio source: ``_run_sync`` is generated from it by ``tools/async_to_sync.py``.
 
-- `connect`: one physical connection the way dsqlkit's pools open one (a fresh token, minted
-  off the event loop; the connect plan's retries), registered for the checkout checks;
 - `wrap`: the wrapper `dsqlkit.sqlalchemy.transactional` returns;
 - `run_unit`: the one place these units enter dsqlkit's executor (its retry loop, verdict,
   backoff and accounting);
@@ -17,34 +15,20 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Awaitable, Callable  # sync: from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection  # sync: from sqlalchemy import Connection
 
-from .. import _aio
-from .._connect_async import AsyncDsqlConnection
-from .._executor_async import AsyncExecutor
-from .._query import JOINED, joined_handle, refuse_awaitable
-from .._retry import Attempt, RetryPolicy, RetryStats, judge_all
+from .._executor_async import run_attempts
+from .._joined import joined_handle, joining
+from .._query import refuse_awaitable
+from .._retry import Attempt, RetryPolicy, RetryStats, Scope
 from ._checks import Unit, check_not_aborted, check_transactional
 
-if TYPE_CHECKING:
-    from .._pool import PoolCore
-
-__all__ = ["attempt_once", "connect", "run_unit", "wrap"]
+__all__ = ["attempt_once", "run_unit", "wrap"]
 
 T = TypeVar("T")
-
-
-async def connect(core: PoolCore) -> Any:
-    """A new psycopg connection for SQLAlchemy's pool (its ``creator``)."""
-    kwargs = core.static_kwargs()
-    if core.minter is not None:
-        kwargs["password"] = await _aio.to_thread(core.mint)
-    conn = await AsyncDsqlConnection.connect(**kwargs)
-    core.connection_created(conn)
-    return conn
 
 
 def wrap(unit: Unit, policy: RetryPolicy, stats: RetryStats) -> Any:
@@ -69,7 +53,7 @@ async def run_unit(
     *args: Any,
 ) -> T:
     """``once(attempt, *args)`` under ``policy`` on dsqlkit's executor."""
-    result: T = await AsyncExecutor(None, policy, stats).run_attempts(once, judge_all, *args)
+    result: T = await run_attempts(policy, stats, once, Scope.UNIT, *args)
     return result
 
 
@@ -80,8 +64,7 @@ async def attempt_once(attempt: Attempt, unit: Unit, args: Any, kwargs: Any) -> 
         driver = await driver_of(handle)
         attempt.connection = driver
         check_transactional(driver, fn)
-        token = JOINED.set({**(JOINED.get() or {}), id(unit.bind): handle})
-        try:
+        with joining(unit.bind, handle):
             result = await fn(handle, *args, **kwargs)
             refuse_awaitable(result, fn)
             if unit.session:
@@ -90,8 +73,6 @@ async def attempt_once(attempt: Attempt, unit: Unit, args: Any, kwargs: Any) -> 
             attempt.writing = True
             await handle.commit()
             return result
-        finally:
-            JOINED.reset(token)
 
 
 async def driver_of(handle: Any) -> Any:

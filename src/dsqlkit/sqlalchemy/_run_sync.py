@@ -4,8 +4,6 @@
 
 The asyncio source: ``_run_sync`` is generated from it by ``tools/async_to_sync.py``.
 
-- `connect`: one physical connection the way dsqlkit's pools open one (a fresh token, minted
-  off the event loop; the connect plan's retries), registered for the checkout checks;
 - `wrap`: the wrapper `dsqlkit.sqlalchemy.transactional` returns;
 - `run_unit`: the one place these units enter dsqlkit's executor (its retry loop, verdict,
   backoff and accounting);
@@ -19,34 +17,20 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection
 from sqlalchemy import exc as sa_exc
 
-from .. import _sio
-from .._connect_sync import DsqlConnection
-from .._executor_sync import Executor
-from .._query import JOINED, joined_handle, refuse_awaitable
-from .._retry import Attempt, RetryPolicy, RetryStats, judge_all
+from .._executor_sync import run_attempts
+from .._joined import joined_handle, joining
+from .._query import refuse_awaitable
+from .._retry import Attempt, RetryPolicy, RetryStats, Scope
 from ._checks import Unit, check_not_aborted, check_transactional
 
-if TYPE_CHECKING:
-    from .._pool import PoolCore
-
-__all__ = ["attempt_once", "connect", "run_unit", "wrap"]
+__all__ = ["attempt_once", "run_unit", "wrap"]
 
 T = TypeVar("T")
-
-
-def connect(core: PoolCore) -> Any:
-    """A new psycopg connection for SQLAlchemy's pool (its ``creator``)."""
-    kwargs = core.static_kwargs()
-    if core.minter is not None:
-        kwargs["password"] = _sio.to_thread(core.mint)
-    conn = DsqlConnection.connect(**kwargs)
-    core.connection_created(conn)
-    return conn
 
 
 def wrap(unit: Unit, policy: RetryPolicy, stats: RetryStats) -> Any:
@@ -71,7 +55,7 @@ def run_unit(
     *args: Any,
 ) -> T:
     """``once(attempt, *args)`` under ``policy`` on dsqlkit's executor."""
-    result: T = Executor(None, policy, stats).run_attempts(once, judge_all, *args)
+    result: T = run_attempts(policy, stats, once, Scope.UNIT, *args)
     return result
 
 
@@ -82,8 +66,7 @@ def attempt_once(attempt: Attempt, unit: Unit, args: Any, kwargs: Any) -> Any:
         driver = driver_of(handle)
         attempt.connection = driver
         check_transactional(driver, fn)
-        token = JOINED.set({**(JOINED.get() or {}), id(unit.bind): handle})
-        try:
+        with joining(unit.bind, handle):
             result = fn(handle, *args, **kwargs)
             refuse_awaitable(result, fn)
             if unit.session:
@@ -92,8 +75,6 @@ def attempt_once(attempt: Attempt, unit: Unit, args: Any, kwargs: Any) -> Any:
             attempt.writing = True
             handle.commit()
             return result
-        finally:
-            JOINED.reset(token)
 
 
 def driver_of(handle: Any) -> Any:

@@ -1,0 +1,53 @@
+"""The I/O around a `Connector` (asyncio source; `_connector_sync` is generated from it).
+
+The one place that mints a token for a new connection (in a worker thread: never on the
+event loop), opens a connection outside a pool, and runs the checkout: the pools and
+`dsqlkit.sqlalchemy`'s engines all come here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable  # sync: from collections.abc import Callable
+from typing import Any
+
+from . import _aio
+from ._connect_async import AsyncDsqlConnection
+from ._connector import Connector, Verdict
+
+__all__ = ["checkout", "connection_kwargs", "open_connection"]
+
+
+async def connection_kwargs(connector: Connector) -> dict[str, Any]:
+    """The keywords for the next physical connection, with a freshly minted token."""
+    kwargs = connector.static_kwargs()
+    if connector.target.minter is not None:
+        kwargs["password"] = await _aio.to_thread(connector.mint)
+    return kwargs
+
+
+async def open_connection(connector: Connector) -> Any:
+    """A new connection on the connector's connect path (token, TLS, retries), registered
+    for its checkout checks: what SQLAlchemy's ``creator`` returns."""
+    conn = await AsyncDsqlConnection.connect(**await connection_kwargs(connector))
+    connector.connection_created(conn)
+    return conn
+
+
+async def checkout(
+    connector: Connector,
+    conn: Any,
+    probe: Callable[[Any], Awaitable[Any]],  # sync: probe: Callable[[Any], Any],
+) -> Verdict:
+    """Whether ``conn`` may be handed out (`Verdict.OK`) or is to be discarded (counted):
+    ``probe(conn)`` runs only when the connection is suspect, and a probe that raises means DEAD."""
+    verdict = connector.verdict(conn)
+    if verdict is Verdict.PROBE:
+        try:
+            await probe(conn)
+        except Exception:
+            verdict = Verdict.DEAD
+        else:
+            return Verdict.OK
+    if verdict is not Verdict.OK:
+        connector.discarded(verdict)
+    return verdict
