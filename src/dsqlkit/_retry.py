@@ -146,11 +146,12 @@ class Scope(enum.Enum):
     """What a retry loop may re-run after a failed attempt."""
 
     #: dsqlkit runs the unit and tracks what it sent (`Attempt`): re-run on a conflict, or
-    #: when the connection was lost before anything that can commit was sent; report
-    #: `CommitOutcomeUnknown` when it was lost while COMMIT was in flight.
+    #: when the connection was lost (or DSQL answered ``server unavailable``) before anything
+    #: that can commit was sent; report `CommitOutcomeUnknown` when that happened while COMMIT
+    #: was in flight (see `judge`).
     UNIT = "unit"
     #: The function runs its own transaction (`occ_retry`): re-run on a conflict (40001)
-    #: only; a lost connection is its caller's to judge.
+    #: only; a lost connection or ``server unavailable`` is its caller's to judge.
     CONFLICTS = "conflicts"
 
 
