@@ -198,7 +198,7 @@ CREATE FUNCTION dsqlkit_internal.iam_may_connect(role text, arn text) RETURNS bo
                   WHERE m.pg_role_name = role AND m.arn = iam_may_connect.arn)
 $$;
 
--- ==== [wire] What clients see of the endpoint is DSQL's ==================================
+-- [wire] begin: what clients see of the endpoint is DSQL's
 -- DSQL's own session function: an id per connection, stable within it (AWS's connectors'
 -- tests use it to tell connections apart). The format of DSQL's ids is not published.
 CREATE FUNCTION sys.current_session_id() RETURNS text
@@ -239,4 +239,4 @@ END $$;
 RESET allow_system_table_mods;
 CREATE EVENT TRIGGER dsqlkit_protect ON sql_drop
   EXECUTE FUNCTION pg_catalog.dsqlkit_protect_machinery();
--- ==== [wire] end ===========================================================================
+-- [wire] end
