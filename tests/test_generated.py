@@ -21,3 +21,52 @@ def test_generated_sync_modules_match_their_async_sources() -> None:
         check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_generated_sync_code_never_names_the_async_side() -> None:
+    """Docstrings, messages and f-strings of the sync modules name sync classes only, with no
+    asyncio wording (issue 20 item 3): ``help(Repository)`` and the API docs read right."""
+    import io
+    import re
+    import tokenize
+
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        from async_to_sync import PACKAGE, SOURCES, target
+    finally:
+        sys.path.pop(0)
+    async_words = re.compile(
+        r"\bAsync[A-Z]\w*|\bawait\b|\basyncio\b|event loop|\b_\w+_async\b|\b_aio\b|"
+        r"asynccontextmanager|__aenter__|__aexit__"
+    )
+    found = []
+    for name in SOURCES:
+        path = target(PACKAGE / name)
+        text = path.read_text()
+        for tok in tokenize.generate_tokens(io.StringIO(text).readline):
+            if tok.type == tokenize.STRING or tok.type == getattr(tokenize, "FSTRING_MIDDLE", -1):
+                found += [
+                    f"{path.name}:{tok.start[0]}: {m[0]}" for m in async_words.finditer(tok.string)
+                ]
+        code = "".join(line.split("#", 1)[0] + "\n" for line in text.splitlines()[2:])
+        found += [f"{path.name}: code names {m[0]}" for m in re.finditer(r"\bAsync[A-Z]\w*", code)]
+    assert not found, "\n".join(found)
+
+
+def test_strings_are_rewritten_like_code() -> None:
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        from async_to_sync import convert
+    finally:
+        sys.path.pop(0)
+    source = (
+        '"""`AsyncRepository` (asyncio source; `Repository` is generated).\n\n'
+        'Signs tokens (never on the event loop) over an `AsyncDsqlConnectionPool`."""\n'
+        "async def f(pool: AsyncConnectionPool) -> None:\n"
+        '    raise TypeError(f"{pool!r}: AsyncRepository needs an AsyncConnectionPool; await it")\n'
+    )
+    out = convert(source, "x_async.py")
+    assert '"""`Repository`.\n\nSigns tokens over a `DsqlConnectionPool`."""' in out
+    assert 'f"{pool!r}: Repository needs a ConnectionPool; await it")' not in out
+    assert 'f"{pool!r}: Repository needs a ConnectionPool; call it")' in out
+    assert "def f(pool: ConnectionPool)" in out

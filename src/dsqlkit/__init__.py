@@ -11,6 +11,7 @@ from ._config import DsqlEndpoint, InsecureTLSWarning
 from ._connect_async import AsyncDsqlConnection
 from ._connect_sync import DsqlConnection
 from ._errors import (
+    AuthenticationFailed,
     BulkLoadError,
     CommitOutcomeUnknown,
     ConfigurationError,
@@ -33,6 +34,7 @@ from ._repository_sync import Repository
 from ._results import Ping, Rows
 from ._retry import RetryEvent, RetryPolicy, RetryStats, commit_outcome_unknown
 from ._shared import close_shared_pools, connect, shared_pool
+from ._sio import BlockingCallWarning
 from ._tokens import Boto3TokenProvider, EnvTokenProvider, TokenProvider
 from ._transaction import AsyncTransaction, Transaction, occ_retry, transactional
 from ._version import __version__
@@ -42,6 +44,8 @@ __all__ = [
     "AsyncDsqlConnectionPool",
     "AsyncRepository",
     "AsyncTransaction",
+    "AuthenticationFailed",
+    "BlockingCallWarning",
     "Boto3TokenProvider",
     "BulkLoadError",
     "BulkProgress",

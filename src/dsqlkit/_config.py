@@ -6,10 +6,11 @@ with a `ConfigurationError` that says how to fix it.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,9 +21,12 @@ __all__ = [
     "DsqlEndpoint",
     "InsecureTLSWarning",
     "TLSSettings",
+    "check_connection_kwargs",
     "default_ca_bundle",
     "endpoint_from_env",
     "parse_conninfo",
+    "resolve_address",
+    "unknown_arguments",
 ]
 
 CLUSTER_ID = re.compile(r"[a-z0-9]{26}")
@@ -56,8 +60,13 @@ class InsecureTLSWarning(UserWarning):
 class DsqlEndpoint:
     """A resolved endpoint: host, Region, port, user and database.
 
-    ``is_dsql`` is true for ``<cluster-id>.dsql.<region>.on.aws`` hosts: those get IAM tokens
-    and verified TLS. Any other host is "local mode" (plain PostgreSQL): no token, no rewriting.
+    ``is_dsql`` is true for an Aurora DSQL cluster: its connections get IAM tokens signed for
+    ``host`` (always the cluster's real name, ``<cluster-id>.dsql.<region>.on.aws``) and
+    verified TLS. A cluster reached through another name (a CNAME, a PrivateLink / VPC
+    endpoint name, an SSH tunnel's local end) has that name in ``connect_host``. A plain
+    PostgreSQL server (no token, libpq's own TLS defaults) is only ever the result of asking
+    for it with ``plain_postgresql=True``: a host that is not a DSQL endpoint is an error
+    otherwise, never a silent fallback.
     """
 
     host: str
@@ -66,21 +75,46 @@ class DsqlEndpoint:
     user: str = DEFAULT_USER
     dbname: str = DEFAULT_DBNAME
     cluster_id: str | None = None
+    #: The name the client connects to when it is not ``host`` (None: ``host`` itself).
+    connect_host: str | None = None
+    #: The name TLS verifies (and sends as SNI) when ``connect_host`` is set: ``"cluster"``
+    #: (``host``: DSQL's own certificate, as an SSH tunnel, a CNAME or a PrivateLink endpoint
+    #: present it) or ``"host"`` (``connect_host``: a proxy with a certificate of its own).
+    tls_name: str = "cluster"
 
     @property
     def is_dsql(self) -> bool:
         return self.cluster_id is not None
 
+    @property
+    def tls_host(self) -> str:
+        """The host name libpq verifies the certificate against and sends as SNI."""
+        if self.connect_host is not None and self.tls_name == "host":
+            return self.connect_host
+        return self.host
+
+    @property
+    def address_host(self) -> str | None:
+        """A name to resolve for ``hostaddr`` (the TCP address), when it differs from the
+        TLS name: a custom name in front of a cluster, verified as the cluster."""
+        if self.connect_host is not None and self.tls_name == "cluster":
+            return self.connect_host
+        return None
+
     @classmethod
     def from_options(cls, endpoint: str, options: Mapping[str, Any]) -> DsqlEndpoint:
-        """`resolve` with the ``region``, ``port``, ``user`` and ``dbname`` found in a pool's
-        keyword arguments (absent ones: from the conninfo, else the defaults)."""
+        """`resolve` with the ``region``, ``port``, ``user``, ``dbname``, ``cluster_id``,
+        ``tls_name`` and ``plain_postgresql`` found in a pool's keyword arguments (absent
+        ones: from the conninfo, else the defaults)."""
         return cls.resolve(
             endpoint,
             region=options.get("region"),
             port=options.get("port"),
             user=options.get("user"),
             dbname=options.get("dbname"),
+            cluster_id=options.get("cluster_id"),
+            tls_name=options.get("tls_name"),
+            plain_postgresql=options.get("plain_postgresql", False),
         )
 
     @classmethod
@@ -92,6 +126,9 @@ class DsqlEndpoint:
         port: int | None = None,
         user: str | None = None,
         dbname: str | None = None,
+        cluster_id: str | None = None,
+        tls_name: str | None = None,
+        plain_postgresql: bool = False,
         environ: Mapping[str, str] | None = None,
     ) -> DsqlEndpoint:
         """Resolve a host name, a bare cluster id (plus Region), a libpq conninfo string or a
@@ -101,12 +138,26 @@ class DsqlEndpoint:
         them); an argument given as well must agree with it. A password in it is refused: DSQL
         authenticates with IAM tokens, which dsqlkit mints for each connection. The Region
         comes from ``region``, else the host name, else ``AWS_REGION`` / ``AWS_DEFAULT_REGION``.
+
+        Any other host name is accepted in two explicit ways only: with ``cluster_id`` (the
+        26-character id, or the cluster's real host name) it is a custom name for that
+        cluster (tokens are signed for the real endpoint); with ``plain_postgresql=True`` it
+        is a plain PostgreSQL server. Without either, `ConfigurationError` says which to pass.
         """
         env = os.environ if environ is None else environ
         if not isinstance(endpoint, str) or not endpoint.strip():
             raise ConfigurationError(
                 "no DSQL endpoint given: pass a host name like "
                 "'<cluster-id>.dsql.us-east-1.on.aws' or a 26-character cluster id"
+            )
+        if not isinstance(plain_postgresql, bool):
+            raise ConfigurationError(
+                f"plain_postgresql must be True or False, not {plain_postgresql!r}"
+            )
+        if tls_name not in (None, "cluster", "host"):
+            raise ConfigurationError(
+                f"tls_name must be 'cluster' (verify DSQL's certificate for the cluster's real "
+                f"name, the default) or 'host' (verify the name you connect to), not {tls_name!r}"
             )
         endpoint = endpoint.strip()
         if is_conninfo(endpoint):
@@ -132,6 +183,16 @@ class DsqlEndpoint:
         _check_port(port)
         if not user or not isinstance(user, str):
             raise ConfigurationError("user must be a non-empty string (DSQL's default is 'admin')")
+        if plain_postgresql:
+            return cls._plain(
+                endpoint,
+                region=region,
+                port=port,
+                user=user,
+                dbname=dbname,
+                cluster_id=cluster_id,
+                tls_name=tls_name,
+            )
 
         lowered = endpoint.lower()
         host_match = DSQL_HOST.fullmatch(lowered)
@@ -141,6 +202,15 @@ class DsqlEndpoint:
                 raise ConfigurationError(
                     f"region {region!r} contradicts the host name, which is in {host_region!r}: "
                     "leave region out or fix the host"
+                )
+            if cluster_id is not None and cluster_id.lower() not in (
+                host_match["cluster"],
+                lowered,
+            ):
+                raise ConfigurationError(
+                    f"cluster_id {cluster_id!r} contradicts the host name, which names cluster "
+                    f"{host_match['cluster']!r}: leave cluster_id out (it is for custom host "
+                    "names) or fix the host"
                 )
             _check_region(host_region)
             return cls(lowered, host_region, port, user, dbname, host_match["cluster"])
@@ -169,12 +239,74 @@ class DsqlEndpoint:
             )
         if not (HOSTNAME.fullmatch(endpoint) or _is_ip_address(endpoint)):
             raise ConfigurationError(f"{endpoint!r} is not a valid host name or address")
+        if cluster_id is None:
+            raise ConfigurationError(
+                f"{endpoint!r} is not an Aurora DSQL endpoint ('<cluster-id>.dsql.<region>."
+                "on.aws'). To reach a cluster through another name (a CNAME, a PrivateLink / "
+                "VPC endpoint, an SSH tunnel), also pass cluster_id='<26-character cluster "
+                "id>' and region='<region>' (tokens are signed for the cluster's real "
+                "endpoint); for a plain PostgreSQL server, pass plain_postgresql=True"
+            )
+        real = cls._cluster(cluster_id, region, env)
+        return cls(
+            real.host,
+            real.region,
+            port,
+            user,
+            dbname,
+            real.cluster_id,
+            connect_host=lowered,
+            tls_name=tls_name or "cluster",
+        )
+
+    @classmethod
+    def _cluster(cls, cluster_id: str, region: str | None, env: Mapping[str, str]) -> DsqlEndpoint:
+        """The real endpoint named by ``cluster_id`` (an id, or the real host name)."""
+        if not isinstance(cluster_id, str):
+            raise ConfigurationError(
+                f"cluster_id must be a string (26 lowercase letters and digits), not "
+                f"{type(cluster_id).__name__}"
+            )
+        if not (CLUSTER_ID.fullmatch(cluster_id) or DSQL_HOST.fullmatch(cluster_id.lower())):
+            raise ConfigurationError(
+                f"cluster_id {cluster_id!r} is not a DSQL cluster id: use the 26 lowercase "
+                "letters and digits of the cluster's id (or its real host name "
+                "'<cluster-id>.dsql.<region>.on.aws')"
+            )
+        return cls.resolve(cluster_id, region=region, environ=env)
+
+    @classmethod
+    def _plain(
+        cls,
+        endpoint: str,
+        *,
+        region: str | None,
+        port: int,
+        user: str,
+        dbname: str,
+        cluster_id: str | None,
+        tls_name: str | None,
+    ) -> DsqlEndpoint:
+        if cluster_id is not None or tls_name is not None:
+            raise ConfigurationError(
+                "plain_postgresql=True connects to a PostgreSQL server without IAM tokens: "
+                "drop cluster_id / tls_name (they are for reaching a DSQL cluster through a "
+                "custom host name), or drop plain_postgresql"
+            )
+        if DSQL_HOST.fullmatch(endpoint.lower()) or CLUSTER_ID.fullmatch(endpoint):
+            raise ConfigurationError(
+                f"{endpoint!r} is an Aurora DSQL endpoint, which needs IAM tokens and verified "
+                "TLS: drop plain_postgresql=True"
+            )
+        if not (HOSTNAME.fullmatch(endpoint) or _is_ip_address(endpoint)):
+            raise ConfigurationError(f"{endpoint!r} is not a valid host name or address")
         if region is not None:
             _check_region(region)
         return cls(endpoint, region, port, user, dbname, None)
 
     def __str__(self) -> str:
-        return f"{self.user}@{self.host}:{self.port}/{self.dbname}"
+        via = f" via {self.connect_host}" if self.connect_host is not None else ""
+        return f"{self.user}@{self.host}:{self.port}/{self.dbname}{via}"
 
 
 @dataclass(frozen=True)
@@ -267,7 +399,8 @@ def parse_conninfo(value: str) -> dict[str, str]:
         raise ConfigurationError(
             "the conninfo contains a password: DSQL authenticates with IAM tokens, which "
             "dsqlkit mints for every connection; remove the password from the string (for "
-            "plain PostgreSQL in local mode, pass password= as an argument)"
+            "a plain PostgreSQL server with plain_postgresql=True, pass password= as an "
+            "argument)"
         )
     for key in params:
         if key in CONNINFO_KEYS:
@@ -293,7 +426,8 @@ def parse_conninfo(value: str) -> dict[str, str]:
 def endpoint_from_env(environ: Mapping[str, str]) -> tuple[str, dict[str, Any]]:
     """Endpoint and pool options from the environment: dsqlkit's variables, then libpq's.
 
-    ``DSQL_ENDPOINT`` / ``DSQL_CLUSTER_ID`` before ``PGHOST``; ``DSQL_PORT``, ``DSQL_USER``
+    ``DSQL_ENDPOINT`` / ``DSQL_CLUSTER_ID`` before ``PGHOST`` (both set: ``DSQL_ENDPOINT`` is
+    a custom name for the cluster ``DSQL_CLUSTER_ID``); ``DSQL_PORT``, ``DSQL_USER``
     and ``DSQL_DBNAME`` before ``PGPORT``, ``PGUSER`` and ``PGDATABASE``; the Region from
     ``DSQL_REGION``, ``AWS_REGION`` or ``AWS_DEFAULT_REGION``. ``DSQL_ENDPOINT`` may be a
     conninfo or URL; what it names wins over the libpq variables.
@@ -306,6 +440,9 @@ def endpoint_from_env(environ: Mapping[str, str]) -> tuple[str, dict[str, Any]]:
             "set DSQL_ENDPOINT (the cluster's host name) or DSQL_CLUSTER_ID (with AWS_REGION), "
             "or libpq's PGHOST, to configure dsqlkit from the environment"
         )
+    if environ.get("DSQL_ENDPOINT") and environ.get("DSQL_CLUSTER_ID"):
+        # A custom name (CNAME, PrivateLink, tunnel) for the cluster DSQL_CLUSTER_ID names.
+        options["cluster_id"] = environ["DSQL_CLUSTER_ID"]
     in_conninfo = set(parse_conninfo(endpoint)) if is_conninfo(endpoint) else set()
     region = environ.get("DSQL_REGION") or environ.get("AWS_REGION")
     region = region or environ.get("AWS_DEFAULT_REGION")
@@ -415,3 +552,132 @@ def _is_ip_address(value: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def resolve_address(host: str, port: int) -> str:
+    """The first address ``host`` resolves to (for libpq's ``hostaddr``), looked up anew for
+    every connection (a CNAME or a PrivateLink endpoint may move). Blocking: the async pool
+    calls it in a worker thread. ``psycopg.OperationalError`` if the name does not resolve."""
+    import socket
+
+    import psycopg
+
+    if _is_ip_address(host):
+        return host
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise psycopg.OperationalError(
+            f"could not translate host name {host!r} to an address: {exc}"
+        ) from None
+    return str(infos[0][4][0])
+
+
+#: Argument names users of other libraries pass (AWS's aurora-dsql-python-connector and
+#: aurora-dsql-sqlalchemy, psycopg_pool, boto3, SQLAlchemy), and what dsqlkit calls them.
+ARGUMENT_HINTS = {
+    "profile": "profile_name= (the AWS profile whose credentials sign tokens)",
+    "token_duration_secs": "token_expires_in= (seconds; dsqlkit's default is 300)",
+    "token_duration": "token_expires_in= (seconds)",
+    "expires_in": "token_expires_in= (seconds)",
+    "custom_credentials_provider": (
+        "boto3_session= (a boto3.Session; for a botocore credential provider, "
+        "boto3.Session(botocore_session=...) with the provider inserted) or token_provider= "
+        "(any callable(*, host, region, user) -> token)"
+    ),
+    "credentials_provider": "boto3_session= or token_provider=",
+    "session": "boto3_session=",
+    "region_name": "region=",
+    "cluster": "the endpoint (first argument), or cluster_id= with a custom host name",
+    "cluster_endpoint": "the endpoint (first argument)",
+    "host": "the endpoint (first argument: host name, cluster id, conninfo or URL)",
+    "hostname": "the endpoint (first argument)",
+    "conninfo": "the endpoint (first argument; a conninfo string is accepted there)",
+    "dsn": "the endpoint (first argument; a conninfo or postgresql:// URL is accepted there)",
+    "url": "the endpoint (first argument)",
+    "database": "dbname=",
+    "db": "dbname=",
+    "username": "user=",
+    "retry": (
+        "policy= (a dsqlkit.RetryPolicy) on Repository, @dsqlkit.transactional or "
+        "dsqlkit.sqlalchemy.transactional: OCC retries belong to a unit of work, not a pool"
+    ),
+    "max_retries": "max_attempts= (attempts in total: max_retries + 1)",
+    "retries": "max_attempts= (attempts in total)",
+    "base_delay_ms": "base_delay= (seconds)",
+    "max_delay_ms": "max_delay= (seconds)",
+    "jitter_factor": "nothing: dsqlkit's backoff always uses full jitter",
+    "pool_size": "max_size= (and min_size=) for dsqlkit's pools",
+    "max_overflow": "max_size= for dsqlkit's pools",
+    "min_connections": "min_size=",
+    "max_connections": "max_size=",
+    "pool_recycle": "max_lifetime= (seconds) for dsqlkit's pools",
+    "ssl": "sslmode= (verify-full by default for DSQL)",
+    "ssl_mode": "sslmode=",
+    "ca_file": "sslrootcert=",
+    "sslca": "sslrootcert=",
+}
+
+
+def unknown_arguments(unknown: Iterable[str], known: Iterable[str], what: str) -> str:
+    """The message for unknown keyword arguments: each with what dsqlkit calls it (from
+    `ARGUMENT_HINTS`) or the closest known name ("did you mean ...?")."""
+    import difflib
+
+    known = sorted(set(known))
+    parts = []
+    hinted = True
+    for name in sorted(unknown):
+        hint = ARGUMENT_HINTS.get(name)
+        if hint is None:
+            close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+            hint = f"{close[0]}=" if close else None
+        parts.append(f"{name}= (did you mean {hint}?)" if hint else f"{name}=")
+        hinted = hinted and hint is not None
+    message = f"unknown {what} argument(s): {'; '.join(parts)}"
+    return message if hinted else f"{message}. Accepted: {', '.join(known)}"
+
+
+#: Keywords of psycopg's ``connect()`` that are not libpq parameters.
+_PSYCOPG_CONNECT_KEYWORDS = frozenset(
+    {"autocommit", "prepare_threshold", "row_factory", "cursor_factory", "context"}
+)
+
+
+@functools.lru_cache(maxsize=1)
+def _libpq_keywords() -> frozenset[str]:
+    from psycopg import pq
+
+    return frozenset(
+        option.keyword.decode() for option in pq.Conninfo.get_defaults() if option.keyword
+    )
+
+
+def check_connection_kwargs(
+    params: Mapping[str, Any], own: Mapping[str, str], *, where: str, owner: str
+) -> None:
+    """`ConfigurationError` for a libpq parameter in ``where`` (``kwargs`` or
+    ``connect_args``) that is one of ``owner``'s own arguments (``own`` maps it to that
+    argument), or that libpq does not know (with what it may have meant)."""
+    import difflib
+
+    for key in params:
+        if key in own:
+            raise ConfigurationError(
+                f"pass {key!r} as the {owner}'s `{own[key]}` argument, not in {where}"
+            )
+        if key in _libpq_keywords() or key in _PSYCOPG_CONNECT_KEYWORDS:
+            continue
+        hint = ARGUMENT_HINTS.get(key)
+        if key == "region":
+            hint = f"region= as the {owner}'s argument (it signs tokens; libpq has no region)"
+        if hint is None:
+            close = difflib.get_close_matches(key, sorted(_libpq_keywords()), n=1, cutoff=0.7)
+            hint = f"the libpq parameter {close[0]!r}" if close else None
+        raise ConfigurationError(
+            f"{where}={{{key!r}: ...}} is not a libpq connection parameter (nor one of "
+            "psycopg's connect() keywords)"
+            + (f": did you mean {hint}?" if hint else "")
+            + f"; {where} passes libpq parameters such as 'options' or 'keepalives' to every "
+            "connection"
+        )

@@ -28,6 +28,7 @@ from typing import Any
 import psycopg
 
 from ._backoff import full_jitter
+from ._errors import AuthenticationFailed
 from ._stats import Counters
 
 _logger = logging.getLogger("dsqlkit.pool")
@@ -35,7 +36,8 @@ _logger = logging.getLogger("dsqlkit.pool")
 #: The connection keyword under which a pool hands its `ConnectPlan` to the connection class.
 PLAN_KEY = "dsqlkit_connect_plan"
 
-_AUTH_MARKERS = ("IAM authentication failed", "password authentication failed")
+_IAM_MARKER = "IAM authentication failed"
+_AUTH_MARKERS = (_IAM_MARKER, "password authentication failed")
 _TRANSIENT_MARKERS = (
     "too many open connections",  # DSQL 53300
     "rate exceeded",  # DSQL 53400
@@ -84,6 +86,9 @@ class ConnectPlan:
     #: Called with a connect error that retrying will not cure (bad TLS, unknown database,
     #: credentials refused twice), so the pool can fail its waiting clients at once.
     on_permanent_failure: Callable[[BaseException], None] | None = None
+    #: For a DSQL endpoint: the message of the `AuthenticationFailed` an IAM authentication
+    #: failure becomes once retrying with a new token did not help.
+    explain_auth: Callable[[BaseException], str] | None = None
     #: Set when the pool closes: a connect waiting to retry gives up at once.
     closing: threading.Event = field(default_factory=threading.Event)
 
@@ -122,6 +127,11 @@ class ConnectAttempt:
                 plan.stats.add("connects_retried")
                 _logger.info("connect failed (%s); retry %d in %.3fs", exc, self.tries, delay)
                 return False, delay
+        if plan.explain_auth is not None and _IAM_MARKER in str(exc):
+            explained = AuthenticationFailed(plan.explain_auth(exc))
+            explained.__cause__ = exc
+            plan.failed_permanently(explained)
+            raise explained
         if kind is not ConnectErrorKind.TRANSIENT:
             plan.failed_permanently(exc)
         raise exc

@@ -33,12 +33,12 @@ import select
 import time
 import weakref
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 from psycopg import pq
 from psycopg_pool import PoolTimeout
 
-from ._config import DsqlEndpoint, TLSSettings
+from ._config import DsqlEndpoint, TLSSettings, check_connection_kwargs, resolve_address
 from ._connect import PLAN_KEY, ConnectPlan
 from ._errors import ConfigurationError
 from ._retry import RetryStats
@@ -49,6 +49,7 @@ from ._tokens import (
     EnvTokenProvider,
     TokenMinter,
     TokenProvider,
+    explain_auth_failure,
 )
 from ._version import __version__
 
@@ -76,6 +77,14 @@ OWN_PARAMETERS = {
     "application_name": "application_name",
     "connect_timeout": "connect_timeout",
 }
+#: The same for an engine's ``connect_args``.
+ENGINE_PARAMETERS = {
+    **OWN_PARAMETERS,
+    "host": "url",
+    "port": "url (or port=)",
+    "user": "url (or user=)",
+    "dbname": "url (or dbname=)",
+}
 _CONN_OK = pq.ConnStatus.OK
 _STATE = "_dsqlkit_state"
 
@@ -88,6 +97,9 @@ class DsqlOptions(TypedDict, total=False):
     user: str
     dbname: str
     port: int
+    cluster_id: str | None
+    tls_name: Literal["cluster", "host"]
+    plain_postgresql: bool
     token_provider: TokenProvider | None
     boto3_session: boto3.Session | None
     profile_name: str | None
@@ -164,7 +176,7 @@ class Target:
 
     def describe(self) -> str:
         region = self.endpoint.region or "-"
-        mode = "dsql" if self.endpoint.is_dsql else "local"
+        mode = "dsql" if self.endpoint.is_dsql else "plain-postgresql"
         return f"{self.endpoint} region={region} mode={mode}"
 
 
@@ -186,33 +198,47 @@ class Connector:
         max_lifetime: float,
         timeout: float,
         user_kwargs: Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None,
+        engine: bool = False,
     ) -> None:
         if endpoint is None:
             raise ConfigurationError(
                 "no endpoint: pass the DSQL host name or cluster id as the first argument, "
                 "or use from_env() with DSQL_ENDPOINT / DSQL_CLUSTER_ID set"
             )
-        self.max_lifetime = check_seconds("max_lifetime", max_lifetime)
+        self.max_lifetime = check_seconds(
+            "pool_recycle" if engine else "max_lifetime", max_lifetime
+        )
         if self.max_lifetime > MAX_CONNECTION_AGE:
             raise ConfigurationError(
                 f"max_lifetime={max_lifetime!r} is beyond DSQL's connection limit of 60 minutes "
                 f"({MAX_CONNECTION_AGE:.0f} s), after which the server closes connections: use "
                 "at most 3600 (the default, 3000, leaves room for psycopg_pool's jitter)"
             )
-        self.timeout = check_seconds("timeout", timeout)
+        self.timeout = check_seconds("connect_deadline" if engine else "timeout", timeout)
         self.idle_check_after = check_seconds(
             "idle_check_after",
             options.get("idle_check_after", DEFAULT_IDLE_CHECK_AFTER),
             allow_zero=True,
         )
         if isinstance(user_kwargs, Mapping):
-            for key, argument in OWN_PARAMETERS.items():
-                if key in user_kwargs:
-                    raise ConfigurationError(
-                        f"pass {key!r} as the pool's `{argument}` argument, not in kwargs"
-                    )
+            check_connection_kwargs(
+                user_kwargs,
+                ENGINE_PARAMETERS if engine else OWN_PARAMETERS,
+                where="connect_args" if engine else "kwargs",
+                owner="engine" if engine else "pool",
+            )
         self.user_kwargs = user_kwargs
         self.targets: tuple[Target, ...] = (_target(endpoint, options),)
+        if (
+            self.endpoint.address_host is not None
+            and isinstance(user_kwargs, Mapping)
+            and "hostaddr" in user_kwargs
+        ):
+            raise ConfigurationError(
+                "kwargs={'hostaddr': ...} and a custom host name both say where to "
+                "connect: pass the cluster's real host name with hostaddr, or the custom "
+                "name with cluster_id, not both"
+            )
         self.counters = Counters(
             (
                 "connects_retried",
@@ -233,6 +259,7 @@ class Connector:
             stats=self.counters,
             on_failure=self.failed,
             on_permanent_failure=self.failed_permanently,
+            explain_auth=self._explain_auth if self.targets[0].minter is not None else None,
         )
 
     # -- the target (one today; the seam for an ordered list of Regions) ---------------------
@@ -262,6 +289,14 @@ class Connector:
     def permanent_error(self) -> BaseException | None:
         return self.target.permanent_error
 
+    def _explain_auth(self, exc: BaseException) -> str:
+        """The `AuthenticationFailed` message for an IAM authentication failure."""
+        minter = self.target.minter
+        assert minter is not None
+        return explain_auth_failure(
+            user=minter.user, host=minter.host, region=minter.region, signer=minter.provider
+        )
+
     def failed(self, exc: BaseException) -> None:
         """Remember why the last connect failed (named by every pool timeout after it)."""
         self.target.last_error = exc
@@ -284,6 +319,29 @@ class Connector:
         """Connection keywords without the token (user kwargs, our params, the plan)."""
         user = self.user_kwargs() if callable(self.user_kwargs) else (self.user_kwargs or {})
         return {**user, **self.target.params, PLAN_KEY: self.plan}
+
+    @property
+    def per_connection(self) -> bool:
+        """Whether each connection needs `connection_secrets` (a token or an address)."""
+        target = self.target
+        return target.minter is not None or target.endpoint.address_host is not None
+
+    def connection_secrets(self) -> dict[str, Any]:
+        """What changes for every physical connection: a fresh token (``password``) and the
+        custom host name's current address (``hostaddr``). Blocking: async callers run it in
+        a worker thread."""
+        params: dict[str, Any] = {}
+        target = self.target
+        address_host = target.endpoint.address_host
+        if address_host is not None:
+            try:
+                params["hostaddr"] = resolve_address(address_host, target.endpoint.port)
+            except Exception as exc:
+                self.failed(exc)
+                raise
+        if target.minter is not None:
+            params["password"] = self.mint()
+        return params
 
     def mint(self) -> str:
         """A fresh token for the target (blocking: async callers run it in a worker thread)."""
@@ -394,7 +452,7 @@ def _target(endpoint: str, options: DsqlOptions) -> Target:
     password = options.get("password")
     minter = _minter(resolved, options, password)
     params: dict[str, Any] = {
-        "host": resolved.host,
+        "host": resolved.tls_host,
         "port": resolved.port,
         "user": resolved.user,
         "dbname": resolved.dbname,
@@ -415,7 +473,7 @@ def _minter(
     profile = options.get("profile_name")
     expires_in = options.get("token_expires_in", DEFAULT_TOKEN_EXPIRES_IN)
     if not endpoint.is_dsql and provider is None and session is None and not profile:
-        return None  # local mode: plain PostgreSQL, static password or none
+        return None  # plain_postgresql=True: a static password or none
     if password is not None:
         raise ConfigurationError(
             "a DSQL endpoint authenticates with IAM tokens: drop password=, or pass a "

@@ -1,8 +1,8 @@
 """The I/O around a `Connector` (asyncio source; `_connector_sync` is generated from it).
 
-The one place that mints a token for a new connection (in a worker thread: never on the
-event loop), opens a connection outside a pool, and runs the checkout: the pools and
-`dsqlkit.sqlalchemy`'s engines all come here.
+The one place that mints a token for a new connection
+(in a worker thread, never on the event loop), opens a connection outside a pool and runs
+the checkout: the pools and `dsqlkit.sqlalchemy`'s engines all come here.
 """
 
 from __future__ import annotations
@@ -18,10 +18,11 @@ __all__ = ["checkout", "connection_kwargs", "open_connection"]
 
 
 async def connection_kwargs(connector: Connector) -> dict[str, Any]:
-    """The keywords for the next physical connection, with a freshly minted token."""
+    """The keywords for the next physical connection, with a freshly minted token (and the
+    current address of a custom host name)."""
     kwargs = connector.static_kwargs()
-    if connector.target.minter is not None:
-        kwargs["password"] = await _aio.to_thread(connector.mint)
+    if connector.per_connection:
+        kwargs.update(await _aio.to_thread(connector.connection_secrets))
     return kwargs
 
 

@@ -4,6 +4,8 @@
 DsqlError                      base of everything raised by dsqlkit itself
 ├── ConfigurationError         bad input caught before any network I/O (also a ValueError)
 ├── TokenError                 an IAM token could not be signed (e.g. no usable credentials)
+├── AuthenticationFailed       DSQL refused the IAM token (28P01); the message lists what it
+│                              can be and what to check (also a psycopg.OperationalError)
 ├── CommitOutcomeUnknown       the connection died while COMMIT was in flight: it may or may
 │                              not have committed, so dsqlkit never retries it
 ├── UsageError                 the API was called the wrong way (also a TypeError)
@@ -39,7 +41,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
+import psycopg
+
 __all__ = [
+    "AuthenticationFailed",
     "BulkLoadError",
     "CommitOutcomeUnknown",
     "ConfigurationError",
@@ -67,6 +72,20 @@ class ConfigurationError(DsqlError, ValueError):
 
 class TokenError(DsqlError):
     """An IAM authentication token could not be made; the message says why (never the token)."""
+
+
+class AuthenticationFailed(DsqlError, psycopg.OperationalError):
+    """DSQL refused a connection's IAM token: ``IAM authentication failed for user "..."``.
+
+    DSQL gives that one answer (SQLSTATE 28P01) for expired or unknown credentials, a missing
+    ``dsql:DbConnect`` / ``dsql:DbConnectAdmin`` permission, a role not mapped to the IAM
+    identity (``AWS IAM GRANT``), a role that does not exist, and a token for another host or
+    Region; the message lists each with what to check, for this user, host and Region. It
+    never contains the token. Still a ``psycopg.OperationalError`` (what libpq raised, kept as
+    ``__cause__``), so existing handlers keep working.
+    """
+
+    sqlstate = "28P01"
 
 
 class CommitOutcomeUnknown(DsqlError):

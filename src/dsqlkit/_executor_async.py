@@ -231,7 +231,7 @@ class AsyncExecutor:
         autocommit = conn.autocommit
         try:
             if not autocommit:
-                await conn.set_autocommit(True)  # sync: conn.autocommit = True
+                await conn.set_autocommit(True)
             cur = conn.cursor(row_factory=row_factory)
             try:
                 if pure:
@@ -256,7 +256,7 @@ class AsyncExecutor:
         finally:
             if not autocommit and not conn.closed and not conn.broken:
                 with contextlib.suppress(psycopg.Error):
-                    await conn.set_autocommit(False)  # sync: conn.autocommit = False
+                    await conn.set_autocommit(False)
             await self.pool.putconn(conn)
 
     async def write(self, run: Callable[..., Any]) -> Any:
@@ -280,14 +280,14 @@ async def autocommit(conn: Any, value: bool) -> AsyncIterator[None]:
     """Run with ``conn.autocommit == value``, then restore it (if the connection survived)."""
     previous = conn.autocommit
     if previous != value:
-        await conn.set_autocommit(value)  # sync: conn.autocommit = value
+        await conn.set_autocommit(value)
     try:
         yield
     finally:
         if previous != value and not conn.closed and not conn.broken:
             await _rollback_quietly(conn)  # a failed transaction must end before the switch
             with contextlib.suppress(psycopg.Error):
-                await conn.set_autocommit(previous)  # sync: conn.autocommit = previous
+                await conn.set_autocommit(previous)
 
 
 async def _rollback_quietly(conn: Any) -> None:

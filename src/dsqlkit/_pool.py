@@ -28,13 +28,13 @@ from psycopg_pool.base import BasePool
 from typing_extensions import Self
 
 from . import _pool_internals
-from ._config import DsqlEndpoint, endpoint_from_env
+from ._config import DsqlEndpoint, endpoint_from_env, unknown_arguments
 from ._connect import with_plan_support
 from ._connector import Connector, DsqlOptions, check_seconds
 from ._errors import ConfigurationError
 from ._retry import RetryStats
 
-__all__ = ["AllOptions", "DsqlOptions", "DsqlPoolMixin", "PoolOptions"]
+__all__ = ["AllOptions", "DsqlOptions", "DsqlPoolMixin", "PoolArguments", "PoolOptions"]
 
 _logger = logging.getLogger("dsqlkit.pool")
 
@@ -50,6 +50,16 @@ class PoolOptions(TypedDict, total=False):
     max_idle: float
     reconnect_timeout: float
     num_workers: int
+
+
+_ATTRIBUTE_HINTS = {
+    "run_transaction": (
+        "use dsqlkit.Repository(pool).transaction(fn) (fn(tx) gets a Transaction: "
+        "tx.execute(), tx.query(), tx.connection), or decorate fn with "
+        "@dsqlkit.transactional(pool); both re-run fn on an OCC conflict (40001) and never "
+        "re-run a COMMIT whose outcome is unknown"
+    ),
+}
 
 
 class DsqlPoolMixin(BasePool):
@@ -109,6 +119,17 @@ class DsqlPoolMixin(BasePool):
         _logger.info("pool %r used in a forked process: starting with new connections", self.name)
         return was_open
 
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for names the pool does not have: point users of other libraries at
+        # dsqlkit's way (AWS's connector pools have run_transaction()).
+        hint = _ATTRIBUTE_HINTS.get(name)
+        if hint is None:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        raise AttributeError(
+            f"{type(self).__name__} has no {name}() (that is aurora-dsql-python-connector's): "
+            f"{hint}"
+        )
+
     def get_stats(self) -> dict[str, int]:
         """psycopg_pool's stats plus dsqlkit's (tokens, retirements, probes, retries)."""
         return {**super().get_stats(), **self._core.stats(reset=False)}
@@ -126,14 +147,29 @@ class AllOptions(DsqlOptions, PoolOptions, total=False):
     pass
 
 
+class PoolArguments(AllOptions, total=False):
+    """Every keyword argument of `DsqlConnectionPool` (what `dsqlkit.shared_pool` and
+    `dsqlkit.connect` take), so a type checker catches a misspelt one."""
+
+    kwargs: Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None
+    connection_class: type[Any]
+    configure: Callable[[Any], Any] | None
+    check: Callable[[Any], Any] | None
+    reset: Callable[[Any], Any] | None
+    reconnect_failed: Callable[[Any], Any] | None
+    max_lifetime: float
+    timeout: float
+    name: str | None
+
+
 def _split_options(options: Mapping[str, Any]) -> tuple[DsqlOptions, PoolOptions]:
     dsql_keys = DsqlOptions.__annotations__.keys()
     pool_keys = PoolOptions.__annotations__.keys()
     unknown = set(options) - dsql_keys - pool_keys
     if unknown:
         raise ConfigurationError(
-            f"unknown pool argument(s): {', '.join(sorted(unknown))}; see the "
-            "DsqlConnectionPool docs for the accepted arguments"
+            unknown_arguments(unknown, PoolArguments.__annotations__, "pool")
+            + " (see the DsqlConnectionPool docs)"
         )
     dsql: Any = {k: v for k, v in options.items() if k in dsql_keys}
     pool: Any = {k: v for k, v in options.items() if k in pool_keys}

@@ -31,11 +31,12 @@ ACT = TypeVar("ACT", bound=psycopg.AsyncConnection[Any], default=AsyncDsqlConnec
 
 
 class AsyncDsqlConnectionPool(DsqlPoolMixin, AsyncConnectionPool[ACT], Generic[ACT]):
-    """A psycopg_pool pool for Aurora DSQL (or plain PostgreSQL in local mode).
+    """A psycopg_pool pool for Aurora DSQL (or, asked for by name, plain PostgreSQL).
 
     Args:
         endpoint: the cluster's host name (``<id>.dsql.<region>.on.aws``), a bare cluster id
-            (with ``region``), or any other host for plain PostgreSQL ("local mode": no token).
+            (with ``region``), a conninfo or ``postgresql://`` URL; or another host name with
+            ``cluster_id`` (a custom name for the cluster) or ``plain_postgresql=True``.
         max_lifetime: retire connections older than this (default 50 minutes, at most DSQL's
             60; psycopg_pool's jitter still spreads reconnects over the last 5%).
 
@@ -45,12 +46,22 @@ class AsyncDsqlConnectionPool(DsqlPoolMixin, AsyncConnectionPool[ACT], Generic[A
         user (str): database role (default ``admin``, which gets admin tokens).
         dbname (str): database (DSQL has one: ``postgres``).
         port (int): TCP port (5432).
+        cluster_id (str | None): the cluster reached through a custom host name (a CNAME, a
+            PrivateLink / VPC endpoint name, an SSH tunnel's ``localhost``): its 26-character
+            id (with ``region``) or its real host name. Tokens are signed for the real
+            endpoint, ``<cluster_id>.dsql.<region>.on.aws``.
+        tls_name (str): with a custom host name, the name TLS verifies and sends as SNI:
+            ``"cluster"`` (default: DSQL's certificate for the real endpoint, which tunnels,
+            CNAMEs and PrivateLink endpoints present; connections go to the custom name's
+            address) or ``"host"`` (a proxy with a certificate for the custom name).
+        plain_postgresql (bool): connect to a plain PostgreSQL server: no IAM token, libpq's
+            own TLS defaults, ``password`` allowed. Never implied by the host name.
         token_provider (TokenProvider | None): any `TokenProvider`; default: boto3 with
             ``boto3_session`` or ``profile_name`` or the default credential chain.
         boto3_session (boto3.Session | None): the session whose credentials sign tokens.
         profile_name (str | None): an AWS profile to sign with instead.
         token_expires_in (int): validity of each minted token, in seconds (default 300).
-        password (str | None): a static password, for local mode only.
+        password (str | None): a static password, with ``plain_postgresql=True`` only.
         sslmode (str | None): ``verify-full`` by default for DSQL hosts; weaker modes need
             ``insecure_tls``.
         sslrootcert (str | None): CA bundle; default: a bundle with Amazon Root CA 1 that
@@ -63,7 +74,7 @@ class AsyncDsqlConnectionPool(DsqlPoolMixin, AsyncConnectionPool[ACT], Generic[A
             out (default 10 s).
 
     All other arguments are psycopg_pool's, with the same meaning. The async pool signs tokens
-    in a worker thread, so signing never blocks the event loop; build it before serving (e.g.
+    in a worker thread (so signing never blocks the event loop); build it before serving (e.g.
     in a lifespan hook): construction finds credentials once per process.
     """
 

@@ -7,14 +7,50 @@ module holds what they share (`RepositoryBase`).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ._errors import DatabaseUnavailable
+from ._errors import DatabaseUnavailable, UsageError
 from ._query import RowShape, row_factory
 from ._results import Ping, Rows
-from ._retry import RetryPolicy, RetryStats, resolve_policy, stats_for
+from ._retry import PolicyOptions, RetryPolicy, RetryStats, resolve_policy, stats_for
 
-__all__ = ["Ping", "RepositoryBase", "Rows", "unavailable"]
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+__all__ = ["Ping", "RepositoryBase", "Rows", "check_pool", "unavailable"]
+
+
+def check_pool(repository: Any, pool: Any, expected: type[Any]) -> None:
+    """`UsageError` unless ``pool`` is a psycopg_pool pool of ``expected``'s kind, saying
+    which repository class (or pool) to use instead."""
+    if isinstance(pool, expected):
+        return
+    from psycopg_pool import AsyncConnectionPool, ConnectionPool
+
+    name = type(repository).__name__
+    wants_async = issubclass(expected, AsyncConnectionPool)
+    given = type(pool).__name__
+    if wants_async and isinstance(pool, ConnectionPool):
+        raise UsageError(
+            f"{name}(pool) got a {given}, a blocking (sync) pool: use Repository(pool) in "
+            "sync code, or build an AsyncDsqlConnectionPool for AsyncRepository"
+        )
+    if not wants_async and isinstance(pool, AsyncConnectionPool):
+        raise UsageError(
+            f"{name}(pool) got an {given}, an asyncio pool: use AsyncRepository(pool) and "
+            "await its methods, or build a DsqlConnectionPool for Repository"
+        )
+    pool_class = "AsyncDsqlConnectionPool" if wants_async else "DsqlConnectionPool"
+    hint = (
+        " (a host name or cluster id: dsqlkit.connect(endpoint) builds the pool and the "
+        "repository in one call)"
+        if isinstance(pool, str)
+        else ""
+    )
+    raise UsageError(
+        f"{name} needs a {pool_class} (or another psycopg_pool pool of that kind), not "
+        f"{given}{hint}"
+    )
 
 
 def unavailable(pool: Any, exc: BaseException) -> DatabaseUnavailable:
@@ -32,15 +68,16 @@ class RepositoryBase:
         *,
         policy: RetryPolicy | None,
         row_factory: RowShape,
-        **policy_options: Any,
+        **policy_options: Unpack[PolicyOptions],
     ) -> None:
         self.pool = pool
-        self.policy = resolve_policy(policy, policy_options)
+        self.policy = resolve_policy(policy, dict(policy_options))
         self.row_factory = row_factory
         self._default_shape = _row_factory(row_factory)
         self._stats = stats_for(pool)
         self._owns_pool = False
         self._opened = True
+        self._warned_on_loop = False
 
     def own_pool(self) -> None:
         """This repository opens its pool on first use and closes it in ``close()``."""

@@ -27,6 +27,7 @@ from psycopg import pq
 from psycopg import sql as pgsql
 from psycopg.rows import tuple_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from typing_extensions import Unpack
 
 from . import _aio
 from ._bulk import DEFAULT_CHUNK_BYTES, BulkPlan, BulkProgress, BulkResult, LoadState, plan
@@ -42,8 +43,9 @@ from ._query import (
     is_pure_read,
     single,
 )
-from ._repository import RepositoryBase, unavailable
+from ._repository import RepositoryBase, check_pool, unavailable
 from ._results import Ping, Rows
+from ._retry import PolicyOptions, RetryPolicy
 
 __all__ = ["AsyncRepository"]
 
@@ -64,15 +66,11 @@ class AsyncRepository(RepositoryBase):
         self,
         pool: AsyncConnectionPool[Any],
         *,
-        policy: Any = None,
+        policy: RetryPolicy | None = None,
         row_factory: RowShape = None,
-        **policy_options: Any,
+        **policy_options: Unpack[PolicyOptions],
     ) -> None:
-        if not isinstance(pool, AsyncConnectionPool):
-            raise UsageError(
-                f"{type(self).__name__} needs a pool of the matching kind "
-                f"(AsyncConnectionPool), not {type(pool).__name__}"
-            )
+        check_pool(self, pool, AsyncConnectionPool)
         super().__init__(pool, policy=policy, row_factory=row_factory, **policy_options)
         self._executor = AsyncExecutor(pool, self.policy, self._stats)
 
@@ -80,7 +78,7 @@ class AsyncRepository(RepositoryBase):
 
     async def query(self, sql: Any, params: Params = None, *, row_factory: RowShape = None) -> Rows:
         """All rows (dicts by default), as a `Rows` list."""
-        await self._ensure_open()
+        await self._ensure_open("query")
         query = check_sql(sql)
         shape = self._shape(row_factory)
         rows: Rows = await self._executor.read(
@@ -92,14 +90,14 @@ class AsyncRepository(RepositoryBase):
         self, sql: Any, params: Params = None, *, row_factory: RowShape = None
     ) -> Any | None:
         """The only row, or None; `TooManyRows` if there are more."""
-        await self._ensure_open()
+        await self._ensure_open("query_one")
         query = check_sql(sql)
         shape = self._shape(row_factory)
         return await self._executor.read(query, params, shape, _take_one, is_pure_read(query))
 
     async def scalar(self, sql: Any, params: Params = None) -> Any | None:
         """The first column of the only row, or None if there is no row."""
-        await self._ensure_open()
+        await self._ensure_open("scalar")
         query = check_sql(sql)
         row = await self._executor.read(query, params, tuple_row, _take_one, is_pure_read(query))
         return None if row is None else row[0]
@@ -108,7 +106,7 @@ class AsyncRepository(RepositoryBase):
 
     async def execute(self, sql: Any, params: Params = None) -> int:
         """Run one statement in autocommit; return the rows it affected."""
-        await self._ensure_open()
+        await self._ensure_open("execute")
         query = check_sql(sql)
 
         async def run(cur: Any) -> int:
@@ -126,7 +124,10 @@ class AsyncRepository(RepositoryBase):
         query = check_sql(sql)
         sets = list(params_seq)
         if not sets:
-            raise UsageError("executemany() got no parameter sets")
+            raise UsageError(
+                "executemany() got no parameter sets: pass a list of tuples or dicts, one per "
+                "statement (for one statement, use execute())"
+            )
 
         async def work(tx: Any) -> int:
             return int(await tx.executemany(query, sets))
@@ -138,7 +139,7 @@ class AsyncRepository(RepositoryBase):
     async def transaction(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """Run ``fn(tx, *args, **kwargs)`` as one OCC-retried transaction; return its result."""
         check_callable(fn, "transaction")
-        await self._ensure_open()
+        await self._ensure_open("transaction")
         return await self._executor.transaction(fn, args, kwargs)
 
     async def insert_many(
@@ -234,7 +235,7 @@ class AsyncRepository(RepositoryBase):
 
     async def ping(self, timeout: float = 5.0) -> Ping:
         """Round-trip a ``SELECT 1``; `DatabaseUnavailable` if the database cannot be reached."""
-        await self._ensure_open()
+        await self._ensure_open("ping")
         start = time.perf_counter()
         try:
             async with self.pool.connection(timeout=timeout) as conn:
@@ -245,7 +246,8 @@ class AsyncRepository(RepositoryBase):
             raise unavailable(self.pool, exc) from exc
         return Ping((time.perf_counter() - start) * 1000, version)
 
-    async def _ensure_open(self) -> None:
+    async def _ensure_open(self, method: str) -> None:
+        _aio.check_not_on_loop(self, method)
         if not self._opened:
             await self.pool.open()
             self._opened = True

@@ -29,7 +29,9 @@ class Rows(list[Any]):
         try:
             import pandas as pd
         except ImportError:
-            raise UsageError("to_pandas() needs pandas: pip install pandas") from None
+            raise UsageError(
+                "to_pandas() needs pandas: pip install 'dsqlkit[pandas]' (or pandas itself)"
+            ) from None
         if self and isinstance(self[0], Mapping):
             records: list[Any] = list(self)
         else:

@@ -31,7 +31,7 @@ import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import psycopg
 
@@ -42,7 +42,7 @@ from ._stats import Counters
 if TYPE_CHECKING:
     import tenacity
 
-__all__ = ["RetryEvent", "RetryPolicy", "RetryStats", "Scope", "stats_for"]
+__all__ = ["PolicyOptions", "RetryEvent", "RetryPolicy", "RetryStats", "Scope", "stats_for"]
 
 _logger = logging.getLogger("dsqlkit.retry")
 
@@ -294,6 +294,18 @@ def _check_seconds(name: str, value: object, *, allow_zero: bool = False) -> flo
     return float(value)
 
 
+class PolicyOptions(TypedDict, total=False):
+    """`RetryPolicy` fields given as keyword arguments (``Repository(pool, max_attempts=5)``,
+    ``@transactional(pool, deadline=10)``), typed so a misspelt one is caught."""
+
+    max_attempts: int
+    deadline: float
+    base_delay: float
+    max_delay: float
+    on_retry: Callable[[RetryEvent], None] | None
+    hot_seconds: float
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     """How to re-run a transaction that lost an optimistic-concurrency conflict.
@@ -348,10 +360,13 @@ class RetryPolicy:
 
     def with_options(self, **changes: Any) -> RetryPolicy:
         """A copy with some fields changed (unknown names are an error)."""
-        known = {"max_attempts", "deadline", "base_delay", "max_delay", "on_retry", "hot_seconds"}
-        unknown = set(changes) - known
+        unknown = set(changes) - set(PolicyOptions.__annotations__)
         if unknown:
-            raise ConfigurationError(f"unknown retry option(s): {', '.join(sorted(unknown))}")
+            from ._config import unknown_arguments
+
+            raise ConfigurationError(
+                unknown_arguments(unknown, PolicyOptions.__annotations__, "retry policy")
+            )
         return replace(self, **changes)
 
     def delay(self, retry: int) -> float:

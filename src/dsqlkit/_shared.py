@@ -19,7 +19,10 @@ import threading
 import weakref
 from typing import Any
 
-from ._errors import ConfigurationError
+from typing_extensions import Unpack
+
+from ._errors import ConfigurationError, UsageError
+from ._pool import PoolArguments
 from ._pool_sync import DsqlConnectionPool
 from ._repository_sync import Repository
 
@@ -31,7 +34,9 @@ _lock = threading.Lock()
 _hooks_installed = False
 
 
-def shared_pool(endpoint: str | None = None, **options: Any) -> DsqlConnectionPool[Any]:
+def shared_pool(
+    endpoint: str | None = None, **options: Unpack[PoolArguments]
+) -> DsqlConnectionPool[Any]:
     """The process-wide pool for these arguments, created on first call.
 
     ``endpoint=None`` reads the environment like `DsqlConnectionPool.from_env`. The pool is
@@ -111,7 +116,7 @@ def _install_hooks() -> None:
             pass
 
 
-def connect(endpoint: Any = None, /, **options: Any) -> Repository:
+def connect(endpoint: Any = None, /, **options: Unpack[PoolArguments]) -> Repository:
     """A ready `Repository` in one line, for notebooks and scripts.
 
     ``endpoint`` is a host name, cluster id, conninfo or URL (``None``: from the environment),
@@ -120,15 +125,25 @@ def connect(endpoint: Any = None, /, **options: Any) -> Repository:
     ``max_size`` to 4). The pool opens on first use and closes at interpreter exit (or with
     ``close()``).
     """
-    options.setdefault("min_size", 1)
-    options.setdefault("max_size", 4)
-    options["open"] = False
+    if "open" in options:
+        raise ConfigurationError("connect() opens its pool on first use: drop the open= argument")
+    arguments: dict[str, Any] = {"min_size": 1, "max_size": 4, **options, "open": False}
     if endpoint is None:
-        pool: DsqlConnectionPool[Any] = DsqlConnectionPool.from_env(**options)
+        pool: DsqlConnectionPool[Any] = DsqlConnectionPool.from_env(**arguments)
     elif callable(getattr(endpoint, "pool_options", None)):  # a LocalDsql
-        pool = DsqlConnectionPool(endpoint.host, **endpoint.pool_options(**options))
+        pool = DsqlConnectionPool(endpoint.host, **endpoint.pool_options(**arguments))
+    elif not isinstance(endpoint, str):
+        raise UsageError(
+            f"connect() takes a host name, cluster id, conninfo or URL (or a running "
+            f"dsqlkit.testing.LocalDsql), not {type(endpoint).__name__}"
+            + (
+                ": for a pool you built, use dsqlkit.Repository(pool)"
+                if hasattr(endpoint, "getconn")
+                else ""
+            )
+        )
     else:
-        pool = DsqlConnectionPool(endpoint, **options)
+        pool = DsqlConnectionPool(endpoint, **arguments)
     repository = Repository(pool)
     repository.own_pool()
     atexit.register(_close_later, weakref.ref(repository))

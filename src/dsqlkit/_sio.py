@@ -2,14 +2,38 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 T = TypeVar("T")
 
 sleep = time.sleep
+
+
+class BlockingCallWarning(RuntimeWarning):
+    """A sync dsqlkit call ran in a thread whose asyncio event loop is running (inside
+    ``async def``): it blocks the loop, and every task on it, until the database answers."""
+
+
+def check_not_on_loop(owner: Any, method: str) -> None:
+    """Warn once per ``owner`` when a blocking call is made on a running event loop."""
+    if asyncio._get_running_loop() is None or getattr(owner, "_warned_on_loop", False):
+        return
+    owner._warned_on_loop = True
+    name = type(owner).__name__
+    warnings.warn(
+        f"{name}.{method}() was called inside a running asyncio event loop (from async "
+        f"code): it blocks the loop until the database answers. In async code use "
+        f"Async{name} with an AsyncDsqlConnectionPool and await its methods, or move the "
+        f"call to a thread: await asyncio.to_thread({name[0].lower()}{name[1:]}.{method}, ...)."
+        f" (Warned once per {name}.)",
+        BlockingCallWarning,
+        stacklevel=4,
+    )
 
 
 def to_thread(fn: Callable[..., T], /, *args: Any) -> T:

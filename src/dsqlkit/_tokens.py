@@ -33,7 +33,7 @@ from ._stats import Counters
 if TYPE_CHECKING:
     import boto3
 
-__all__ = ["Boto3TokenProvider", "EnvTokenProvider", "TokenProvider"]
+__all__ = ["Boto3TokenProvider", "EnvTokenProvider", "TokenProvider", "explain_auth_failure"]
 
 _logger = logging.getLogger("dsqlkit.tokens")
 
@@ -374,7 +374,12 @@ def presign(
     expires_in: int,
     now: dt.datetime,
 ) -> str:
-    """A DSQL token: a SigV4 query-string presigned ``GET https://<host>/?Action=...``."""
+    """A DSQL token: a SigV4 query-string presigned ``GET https://<host>/?Action=...``.
+
+    Byte-identical to botocore's ``generate_db_connect_auth_token`` for the same inputs,
+    including a host in upper or mixed case: botocore signs the host as URL parsing gives it
+    (lower-cased), and keeps the host as given at the front of the token.
+    """
     amz_date = now.strftime("%Y%m%dT%H%M%SZ")
     date = amz_date[:8]
     scope = f"{date}/{region}/dsql/aws4_request"
@@ -389,7 +394,7 @@ def presign(
     if session_token:
         params["X-Amz-Security-Token"] = session_token
     query = "&".join(f"{_quote(k)}={_quote(v)}" for k, v in sorted(params.items()))
-    canonical = "\n".join(["GET", "/", query, f"host:{host}", "", "host", _EMPTY_SHA256])
+    canonical = "\n".join(["GET", "/", query, f"host:{host.lower()}", "", "host", _EMPTY_SHA256])
     to_sign = "\n".join(
         ["AWS4-HMAC-SHA256", amz_date, scope, hashlib.sha256(canonical.encode()).hexdigest()]
     )
@@ -459,3 +464,44 @@ class TokenMinter:
         self.stats.add("tokens_mint_us", round(elapsed * 1e6))
         _logger.debug("minted a token for %s in %s (%.3f s)", self.user, self.region, elapsed)
         return token
+
+
+def explain_auth_failure(*, user: str, host: str, region: str, signer: object) -> str:
+    """What ``IAM authentication failed for user "<user>"`` can mean, and what to check.
+
+    DSQL answers all of these causes with the same words, so the message lists them in the
+    order they are met in practice, filled in for this user, host, Region and token signer.
+    It never contains the token (nor anything from which it could be rebuilt).
+    """
+    admin = user == "admin"
+    action = "dsql:DbConnectAdmin" if admin else "dsql:DbConnect"
+    cluster_id = host.split(".", 1)[0]
+    lines = [
+        f'IAM authentication failed for user "{user}" at {host}: DSQL refused the token '
+        f"({action.split(':')[1]}, signed for {host} in {region} by {signer!r}). DSQL gives "
+        "this one answer for each of these causes; check them in order:",
+        "  - credentials: expired, revoked or not the ones you expect (tokens are signed "
+        "locally, so stale or wrong credentials still produce one); `aws sts "
+        "get-caller-identity` run with the same environment or profile shows who signs",
+        f"  - permission: that identity needs {action} on arn:aws:dsql:{region}:<account>:"
+        f"cluster/{cluster_id}"
+        + (
+            " (the admin role needs DbConnectAdmin; DbConnect is not enough)"
+            if admin
+            else " (DbConnectAdmin is only for the admin role)"
+        ),
+    ]
+    if not admin:
+        lines += [
+            f'  - role mapping: the role "{user}" must be mapped to that identity: as admin, '
+            f"AWS IAM GRANT {user} TO '<the identity's IAM role ARN>' (mappings are listed "
+            "in sys.iam_pg_role_mappings)",
+            f'  - user: the role "{user}" must exist (as admin: CREATE ROLE {user} WITH LOGIN) '
+            "and be spelled as created; user='admin' is the built-in administrator",
+        ]
+    lines.append(
+        f"  - endpoint: the token must name this cluster's real host and Region ({host}, "
+        f"{region}): check region=, cluster_id= and the host name, and that this machine's "
+        "clock is right (a token is valid from its signing time for token_expires_in seconds)"
+    )
+    return "\n".join(lines)

@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Concatenate, TypeVar, overload
 
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
-from typing_extensions import ParamSpec
+from typing_extensions import ParamSpec, Unpack
 
 from . import _executor_async, _executor_sync
 from ._errors import UsageError
@@ -28,7 +28,7 @@ from ._executor_async import AsyncExecutor
 from ._executor_sync import Executor
 from ._joined import in_unit
 from ._query import check_callable, refuse_awaitable
-from ._retry import RetryPolicy, RetryStats, Scope, resolve_policy, stats_for
+from ._retry import PolicyOptions, RetryPolicy, RetryStats, Scope, resolve_policy, stats_for
 from ._transaction_async import AsyncTransaction
 from ._transaction_sync import Transaction
 
@@ -40,7 +40,10 @@ R = TypeVar("R")
 
 @overload
 def transactional(
-    pool: AsyncConnectionPool[Any], *, policy: RetryPolicy | None = None, **options: Any
+    pool: AsyncConnectionPool[Any],
+    *,
+    policy: RetryPolicy | None = None,
+    **options: Unpack[PolicyOptions],
 ) -> Callable[
     [Callable[Concatenate[AsyncTransaction[Any], P], Awaitable[R]]],
     Callable[P, Coroutine[Any, Any, R]],
@@ -49,7 +52,10 @@ def transactional(
 
 @overload
 def transactional(
-    pool: ConnectionPool[Any], *, policy: RetryPolicy | None = None, **options: Any
+    pool: ConnectionPool[Any],
+    *,
+    policy: RetryPolicy | None = None,
+    **options: Unpack[PolicyOptions],
 ) -> Callable[[Callable[Concatenate[Transaction[Any], P], R]], Callable[P, R]]: ...
 
 
@@ -57,7 +63,7 @@ def transactional(
     pool: ConnectionPool[Any] | AsyncConnectionPool[Any],
     *,
     policy: RetryPolicy | None = None,
-    **options: Any,
+    **options: Unpack[PolicyOptions],
 ) -> Any:
     """Decorate ``fn(tx, ...)`` to run as one transaction on ``pool``, re-run on conflict.
 
@@ -76,7 +82,7 @@ def transactional(
             f"AsyncDsqlConnectionPool) as first argument, not {type(pool).__name__}: "
             "write @transactional(pool), not @transactional"
         )
-    resolved = resolve_policy(policy, options)
+    resolved = resolve_policy(policy, dict(options))
     is_async_pool = isinstance(pool, AsyncConnectionPool)
     stats = stats_for(pool)
 
@@ -116,12 +122,18 @@ def occ_retry(fn: Callable[P, R], /) -> Callable[P, R]: ...
 
 @overload
 def occ_retry(
-    *, policy: RetryPolicy | None = None, **options: Any
+    *,
+    policy: RetryPolicy | None = None,
+    **options: Unpack[PolicyOptions],
 ) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
 
 
 def occ_retry(
-    fn: Callable[..., Any] | None = None, /, *, policy: RetryPolicy | None = None, **options: Any
+    fn: Callable[..., Any] | None = None,
+    /,
+    *,
+    policy: RetryPolicy | None = None,
+    **options: Unpack[PolicyOptions],
 ) -> Any:
     """Decorate a function that runs exactly one transaction itself: retry it on 40001.
 
@@ -132,7 +144,7 @@ def occ_retry(
     runs once and lets the conflict reach the outer retry loop (which re-runs everything).
     The decorated function's ``retry_stats`` holds its counters.
     """
-    resolved = resolve_policy(policy, options)
+    resolved = resolve_policy(policy, dict(options))
 
     def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
         check_callable(func, "occ_retry")

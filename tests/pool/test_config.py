@@ -44,11 +44,13 @@ def test_cluster_id_takes_region_from_argument_or_environment() -> None:
     assert DsqlEndpoint.resolve(CLUSTER, environ=env).region == "us-west-2"
 
 
-def test_other_hosts_are_local_mode() -> None:
+def test_other_hosts_are_plain_postgresql_only_when_asked() -> None:
     for host in ("localhost", "127.0.0.1", "::1", "db.internal.example.com", "postgres"):
-        endpoint = DsqlEndpoint.resolve(host)
+        endpoint = DsqlEndpoint.resolve(host, plain_postgresql=True)
         assert not endpoint.is_dsql
         assert endpoint.host == host
+        with pytest.raises(ConfigurationError, match="not an Aurora DSQL endpoint"):
+            DsqlEndpoint.resolve(host)
 
 
 @pytest.mark.parametrize(

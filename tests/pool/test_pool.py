@@ -165,10 +165,14 @@ def test_a_permanent_auth_failure_names_the_cause_in_the_timeout(local_dsql: Loc
         assert "not-a-token" not in str(info.value)
 
 
-def test_local_mode_against_plain_postgresql(local_dsql: LocalDsql) -> None:
+def test_plain_postgresql_mode(local_dsql: LocalDsql) -> None:
     backend = conninfo_to_dict(local_dsql.backend_conninfo)
     with DsqlConnectionPool(
-        str(backend["host"]), port=int(str(backend["port"])), user="postgres", min_size=1
+        str(backend["host"]),
+        port=int(str(backend["port"])),
+        user="postgres",
+        min_size=1,
+        plain_postgresql=True,
     ) as pool:
         assert query_one(pool, "SELECT current_user") == "postgres"
         with pool.connection() as conn:
@@ -177,7 +181,7 @@ def test_local_mode_against_plain_postgresql(local_dsql: LocalDsql) -> None:
             assert not conn.pgconn.ssl_in_use
         stats = pool.get_stats()
     assert "tokens_minted" not in stats
-    assert "local" in repr(pool)
+    assert "plain-postgresql" in repr(pool)
 
 
 def test_user_callbacks_and_kwargs_still_work(local_dsql: LocalDsql) -> None:

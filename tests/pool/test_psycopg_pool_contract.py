@@ -143,7 +143,7 @@ def test_the_private_methods_used_exist(pool_class: type[Any]) -> None:
 
 @pytest.mark.parametrize("pool_class", [DsqlConnectionPool, AsyncDsqlConnectionPool])
 def test_the_fields_have_the_expected_kinds(pool_class: type[Any]) -> None:
-    pool = pool_class("localhost", open=False, min_size=2, max_size=3)
+    pool = pool_class("localhost", open=False, min_size=2, max_size=3, plain_postgresql=True)
     assert isinstance(pool._pool, deque)
     assert isinstance(pool._waiting, deque)
     assert pool._min_size == pool.min_size == 2

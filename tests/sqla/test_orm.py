@@ -309,15 +309,38 @@ def test_misuse_gets_clear_errors(engine: Engine, models: Models) -> None:
         assert session.scalar(select(func.count()).select_from(models.Author)) == 0
 
 
-def test_plain_metadata_create_all_breaks_dsqls_one_ddl_rule(engine: Engine) -> None:
-    """Why dsqlkit.sqlalchemy.create_all exists: SQLAlchemy's runs all DDL in one transaction."""
+def test_plain_metadata_create_all_just_works(engine: Engine) -> None:
+    """SQLAlchemy's own create_all runs every DDL in one transaction; on a dsqlkit engine each
+    statement commits on its own, as DSQL requires (issue 19 item 6)."""
     metadata = MetaData()
     Table("plain_a", metadata, Column("id", Integer, primary_key=True), Column("s", String(5)))
     Table("plain_b", metadata, Column("id", Integer, primary_key=True))
-    with pytest.raises(sa_exc.NotSupportedError, match="multiple ddl"):
-        metadata.create_all(engine)
+    metadata.create_all(engine)
+    metadata.drop_all(engine)
     dsa.create_all(engine, metadata)
     dsa.drop_all(engine, metadata)
+
+
+def test_plain_engines_still_break_dsqls_one_ddl_rule(local_dsql: LocalDsql) -> None:
+    """Why: the same create_all on an engine SQLAlchemy built by itself is refused."""
+    options = local_dsql.pool_options()
+    engine = sqlalchemy.create_engine(
+        f"dsql+psycopg://admin@{local_dsql.host}:{local_dsql.port}/postgres",
+        connect_args={
+            "hostaddr": "127.0.0.1",
+            "password": local_dsql.token(),
+            "sslmode": "verify-full",
+            "sslrootcert": options["sslrootcert"],
+        },
+    )
+    metadata = MetaData()
+    Table("plain_c", metadata, Column("id", Integer, primary_key=True))
+    Table("plain_d", metadata, Column("id", Integer, primary_key=True))
+    try:
+        with pytest.raises(sa_exc.NotSupportedError, match="multiple ddl"):
+            metadata.create_all(engine)
+    finally:
+        engine.dispose()
 
 
 def test_failed_index_build_is_reported(engine: Engine) -> None:

@@ -19,19 +19,21 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Literal
 
 import sqlalchemy
 from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, Engine
+from typing_extensions import Unpack
 
 from .. import _connector_async, _connector_sync
-from .._config import endpoint_from_env
+from .._config import endpoint_from_env, unknown_arguments
 from .._connector import Connector, DsqlOptions, Verdict
 from .._errors import ConfigurationError
 from ._dialect import register
+from ._schema import commit_each_ddl
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
@@ -43,6 +45,41 @@ DEFAULT_POOL_RECYCLE = 50 * 60.0
 DSQL_CONNECTION_LIMIT = 3600.0
 _DSQL_OPTIONS = frozenset(DsqlOptions.__annotations__)
 _OURS = ("creator", "async_creator", "module")
+_OWN_ARGUMENTS = ("connect_args", "pool_recycle", "connect_deadline")
+
+
+class EngineOptions(DsqlOptions, total=False):
+    """The keyword arguments of `create_engine` / `create_async_engine`: dsqlkit's DSQL
+    options and SQLAlchemy's ``create_engine`` arguments, typed so a misspelt one is caught
+    by a type checker (and refused at run time, with the closest name)."""
+
+    kwargs: Mapping[str, Any]
+    echo: bool | Literal["debug"]
+    echo_pool: bool | Literal["debug"]
+    enable_from_linting: bool
+    execution_options: Mapping[str, Any]
+    future: bool
+    hide_parameters: bool
+    insertmanyvalues_page_size: int
+    isolation_level: str
+    json_deserializer: Callable[..., Any]
+    json_serializer: Callable[..., Any]
+    label_length: int | None
+    logging_name: str
+    max_identifier_length: int | None
+    max_overflow: int
+    paramstyle: str | None
+    plugins: list[str]
+    pool: Any
+    pool_logging_name: str
+    pool_pre_ping: bool
+    pool_reset_on_return: Any
+    pool_size: int
+    pool_timeout: float
+    pool_use_lifo: bool
+    poolclass: type[Any]
+    query_cache_size: int
+    use_insertmanyvalues: bool
 
 
 def create_engine(
@@ -52,7 +89,7 @@ def create_engine(
     connect_args: Mapping[str, Any] | None = None,
     pool_recycle: float = DEFAULT_POOL_RECYCLE,
     connect_deadline: float = 30.0,
-    **options: Any,
+    **options: Unpack[EngineOptions],
 ) -> Engine:
     """A SQLAlchemy `Engine` for DSQL (psycopg 3, dsqlkit's tokens, TLS and checks).
 
@@ -68,7 +105,7 @@ def create_engine(
     """
     register()
     core, engine_url, engine_options = _prepare(
-        url, connect_args, pool_recycle, connect_deadline, options
+        url, connect_args, pool_recycle, connect_deadline, dict(options)
     )
 
     engine = sqlalchemy.create_engine(
@@ -88,7 +125,7 @@ def create_async_engine(
     connect_args: Mapping[str, Any] | None = None,
     pool_recycle: float = DEFAULT_POOL_RECYCLE,
     connect_deadline: float = 30.0,
-    **options: Any,
+    **options: Unpack[EngineOptions],
 ) -> AsyncEngine:
     """The asyncio twin of `create_engine`: an `AsyncEngine` on psycopg's async connection.
 
@@ -99,7 +136,7 @@ def create_async_engine(
 
     register()
     core, engine_url, engine_options = _prepare(
-        url, connect_args, pool_recycle, connect_deadline, options
+        url, connect_args, pool_recycle, connect_deadline, dict(options)
     )
 
     engine = sa_create_async_engine(
@@ -145,6 +182,20 @@ def _prepare(
                 f"{name}= is dsqlkit's to set: it opens connections with fresh IAM tokens; "
                 "pass libpq parameters in connect_args= instead"
             )
+    unknown = set(options) - set(EngineOptions.__annotations__)
+    if unknown:
+        raise ConfigurationError(
+            unknown_arguments(
+                unknown,
+                {
+                    *EngineOptions.__annotations__,
+                    "connect_args",
+                    "pool_recycle",
+                    "connect_deadline",
+                },
+                "create_engine()",
+            )
+        )
     if "kwargs" in options:
         if connect_args is not None:
             raise ConfigurationError("pass connect_args= or kwargs=, not both")
@@ -160,7 +211,8 @@ def _prepare(
         options=dsql,  # type: ignore[arg-type]
         max_lifetime=pool_recycle,
         timeout=connect_deadline,
-        user_kwargs=dict(connect_args or {}),
+        user_kwargs=_connect_args(connect_args),
+        engine=True,
     )
     engine_url = URL.create(
         "dsql+psycopg",
@@ -170,6 +222,16 @@ def _prepare(
         database=core.endpoint.dbname,
     )
     return core, engine_url, options
+
+
+def _connect_args(connect_args: Any) -> dict[str, Any]:
+    if connect_args is None:
+        return {}
+    if not isinstance(connect_args, Mapping):
+        raise ConfigurationError(
+            f"connect_args must be a dict of libpq parameters, not {type(connect_args).__name__}"
+        )
+    return dict(connect_args)
 
 
 def _endpoint_text(url: str | URL | None) -> str | None:
@@ -188,6 +250,12 @@ def _endpoint_text(url: str | URL | None) -> str | None:
     scheme, separator, rest = url.partition("://")
     if not separator:
         return url
+    if _has_password(url):
+        raise ConfigurationError(
+            "the URL contains a password: DSQL authenticates with IAM tokens, which dsqlkit "
+            "mints for every connection; remove it from the URL (for a plain PostgreSQL "
+            "server with plain_postgresql=True, pass password= to create_engine)"
+        )
     base, _, driver = scheme.lower().partition("+")
     if base not in ("postgresql", "postgres", "dsql"):
         raise ConfigurationError(
@@ -200,6 +268,13 @@ def _endpoint_text(url: str | URL | None) -> str | None:
             "psycopg 3; use postgresql+psycopg:// (sync and asyncio alike)"
         )
     return "postgresql://" + rest
+
+
+def _has_password(url: str) -> bool:
+    try:
+        return sqlalchemy.engine.make_url(url).password is not None
+    except sa_exc.ArgumentError:
+        return False  # not SQLAlchemy's syntax: the conninfo parser reports it
 
 
 def _check_recycle(pool_recycle: float) -> None:
@@ -219,6 +294,7 @@ def _install_checks(engine: Engine, core: Connector) -> None:
     """Attach ``core`` to the engine's dialect and dsqlkit's checks to its pool."""
     engine.dialect.dsqlkit_core = core  # type: ignore[attr-defined]
     dialect = engine.dialect
+    commit_each_ddl(engine)
 
     @event.listens_for(engine, "checkout")
     def _checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:

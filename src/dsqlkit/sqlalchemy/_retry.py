@@ -21,10 +21,11 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import sessionmaker
+from typing_extensions import Unpack
 
 from .._errors import ConfigurationError, UsageError
 from .._query import check_callable
-from .._retry import RetryPolicy, RetryStats, resolve_policy
+from .._retry import PolicyOptions, RetryPolicy, RetryStats, resolve_policy
 from . import _run_async, _run_sync
 from ._checks import Unit
 from ._engine import core_of
@@ -32,7 +33,12 @@ from ._engine import core_of
 __all__ = ["transactional"]
 
 
-def transactional(bind: Any, *, policy: RetryPolicy | None = None, **options: Any) -> Any:
+def transactional(
+    bind: Any,
+    *,
+    policy: RetryPolicy | None = None,
+    **options: Unpack[PolicyOptions],
+) -> Any:
     """Decorate ``fn(session_or_connection, ...)`` to run as one transaction, re-run on conflict.
 
     ``bind`` is a ``sessionmaker`` (``fn`` gets a new ``Session``), an ``async_sessionmaker``
@@ -45,7 +51,7 @@ def transactional(bind: Any, *, policy: RetryPolicy | None = None, **options: An
     `dsqlkit.sqlalchemy.get_stats` for engines built by dsqlkit.
     """
     kind = _kind_of(bind)
-    resolved = resolve_policy(policy, options)
+    resolved = resolve_policy(policy, dict(options))
     stats = stats_of(bind)
 
     def decorate(fn: Any) -> Any:

@@ -1,6 +1,6 @@
-"""SQLAlchemy units of work on dsqlkit's executor, and connections on its connect path.
+"""SQLAlchemy units of work on dsqlkit's executor.
 
-The asyncio source: ``_run_sync`` is generated from it by ``tools/async_to_sync.py``.
+(asyncio source; ``_run_sync`` is generated from it by ``tools/async_to_sync.py``.)
 
 - `wrap`: the wrapper `dsqlkit.sqlalchemy.transactional` returns;
 - `run_unit`: the one place these units enter dsqlkit's executor (its retry loop, verdict,

@@ -14,27 +14,42 @@ the same statements one at a time on an autocommit connection, in dependency ord
 
 With ``checkfirst`` (the default) existing tables, sequences and indexes are skipped, so a
 run interrupted half-way is completed by running it again.
+
+SQLAlchemy's own ``metadata.create_all(engine)`` / ``drop_all`` (and ``await
+conn.run_sync(metadata.create_all)``) work too on engines from
+`dsqlkit.sqlalchemy.create_engine`: `commit_each_ddl` commits after every DDL statement
+SQLAlchemy runs in a transaction, and waits for each ``CREATE INDEX ASYNC`` job, as AWS's
+dialect does.
 """
 
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from sqlalchemy import event, text
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy import schema as sa_schema
-from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.sql.ddl import sort_tables_and_constraints
 
 from .._errors import DsqlError, UsageError
+from .._joined import in_unit
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
-__all__ = ["IndexBuildFailed", "create_all", "create_all_async", "drop_all", "drop_all_async"]
+__all__ = [
+    "IndexBuildFailed",
+    "commit_each_ddl",
+    "create_all",
+    "create_all_async",
+    "drop_all",
+    "drop_all_async",
+]
 
 _JOB_ID = re.compile(r"[a-z0-9]{26}")
+_CREATE_INDEX_ASYNC = re.compile(r"^\s*CREATE\s+(?:UNIQUE\s+)?INDEX\s+ASYNC\b", re.IGNORECASE)
 
 
 class IndexBuildFailed(DsqlError):
@@ -219,3 +234,66 @@ def _wait_for_job(conn: Connection, index: str, job: str) -> None:
         f"index {index} was not built (job {job}, status {status}): {why or 'no details'}; "
         "fix the data (e.g. duplicates for a unique index), drop the index and run again"
     )
+
+
+def commit_each_ddl(engine: Engine) -> None:
+    """Make SQLAlchemy's DDL run within DSQL's rules on ``engine`` (a dsqlkit engine).
+
+    ``metadata.create_all(engine)`` runs all its statements in one transaction, which DSQL
+    refuses after the first DDL statement. After each DDL statement SQLAlchemy runs in a
+    transaction, this commits it (what DSQL requires: one DDL per transaction); after a
+    ``CREATE INDEX ASYNC`` it also waits for the index job (``CALL sys.wait_for_job``, in
+    autocommit) and raises `IndexBuildFailed` if the job failed. So a failure leaves the
+    statements before it in place: run ``create_all`` again (``checkfirst`` skips them).
+
+    Only SQLAlchemy DDL constructs count (``CreateTable``, ``DropTable``, ``CreateIndex``...
+    as ``create_all``, ``drop_all`` and Alembic emit them), never SQL text; and never inside a
+    `dsqlkit.sqlalchemy.transactional` unit, whose COMMIT the executor owns.
+    """
+
+    @event.listens_for(engine, "after_cursor_execute")
+    def _after(  # noqa: PLR0917 (SQLAlchemy's event signature)
+        conn: Connection,
+        cursor: object,
+        statement: str,
+        parameters: object,
+        context: object,
+        executemany: bool,
+    ) -> None:
+        if not getattr(context, "isddl", False) or in_unit():
+            return
+        dbapi = conn.connection.dbapi_connection
+        if dbapi is None or getattr(dbapi, "autocommit", False) or _is_autocommit(conn):
+            return
+        job = None
+        if _CREATE_INDEX_ASYNC.match(statement):
+            row = cursor.fetchone()  # type: ignore[attr-defined]
+            job = str(row[0]) if row else None
+        dbapi.commit()
+        if job is not None:
+            _wait_in_autocommit(dbapi, statement, job)
+
+
+def _wait_in_autocommit(dbapi: object, statement: str, job: str) -> None:
+    """``CALL sys.wait_for_job`` on the DBAPI connection, outside any transaction."""
+    index = statement.split("ASYNC", 1)[1].split(maxsplit=1)[0] if "ASYNC" in statement else "?"
+    if not _JOB_ID.fullmatch(job):
+        raise IndexBuildFailed(f"index {index}: unexpected job id {job!r} from CREATE INDEX ASYNC")
+    connection: Any = dbapi
+    connection.autocommit = True
+    try:
+        cur = connection.cursor()
+        cur.execute(f"CALL sys.wait_for_job('{job}')")
+        done = cur.fetchone()
+        if done is not None and done[0] is False:
+            cur.execute("SELECT status, details FROM sys.jobs WHERE job_id = %s", (job,))
+            details = cur.fetchone()
+            status, why = (details[0], details[1]) if details else ("unknown", None)
+            raise IndexBuildFailed(
+                f"index {index} was not built (job {job}, status {status}): "
+                f"{why or 'no details'}; fix the data (e.g. duplicates for a unique index), "
+                "drop the index and run create_all again"
+            )
+        cur.close()
+    finally:
+        connection.autocommit = False

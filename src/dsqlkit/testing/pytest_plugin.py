@@ -4,33 +4,15 @@
 started on first use. After every test that ran while it was up, armed faults are cleared and
 the configured connection and transaction age limits are restored, so tests do not leak
 settings or faults into each other.
+
+pytest loads the plugin (``dsqlkit._pytest_plugin``) wherever dsqlkit is installed, with or
+without the ``[local]`` extra: without it, the plugin does nothing and says nothing, and only a
+test that uses ``local_dsql`` fails, naming the extra to install (``pip install
+'dsqlkit[local]'``). There is no need to list it in ``pytest_plugins``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from .._pytest_plugin import local_dsql
 
-import pytest
-
-from . import LocalDsql
-
-_KEY = pytest.StashKey[LocalDsql]()
-
-
-@pytest.fixture(scope="session")
-def local_dsql(request: pytest.FixtureRequest) -> Iterator[LocalDsql]:
-    """A running `dsqlkit.testing.LocalDsql`, shared by the whole test session."""
-    with LocalDsql() as local:
-        request.config.stash[_KEY] = local
-        try:
-            yield local
-        finally:
-            del request.config.stash[_KEY]
-
-
-@pytest.fixture(autouse=True)
-def _dsqlkit_reset_local_dsql(request: pytest.FixtureRequest) -> Iterator[None]:
-    yield
-    local = request.config.stash.get(_KEY, None)
-    if local is not None:
-        local.reset()
+__all__ = ["local_dsql"]
