@@ -18,10 +18,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "src" / "dsqlkit"
 #: Known exceptions another branch removes (issue 20, item 6); each must still occur, so an
 #: entry is deleted here as soon as the fix lands.
 PENDING_CYCLES: set[frozenset[str]] = set()
-PENDING_PRIVATE: set[tuple[str, str, str]] = {
-    # a public strip_async in the _sqlrules package (issue 20 item 6, branch `rules`).
-    ("dsqlkit._migrations", "dsqlkit._sqlrules", "_strip_async"),
-}
+PENDING_PRIVATE: set[tuple[str, str, str]] = set()
 
 
 def _module_name(path: Path) -> str:

@@ -299,10 +299,10 @@ def lint(migrations: Sequence[Migration]) -> list[LintIssue]:
 def _syntax_error(text: str) -> str:
     from pglast import parser
 
-    from ._sqlrules import _strip_async
+    from ._sqlrules import strip_async
 
     try:
-        parser.parse_sql(_strip_async(text)[0])
+        parser.parse_sql(strip_async(text)[0])
     except Exception as exc:
         return f"syntax error: {exc}"
     return "statement could not be parsed"

@@ -66,9 +66,9 @@ def simple(conn: psycopg.Connection[Any], sql: str) -> psycopg.ClientCursor[Any]
         ("DISCARD ALL", "0A000", "unsupported statement: Discard"),
         ("PREPARE q AS SELECT 1", "0A000", "unsupported statement: Prepare"),
         (
-            "CREATE FUNCTION f_x() RETURNS int LANGUAGE plpgsql AS $$ BEGIN RETURN 1; END $$",
+            "CREATE FUNCTION f_x() RETURNS int LANGUAGE plperl AS $$ return 1 $$",
             "0A000",
-            "language plpgsql not supported",
+            "language plperl not supported",
         ),
         ("CREATE TABLE arr_x (tags text[])", "0A000", "datatype text[] not supported"),
         ("COPY {t} FROM '/etc/passwd'", "0A000", "STDIN"),

@@ -7,7 +7,7 @@ from pglast import parser
 
 from dsqlkit._sqlrules import Statement, classify
 from dsqlkit.testing import _wire as wire
-from dsqlkit.testing._rules import TxState, decide, emulation
+from dsqlkit.testing._rules import Emulation, TxState, decide, emulation
 
 
 def one(sql: str) -> Statement:
@@ -201,3 +201,29 @@ def test_server_side_sql_ships_as_package_resources() -> None:
     assert "CREATE SCHEMA dsqlkit_internal" in sql_resource("bootstrap.sql")
     assert "sys.iam_pg_role_mappings" in sql_resource("bootstrap.sql")
     assert "pg_catalog.version()" in sql_resource("identity.sql")
+
+
+def test_ddl_the_backend_runs_differently() -> None:
+    """``numeric`` without a size is DSQL's numeric(18,6); ``TRIGGER ALL`` keeps the endpoint's
+    counters on; ``DROP COLUMN`` goes through the primary-key check; others pass unchanged."""
+
+    def rewrite(sql: str) -> Emulation:
+        (statement,) = classify(sql)
+        return emulation(statement)
+
+    assert rewrite("CREATE TABLE t (a numeric, b numeric(5, 2), c decimal)").rewrite == (
+        "CREATE TABLE t (a numeric(18, 6), b numeric(5, 2), c numeric(18, 6))"
+    )
+    assert rewrite("ALTER TABLE t ADD COLUMN c numeric").rewrite == (
+        "ALTER TABLE t ADD COLUMN c numeric(18, 6)"
+    )
+    assert rewrite("ALTER TABLE t DISABLE TRIGGER ALL").rewrite == (
+        "ALTER TABLE t DISABLE TRIGGER USER"
+    )
+    dropped = rewrite("ALTER TABLE s.t DROP COLUMN a, DROP COLUMN b")
+    assert dropped.tag == "ALTER TABLE"
+    assert dropped.rewrite is not None
+    assert dropped.rewrite.startswith("CALL dsqlkit_internal.alter_checked(")
+    assert dropped.rewrite.endswith("'s.t', ARRAY['a', 'b']::text[])")
+    assert rewrite("CREATE TABLE t (a numeric(10, 2), b text)").rewrite is None
+    assert rewrite("RESET TRANSACTION ISOLATION LEVEL").tag == "RESET"

@@ -47,6 +47,11 @@ SERVER_SETTINGS = {
     # conflict error instead (see the endpoint's error mapping).
     "lock_timeout": "25ms",
     "deadlock_timeout": "10ms",
+    # DSQL's session parameter for batched nested-loop joins (release notes 2026-09-11); on
+    # PostgreSQL a placeholder, so SET / SHOW / RESET behave as on DSQL.
+    "dsql.enable_batched_nestloop": "on",
+    # Bytes one transaction may write (DSQL: 10 MiB), counted by the row trigger.
+    "dsqlkit.byte_limit": "10485760",
 }
 
 

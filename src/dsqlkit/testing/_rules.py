@@ -121,12 +121,23 @@ def emulation(statement: Statement) -> Emulation:
             tag="CALL",
             wait_for_job=True,
         )
+    if (
+        node == "VariableSetStmt"
+        and stmt.kind.name == "VAR_RESET"
+        and (stmt.name or "").lower() == "transaction_isolation"
+    ):
+        # RESET TRANSACTION ISOLATION LEVEL (dsql-lint grammar): DSQL runs every transaction
+        # at REPEATABLE READ, so it is a no-op; PostgreSQL refuses to reset the parameter.
+        return Emulation(rewrite="RESET default_transaction_isolation", tag="RESET")
     if node == "VariableShowStmt":
         name = (stmt.name or "").lower()
         if name == "all":  # SHOW ALL reads the settings itself: ask pg_settings instead
             return Emulation(rewrite=SHOW_ALL, tag="SHOW")
         value = SHOW_VALUES.get(name)
         return Emulation(value=value) if value else NOTHING
+    ddl = _ddl(statement, node)
+    if ddl is not None:
+        return ddl
     rewrite = _catalog_compat(statement.text)
     if node in ("InsertStmt", "UpdateStmt", "DeleteStmt") and not _returning(stmt):
         count_sql, values_rows = _count_sql(stmt)
@@ -138,6 +149,59 @@ def emulation(statement: Statement) -> Emulation:
 
         return Emulation(rewrite=rewrite, rerun_sql=RawStream()(_without_locking(stmt)))
     return Emulation(rewrite=rewrite) if rewrite else NOTHING
+
+
+#: ``ENABLE`` / ``DISABLE TRIGGER ALL`` would switch the endpoint's own (internal) row counter
+#: too; DSQL has no triggers, so ``USER`` (the user's triggers: none) is the same statement.
+_TRIGGERS_ALL = {"AT_EnableTrigAll": "AT_EnableTrigUser", "AT_DisableTrigAll": "AT_DisableTrigUser"}
+
+
+def _ddl(statement: Statement, node: str) -> Emulation | None:
+    """DDL the backend must run differently: ``numeric`` without a size as DSQL's
+    ``numeric(18,6)``, ``TRIGGER ALL`` as ``TRIGGER USER``, and ``DROP COLUMN`` behind DSQL's
+    primary-key check."""
+    if node not in ("CreateStmt", "AlterTableStmt", "CreateDomainStmt") or statement.is_async:
+        return None
+    from pglast import ast, enums, parser
+    from pglast.stream import RawStream
+
+    try:
+        (raw,) = parser.parse_sql(statement.text)
+    except Exception:  # not one statement: the backend reports it
+        return None
+    stmt: Any = raw.stmt
+    changed = False
+    types: list[Any] = []
+    dropped: list[str] = []
+    if node == "CreateStmt":
+        types = [e.typeName for e in stmt.tableElts or () if type(e).__name__ == "ColumnDef"]
+    elif node == "CreateDomainStmt":
+        types = [stmt.typeName]
+    else:
+        for cmd in stmt.cmds or ():
+            subtype = cmd.subtype.name
+            if subtype == "AT_AddColumn":
+                types.append(cmd.def_.typeName)
+            elif subtype == "AT_DropColumn":
+                dropped.append(cmd.name)
+            elif subtype in _TRIGGERS_ALL:
+                cmd.subtype = getattr(enums.AlterTableType, _TRIGGERS_ALL[subtype])
+                changed = True
+    for type_name in types:
+        names = [getattr(n, "sval", "") for n in type_name.names or ()]
+        if names[-1:] == ["numeric"] and len(names) <= 2 and not type_name.typmods:
+            type_name.typmods = (
+                ast.A_Const(val=ast.Integer(ival=18)),
+                ast.A_Const(val=ast.Integer(ival=6)),
+            )
+            changed = True
+    text = RawStream()(stmt) if changed else statement.text
+    if dropped:
+        relation = _literal(str(RawStream()(stmt.relation)))
+        columns = ", ".join(_literal(c) for c in dropped)
+        call = f"CALL dsqlkit_internal.alter_checked({_dollar_quote(text)}, {relation}, "
+        return Emulation(rewrite=f"{call}ARRAY[{columns}]::text[])", tag="ALTER TABLE")
+    return Emulation(rewrite=text) if changed else None
 
 
 def iam_statement(text: str) -> Emulation | None:

@@ -26,25 +26,85 @@ BEGIN
   RAISE EXCEPTION USING ERRCODE = sqlstate, MESSAGE = message;
 END $$;
 
--- The row limit: every user table gets a row trigger counting modified rows per transaction.
-CREATE FUNCTION dsqlkit_internal.count_row() RETURNS trigger
+-- The row limit and the size limits (user guide: Cluster quotas and database limits): every
+-- user table gets statement triggers that count, from the statement's transition table, the
+-- rows it modified and the bytes it wrote, per transaction. One call per statement, not per
+-- row; a row of at most 1 KiB cannot break a key, column or row limit, so only larger rows are
+-- looked at one by one.
+CREATE FUNCTION dsqlkit_internal.count_rows() RETURNS trigger
   LANGUAGE plpgsql SECURITY DEFINER AS $$
 DECLARE
-  n bigint := coalesce(nullif(current_setting('dsqlkit.rows', true), ''), '0')::bigint + 1;
+  modified bigint;
+  written bigint := 0;
+  largest bigint := 0;
+  n bigint;
+  total bigint;
+  key_columns text[];
+  key_size bigint;
+  col text;
+  width bigint;
 BEGIN
+  IF TG_OP = 'DELETE' THEN
+    SELECT count(*) INTO modified FROM dsqlkit_old;
+  ELSE
+    SELECT count(*), coalesce(sum(pg_column_size(t.*)), 0), coalesce(max(pg_column_size(t.*)), 0)
+      INTO modified, written, largest FROM dsqlkit_new t;
+  END IF;
+  IF modified = 0 THEN
+    RETURN NULL;
+  END IF;
+  n := coalesce(nullif(current_setting('dsqlkit.rows', true), ''), '0')::bigint + modified;
   IF n > current_setting('dsqlkit.row_limit')::bigint THEN
     RAISE EXCEPTION USING ERRCODE = '54000', MESSAGE = 'transaction row limit exceeded';
   END IF;
   PERFORM set_config('dsqlkit.rows', n::text, true);
+  IF TG_OP = 'DELETE' THEN
+    RETURN NULL;
+  END IF;
+  IF largest > 1024 THEN  -- only rows over 1 KiB can break a key, column or row limit
+    FOR key_columns IN
+      SELECT array_agg(a.attname::text ORDER BY a.attnum) FROM pg_catalog.pg_index i
+        JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid
+         AND a.attnum = ANY (i.indkey[0:i.indnkeyatts - 1])
+       WHERE i.indrelid = TG_RELID GROUP BY i.indexrelid LOOP
+      EXECUTE (SELECT 'SELECT max(' || string_agg(format('coalesce(pg_column_size(t.%I), 0)', c),
+                                                   ' + ')
+                      || ') FROM dsqlkit_new t WHERE pg_column_size(t.*) > 1024'
+                 FROM unnest(key_columns) c)
+        INTO key_size;
+      IF key_size > 1024 THEN
+        RAISE EXCEPTION USING ERRCODE = '54000', MESSAGE = 'key size too large';
+      END IF;
+    END LOOP;
+    IF largest > 1048576 THEN
+      FOR col IN SELECT a.attname::text FROM pg_catalog.pg_attribute a
+                  WHERE a.attrelid = TG_RELID AND a.attnum > 0 AND NOT a.attisdropped LOOP
+        EXECUTE format('SELECT max(pg_column_size(t.%I)) FROM dsqlkit_new t '
+                       'WHERE pg_column_size(t.*) > 1048576', col) INTO width;
+        IF width > 1048576 THEN
+          RAISE EXCEPTION USING ERRCODE = '54000', MESSAGE = 'maximum column size exceeded';
+        END IF;
+      END LOOP;
+    END IF;
+    IF largest > 2097152 THEN
+      RAISE EXCEPTION USING ERRCODE = '54000', MESSAGE = 'maximum row size exceeded';
+    END IF;
+  END IF;
+  total := coalesce(nullif(current_setting('dsqlkit.bytes', true), ''), '0')::bigint + written;
+  IF total > current_setting('dsqlkit.byte_limit')::bigint THEN
+    RAISE EXCEPTION USING ERRCODE = '54000', MESSAGE = 'transaction size limit 10mb exceeded',
+      DETAIL = format('Current transaction size %smb 10mb', ceil(total / 1048576.0));
+  END IF;
+  PERFORM set_config('dsqlkit.bytes', total::text, true);
   RETURN NULL;
 END $$;
--- The counter is marked internal, as PostgreSQL marks the triggers behind its own
--- constraints: it still fires, but psql's \d, information_schema.triggers and other tools'
--- catalog queries do not list it as part of the user's table (DSQL has no triggers).
+-- The counters are marked internal, as PostgreSQL marks the triggers behind its own
+-- constraints: they still fire, but psql's \d, information_schema.triggers and other tools'
+-- catalog queries do not list them as part of the user's table (DSQL has no triggers).
 CREATE FUNCTION dsqlkit_internal.hide_row_counter(relation oid) RETURNS void
   LANGUAGE sql SECURITY DEFINER AS $$
   UPDATE pg_catalog.pg_trigger SET tgisinternal = true
-   WHERE tgrelid = relation AND tgname = 'dsqlkit_row_limit'
+   WHERE tgrelid = relation AND tgname LIKE 'dsqlkit\_row\_limit%'
 $$;
 CREATE FUNCTION dsqlkit_internal.add_row_counter() RETURNS event_trigger
   LANGUAGE plpgsql AS $$
@@ -53,8 +113,16 @@ BEGIN
   FOR r IN SELECT * FROM pg_event_trigger_ddl_commands()
            WHERE command_tag = 'CREATE TABLE' AND object_type = 'table'
              AND schema_name NOT IN ('dsqlkit_internal', 'sys') LOOP
-    EXECUTE format('CREATE TRIGGER dsqlkit_row_limit AFTER INSERT OR UPDATE OR DELETE ON %s '
-                   'FOR EACH ROW EXECUTE FUNCTION dsqlkit_internal.count_row()', r.object_identity);
+    -- A trigger with transition tables takes one event: three triggers.
+    EXECUTE format('CREATE TRIGGER dsqlkit_row_limit_i AFTER INSERT ON %s '
+                   'REFERENCING NEW TABLE AS dsqlkit_new FOR EACH STATEMENT '
+                   'EXECUTE FUNCTION dsqlkit_internal.count_rows()', r.object_identity);
+    EXECUTE format('CREATE TRIGGER dsqlkit_row_limit_u AFTER UPDATE ON %s '
+                   'REFERENCING NEW TABLE AS dsqlkit_new FOR EACH STATEMENT '
+                   'EXECUTE FUNCTION dsqlkit_internal.count_rows()', r.object_identity);
+    EXECUTE format('CREATE TRIGGER dsqlkit_row_limit_d AFTER DELETE ON %s '
+                   'REFERENCING OLD TABLE AS dsqlkit_old FOR EACH STATEMENT '
+                   'EXECUTE FUNCTION dsqlkit_internal.count_rows()', r.object_identity);
     PERFORM dsqlkit_internal.hide_row_counter(r.objid);
   END LOOP;
 END $$;
@@ -198,6 +266,75 @@ CREATE FUNCTION dsqlkit_internal.iam_may_connect(role text, arn text) RETURNS bo
                   WHERE m.pg_role_name = role AND m.arn = iam_may_connect.arn)
 $$;
 
+-- The catalog limits (user guide: Cluster quotas and database limits), checked at the end of
+-- each DDL statement, so a statement that would cross one fails as a whole.
+CREATE FUNCTION dsqlkit_internal.check_limits() RETURNS event_trigger
+  LANGUAGE plpgsql AS $$
+DECLARE
+  r record;
+  internal CONSTANT text[] := ARRAY['pg_catalog', 'information_schema', 'pg_toast', 'sys',
+                                    'dsqlkit_internal'];
+BEGIN
+  FOR r IN SELECT * FROM pg_event_trigger_ddl_commands()
+            WHERE schema_name IS NULL OR NOT schema_name = ANY (internal) LOOP
+    IF r.command_tag = 'CREATE SCHEMA' AND (SELECT count(*) FROM pg_catalog.pg_namespace
+         WHERE NOT nspname = ANY (internal) AND nspname NOT LIKE 'pg\_%') > 10 THEN
+      RAISE EXCEPTION USING ERRCODE = '54000', MESSAGE = 'more than 10 schemas not allowed';
+    END IF;
+    IF r.object_type = 'table' AND r.command_tag = 'CREATE TABLE'
+       AND (SELECT count(*) FROM pg_catalog.pg_class c
+              JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+             WHERE c.relkind IN ('r', 'p') AND NOT n.nspname = ANY (internal)
+               AND n.nspname NOT LIKE 'pg\_%') > 1000 THEN
+      RAISE EXCEPTION USING ERRCODE = '54000', MESSAGE = 'creating more than 1000 tables not allowed';
+    END IF;
+    IF r.object_type = 'view' AND (SELECT count(*) FROM pg_catalog.pg_class c
+              JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+             WHERE c.relkind IN ('v', 'm') AND NOT n.nspname = ANY (internal)
+               AND n.nspname NOT LIKE 'pg\_%') > 5000 THEN
+      RAISE EXCEPTION USING ERRCODE = '54000', MESSAGE = 'creating more than 5000 views not allowed';
+    END IF;
+    IF r.object_type = 'table' AND (SELECT count(*) FROM pg_catalog.pg_attribute a
+         WHERE a.attrelid = r.objid AND a.attnum > 0 AND NOT a.attisdropped) > 255 THEN
+      RAISE EXCEPTION USING ERRCODE = '54011', MESSAGE = 'tables can have at most 255 columns';
+    END IF;
+    IF r.object_type IN ('table', 'index') AND EXISTS (
+         SELECT 1 FROM pg_catalog.pg_index i
+          WHERE (i.indrelid = r.objid OR i.indexrelid = r.objid) AND i.indnkeyatts > 8) THEN
+      RAISE EXCEPTION USING ERRCODE = '54011',
+        MESSAGE = 'more than 8 column keys in an index are not supported';
+    END IF;
+    IF r.object_type IN ('table', 'index') AND EXISTS (
+         SELECT 1 FROM pg_catalog.pg_index i
+          WHERE i.indrelid = coalesce((SELECT x.indrelid FROM pg_catalog.pg_index x
+                                        WHERE x.indexrelid = r.objid), r.objid)
+            AND NOT i.indisprimary
+          GROUP BY i.indrelid HAVING count(*) > 24) THEN
+      RAISE EXCEPTION USING ERRCODE = '54000',
+        MESSAGE = 'more than 24 indexes per table are not allowed';
+    END IF;
+  END LOOP;
+END $$;
+CREATE EVENT TRIGGER dsqlkit_limits ON ddl_command_end
+  WHEN TAG IN ('CREATE SCHEMA', 'CREATE TABLE', 'ALTER TABLE', 'CREATE INDEX', 'CREATE VIEW')
+  EXECUTE FUNCTION dsqlkit_internal.check_limits();
+
+-- DROP COLUMN of a primary-key column (one column of a composite key too) is refused by DSQL;
+-- PostgreSQL would drop the key with it. The endpoint runs such an ALTER TABLE through here.
+CREATE PROCEDURE dsqlkit_internal.alter_checked(ddl text, relation text, dropped text[])
+  LANGUAGE plpgsql AS $$
+DECLARE
+  col text;
+BEGIN
+  SELECT a.attname INTO col FROM pg_catalog.pg_index i
+    JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
+   WHERE i.indrelid = to_regclass(relation) AND i.indisprimary AND a.attname = ANY (dropped)
+   ORDER BY array_position(dropped, a.attname::text) LIMIT 1;
+  IF col IS NOT NULL THEN
+    RAISE EXCEPTION USING ERRCODE = '0A000', MESSAGE = format('cannot drop primary key column %s', col);
+  END IF;
+  EXECUTE ddl;
+END $$;
 -- [wire] begin: what clients see of the endpoint is DSQL's
 -- DSQL's own session function: an id per connection, stable within it (AWS's connectors'
 -- tests use it to tell connections apart). The format of DSQL's ids is not published.
