@@ -130,7 +130,9 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def typecheck(session: nox.Session) -> None:
     """mypy --strict over src/."""
-    session.install("-e", ".[local,sqlalchemy]", "mypy>=1.13", "boto3-stubs[dsql]", "pytest")
+    session.install(
+        "-e", ".[local,sqlalchemy,alembic]", "mypy>=1.13", "boto3-stubs[dsql]", "pytest"
+    )
     session.run("mypy")
 
 

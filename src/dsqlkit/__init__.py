@@ -25,6 +25,8 @@ from ._errors import (
     TokenError,
     TooManyRows,
     TransactionAborted,
+    TransactionControlRefused,
+    UnsettledChunks,
     UsageError,
 )
 from ._pool_async import AsyncDsqlConnectionPool
@@ -75,6 +77,8 @@ __all__ = [
     "TooManyRows",
     "Transaction",
     "TransactionAborted",
+    "TransactionControlRefused",
+    "UnsettledChunks",
     "UsageError",
     "__version__",
     "close_shared_pools",

@@ -28,7 +28,7 @@ from typing import Any
 
 from psycopg import sql
 
-from ._errors import BulkLoadError, CommitOutcomeUnknown, UsageError
+from ._errors import BulkLoadError, CommitOutcomeUnknown, UnsettledChunks, UsageError
 
 __all__ = ["BulkProgress", "BulkResult"]
 
@@ -113,6 +113,45 @@ class BulkPlan:
     conflict: sql.Composable
     #: Rendered statements: the INSERT by its row count, the COPY under 0.
     statements: dict[int, bytes] = field(default_factory=dict)
+    #: The key columns (for ``settle="verify"``).
+    key: list[str] = field(default_factory=list)
+    #: Ranges whose COMMIT outcome was unknown, to check by key before loading what is missing.
+    verify: list[tuple[int, int]] = field(default_factory=list)
+    chunk_rows: int = MAX_ROWS
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES
+
+    def verify_batches(self, start: int, end: int) -> Iterator[tuple[sql.Composable, list[Any]]]:
+        """Queries returning the indexes of rows ``start:end`` whose key is in the table, in
+        batches (``key = %s`` lets the server type each value as its column)."""
+        at = [self.columns.index(k) for k in self.key]
+        match = sql.SQL(" AND ").join(
+            sql.SQL("{} = %s").format(sql.Identifier(k)) for k in self.key
+        )
+        per = max(1, min(200, MAX_PARAMS // len(at)))
+        for lo in range(start, end, per):
+            hi = min(end, lo + per)
+            query = sql.SQL(" UNION ALL ").join(
+                sql.SQL("(SELECT {} FROM {} WHERE {} LIMIT 1)").format(
+                    sql.Literal(i), self.table, match
+                )
+                for i in range(lo, hi)
+            )
+            yield query, [self.rows[i][c] for i in range(lo, hi) for c in at]
+
+    def add_missing(self, present: set[int]) -> None:
+        """Queue the rows of the verified ranges whose index is not in ``present``."""
+        ranges: list[tuple[int, int]] = []
+        for start, end in self.verify:
+            for i in range(start, end):
+                if i in present:
+                    continue
+                if ranges and ranges[-1][1] == i:
+                    ranges[-1] = (ranges[-1][0], i + 1)
+                else:
+                    ranges.append((i, i + 1))
+        self.verify = []
+        extra = _chunks(self.rows, self.chunk_rows, self.chunk_bytes, ranges)
+        self.chunks = sorted(self.chunks + extra)
 
     @property
     def copy_statement(self) -> bytes:
@@ -192,11 +231,14 @@ def plan(
     chunk_rows: int,
     chunk_bytes: int,
     resume: BulkLoadError | int | None = None,
+    settle: str | None = None,
+    copy: bool = False,
 ) -> BulkPlan:
     """Check every row and cut the load into chunks; raise before any I/O if anything is off.
 
     ``resume`` loads only part of the rows: from a row index, or exactly the ranges a
-    `BulkLoadError` of an earlier run of the same load reports as not committed.
+    `BulkLoadError` of an earlier run of the same load reports as not committed. Its
+    ``unknown`` ranges (may have committed) are settled as ``settle`` says (see `settle_ranges`).
     """
     if not isinstance(chunk_rows, int) or not 1 <= chunk_rows <= MAX_ROWS:
         raise UsageError(f"chunk_rows must be 1 to {MAX_ROWS} (DSQL's rows per transaction)")
@@ -267,8 +309,70 @@ def plan(
         )
     else:
         conflict = sql.SQL("ON CONFLICT DO NOTHING")
-    chunks = _chunks(values, chunk_rows, chunk_bytes, _ranges(resume, len(values)))
-    return BulkPlan(target, names, values, chunks, conflict)
+    ranges = _ranges(resume, len(values))
+    idempotent = not copy and (upsert or bool(key_names))
+    ranges, verify = settle_ranges(resume, ranges, settle, key_names, idempotent=idempotent)
+    chunks = _chunks(values, chunk_rows, chunk_bytes, ranges)
+    return BulkPlan(target, names, values, chunks, conflict, key=key_names, verify=verify,
+                    chunk_rows=chunk_rows, chunk_bytes=chunk_bytes)  # fmt: skip
+
+
+SETTLE_CHOICES = ("verify", "skip", "rerun")
+
+
+def settle_ranges(
+    resume: BulkLoadError | int | None,
+    ranges: list[tuple[int, int]],
+    settle: str | None,
+    key: list[str],
+    *,
+    idempotent: bool,
+) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """The ranges to load now, and those to verify by key first.
+
+    A chunk whose COMMIT outcome is unknown may have committed: it is re-loaded only when the
+    caller says so (``settle="rerun"``), or when the load is idempotent (an upsert, or an
+    insert with ``key=``: ``ON CONFLICT`` skips what committed). ``"skip"`` treats it as
+    committed; ``"verify"`` loads only its rows whose key is not in the table.
+    """
+    if settle is not None and settle not in SETTLE_CHOICES:
+        raise UsageError(f"settle must be one of {', '.join(SETTLE_CHOICES)}, not {settle!r}")
+    if settle == "verify" and not key:
+        raise UsageError(
+            'settle="verify" needs key=: the column(s) that identify a row, to find which rows '
+            "of the unknown chunks are in the table"
+        )
+    unknown = list(resume.unknown) if isinstance(resume, BulkLoadError) else []
+    if settle is not None and not isinstance(resume, BulkLoadError):
+        raise UsageError("settle= applies to resume=<the BulkLoadError>: pass the error too")
+    if not unknown or settle == "rerun" or (settle is None and idempotent):
+        return ranges, []
+    if settle is None:
+        raise UnsettledChunks(
+            f"rows {unknown} of the load being resumed may have committed (the connection was "
+            "lost while their COMMIT was in flight), and loading them again could duplicate "
+            'them. Say how to settle them: settle="verify" with key=[...] (load only their rows '
+            'whose key is not in the table), settle="skip" (they committed), or '
+            'settle="rerun" (load them again). Nothing was written',
+            unknown=tuple(unknown),
+        )
+    return _subtract(ranges, unknown), (unknown if settle == "verify" else [])
+
+
+def _subtract(ranges: list[tuple[int, int]], cut: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """``ranges`` without the rows in ``cut`` (half-open row ranges)."""
+    out = []
+    for start, end in ranges:
+        pieces = [(start, end)]
+        for lo, hi in cut:
+            pieces = [
+                part
+                for s, e in pieces
+                for part in ((s, min(e, lo)), (max(s, hi), e))
+                if part[0] < part[1]
+            ]
+        out.extend(pieces)
+    return out
 
 
 def _ranges(resume: BulkLoadError | int | None, total: int) -> list[tuple[int, int]]:
@@ -466,14 +570,17 @@ class LoadState:
         later = [c for c in self._committed if c[0] > merged[0][0]]
         hint = (
             f"resume with resume={merged[0][0]}"
-            if not later
+            if not later and not unknown
             else "chunks after it committed too (several workers): pass the error as resume="
+            if not unknown
+            else 'resume with resume=<this error> and settle="verify" (with key=), "skip" or '
+            '"rerun" for the chunks whose commit is unknown'
         )
         raise BulkLoadError(
             f"bulk write stopped at rows {first_start}-{first_end - 1}: "
             f"{type(cause).__name__}: {cause}; {committed} of {self.rows} rows are committed "
             f"(each chunk commits whole or not at all); {hint}"
-            + (f"; the commit of rows {unknown} is unknown: check them first" if unknown else ""),
+            + (f"; the commit of rows {unknown} is unknown" if unknown else ""),
             rows=self.rows,
             committed_rows=committed,
             pending=tuple(merged),

@@ -9,11 +9,16 @@ DsqlError                      base of everything raised by dsqlkit itself
 ├── CommitOutcomeUnknown       the connection died while COMMIT was in flight: it may or may
 │                              not have committed, so dsqlkit never retries it
 ├── UsageError                 the API was called the wrong way (also a TypeError)
+│   └── TransactionControlRefused  a unit of work tried to commit, roll back or open a
+│                              transaction itself (COMMIT/BEGIN/... as SQL, conn.commit(),
+│                              autocommit, a nested transaction()): refused before it wrote
 ├── TransactionAborted         a transaction function returned normally, but its transaction
 │                              had failed (it caught a database error): nothing committed
 ├── TooManyRows                query_one()/scalar() got more than one row
 ├── BulkLoadError              a bulk write stopped part-way: says how many rows committed
 │                              and where to resume (``committed_rows``, ``resume_from``)
+├── UnsettledChunks            a resume was asked for chunks whose COMMIT outcome is unknown,
+│                              without saying how to settle them (``settle=``)
 ├── DatabaseUnavailable        a health check could not reach the database
 ├── MissingDependency          an optional feature's extra is not installed (also an ImportError)
 └── MigrationError             dsqlkit.migrations could not plan or apply a migration
@@ -58,6 +63,8 @@ __all__ = [
     "TokenError",
     "TooManyRows",
     "TransactionAborted",
+    "TransactionControlRefused",
+    "UnsettledChunks",
     "UsageError",
 ]
 
@@ -103,6 +110,19 @@ class CommitOutcomeUnknown(DsqlError):
 
 class UsageError(DsqlError, TypeError):
     """dsqlkit was called the wrong way (e.g. a coroutine where a result was expected)."""
+
+
+class TransactionControlRefused(UsageError):
+    """A unit of work tried to end or open a transaction behind dsqlkit's back.
+
+    dsqlkit owns the transaction of a unit of work: it sends BEGIN and COMMIT, and re-runs the
+    whole unit on a conflict. A COMMIT (or ROLLBACK, BEGIN, END, ABORT, START TRANSACTION,
+    SAVEPOINT, RELEASE, PREPARE TRANSACTION) sent as SQL, ``connection.commit()`` /
+    ``rollback()``, switching the connection to autocommit, or a nested
+    ``connection.transaction()`` would commit part of the unit, which a re-run would then apply
+    again. It is refused before anything is written, and the unit is not re-run; the
+    transaction rolls back. Let dsqlkit commit: return from the function instead.
+    """
 
 
 class TransactionAborted(DsqlError):
@@ -169,6 +189,20 @@ class BulkLoadError(DsqlError):
         self.pending = pending
         self.unknown = unknown
         self.resume_from = pending[0][0] if pending else rows
+
+
+class UnsettledChunks(DsqlError):
+    """A bulk load was resumed from a `BulkLoadError` whose ``unknown`` chunks may have committed.
+
+    Re-copying such a chunk could duplicate its rows (COPY has no ON CONFLICT). Pass ``settle=``
+    to say what to do with them: ``"verify"`` (check by ``key`` which rows exist, copy the
+    others), ``"skip"`` (treat them as committed) or ``"rerun"`` (load them again, accepting
+    duplicates or a unique violation). Nothing was written. ``unknown`` lists the ranges.
+    """
+
+    def __init__(self, message: str, *, unknown: tuple[tuple[int, int], ...]) -> None:
+        super().__init__(message)
+        self.unknown = unknown
 
 
 class DatabaseUnavailable(DsqlError):

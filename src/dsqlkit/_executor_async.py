@@ -8,11 +8,22 @@ connection, tracks what the attempt has sent (`Attempt`: nothing yet, COMMIT in 
 run again after a backoff (nothing was written), raise `CommitOutcomeUnknown` (it may have
 committed), or propagate. Accounting goes to the pool's one `RetryStats`.
 
-Reads run as one autocommit statement when their text proves they cannot write
-(`is_pure_read`), otherwise in a ``READ ONLY`` transaction sent as one pipeline (one round
-trip): either way, re-running a read after a lost connection can never repeat a write. A
-"read" that turns out to write (the server refuses it in the READ ONLY transaction, so
-nothing was written) then runs exactly once as an autocommit write.
+A read (`AsyncExecutor.read`) first runs as one plain autocommit statement, like a raw pool.
+Its text is never trusted to prove it cannot write (a function, a view or a domain CHECK can
+write behind any text). So:
+
+- it failed with a conflict (40001), or its connection was lost before it was sent: nothing
+  was written, it runs again as before;
+- its connection was lost while it ran (outcome unknown): it runs again only inside a
+  ``READ ONLY`` transaction (``BEGIN READ ONLY``, the statement, ``COMMIT`` in one pipeline,
+  one round trip), where the server guarantees the re-run writes nothing. Its rows are then
+  returned. If the server refuses the re-run (25006: the statement writes) or it fails for
+  any other reason, `CommitOutcomeUnknown` is raised (``__cause__`` is the lost connection):
+  the first run may have written, and it is never run again outside READ ONLY.
+
+A transaction function runs inside psycopg's own ``connection.transaction()`` block, entered
+by the executor, with cursors that refuse transaction control sent as SQL: nothing can commit
+behind the executor (`TransactionControlRefused`).
 """
 
 from __future__ import annotations
@@ -24,19 +35,29 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import psycopg
-from psycopg import errors, pq
+from psycopg import pq
 
 from . import _aio
-from ._errors import TransactionAborted
+from ._errors import CommitOutcomeUnknown, TransactionAborted, TransactionControlRefused
 from ._joined import joined_handle, joining
-from ._query import refuse_awaitable
-from ._retry import Attempt, RetryPolicy, RetryStats, Scope, find_conflict
-from ._transaction_async import AsyncTransaction
+from ._query import control_message, control_refusal, refuse_awaitable
+from ._retry import (
+    Attempt,
+    RetryPolicy,
+    RetryStats,
+    Scope,
+    connection_lost,
+    count_unknown,
+    find_conflict,
+    mark_commit_unknown,
+)
+from ._transaction_async import AsyncTransaction, guard_cursors
 
-__all__ = ["AsyncExecutor", "autocommit", "call_once", "run_attempts"]
+__all__ = ["AsyncExecutor", "autocommit", "call_once", "rollback_quietly", "run_attempts"]
 
 _IDLE = pq.TransactionStatus.IDLE
 _INERROR = pq.TransactionStatus.INERROR
+_INTRANS = pq.TransactionStatus.INTRANS
 #: Hot units per pool (see `AsyncExecutor._hot_transaction_once`), at most this many each.
 _HOT_UNITS = 1024
 _hot: weakref.WeakKeyDictionary[Any, dict[Any, _Gate]] = weakref.WeakKeyDictionary()
@@ -112,6 +133,17 @@ async def call_once(attempt: Attempt, fn: Callable[..., Any], args: Any, kwargs:
     return result
 
 
+class _ReadState:
+    """What the attempts of one read share: the lost connection that left the first run's
+    outcome unknown (from then on, only READ ONLY re-runs), and the attempts so far."""
+
+    __slots__ = ("attempts", "unsettled")
+
+    def __init__(self) -> None:
+        self.unsettled: BaseException | None = None
+        self.attempts = 0
+
+
 class AsyncExecutor:
     """Runs units of work on one pool under one policy, counting into one `RetryStats`."""
 
@@ -176,45 +208,68 @@ class AsyncExecutor:
                 handle = AsyncTransaction(conn)
                 with joining(self.pool, handle):
                     try:
-                        result = await fn(handle, *args, **kwargs)
-                        refuse_awaitable(result, fn)
-                        if conn.info.transaction_status == _INERROR:
-                            raise TransactionAborted(
-                                f"{getattr(fn, '__qualname__', fn)!s} returned normally, but its "
-                                "transaction had failed (a database error was caught inside it), "
-                                "so nothing was committed; let the error propagate, or check "
-                                "before the statement instead of catching its error (DSQL has "
-                                "no savepoints)"
-                            )
-                        attempt.writing = True
-                        await conn.commit()
+                        # psycopg's own transaction block, entered here (BEGIN: the round trip
+                        # the first statement would make anyway): inside it psycopg refuses
+                        # commit(), rollback() and autocommit, and a nested transaction() is a
+                        # SAVEPOINT (refused by DSQL, nothing written); the connection's
+                        # cursors refuse COMMIT, BEGIN, END, ... sent as SQL.
+                        async with guard_cursors(conn), conn.transaction():
+                            result = await _run_unit(fn, handle, args, kwargs)
+                            _check_still_open(conn, fn)
+                            attempt.writing = True
                         return result
                     except BaseException:
-                        await _rollback_quietly(conn)
+                        await rollback_quietly(conn)
                         raise
 
     # -- reads and autocommit writes ---------------------------------------------------------
 
     async def read(
-        self, query: Any, params: Any, row_factory: Any, take: Callable[..., Any], pure: bool
+        self, query: Any, params: Any, row_factory: Any, take: Callable[..., Any]
     ) -> Any:
-        """Run a statement that returns rows and ``take(cursor)`` its result."""
+        """Run a statement that returns rows and ``take(cursor)`` its result.
+
+        The first attempt is one plain autocommit statement (a raw pool's cost). Whatever its
+        text says, it may write (a function, a view, a domain CHECK can): if its connection
+        is lost mid-statement, it is re-run only inside a ``READ ONLY`` transaction, so the
+        server guarantees the re-run writes nothing; a re-run the server refuses (the
+        statement needs to write) raises `CommitOutcomeUnknown`.
+        """
         joined = joined_handle(self.pool)
         if joined is not None:
             async with joined.connection.cursor(row_factory=row_factory) as cur:
                 await cur.execute(query, params)
                 return await take(cur)
-        return await run_attempts(
-            self.policy,
-            self.stats,
-            self._read_once,
-            Scope.UNIT,
-            query,
-            params,
-            row_factory,
-            take,
-            pure,
-        )
+        state = _ReadState()
+        try:
+            return await run_attempts(
+                self.policy,
+                self.stats,
+                self._read_once,
+                Scope.UNIT,
+                query,
+                params,
+                row_factory,
+                take,
+                state,
+            )
+        except BaseException as exc:
+            lost = state.unsettled
+            if lost is None or isinstance(exc, CommitOutcomeUnknown):
+                raise
+            count_unknown(self.stats)
+            if not isinstance(exc, Exception):  # an interruption during the re-run
+                mark_commit_unknown(exc)
+                raise
+            raise CommitOutcomeUnknown(
+                "the connection was lost while the statement ran in autocommit, so it may have "
+                "written (a function, view or CHECK it calls can write, whatever its text "
+                "says); re-running it in a READ ONLY transaction did not give a result the "
+                f"server guarantees wrote nothing ({type(exc).__name__}: {exc}). dsqlkit does "
+                "not run it again outside READ ONLY: check the data, then decide (use "
+                f"execute() or a transaction for statements that write). Lost: {lost}",
+                attempts=state.attempts,
+            ) from lost
 
     async def _read_once(  # noqa: PLR0917 - the executor's own call, positional by design
         self,
@@ -223,35 +278,35 @@ class AsyncExecutor:
         params: Any,
         row_factory: Any,
         take: Callable[..., Any],
-        pure: bool,
+        state: _ReadState,
     ) -> Any:
+        state.attempts = attempt.number
         conn = await self.pool.getconn()
         attempt.connection = conn
-        attempt.read_only = True
         autocommit = conn.autocommit
         try:
             if not autocommit:
                 await conn.set_autocommit(True)
             cur = conn.cursor(row_factory=row_factory)
-            try:
-                if pure:
+            if state.unsettled is None:
+                # The fast path: one autocommit statement, which commits if it writes.
+                attempt.writing = attempt.settle_read_only = True
+                try:
                     await cur.execute(query, params)
-                else:  # one round trip: BEGIN READ ONLY, the statement, COMMIT
+                except BaseException as exc:
+                    if connection_lost(exc, conn):
+                        state.unsettled = exc
+                    raise
+            else:  # the first run's outcome is unknown: the server must guarantee no write
+                attempt.read_only = True
+                try:  # one round trip: BEGIN READ ONLY, the statement, COMMIT
                     async with conn.pipeline():
                         await conn.execute(b"BEGIN READ ONLY")
                         await cur.execute(query, params)
                         await conn.execute(b"COMMIT")
-                return await take(cur)
-            except errors.ReadOnlySqlTransaction:
-                await _rollback_quietly(conn)
-            except BaseException:
-                await _rollback_quietly(conn)
-                raise
-            # A write: the server refused it in the READ ONLY transaction, so nothing was
-            # written. Run it once, as an autocommit write.
-            attempt.read_only = False
-            attempt.writing = True
-            await cur.execute(query, params)
+                except BaseException:
+                    await rollback_quietly(conn)
+                    raise
             return await take(cur)
         finally:
             if not autocommit and not conn.closed and not conn.broken:
@@ -275,6 +330,35 @@ class AsyncExecutor:
                 return await run(cur)
 
 
+async def _run_unit(fn: Callable[..., Any], handle: Any, args: Any, kwargs: Any) -> Any:
+    """``fn(handle, ...)``, with transaction control it tried made a `TransactionControlRefused`."""
+    try:
+        result = await fn(handle, *args, **kwargs)
+    except psycopg.Error as exc:
+        what = control_refusal(exc)
+        if what is None:
+            raise
+        raise TransactionControlRefused(control_message(what)) from exc
+    refuse_awaitable(result, fn)
+    return result
+
+
+def _check_still_open(conn: Any, fn: Callable[..., Any]) -> None:
+    """The unit's transaction must still be the one the executor opened, and healthy."""
+    status = conn.info.transaction_status
+    if status == _INTRANS:
+        return
+    if status == _INERROR:
+        raise TransactionAborted(
+            f"{getattr(fn, '__qualname__', fn)!s} returned normally, but its transaction had "
+            "failed (a database error was caught inside it), so nothing was committed; let the "
+            "error propagate, or check before the statement instead of catching its error "
+            "(DSQL has no savepoints)"
+        )
+    what = "The transaction ended (COMMIT or ROLLBACK sent by a raw cursor)"
+    raise TransactionControlRefused(control_message(what, refused=False))
+
+
 @contextlib.asynccontextmanager
 async def autocommit(conn: Any, value: bool) -> AsyncIterator[None]:
     """Run with ``conn.autocommit == value``, then restore it (if the connection survived)."""
@@ -285,14 +369,14 @@ async def autocommit(conn: Any, value: bool) -> AsyncIterator[None]:
         yield
     finally:
         if previous != value and not conn.closed and not conn.broken:
-            await _rollback_quietly(conn)  # a failed transaction must end before the switch
+            await rollback_quietly(conn)  # a failed transaction must end before the switch
             with contextlib.suppress(psycopg.Error):
                 await conn.set_autocommit(previous)
 
 
-async def _rollback_quietly(conn: Any) -> None:
+async def rollback_quietly(conn: Any) -> None:
     """End a failed attempt's transaction if the connection still can; never raise."""
-    if conn.closed or conn.broken or conn.info.transaction_status == _IDLE:
+    if conn is None or conn.closed or conn.broken or conn.info.transaction_status == _IDLE:
         return
     with contextlib.suppress(psycopg.Error):
         await conn.rollback()

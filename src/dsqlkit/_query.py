@@ -1,4 +1,4 @@
-"""Pure helpers for statements: argument checks, row shapes, and the "provably a pure read" test.
+"""Pure helpers for statements: argument checks and row shapes.
 
 Shared by the transaction handles, the executor and the repositories (sync and async alike).
 """
@@ -6,14 +6,14 @@ Shared by the transaction handles, the executor and the repositories (sync and a
 from __future__ import annotations
 
 import inspect
-import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import psycopg
 from psycopg import sql as pgsql
 from psycopg.rows import RowFactory, class_row, dict_row
 
-from ._errors import TooManyRows, UsageError
+from ._errors import TooManyRows, TransactionControlRefused, UsageError
 
 Params = Sequence[Any] | Mapping[str, Any] | None
 ParamSet = Sequence[Any] | Mapping[str, Any]
@@ -81,183 +81,168 @@ def check_callable(fn: Callable[..., Any], what: str) -> None:
         raise UsageError(f"{what} needs a function, not {type(fn).__name__}")
 
 
-# A statement is a *pure read* when its text alone proves it cannot write: it starts with
-# SELECT, VALUES, TABLE or SHOW (or WITH), and contains no word that writes (INSERT, UPDATE,
-# DELETE, MERGE, COPY, CALL, INTO, ...) and no function call except well-known pure builtins.
-# Such a read can run as a single autocommit statement and still be re-run safely after a
-# lost connection. Anything else read through query() runs in a READ ONLY transaction, where
-# the server itself guarantees that nothing is written.
-_READ_START = re.compile(r"\s*\(*\s*(select|values|table|show|with)\b", re.IGNORECASE)
-_WRITING_WORDS = re.compile(
-    r"\b(insert|update|delete|merge|copy|call|into|do|execute|prepare|lock|notify|listen|"
-    r"create|alter|drop|grant|revoke|truncate|set|reset|nextval|setval|for)\b",
-    re.IGNORECASE,
+# -- transaction control sent as SQL inside a unit of work -----------------------------------
+# Refusing is the only decision made from the text here: a statement that ends or opens a
+# transaction (COMMIT, END, ...) is refused inside a unit of work, before it is sent. A false
+# alarm only refuses; nothing is ever re-run on the strength of this check.
+
+_CONTROL_WORDS = frozenset(
+    ("commit", "end", "rollback", "abort", "begin", "savepoint", "release", "start", "prepare")
 )
-_CALL = re.compile(r"([A-Za-z_][A-Za-z0-9_$]*)\s*\(")
-_PURE_FUNCTIONS = frozenset(
-    (
-        "count",
-        "sum",
-        "min",
-        "max",
-        "avg",
-        "coalesce",
-        "nullif",
-        "greatest",
-        "least",
-        "lower",
-        "upper",
-        "length",
-        "abs",
-        "round",
-        "floor",
-        "ceil",
-        "ceiling",
-        "trim",
-        "btrim",
-        "ltrim",
-        "rtrim",
-        "substring",
-        "substr",
-        "position",
-        "replace",
-        "concat",
-        "concat_ws",
-        "now",
-        "current_timestamp",
-        "current_date",
-        "current_time",
-        "localtimestamp",
-        "date_trunc",
-        "date_part",
-        "extract",
-        "to_char",
-        "to_date",
-        "to_timestamp",
-        "to_number",
-        "cast",
-        "array_agg",
-        "string_agg",
-        "bool_and",
-        "bool_or",
-        "jsonb_build_object",
-        "json_build_object",
-        "jsonb_agg",
-        "json_agg",
-        "jsonb_array_length",
-        "jsonb_extract_path",
-        "jsonb_extract_path_text",
-        "row_number",
-        "rank",
-        "dense_rank",
-        "lag",
-        "lead",
-        "first_value",
-        "last_value",
-        "ntile",
-        "exists",
-        "any",
-        "all",
-        "in",
-        "not",
-        "and",
-        "or",
-        "on",
-        "using",
-        "values",
-        "gen_random_uuid",
-        "random",
-        "md5",
-        "sha256",
-        "encode",
-        "decode",
-        "left",
-        "right",
-        "split_part",
-        "strpos",
-        "regexp_replace",
-        "regexp_match",
-        "starts_with",
-        "mod",
-        "power",
-        "sqrt",
-        "exp",
-        "ln",
-        "log",
-        "sign",
-        "version",
-        "current_setting",
-        "current_database",
-        "current_schema",
-        "current_user",
-        "session_user",
-        "as",
-        "select",
-        "from",
-        "join",
-        "where",
-        "then",
-        "else",
-        "when",
-        "case",
-        "by",
-        "having",
-        "array",
-        "row",
-        "lateral",
-        "filter",
-        "over",
-        "partition",
-        "limit",
-        "offset",
-        "union",
-        "except",
-        "intersect",
-        "is",
-        "between",
-        "like",
-        "ilike",
-        "similar",
-        "distinct",
-        "numeric",
-        "decimal",
-        "varchar",
-        "char",
-        "character",
-        "interval",
-        "timestamp",
-        "timestamptz",
-        "time",
-        "float",
-    )
-)
-_QUOTED = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"")
-_pure_cache: dict[str, bool] = {}
+_NEEDS_TRANSACTION_WORD = frozenset(("start", "prepare"))  # START / PREPARE TRANSACTION
+_WORD_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_$")
+_control_cache: dict[str, str | None] = {}
 
 
-def is_pure_read(sql: Any) -> bool:
-    """Whether the text of ``sql`` proves it reads only (see above); cached per text."""
+def control_statement(sql: Any, context: Any = None) -> str | None:
+    """The transaction-control statement (``COMMIT``, ``START TRANSACTION``, ...) that ``sql``
+    contains at the start of any of its statements, else None; cached per text."""
     if isinstance(sql, pgsql.Composable):
         try:
-            sql = sql.as_string()
-        except Exception:  # a Composable that needs a connection to render
-            return False
+            sql = sql.as_string(context)
+        except Exception:  # a Composable that cannot render: psycopg will say why
+            return None
+    if isinstance(sql, bytes):
+        sql = sql.decode("utf-8", "replace")
     if not isinstance(sql, str):
-        return False
-    known = _pure_cache.get(sql)
-    if known is None:
-        known = _judge_text(sql)
-        if len(_pure_cache) < 4096:
-            _pure_cache[sql] = known
-    return known
+        return None
+    try:
+        return _control_cache[sql]
+    except KeyError:
+        pass
+    found = _scan_control(sql)
+    if len(_control_cache) < 4096 and len(sql) <= 4096:
+        _control_cache[sql] = found
+    return found
 
 
-def _judge_text(sql: str) -> bool:
-    if "$$" in sql or "--" in sql or "/*" in sql or ";" in sql.rstrip().rstrip(";"):
-        return False
-    if not _READ_START.match(sql):
-        return False
-    bare = _QUOTED.sub("''", sql)
-    if _WRITING_WORDS.search(bare):
-        return False
-    return all(name.lower() in _PURE_FUNCTIONS for name in _CALL.findall(bare))
+def _scan_control(text: str) -> str | None:
+    """Walk ``text`` statement by statement, outside strings, identifiers and comments."""
+    i, n = 0, len(text)
+    at_start = True
+    while i < n:
+        c = text[i]
+        if c.isspace():
+            i += 1
+        elif text.startswith("--", i):
+            end = text.find("\n", i)
+            i = n if end < 0 else end + 1
+        elif text.startswith("/*", i):
+            depth, i = 1, i + 2
+            while i < n and depth:
+                if text.startswith("/*", i):
+                    depth, i = depth + 1, i + 2
+                elif text.startswith("*/", i):
+                    depth, i = depth - 1, i + 2
+                else:
+                    i += 1
+        elif c == ";":
+            at_start, i = True, i + 1
+        elif c in "'\"":
+            escapes = c == "'" and i > 0 and text[i - 1] in "eE"
+            i = _skip_quoted(text, i + 1, c, escapes)
+            at_start = False
+        elif c == "$" and (i == 0 or text[i - 1] not in _WORD_CHARS):
+            close = text.find("$", i + 1)
+            tag = text[i : close + 1] if close > 0 else ""
+            if (
+                tag
+                and all(ch in _WORD_CHARS and ch != "$" for ch in tag[1:-1])
+                and not (tag[1:2].isdigit())
+            ):
+                end = text.find(tag, close + 1)
+                i = n if end < 0 else end + len(tag)
+            else:
+                i += 1
+            at_start = False
+        elif c in _WORD_CHARS:
+            j = i
+            while j < n and text[j] in _WORD_CHARS:
+                j += 1
+            if at_start:
+                word = text[i:j].lower()
+                if word in _CONTROL_WORDS:
+                    if word not in _NEEDS_TRANSACTION_WORD:
+                        return word.upper()
+                    following = _next_word(text, j)
+                    if following == "transaction":
+                        return f"{word.upper()} TRANSACTION"
+            at_start = False
+            i = j
+        else:
+            at_start = False
+            i += 1
+    return None
+
+
+def _skip_quoted(text: str, i: int, quote: str, escapes: bool) -> int:
+    n = len(text)
+    while i < n:
+        c = text[i]
+        if escapes and c == "\\":
+            i += 2
+        elif c == quote:
+            if text.startswith(quote * 2, i):
+                i += 2
+            else:
+                return i + 1
+        else:
+            i += 1
+    return n
+
+
+def _next_word(text: str, i: int) -> str:
+    n = len(text)
+    while i < n and (text[i].isspace()):
+        i += 1
+    j = i
+    while j < n and text[j] in _WORD_CHARS:
+        j += 1
+    return text[i:j].lower()
+
+
+def refuse_control(sql: Any, context: Any = None, autocommit: bool = False) -> None:
+    """`TransactionControlRefused` if ``sql`` would end or open a transaction (see above), or
+    would run in autocommit (each statement its own commit) inside a unit of work."""
+    if autocommit:
+        raise TransactionControlRefused(
+            control_message("A statement on a connection switched to AUTOCOMMIT")
+        )
+    found = control_statement(sql, context)
+    if found is not None:
+        raise TransactionControlRefused(control_message(f"{found} sent as SQL"))
+
+
+def control_message(what: str, *, refused: bool = True) -> str:
+    """The one message for transaction control tried inside a unit of work."""
+    done = (
+        "was refused before anything was written"
+        if refused
+        else "happened behind dsqlkit (statements before it may have committed), so the unit "
+        "is neither committed nor re-run by dsqlkit"
+    )
+    return (
+        f"{what} inside a unit of work (a @transactional function, repo.transaction(), a "
+        f"dsqlkit.sqlalchemy.transactional function) {done}: dsqlkit sends BEGIN and COMMIT "
+        "itself and re-runs the whole unit on a conflict, so a commit of part of it would be "
+        "applied twice. Remove it and return from the function to commit"
+    )
+
+
+def control_refusal(exc: BaseException) -> str | None:
+    """What an error raised inside a unit of work says was tried behind the executor (psycopg's
+    refusal of ``commit()`` / ``rollback()`` / autocommit inside a ``transaction()`` block, or
+    the server's refusal of the SAVEPOINT a nested ``transaction()`` sends), else None."""
+    error = getattr(exc, "orig", None) or exc  # SQLAlchemy keeps the driver's error in .orig
+    if not isinstance(error, psycopg.Error):
+        return None
+    text = str(error)
+    if isinstance(error, psycopg.ProgrammingError):
+        if "forbidden within a Transaction context" in text:
+            return "connection.commit() / rollback()"
+        if "transaction() context in progress" in text:
+            return "switching the connection's autocommit"
+        return None
+    if error.sqlstate == "0A000" and "SAVEPOINT" in text.upper():
+        return "a nested connection.transaction() (a SAVEPOINT, which DSQL does not have)"
+    return None

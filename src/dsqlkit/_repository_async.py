@@ -3,9 +3,10 @@
 Each method takes a connection from the pool and gives it back; the executor decides what may
 run again (see `dsqlkit._executor_async`):
 
-- reads (`query`, `query_one`, `scalar`) are re-run after a conflict or a lost connection,
-  because they provably wrote nothing: their text proves it, or they ran in a ``READ ONLY``
-  transaction. A statement given to a read method that turns out to write runs exactly once;
+- reads (`query`, `query_one`, `scalar`) run as one autocommit statement and are re-run after
+  a conflict; after a connection lost mid-statement they are re-run only in a ``READ ONLY``
+  transaction (the server guarantees the re-run writes nothing), and a statement that turns
+  out to write raises `CommitOutcomeUnknown` then. A write given to a read method runs once;
 - writes (`execute`) run in autocommit, re-run on a conflict (nothing committed); a
   connection lost mid-statement raises `CommitOutcomeUnknown`;
 - `transaction` runs a function as one OCC-retried transaction (like `dsqlkit.transactional`);
@@ -40,7 +41,6 @@ from ._query import (
     RowShape,
     check_callable,
     check_sql,
-    is_pure_read,
     single,
 )
 from ._repository import RepositoryBase, check_pool, unavailable
@@ -81,9 +81,7 @@ class AsyncRepository(RepositoryBase):
         await self._ensure_open("query")
         query = check_sql(sql)
         shape = self._shape(row_factory)
-        rows: Rows = await self._executor.read(
-            query, params, shape, _take_rows, is_pure_read(query)
-        )
+        rows: Rows = await self._executor.read(query, params, shape, _take_rows)
         return rows
 
     async def query_one(
@@ -93,13 +91,13 @@ class AsyncRepository(RepositoryBase):
         await self._ensure_open("query_one")
         query = check_sql(sql)
         shape = self._shape(row_factory)
-        return await self._executor.read(query, params, shape, _take_one, is_pure_read(query))
+        return await self._executor.read(query, params, shape, _take_one)
 
     async def scalar(self, sql: Any, params: Params = None) -> Any | None:
         """The first column of the only row, or None if there is no row."""
         await self._ensure_open("scalar")
         query = check_sql(sql)
-        row = await self._executor.read(query, params, tuple_row, _take_one, is_pure_read(query))
+        row = await self._executor.read(query, params, tuple_row, _take_one)
         return None if row is None else row[0]
 
     # -- writes ------------------------------------------------------------------------------
@@ -153,6 +151,7 @@ class AsyncRepository(RepositoryBase):
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
         workers: int = 1,
         resume: BulkLoadError | int | None = None,
+        settle: str | None = None,
         progress: Callable[[BulkProgress], None] | None = None,
         show_progress: bool | None = None,
     ) -> BulkResult:
@@ -166,10 +165,13 @@ class AsyncRepository(RepositoryBase):
         failed chunk stops the load with `BulkLoadError` (rows committed, where to resume;
         ``resume=`` takes its row index or the error itself). ``progress`` is called after each
         chunk; a tqdm bar shows in a terminal or notebook when tqdm is installed
-        (``show_progress`` forces it on or off).
+        (``show_progress`` forces it on or off). Chunks of ``resume=error`` whose commit is
+        unknown are loaded again (``ON CONFLICT`` skips what committed) when ``key`` is given;
+        without ``key``, ``settle=`` must say how to settle them (as in `copy_rows`).
         """
         load = plan(table, rows, columns=columns, key=key, update=None, upsert=False,
-                    chunk_rows=chunk_rows, chunk_bytes=chunk_bytes, resume=resume)  # fmt: skip
+                    chunk_rows=chunk_rows, chunk_bytes=chunk_bytes, resume=resume,
+                    settle=settle)  # fmt: skip
         return await self._load(load, _insert_chunk, workers, progress, show_progress)
 
     async def upsert_many(
@@ -184,13 +186,16 @@ class AsyncRepository(RepositoryBase):
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
         workers: int = 1,
         resume: BulkLoadError | int | None = None,
+        settle: str | None = None,
         progress: Callable[[BulkProgress], None] | None = None,
         show_progress: bool | None = None,
     ) -> BulkResult:
         """Like `insert_many`, but rows whose ``key`` exists are updated (``update`` columns,
-        default: every non-key column)."""
+        default: every non-key column). Idempotent: chunks whose commit is unknown are
+        simply loaded again on resume."""
         load = plan(table, rows, columns=columns, key=key, update=update, upsert=True,
-                    chunk_rows=chunk_rows, chunk_bytes=chunk_bytes, resume=resume)  # fmt: skip
+                    chunk_rows=chunk_rows, chunk_bytes=chunk_bytes, resume=resume,
+                    settle=settle)  # fmt: skip
         return await self._load(load, _insert_chunk, workers, progress, show_progress)
 
     async def copy_rows(
@@ -203,6 +208,8 @@ class AsyncRepository(RepositoryBase):
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
         workers: int = 1,
         resume: BulkLoadError | int | None = None,
+        settle: str | None = None,
+        key: str | Sequence[str] | None = None,
         progress: Callable[[BulkProgress], None] | None = None,
         show_progress: bool | None = None,
     ) -> BulkResult:
@@ -212,15 +219,27 @@ class AsyncRepository(RepositoryBase):
         COPY has no ON CONFLICT: a row that exists fails its chunk (with a primary key) or is
         duplicated (without one). After a failure, resume with ``resume=error.resume_from``
         (one worker) or ``resume=error`` (any number of workers), not by running it all again.
+        Chunks of the error whose commit is unknown (``error.unknown``) are never copied again
+        silently: ``settle="verify"`` with ``key=`` copies only their rows whose key is not in
+        the table, ``"skip"`` treats them as committed, ``"rerun"`` copies them again; without
+        ``settle=``, `UnsettledChunks` is raised before anything is written.
         """
-        load = plan(table, rows, columns=columns, key=None, update=None, upsert=False,
-                    chunk_rows=chunk_rows, chunk_bytes=chunk_bytes, resume=resume)  # fmt: skip
+        load = plan(table, rows, columns=columns, key=key, update=None, upsert=False,
+                    chunk_rows=chunk_rows, chunk_bytes=chunk_bytes, resume=resume,
+                    settle=settle, copy=True)  # fmt: skip
         return await self._load(load, _copy_chunk, workers, progress, show_progress)
 
     async def _load(
         self, load: BulkPlan, write: Any, workers: int, progress: Any, show: bool | None
     ) -> BulkResult:
         joined = joined_handle(self.pool) is not None
+        if load.verify:  # chunks whose commit is unknown: load only their rows not in the table
+            present: set[int] = set()
+            for start, end in load.verify:
+                for query, params in load.verify_batches(start, end):
+                    rows = await self.query(query, params, row_factory=tuple_row)
+                    present.update(row[0] for row in rows)
+            load.add_missing(present)
         state = LoadState(load, progress, show, workers, joined=joined)
 
         async def work() -> None:

@@ -14,6 +14,8 @@ the failed attempt can have written anything:
   transaction; met by COMMIT or an autocommit write: it may have committed, outcome unknown;
 - a connection lost in a ``READ ONLY`` transaction, or before COMMIT (or an autocommit
   write) was sent: nothing was written, retry on a new connection;
+- a connection lost while a read's autocommit statement ran (``Attempt.settle_read_only``):
+  retry, but the executor re-runs it only inside a ``READ ONLY`` transaction;
 - a connection lost, or a cancellation landing, while COMMIT (or an autocommit write) was in
   flight: it may have committed, so the outcome is unknown and nothing is retried;
 - everything else (constraint violations, syntax errors, 54000 limits) propagates at once.
@@ -174,12 +176,25 @@ class Attempt:
 
     ``writing`` turns true the moment something that can commit is sent (COMMIT, or an
     autocommit statement); ``read_only`` means the server guarantees nothing is written.
+    ``settle_read_only`` means that if the outcome of what is in flight becomes unknown, the
+    executor may still run the unit again, but only inside a ``READ ONLY`` transaction (the
+    server then guarantees the re-run writes nothing; a re-run that needs to write is reported
+    as `CommitOutcomeUnknown` by the executor).
     """
 
     number: int
     connection: Any = None
     writing: bool = False
     read_only: bool = False
+    settle_read_only: bool = False
+
+
+def connection_lost(exc: BaseException, conn: Any) -> bool:
+    """Whether ``exc`` is a lost connection (the server's answer never arrived)."""
+    error = getattr(exc, "orig", exc)  # SQLAlchemy wraps the driver's error (in .orig)
+    if not isinstance(error, psycopg.OperationalError) or conn is None:
+        return False
+    return bool(conn.broken or conn.closed)
 
 
 def judge(exc: BaseException, attempt: Attempt, conflict: Any = _UNSET) -> Outcome:
@@ -197,16 +212,11 @@ def judge(exc: BaseException, attempt: Attempt, conflict: Any = _UNSET) -> Outco
     """
     if (find_conflict(exc) if conflict is _UNSET else conflict) is not None:
         return Outcome.RETRY
-    conn = attempt.connection
-    error = getattr(exc, "orig", exc)  # SQLAlchemy wraps the driver's error (in .orig)
-    if isinstance(error, psycopg.Error) and find_unavailable(exc) is not None:
-        if attempt.read_only or not attempt.writing:
-            return Outcome.RETRY
-        return Outcome.UNKNOWN
-    lost = isinstance(error, psycopg.OperationalError) and conn is not None
-    lost = lost and bool(conn.broken or conn.closed)
-    if lost:
-        if attempt.read_only or not attempt.writing:
+    safe = attempt.read_only or not attempt.writing or attempt.settle_read_only
+    if find_unavailable(exc) is not None:
+        return Outcome.RETRY if safe else Outcome.UNKNOWN
+    if connection_lost(exc, attempt.connection):
+        if safe:
             return Outcome.RETRY
         return Outcome.UNKNOWN
     if attempt.writing and isinstance(exc, _INTERRUPTIONS):
@@ -442,10 +452,7 @@ class RetryRun:
         if outcome is Outcome.FAIL:
             return None
         if outcome is Outcome.UNKNOWN or outcome is Outcome.INTERRUPTED:
-            self.stats.add("occ_commit_unknown")
-            _logger.warning("connection lost, server unavailable or interrupted while a COMMIT "
-                            "(or an autocommit write) was in flight: outcome unknown, not "
-                            "retrying")  # fmt: skip
+            count_unknown(self.stats)
             if outcome is Outcome.INTERRUPTED:
                 mark_commit_unknown(exc)
                 return None
@@ -481,6 +488,13 @@ class RetryRun:
         if policy.on_retry is not None:
             policy.on_retry(RetryEvent(number, reason, delay, exc))
         return delay
+
+
+def count_unknown(stats: RetryStats) -> None:
+    """Count (and log) one unit of work whose outcome is unknown."""
+    stats.add("occ_commit_unknown")
+    _logger.warning("connection lost, server unavailable or interrupted while a COMMIT (or "
+                    "an autocommit write) was in flight: outcome unknown, not retrying")  # fmt: skip
 
 
 def _set_attempts(exc: BaseException, attempts: int) -> None:

@@ -6,15 +6,25 @@ statement goes to the server with bound parameters, never formatted into the SQL
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+from collections.abc import AsyncIterator, Iterable
 from typing import Any, Generic, TypeVar
 
 import psycopg
 from psycopg.rows import tuple_row
 
-from ._query import Params, ParamSet, RowShape, check_sql, no_rows, row_factory, single
+from ._query import (
+    Params,
+    ParamSet,
+    RowShape,
+    check_sql,
+    no_rows,
+    refuse_control,
+    row_factory,
+    single,
+)
 
-__all__ = ["AsyncTransaction"]
+__all__ = ["AsyncTransaction", "guard_cursors"]
 
 ACT = TypeVar("ACT", bound=psycopg.AsyncConnection[Any])
 
@@ -72,3 +82,41 @@ class AsyncTransaction(Generic[ACT]):
 
 def _factory(shape: RowShape) -> Any:
     return row_factory(shape)
+
+
+_guarded: dict[type, type] = {}
+
+
+def _guarded_class(base: Any) -> Any:
+    """``base`` (the connection's cursor class) refusing transaction control sent as SQL."""
+    made = _guarded.get(base)
+    if made is not None or getattr(base, "_dsqlkit_guarded", False):
+        return made or base
+
+    async def execute(self: Any, query: Any, params: Any = None, **kwargs: Any) -> Any:
+        refuse_control(query, self, self.connection.autocommit)
+        return await base.execute(self, query, params, **kwargs)
+
+    async def executemany(self: Any, query: Any, params_seq: Any, **kwargs: Any) -> Any:
+        refuse_control(query, self, self.connection.autocommit)
+        return await base.executemany(self, query, params_seq, **kwargs)
+
+    namespace = {"execute": execute, "executemany": executemany, "_dsqlkit_guarded": True}
+    made = type(base.__name__, (base,), namespace)
+    _guarded[base] = made
+    return made
+
+
+@contextlib.asynccontextmanager
+async def guard_cursors(conn: Any) -> AsyncIterator[None]:
+    """While a unit of work runs, the cursors of ``conn`` (``conn.execute()``,
+    ``conn.cursor()``, the handle's methods) refuse COMMIT, BEGIN, END, ... sent as SQL."""
+    if conn is None:
+        yield
+        return
+    previous = conn.cursor_factory
+    conn.cursor_factory = _guarded_class(previous)
+    try:
+        yield
+    finally:
+        conn.cursor_factory = previous

@@ -8,15 +8,25 @@ statement goes to the server with bound parameters, never formatted into the SQL
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+from collections.abc import Iterable, Iterator
 from typing import Any, Generic, TypeVar
 
 import psycopg
 from psycopg.rows import tuple_row
 
-from ._query import Params, ParamSet, RowShape, check_sql, no_rows, row_factory, single
+from ._query import (
+    Params,
+    ParamSet,
+    RowShape,
+    check_sql,
+    no_rows,
+    refuse_control,
+    row_factory,
+    single,
+)
 
-__all__ = ["Transaction"]
+__all__ = ["Transaction", "guard_cursors"]
 
 CT = TypeVar("CT", bound=psycopg.Connection[Any])
 
@@ -72,3 +82,41 @@ class Transaction(Generic[CT]):
 
 def _factory(shape: RowShape) -> Any:
     return row_factory(shape)
+
+
+_guarded: dict[type, type] = {}
+
+
+def _guarded_class(base: Any) -> Any:
+    """``base`` (the connection's cursor class) refusing transaction control sent as SQL."""
+    made = _guarded.get(base)
+    if made is not None or getattr(base, "_dsqlkit_guarded", False):
+        return made or base
+
+    def execute(self: Any, query: Any, params: Any = None, **kwargs: Any) -> Any:
+        refuse_control(query, self, self.connection.autocommit)
+        return base.execute(self, query, params, **kwargs)
+
+    def executemany(self: Any, query: Any, params_seq: Any, **kwargs: Any) -> Any:
+        refuse_control(query, self, self.connection.autocommit)
+        return base.executemany(self, query, params_seq, **kwargs)
+
+    namespace = {"execute": execute, "executemany": executemany, "_dsqlkit_guarded": True}
+    made = type(base.__name__, (base,), namespace)
+    _guarded[base] = made
+    return made
+
+
+@contextlib.contextmanager
+def guard_cursors(conn: Any) -> Iterator[None]:
+    """While a unit of work runs, the cursors of ``conn`` (``conn.execute()``,
+    ``conn.cursor()``, the handle's methods) refuse COMMIT, BEGIN, END, ... sent as SQL."""
+    if conn is None:
+        yield
+        return
+    previous = conn.cursor_factory
+    conn.cursor_factory = _guarded_class(previous)
+    try:
+        yield
+    finally:
+        conn.cursor_factory = previous

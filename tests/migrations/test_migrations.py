@@ -234,12 +234,12 @@ def test_a_runner_that_may_not_wait_stops_cleanly(
     folder = write(tmp_path / "m", schema(names, seed_rows=1))
     holder = Migrator(repo, folder, table=names["ledger"])
     holder.migrate()  # creates the ledger tables
-    holder._acquire()
+    holder.lock.acquire()
     try:
         with pytest.raises(MigrationLocked, match="another runner"):
             Migrator(repo, folder, table=names["ledger"], wait_for_lock=False).migrate()
     finally:
-        holder._release()
+        holder.lock.release()
 
 
 def test_lint_catches_each_refused_statement_with_its_line(tmp_path: Path) -> None:

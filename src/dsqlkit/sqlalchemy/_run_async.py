@@ -20,11 +20,19 @@ from typing import Any, TypeVar
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection  # sync: from sqlalchemy import Connection
 
-from .._executor_async import run_attempts
+from .._errors import TransactionControlRefused
+from .._executor_async import rollback_quietly, run_attempts
 from .._joined import joined_handle, joining
-from .._query import refuse_awaitable
+from .._query import control_message, control_refusal, refuse_awaitable
 from .._retry import Attempt, RetryPolicy, RetryStats, Scope
-from ._checks import Unit, check_not_aborted, check_transactional
+from .._transaction_async import guard_cursors
+from ._checks import (
+    Unit,
+    check_not_aborted,
+    check_still_transactional,
+    check_transactional,
+    commit_guard,
+)
 
 __all__ = ["attempt_once", "run_unit", "wrap"]
 
@@ -58,28 +66,49 @@ async def run_unit(
 
 
 async def attempt_once(attempt: Attempt, unit: Unit, args: Any, kwargs: Any) -> Any:
-    """One attempt: a new session or connection, the function, flush, COMMIT."""
+    """One attempt: a new session or connection, the function, flush, COMMIT.
+
+    While the function runs, its connection refuses to commit behind the wrapper: COMMIT,
+    BEGIN, SAVEPOINT, ... sent as SQL (the connection's cursors), ``session.commit()`` /
+    ``connection.commit()`` (SQLAlchemy's commit event), autocommit (checked at each statement
+    and after the function): `TransactionControlRefused`, and the unit is not re-run.
+    """
     fn = unit.fn
     async with unit.open() as handle:
-        driver = await driver_of(handle)
+        driver, engine = await driver_of(handle)
         attempt.connection = driver
         check_transactional(driver, fn)
         with joining(unit.bind, handle):
-            result = await fn(handle, *args, **kwargs)
-            refuse_awaitable(result, fn)
-            if unit.session:
-                await handle.flush()  # flush errors happen before COMMIT is sent
-            check_not_aborted(driver, fn)
-            attempt.writing = True
-            await handle.commit()
-            return result
+            try:
+                guard = commit_guard(engine, driver)
+                with guard:  # sync: with guard, guard_cursors(driver):
+                    async with guard_cursors(driver):  # async-only
+                        result = await fn(handle, *args, **kwargs)
+                refuse_awaitable(result, fn)
+                check_still_transactional(driver, fn)
+                if unit.session:
+                    await handle.flush()  # flush errors happen before COMMIT is sent
+                check_not_aborted(driver, fn)
+                attempt.writing = True
+                await handle.commit()
+                return result
+            except BaseException as exc:
+                # End the transaction here: after a commit refused by the guard, SQLAlchemy
+                # believes it already ended and would hand the connection back to its pool open.
+                await rollback_quietly(driver)
+                what = control_refusal(exc) if isinstance(exc, sa_exc.DBAPIError) else None
+                if what is None:
+                    raise
+                raise TransactionControlRefused(control_message(what)) from exc
 
 
-async def driver_of(handle: Any) -> Any:
-    """The psycopg connection under a connection or session (None if it has no bind)."""
+async def driver_of(handle: Any) -> tuple[Any, Any]:
+    """The psycopg connection under a connection or session (None if it has no bind), and
+    the (sync) engine it came from."""
     try:
         conn = handle if isinstance(handle, AsyncConnection) else await handle.connection()
         raw = await conn.get_raw_connection()  # sync: raw = conn.connection
-        return raw.driver_connection
+        engine = conn.sync_engine  # sync: engine = conn.engine
+        return raw.driver_connection, engine
     except sa_exc.UnboundExecutionError:
-        return None
+        return None, None

@@ -10,7 +10,8 @@ the same statements one at a time on an autocommit connection, in dependency ord
    NOT VALID``: DSQL's form for constraints added after the table. The table is new and
    empty, so every row it will ever hold is checked all the same;
 3. each index as ``CREATE [UNIQUE] INDEX ASYNC``; then it waits for every index job with
-   ``CALL sys.wait_for_job`` and raises `IndexBuildFailed` for a job that failed.
+   ``sys.jobs`` (`dsqlkit._jobs.wait_for_job`) and raises `IndexBuildFailed` for a job that
+   failed.
 
 With ``checkfirst`` (the default) existing tables, sequences and indexes are skipped, so a
 run interrupted half-way is completed by running it again.
@@ -25,15 +26,18 @@ dialect does.
 from __future__ import annotations
 
 import re
+import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import event, text
+from sqlalchemy import event
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy import schema as sa_schema
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.sql.ddl import sort_tables_and_constraints
 
 from .._errors import DsqlError, UsageError
+from .._jobs import JOBS_QUERY, wait_for_job
 from .._joined import in_unit
 
 if TYPE_CHECKING:
@@ -48,7 +52,8 @@ __all__ = [
     "drop_all_async",
 ]
 
-_JOB_ID = re.compile(r"[a-z0-9]{26}")
+#: Seconds `create_all` (and `commit_each_ddl`) wait for each index job by default.
+JOB_TIMEOUT = 600.0
 _CREATE_INDEX_ASYNC = re.compile(r"^\s*CREATE\s+(?:UNIQUE\s+)?INDEX\s+ASYNC\b", re.IGNORECASE)
 
 
@@ -63,15 +68,17 @@ def create_all(
     *,
     tables: list[sa_schema.Table] | None = None,
     checkfirst: bool = True,
+    job_timeout: float = JOB_TIMEOUT,
 ) -> None:
     """Create ``metadata``'s tables, constraints, sequences and indexes on DSQL.
 
     One DDL statement per transaction, indexes with ``CREATE INDEX ASYNC`` and their jobs
-    waited for. ``bind`` is an engine (or a connection outside a transaction, e.g. inside
-    ``AsyncConnection.run_sync``); for an ``AsyncEngine`` use `create_all_async`.
+    waited for (at most ``job_timeout`` seconds each). ``bind`` is an engine (or a connection
+    outside a transaction, e.g. inside ``AsyncConnection.run_sync``); for an ``AsyncEngine``
+    use `create_all_async`.
     """
     with _autocommit(bind) as conn:
-        _create_all(conn, metadata, tables, checkfirst)
+        _create_all(conn, metadata, tables, checkfirst, job_timeout)
 
 
 def drop_all(
@@ -92,11 +99,12 @@ async def create_all_async(
     *,
     tables: list[sa_schema.Table] | None = None,
     checkfirst: bool = True,
+    job_timeout: float = JOB_TIMEOUT,
 ) -> None:
     """`create_all` for an ``AsyncEngine``."""
     async with engine.connect() as conn:
         auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
-        await auto.run_sync(_create_all, metadata, tables, checkfirst)
+        await auto.run_sync(_create_all, metadata, tables, checkfirst, job_timeout)
 
 
 async def drop_all_async(
@@ -149,6 +157,7 @@ def _create_all(
     metadata: sa_schema.MetaData,
     tables: list[sa_schema.Table] | None,
     checkfirst: bool,
+    job_timeout: float,
 ) -> None:
     inspector = sa_inspect(conn)
     chosen = list(metadata.tables.values()) if tables is None else list(tables)
@@ -187,7 +196,7 @@ def _create_all(
             if row is not None and "job_id" in row._mapping:
                 jobs.append((str(index.name), str(row._mapping["job_id"])))
     for name, job in jobs:
-        _wait_for_job(conn, name, job)
+        wait_for_index(conn, name, job, job_timeout)
 
 
 def _drop_all(
@@ -217,23 +226,49 @@ def _sequences(tables: list[sa_schema.Table]) -> list[sa_schema.Sequence]:
     return list(found.values())
 
 
-def _wait_for_job(conn: Connection, index: str, job: str) -> None:
-    """``CALL sys.wait_for_job`` (outside any transaction, as DSQL requires); a failed job
-    raises `IndexBuildFailed` with ``sys.jobs``' details."""
-    if not _JOB_ID.fullmatch(job):
-        raise IndexBuildFailed(f"index {index}: unexpected job id {job!r} from CREATE INDEX ASYNC")
-    result = conn.execute(text(f"CALL sys.wait_for_job('{job}')"))
-    done = result.scalar() if result.returns_rows else None
-    if done is not False:
+def wait_for_index(conn: Connection, index: str, job: str, timeout: float) -> None:
+    """Wait for an index job (polling ``sys.jobs`` outside any transaction, on the one
+    backoff); a failed or unfinished job raises `IndexBuildFailed` with ``sys.jobs``' details."""
+    outcome = wait_for_job(job_reader(conn), job, timeout=timeout, sleep=sleeper(conn))
+    if outcome.ok:
         return
-    details = conn.execute(
-        text("SELECT status, details FROM sys.jobs WHERE job_id = :job"), {"job": job}
-    ).first()
-    status, why = (details[0], details[1]) if details is not None else ("unknown", None)
+    if outcome.timed_out:
+        raise IndexBuildFailed(
+            f"index {index} (job {job}) still building after {timeout:g}s (status "
+            f"{outcome.status}); wait for it in sys.jobs, or raise job_timeout"
+        )
     raise IndexBuildFailed(
-        f"index {index} was not built (job {job}, status {status}): {why or 'no details'}; "
-        "fix the data (e.g. duplicates for a unique index), drop the index and run again"
+        f"index {index} was not built (job {job}, status {outcome.status}): "
+        f"{outcome.details or 'no details'}; fix the data (e.g. duplicates for a unique "
+        "index), drop the index and run again"
     )
+
+
+def job_reader(conn: Connection) -> Callable[[str], tuple[str, str | None] | None]:
+    """`wait_for_job`'s ``read`` on a SQLAlchemy connection."""
+
+    def read(job: str) -> tuple[str, str | None] | None:
+        row = conn.exec_driver_sql(JOBS_QUERY, (job,)).first()
+        return (str(row[0]), row[1]) if row is not None else None
+
+    return read
+
+
+def sleeper(conn: Connection) -> Callable[[float], None]:
+    """A pause that does not block the event loop when ``conn`` runs under an AsyncEngine
+    (inside ``run_sync``, SQLAlchemy's greenlet can await)."""
+    if not conn.dialect.is_async:
+        return time.sleep
+    import asyncio
+
+    from sqlalchemy import util
+
+    await_ = getattr(util, "await_", None) or util.await_only
+
+    def pause(seconds: float) -> None:
+        await_(asyncio.sleep(seconds))
+
+    return pause
 
 
 def commit_each_ddl(engine: Engine) -> None:
@@ -242,7 +277,7 @@ def commit_each_ddl(engine: Engine) -> None:
     ``metadata.create_all(engine)`` runs all its statements in one transaction, which DSQL
     refuses after the first DDL statement. After each DDL statement SQLAlchemy runs in a
     transaction, this commits it (what DSQL requires: one DDL per transaction); after a
-    ``CREATE INDEX ASYNC`` it also waits for the index job (``CALL sys.wait_for_job``, in
+    ``CREATE INDEX ASYNC`` it also waits for the index job (polling ``sys.jobs``, in
     autocommit) and raises `IndexBuildFailed` if the job failed. So a failure leaves the
     statements before it in place: run ``create_all`` again (``checkfirst`` skips them).
 
@@ -271,29 +306,36 @@ def commit_each_ddl(engine: Engine) -> None:
             job = str(row[0]) if row else None
         dbapi.commit()
         if job is not None:
-            _wait_in_autocommit(dbapi, statement, job)
+            _wait_in_autocommit(conn, dbapi, statement, job)
 
 
-def _wait_in_autocommit(dbapi: object, statement: str, job: str) -> None:
-    """``CALL sys.wait_for_job`` on the DBAPI connection, outside any transaction."""
+def _wait_in_autocommit(conn: Connection, dbapi: object, statement: str, job: str) -> None:
+    """Wait for the index job on the DBAPI connection, outside any transaction (the one
+    wait-for-job helper, polling ``sys.jobs``)."""
     index = statement.split("ASYNC", 1)[1].split(maxsplit=1)[0] if "ASYNC" in statement else "?"
-    if not _JOB_ID.fullmatch(job):
-        raise IndexBuildFailed(f"index {index}: unexpected job id {job!r} from CREATE INDEX ASYNC")
     connection: Any = dbapi
     connection.autocommit = True
     try:
         cur = connection.cursor()
-        cur.execute(f"CALL sys.wait_for_job('{job}')")
-        done = cur.fetchone()
-        if done is not None and done[0] is False:
-            cur.execute("SELECT status, details FROM sys.jobs WHERE job_id = %s", (job,))
-            details = cur.fetchone()
-            status, why = (details[0], details[1]) if details else ("unknown", None)
-            raise IndexBuildFailed(
-                f"index {index} was not built (job {job}, status {status}): "
-                f"{why or 'no details'}; fix the data (e.g. duplicates for a unique index), "
-                "drop the index and run create_all again"
-            )
+
+        def read(job_id: str) -> tuple[str, str | None] | None:
+            cur.execute(JOBS_QUERY, (job_id,))
+            row = cur.fetchone()
+            return (str(row[0]), row[1]) if row is not None else None
+
+        outcome = wait_for_job(read, job, timeout=JOB_TIMEOUT, sleep=sleeper(conn))
         cur.close()
     finally:
         connection.autocommit = False
+    if outcome.ok:
+        return
+    if outcome.timed_out:
+        raise IndexBuildFailed(
+            f"index {index} (job {job}) still building after {JOB_TIMEOUT:g}s (status "
+            f"{outcome.status}); wait for it in sys.jobs"
+        )
+    raise IndexBuildFailed(
+        f"index {index} was not built (job {job}, status {outcome.status}): "
+        f"{outcome.details or 'no details'}; fix the data (e.g. duplicates for a unique "
+        "index), drop the index and run create_all again"
+    )
