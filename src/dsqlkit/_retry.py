@@ -493,8 +493,9 @@ class RetryRun:
 def count_unknown(stats: RetryStats) -> None:
     """Count (and log) one unit of work whose outcome is unknown."""
     stats.add("occ_commit_unknown")
-    _logger.warning("connection lost, server unavailable or interrupted while a COMMIT (or "
-                    "an autocommit write) was in flight: outcome unknown, not retrying")  # fmt: skip
+    _logger.warning("connection lost, server unavailable or interrupted while a COMMIT "
+                    "(or an autocommit write) was in flight: outcome unknown, not "
+                    "retrying")  # fmt: skip
 
 
 def _set_attempts(exc: BaseException, attempts: int) -> None:
