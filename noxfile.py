@@ -102,6 +102,17 @@ def thirdparty(session: nox.Session) -> None:
 
 
 @nox.session
+def suites(session: nox.Session) -> None:
+    """AWS's own DSQL client suites against LocalDsql (tools/suites.py): the integration tests
+    of aurora-dsql-python-connector (as admin and as a custom role), aurora-dsql-sqlalchemy
+    and aurora-dsql-django, from their PyPI source distributions, unmodified. Arguments: suite
+    names, then ``--`` and pytest arguments. Needs port 5432 free (or DSQLKIT_SUITES_PORT)."""
+    listed = session.run("python", "tools/suites.py", "--requirements", silent=True)
+    session.install("-e", ".[local]", *str(listed).split())
+    session.run("python", "tools/suites.py", *session.posargs)
+
+
+@nox.session
 def conformance(session: nox.Session) -> None:
     """Replay the real-cluster recordings (vendored; ``$DSQL_RECORDINGS`` adds or replaces)."""
     session.install("-e", ".[test]")

@@ -17,12 +17,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "src" / "dsqlkit"
 
 #: Known exceptions another branch removes (issue 20, item 6); each must still occur, so an
 #: entry is deleted here as soon as the fix lands.
-PENDING_CYCLES: set[frozenset[str]] = {
-    # testing/_session.py split with a narrow context (issue 20 item 6, branch `wire`).
-    frozenset(
-        {"dsqlkit.testing._listener", "dsqlkit.testing._occ_guard", "dsqlkit.testing._session"}
-    ),
-}
+PENDING_CYCLES: set[frozenset[str]] = set()
 PENDING_PRIVATE: set[tuple[str, str, str]] = set()
 
 

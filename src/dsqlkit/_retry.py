@@ -9,6 +9,9 @@ again. Whether an attempt may run again is decided in one place, `judge`, by ask
 the failed attempt can have written anything:
 
 - 40001 anywhere in the error's ``__cause__`` chain: DSQL wrote nothing, retry;
+- ``server unavailable`` (SQLSTATE XX000, DSQL's troubleshooting page, 2026-09-08) before
+  COMMIT (or an autocommit write) was sent, or in a ``READ ONLY`` transaction: retry the whole
+  transaction; met by COMMIT or an autocommit write: it may have committed, outcome unknown;
 - a connection lost in a ``READ ONLY`` transaction, or before COMMIT (or an autocommit
   write) was sent: nothing was written, retry on a new connection;
 - a connection lost while a read's autocommit statement ran (``Attempt.settle_read_only``):
@@ -73,6 +76,34 @@ def find_conflict(exc: BaseException | None) -> psycopg.Error | None:
     return None
 
 
+#: DSQL's transient internal error: "ERROR: server unavailable", SQLSTATE XX000 (the user
+#: guide's troubleshooting page, 2026-09-08: retry the whole transaction; a COMMIT that met it
+#: may or may not have committed).
+UNAVAILABLE_SQLSTATE = "XX000"
+UNAVAILABLE_MESSAGE = "server unavailable"
+
+
+def find_unavailable(exc: BaseException | None) -> psycopg.Error | None:
+    """The first DSQL ``server unavailable`` error (XX000) in ``exc``, its ``orig`` (SQLAlchemy
+    wraps the driver's error there) or its ``__cause__`` chain, if any.
+
+    Only this message counts: XX000 is PostgreSQL's generic internal error, and any other
+    internal error is not one DSQL says to retry.
+    """
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        error = getattr(exc, "orig", exc)
+        if (
+            isinstance(error, psycopg.Error)
+            and error.sqlstate == UNAVAILABLE_SQLSTATE
+            and UNAVAILABLE_MESSAGE in (error.diag.message_primary or "").lower()
+        ):
+            return error
+        exc = exc.__cause__
+    return None
+
+
 def conflict_code(error: BaseException) -> str:
     """``OC000`` / ``OC001`` from a DSQL conflict message, else ``40001``."""
     match = _OC_CODE.search(str(error))
@@ -117,11 +148,12 @@ class Scope(enum.Enum):
     """What a retry loop may re-run after a failed attempt."""
 
     #: dsqlkit runs the unit and tracks what it sent (`Attempt`): re-run on a conflict, or
-    #: when the connection was lost before anything that can commit was sent; report
-    #: `CommitOutcomeUnknown` when it was lost while COMMIT was in flight.
+    #: when the connection was lost (or DSQL answered ``server unavailable``) before anything
+    #: that can commit was sent; report `CommitOutcomeUnknown` when that happened while COMMIT
+    #: was in flight (see `judge`).
     UNIT = "unit"
     #: The function runs its own transaction (`occ_retry`): re-run on a conflict (40001)
-    #: only; a lost connection is its caller's to judge.
+    #: only; a lost connection or ``server unavailable`` is its caller's to judge.
     CONFLICTS = "conflicts"
 
 
@@ -167,11 +199,24 @@ def connection_lost(exc: BaseException, conn: Any) -> bool:
 
 def judge(exc: BaseException, attempt: Attempt, conflict: Any = _UNSET) -> Outcome:
     """The verdict on an attempt that raised ``exc`` (pure: looks at the error and state);
-    ``conflict`` is ``find_conflict(exc)`` when the caller has it already."""
+    ``conflict`` is ``find_conflict(exc)`` when the caller has it already.
+
+    - `RETRY`: a conflict (40001); or the connection lost, or DSQL's ``server unavailable``
+      (XX000), while nothing that can commit was in flight (before COMMIT, before an
+      autocommit write, or in a ``READ ONLY`` transaction): nothing was written.
+    - `UNKNOWN`: the connection lost, or ``server unavailable``, while COMMIT or an
+      autocommit write was in flight: it may have committed (DSQL's troubleshooting page
+      says so of ``server unavailable`` at COMMIT).
+    - `INTERRUPTED`: a cancellation, timeout or interrupt landed during COMMIT.
+    - `FAIL`: anything else.
+    """
     if (find_conflict(exc) if conflict is _UNSET else conflict) is not None:
         return Outcome.RETRY
+    safe = attempt.read_only or not attempt.writing or attempt.settle_read_only
+    if find_unavailable(exc) is not None:
+        return Outcome.RETRY if safe else Outcome.UNKNOWN
     if connection_lost(exc, attempt.connection):
-        if attempt.read_only or not attempt.writing or attempt.settle_read_only:
+        if safe:
             return Outcome.RETRY
         return Outcome.UNKNOWN
     if attempt.writing and isinstance(exc, _INTERRUPTIONS):
@@ -181,6 +226,7 @@ def judge(exc: BaseException, attempt: Attempt, conflict: Any = _UNSET) -> Outco
 
 _REASON_KEYS = {
     "disconnect": "occ_disconnects_retried",
+    "XX000": "occ_unavailable_retried",
     "OC000": "occ_conflicts_oc000",
     "OC001": "occ_conflicts_oc001",
     "40001": "occ_conflicts_40001",
@@ -193,14 +239,16 @@ class RetryEvent:
 
     Attributes:
         attempt: the attempt that just failed (1 for the first).
-        code: ``OC000``, ``OC001``, ``40001`` (a conflict without a DSQL code) or ``disconnect``.
+        code: ``OC000``, ``OC001``, ``40001`` (a conflict without a DSQL code), ``XX000``
+            (DSQL's ``server unavailable``) or ``disconnect``.
         delay: seconds until the next attempt.
         error: the error that failed the attempt.
     """
 
     #: The attempt that just failed (1 for the first).
     attempt: int
-    #: ``OC000``, ``OC001``, ``40001`` (a conflict without a DSQL code), or ``disconnect``.
+    #: ``OC000``, ``OC001``, ``40001`` (a conflict without a DSQL code), ``XX000`` (DSQL's
+    #: ``server unavailable``), or ``disconnect``.
     code: str
     #: Seconds until the next attempt.
     delay: float
@@ -211,7 +259,8 @@ class RetryEvent:
 class RetryStats(Counters):
     """Counters of a pool's (or one decorated function's) units of work, as ``occ_*`` keys.
 
-    ``occ_attempts``, ``occ_retries``, ``occ_disconnects_retried``, ``occ_gave_up``,
+    ``occ_attempts``, ``occ_retries``, ``occ_disconnects_retried``,
+    ``occ_unavailable_retried`` (``server unavailable``, XX000), ``occ_gave_up``,
     ``occ_commit_unknown`` and one ``occ_conflicts_<code>`` per conflict code seen.
     """
 
@@ -222,6 +271,7 @@ class RetryStats(Counters):
         "occ_retries",
         "occ_serialized",
         "occ_disconnects_retried",
+        "occ_unavailable_retried",
         "occ_gave_up",
         "occ_commit_unknown",
     )
@@ -411,13 +461,20 @@ class RetryRun:
             if outcome is Outcome.INTERRUPTED:
                 mark_commit_unknown(exc)
                 return None
+            what = (
+                "DSQL answered 'server unavailable' (XX000) to COMMIT (or an autocommit write)"
+                if find_unavailable(exc) is not None
+                else "the connection was lost while COMMIT (or an autocommit write) was in flight"
+            )
             return CommitOutcomeUnknown(
-                "the connection was lost while COMMIT (or an autocommit write) was in flight, so "
-                "it may or may not have committed; dsqlkit does not repeat it (make it "
-                f"idempotent, or check the data, then decide): {exc}",
+                f"{what}, so it may or may not have committed; dsqlkit does not repeat it (make "
+                f"it idempotent, or check the data, then decide): {exc}",
                 attempts=attempt.number,
             )
-        reason = conflict_code(conflict) if conflict is not None else "disconnect"
+        if conflict is not None:
+            reason = conflict_code(conflict)
+        else:
+            reason = "XX000" if find_unavailable(exc) is not None else "disconnect"
         policy = self.policy
         delay = policy.delay(attempt.number)
         number = attempt.number
@@ -441,8 +498,9 @@ class RetryRun:
 def count_unknown(stats: RetryStats) -> None:
     """Count (and log) one unit of work whose outcome is unknown."""
     stats.add("occ_commit_unknown")
-    _logger.warning("connection lost or interrupted while a COMMIT (or an autocommit "
-                    "write) was in flight: outcome unknown, not retrying")  # fmt: skip
+    _logger.warning("connection lost, server unavailable or interrupted while a COMMIT "
+                    "(or an autocommit write) was in flight: outcome unknown, not "
+                    "retrying")  # fmt: skip
 
 
 def _set_attempts(exc: BaseException, attempts: int) -> None:

@@ -71,7 +71,7 @@ def test_plaintext_cancel_request_reaches_the_backend(local_dsql: LocalDsql) -> 
         assert conn.execute("SELECT 1").fetchone() == (1,)
     plaintext = local_dsql.counters()["plaintext_refused"]
     # A plaintext startup is still refused.
-    with pytest.raises(psycopg.OperationalError, match="TLS is required"):
+    with pytest.raises(psycopg.OperationalError, match="SSL is mandatory"):
         psycopg.connect(local_dsql.conninfo(sslmode="disable"))
     assert local_dsql.counters()["plaintext_refused"] == plaintext + 1
 

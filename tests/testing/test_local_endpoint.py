@@ -6,6 +6,7 @@ boto3's real DSQL signer.
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import threading
@@ -71,9 +72,20 @@ def test_admin_token_connects_over_verified_tls(connect: Connect, negotiation: s
 def test_plaintext_is_refused(local_dsql: LocalDsql) -> None:
     before = local_dsql.counters()["plaintext_refused"]
     conninfo = make_conninfo(local_dsql.conninfo(), sslmode="disable")
-    with pytest.raises(psycopg.OperationalError, match="TLS is required"):
+    with pytest.raises(psycopg.OperationalError, match="SSL is mandatory"):
         psycopg.connect(conninfo)
     assert local_dsql.counters()["plaintext_refused"] == before + 1
+    # libpq does not expose a startup error's SQLSTATE: read the ErrorResponse itself.
+    import socket
+
+    from dsqlkit.testing import _wire as wire
+
+    with socket.create_connection((local_dsql.hostaddr, local_dsql.port), timeout=10) as raw:
+        raw.sendall(wire.startup_message(196608, {"user": "admin", "database": "postgres"}))
+        reply = raw.recv(65536)
+    fields = wire.parse_fields(reply[5:])
+    # 08P01 is what asyncpg raises as ProtocolViolationError, as AWS's connector tests expect.
+    assert (fields["S"], fields["C"], fields["M"]) == ("FATAL", "08P01", "SSL is mandatory")
 
 
 def test_wrong_ca_fails_verification(local_dsql: LocalDsql, tmp_path: Path) -> None:
@@ -175,11 +187,15 @@ def test_drop_connections(local_dsql: LocalDsql, connect: Connect) -> None:
 
 
 @pytest.mark.parametrize(
-    ("code", "message"), [("53300", "too many open connections"), ("53400", "rate exceeded")]
+    ("code", "message"),
+    [
+        ("53300", "Unable to accept connection, too many open connections."),
+        ("53400", "Unable to accept connection, rate exceeded."),
+    ],
 )
 def test_refuse_connections_for_a_while(local_dsql: LocalDsql, code: str, message: str) -> None:
     local_dsql.refuse_connections(0.5, code)  # type: ignore[arg-type]
-    with pytest.raises(psycopg.OperationalError, match=message):
+    with pytest.raises(psycopg.OperationalError, match=re.escape(message)):
         psycopg.connect(local_dsql.conninfo())
     assert local_dsql.counters()["refused"][code] >= 1
     time.sleep(0.6)
@@ -347,6 +363,19 @@ def test_closed_and_dropped_clients_leave_no_backend_sessions(local_dsql: LocalD
     dropped.close()
 
 
+def test_a_tls_connection_without_sni_is_refused_in_dsql_words() -> None:
+    """An IP address as host: libpq sends no SNI (as psql before 14 never does)."""
+    with LocalDsql(require_sni=True) as local:
+        conninfo = make_conninfo(
+            local.conninfo(), host=local.hostaddr, sslmode="require", sslrootcert=""
+        )
+        with pytest.raises(psycopg.OperationalError) as info:
+            psycopg.connect(conninfo)
+        assert "unable to accept connection, sni was not received" in str(info.value)
+        with psycopg.connect(local.conninfo()) as conn:  # the host name: libpq sends SNI
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
 def test_refusals_carry_dsql_sqlstates_on_the_wire(local_dsql: LocalDsql) -> None:
     """libpq does not expose a startup error's SQLSTATE, so read the ErrorResponse directly."""
     import socket
@@ -354,13 +383,13 @@ def test_refusals_carry_dsql_sqlstates_on_the_wire(local_dsql: LocalDsql) -> Non
 
     from dsqlkit.testing import _wire as wire
 
-    def startup_error(password: str) -> dict[str, str]:
+    def startup_error(password: str, user: str = "admin") -> dict[str, str]:
         context = ssl.create_default_context(cafile=local_dsql.ca_file)
         with socket.create_connection(("127.0.0.1", local_dsql.port)) as raw:
             raw.sendall((8).to_bytes(4, "big") + wire.SSL_REQUEST_CODE.to_bytes(4, "big"))
             assert raw.recv(1) == b"S"
             with context.wrap_socket(raw, server_hostname=local_dsql.host) as tls:
-                params = {"user": "admin", "database": "postgres"}
+                params = {"user": user, "database": "postgres"}
                 tls.sendall(wire.startup_message(196608, params))
                 reply = tls.recv(65536)
                 if reply == wire.auth_request(3):  # asked for the password (the token)
@@ -369,9 +398,14 @@ def test_refusals_carry_dsql_sqlstates_on_the_wire(local_dsql: LocalDsql) -> Non
         assert reply[:1] == b"E"
         return wire.parse_fields(reply[5:])
 
+    fields = startup_error(local_dsql.token("nobody_here"), "nobody_here")
+    # An unknown role: 08P01, asyncpg's ProtocolViolationError, as AWS's connector tests expect.
+    assert (fields["S"], fields["C"]) == ("FATAL", "08P01")
+    assert fields["M"] == 'IAM authentication failed for user "nobody_here"'
     fields = startup_error("not-a-token")
     assert (fields["S"], fields["C"]) == ("FATAL", "28P01")
     assert fields["M"] == 'IAM authentication failed for user "admin"'
     local_dsql.refuse_connections(5, "53400")
     fields = startup_error(local_dsql.token())
-    assert (fields["S"], fields["C"], fields["M"]) == ("FATAL", "53400", "rate exceeded")
+    assert (fields["S"], fields["C"]) == ("FATAL", "53400")
+    assert fields["M"] == "Unable to accept connection, rate exceeded."

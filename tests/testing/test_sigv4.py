@@ -104,8 +104,8 @@ def test_a_token_valid_for_over_a_week_is_refused_naming_the_limit() -> None:
     with pytest.raises(TokenRejected) as info:
         check(client().generate_db_connect_admin_auth_token(HOST, REGION, 604_801))
     assert info.value.reason == "expires_too_long"
-    assert info.value.detail is not None
-    assert "604800" in info.value.detail
+    assert info.value.detail == "X-Amz-Expires must be less than a week (in seconds)"  # DSQL's
+    assert "604800" in str(info.value)  # the endpoint's log names the limit
 
 
 def test_the_signer_is_returned_with_its_identity() -> None:

@@ -1,9 +1,10 @@
 """Faults the local endpoint injects on request, and the errors it raises as DSQL words them.
 
-Shared by all sessions: armed COMMIT faults (a conflict, or a drop before or after the backend
-commits), a window during which new connections are refused (53300/53400). The connection
-and transaction age limits live in the endpoint's configuration and are applied by the
-listener (connections) and the rules (transactions).
+Shared by all sessions: armed COMMIT faults (a conflict, ``server unavailable``, or a drop
+before or after the backend commits), armed statement faults (``server unavailable`` instead
+of running the statement), a window during which new connections are refused (53300/53400).
+The connection and transaction age limits live in the endpoint's configuration and are
+applied by the listener (connections) and the rules (transactions).
 """
 
 from __future__ import annotations
@@ -18,7 +19,32 @@ CONFLICT_MESSAGES = {
     "OC000": "change conflicts with another transaction (OC000)",
     "OC001": "schema has been updated by another transaction, please retry: (OC001)",
 }
-REFUSAL_MESSAGES = {"53300": "too many open connections", "53400": "rate exceeded"}
+#: DSQL's words for the connections it refuses (user guide, troubleshooting and quotas).
+REFUSAL_MESSAGES = {
+    "53300": "Unable to accept connection, too many open connections.",
+    "53400": "Unable to accept connection, rate exceeded.",
+}
+#: A connection without TLS: AWS's connector tests (asyncpg, 2026-08) expect these words, and
+#: asyncpg's ProtocolViolationError, i.e. SQLSTATE 08P01.
+PLAINTEXT_SQLSTATE = "08P01"
+PLAINTEXT_MESSAGE = "SSL is mandatory"
+#: A TLS connection without SNI (troubleshooting page; the SQLSTATE is not published: 08P01,
+#: as for plaintext, is a guess).
+NO_SNI_SQLSTATE = "08P01"
+NO_SNI_MESSAGE = "unable to accept connection, sni was not received"
+#: A token valid for more than a week: the words AWS's connector tests expect (psycopg and
+#: psycopg2, 2026-08); the endpoint sends them as the DETAIL of DSQL's IAM refusal.
+#: A role that does not exist: AWS's connector tests expect asyncpg's ProtocolViolationError
+#: (08P01) for it; the text is not published (the endpoint keeps DSQL's IAM refusal, with the
+#: role's absence as DETAIL).
+UNKNOWN_ROLE_SQLSTATE = "08P01"
+EXPIRES_TOO_LONG = "X-Amz-Expires must be less than a week (in seconds)"
+#: DSQL's transient internal error (user guide, troubleshooting, 2026-09-08).
+UNAVAILABLE_SQLSTATE = "XX000"
+UNAVAILABLE_MESSAGE = "server unavailable"
+#: Statement kinds (`dsqlkit._sqlrules.KINDS`) a statement fault never hits: transaction
+#: control and session statements, so that a test's fault lands on its own statement.
+UNFAULTED_KINDS = frozenset(("begin", "commit", "rollback", "txn", "session"))
 #: PostgreSQL errors that mean "another transaction got there first": DSQL reports all of
 #: them as an optimistic-concurrency conflict.
 CONFLICT_SQLSTATES = frozenset(("40001", "40P01", "55P03"))
@@ -28,9 +54,19 @@ CONFLICT_SQLSTATES = frozenset(("40001", "40P01", "55P03"))
 class CommitFault:
     """One armed COMMIT fault: ``remaining`` COMMITs (of ``backend_pid``, or any) are hit."""
 
-    action: Literal["conflict", "drop_before", "drop_after"]
+    action: Literal[
+        "conflict", "drop_before", "drop_after", "unavailable", "unavailable_after_commit"
+    ]
     remaining: int
     code: str = "OC000"
+    backend_pid: int | None = None
+
+
+@dataclass
+class StatementFault:
+    """``server unavailable`` instead of the next ``remaining`` statements (of a session)."""
+
+    remaining: int
     backend_pid: int | None = None
 
 
@@ -39,11 +75,13 @@ class Faults:
 
     def __init__(self) -> None:
         self.commit_faults: deque[CommitFault] = deque()
+        self.statement_faults: deque[StatementFault] = deque()
         self.refuse_until = 0.0
         self.refuse_code = "53300"
 
     def reset(self) -> None:
         self.commit_faults.clear()
+        self.statement_faults.clear()
         self.refuse_until = 0.0
         self.refuse_code = "53300"
 
@@ -56,6 +94,20 @@ class Faults:
                     self.commit_faults.remove(fault)
                 return fault
         return None
+
+    def take_statement_fault(self, backend_pid: int) -> StatementFault | None:
+        """The fault the next statement of ``backend_pid`` hits, if one is armed (consumes it)."""
+        for fault in self.statement_faults:
+            if fault.backend_pid in (None, backend_pid):
+                fault.remaining -= 1
+                if fault.remaining <= 0:
+                    self.statement_faults.remove(fault)
+                return fault
+        return None
+
+    def statement_fault_armed(self, backend_pid: int) -> bool:
+        """Whether the next statement of ``backend_pid`` would hit a fault (consumes nothing)."""
+        return any(f.backend_pid in (None, backend_pid) for f in self.statement_faults)
 
     def refusal(self) -> str | None:
         """The SQLSTATE new connections are refused with right now, if any."""

@@ -3,16 +3,14 @@
 It runs apart from the test process so that its TLS handshakes and relaying never hold the
 test's GIL or stall the test's event loop (the pool benchmarks measure exactly that).
 
-Protocol with `dsqlkit.testing.LocalDsql`, one JSON object per line:
-stdin receives the configuration, then requests ``{"op": ..., ...}``; stdout answers
-``{"ok": true, ...}`` or ``{"ok": false, "error": ...}``. End of stdin (the parent exited or was
-killed) shuts everything down: sessions, PostgreSQL, and the work directory.
+It talks with `dsqlkit.testing.LocalDsql` over stdin and stdout in the control protocol of
+`._control`. End of stdin (the parent exited or was killed) shuts everything down: sessions,
+PostgreSQL, and the work directory.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import shutil
 import ssl
@@ -22,8 +20,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ._faults import CommitFault
-from ._listener import Endpoint, EndpointConfig
+from . import _control as control
+from ._context import EndpointConfig
+from ._control import Op
+from ._faults import CommitFault, StatementFault
+from ._internal import MACHINERY_CHECK, resolve
+from ._internal import SCHEMA as INTERNAL_SCHEMA
+from ._listener import Endpoint, record_server_name
 from ._postgres import EmbeddedPostgres
 from ._sigv4 import Credentials
 
@@ -41,6 +44,7 @@ def make_tls_context(workdir: Path, host: str) -> ssl.SSLContext:
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     server.configure_cert(context)
     context.set_alpn_protocols(["postgresql"])
+    context.sni_callback = record_server_name
     return context
 
 
@@ -55,11 +59,25 @@ def bootstrap(server: EmbeddedPostgres, *, dsql_rules: bool = True) -> None:
     """Create the endpoint's server-side objects; with the rules, DSQL's server identity."""
     import psycopg
 
-    conninfo = f"host={server.socket_dir} port={server.port} user=postgres dbname=postgres"
+    conninfo = backend_conninfo(server)
     with psycopg.connect(conninfo, autocommit=True) as conn:
-        conn.execute(sql_resource("bootstrap.sql").encode())
+        conn.execute(resolve(sql_resource("bootstrap.sql")).encode())
         if dsql_rules:
-            conn.execute(sql_resource("identity.sql").encode())
+            conn.execute(resolve(sql_resource("identity.sql")).encode())
+
+
+def backend_conninfo(server: EmbeddedPostgres) -> str:
+    """The endpoint's own connection to its PostgreSQL server (the Unix socket, as postgres)."""
+    return f"host={server.socket_dir} port={server.port} user=postgres dbname=postgres"
+
+
+def machinery_present(conninfo: str) -> bool:
+    """Whether the server-side objects fault injection relies on are all there."""
+    import psycopg
+
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        row = conn.execute(MACHINERY_CHECK.encode()).fetchone()
+    return bool(row and row[0])
 
 
 def credentials_from(config: dict[str, Any]) -> dict[str, Credentials]:
@@ -76,22 +94,34 @@ def credentials_from(config: dict[str, Any]) -> dict[str, Credentials]:
 class Controller:
     """Applies control requests to the endpoint, on its event loop."""
 
-    def __init__(self, endpoint: Endpoint) -> None:
+    def __init__(self, endpoint: Endpoint, backend: str = "") -> None:
         self.endpoint = endpoint
+        #: Conninfo of the endpoint's own connection to PostgreSQL ("": no checks).
+        self.backend = backend
 
-    async def handle(self, request: dict[str, Any]) -> dict[str, Any]:
-        op = request.get("op")
+    async def _require_machinery(self) -> None:
+        """Refuse to arm a fault the server can no longer inject (its objects are gone)."""
+        if self.backend and not await asyncio.to_thread(machinery_present, self.backend):
+            raise RuntimeError(
+                "the endpoint's fault-injection objects are gone from its PostgreSQL server "
+                f"(schema {INTERNAL_SCHEMA}), so this fault cannot be injected; start a new "
+                "LocalDsql"
+            )
+
+    async def handle(self, op: Op, request: dict[str, Any]) -> dict[str, Any]:
         endpoint = self.endpoint
         faults = endpoint.faults
-        if op == "counters":
+        if op is Op.COUNTERS:
             return {"counters": endpoint.counters.snapshot(len(endpoint.sessions))}
-        if op == "drop_connections":
+        if op is Op.DROP_CONNECTIONS:
             return {"dropped": await endpoint.drop_all()}
-        if op == "refuse_connections":
+        if op is Op.REFUSE_CONNECTIONS:
             faults.refuse_until = time.monotonic() + float(request["seconds"])
             faults.refuse_code = str(request["code"])
             return {}
-        if op == "commit_fault":
+        if op in (Op.COMMIT_FAULT, Op.STATEMENT_FAULT):
+            await self._require_machinery()
+        if op is Op.COMMIT_FAULT:
             faults.commit_faults.append(
                 CommitFault(
                     action=request["action"],
@@ -101,18 +131,26 @@ class Controller:
                 )
             )
             return {}
-        if op == "add_identity":
+        if op is Op.STATEMENT_FAULT:
+            faults.statement_faults.append(
+                StatementFault(
+                    remaining=int(request.get("count", 1)),
+                    backend_pid=request.get("backend_pid"),
+                )
+            )
+            return {}
+        if op is Op.ADD_IDENTITY:
             endpoint.add_identity(
                 Credentials(request["access_key_id"], request["secret"], request["arn"])
             )
             return {}
-        if op == "set_max_connection_age":
+        if op is Op.SET_MAX_CONNECTION_AGE:
             endpoint.config.max_connection_age = float(request["seconds"])
             return {}
-        if op == "set_transaction_age_limit":
+        if op is Op.SET_TRANSACTION_AGE_LIMIT:
             endpoint.config.transaction_age_limit = float(request["seconds"])
             return {}
-        if op == "reset":
+        if op is Op.RESET:
             faults.reset()
             endpoint.config.max_connection_age = float(request["max_connection_age"])
             endpoint.config.transaction_age_limit = float(request["transaction_age_limit"])
@@ -143,39 +181,39 @@ async def serve(
                     config.get("default_access_key") or next(iter(credentials), "")
                 ),
                 strict_iam=bool(config.get("strict_iam", False)),
+                require_sni=bool(config.get("require_sni", False)),
             ),
             tls,
         )
         port = await endpoint.start(int(config.get("port", 0)))
         _reply(
-            {
-                "ok": True,
-                "port": port,
-                "ca_file": str(workdir / "ca.pem"),
-                "backend_port": server.port,
-                "backend_socket_dir": str(server.socket_dir),
-                "postgres_pid": server.pid,
-            }
+            control.answer(
+                port=port,
+                ca_file=str(workdir / "ca.pem"),
+                backend_port=server.port,
+                backend_socket_dir=str(server.socket_dir),
+                postgres_pid=server.pid,
+            )
         )
-        controller = Controller(endpoint)
+        controller = Controller(endpoint, backend_conninfo(server))
         while (line := await lines.get()) is not None:
-            request = json.loads(line)
-            if request.get("op") == "shutdown":
-                break
             try:
-                _reply({"ok": True, **(await controller.handle(request))})
+                op, request = control.read_request(line)
+                if op is Op.SHUTDOWN:
+                    break
+                _reply(control.answer(**(await controller.handle(op, request))))
             except Exception as exc:
-                _reply({"ok": False, "error": f"{type(exc).__name__}: {exc}"})
+                _reply(control.failure(exc))
     except Exception as exc:
         _logger.exception("local endpoint failed")
-        _reply({"ok": False, "error": f"{type(exc).__name__}: {exc}"})
+        _reply(control.failure(exc))
     finally:
         if endpoint is not None:
             await endpoint.close()
 
 
-def _reply(message: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(message) + "\n")
+def _reply(line: str) -> None:
+    sys.stdout.write(line)
     sys.stdout.flush()
 
 
@@ -186,7 +224,7 @@ def _read_stdin(loop: asyncio.AbstractEventLoop, lines: asyncio.Queue[str | None
 
 
 async def _main() -> None:
-    config = json.loads(sys.stdin.readline())
+    config = control.read_configuration(sys.stdin.readline())
     workdir = Path(config["workdir"])
     logging.basicConfig(
         filename=str(workdir / "endpoint.log"),
@@ -206,7 +244,7 @@ async def _main() -> None:
         await serve(config, server, lines)
     except Exception as exc:
         _logger.exception("local endpoint failed to start")
-        _reply({"ok": False, "error": f"{type(exc).__name__}: {exc}"})
+        _reply(control.failure(exc))
     finally:
         server.stop()
         if config.get("remove_workdir", True):

@@ -6,7 +6,8 @@ with an IAM token. The token must be signed by credentials the endpoint trusts, 
 Region and action (``DbConnectAdmin`` for ``admin``, ``DbConnect`` otherwise), and, for a
 custom role, by an IAM identity mapped to that role with ``AWS IAM GRANT`` (unless the
 endpoint is lenient and the signer is its default identity). Then the session opens its own
-backend connection over the embedded server's Unix socket and relays (`._session`).
+backend connection over the embedded server's Unix socket and relays (`._relay`, with the
+statement policy of `._policy`). Sessions see only the endpoint's `SessionContext`.
 """
 
 from __future__ import annotations
@@ -17,72 +18,48 @@ import logging
 import socket
 import ssl
 import time
-from collections import Counter
-from dataclasses import dataclass, field
 from typing import Any
 
-from .._sqlrules import classify
 from . import _wire as wire
-from ._faults import REFUSAL_MESSAGES, Faults
-from ._session import CHUNK, Session, parameter_status
+from ._context import EndpointConfig, SessionContext
+from ._faults import (
+    NO_SNI_MESSAGE,
+    NO_SNI_SQLSTATE,
+    PLAINTEXT_MESSAGE,
+    PLAINTEXT_SQLSTATE,
+    REFUSAL_MESSAGES,
+    UNKNOWN_ROLE_SQLSTATE,
+)
+from ._internal import SCHEMA as INTERNAL_SCHEMA
+from ._policy import new_session
+from ._relay import CHUNK, Relay
+from ._rewrite import parameter_status
 from ._sigv4 import Credentials, TokenRejected, verify_token
 
 _logger = logging.getLogger("dsqlkit.testing")
 
 HANDSHAKE_TIMEOUT = 10.0
+#: Where `record_server_name` keeps the SNI a client sent, on its TLS object.
+SNI_ATTRIBUTE = "dsqlkit_server_name"
 
 
-@dataclass
-class EndpointConfig:
-    host: str
-    region: str
-    #: Trusted signing credentials by access key id, each with its IAM identity (ARN).
-    credentials: dict[str, Credentials]
-    backend_socket: str
-    max_connection_age: float = 3600.0
-    #: Apply DSQL's SQL and transaction rules (off: a plain PostgreSQL relay behind TLS+IAM).
-    dsql_rules: bool = True
-    transaction_age_limit: float = 300.0
-    #: The access key of the test's own identity: with ``strict_iam`` off it may connect as
-    #: any role without an ``AWS IAM GRANT`` (the compatible default).
-    default_access_key: str = ""
-    strict_iam: bool = False
-
-
-@dataclass
-class EndpointCounters:
-    """What tests can read about the endpoint's life; reset never clears them."""
-
-    connections_accepted: int = 0
-    connections_authenticated: int = 0
-    connections_closed_for_age: int = 0
-    connections_dropped: int = 0
-    plaintext_refused: int = 0
-    tls_failures: int = 0
-    commit_conflicts_injected: int = 0
-    commit_drops: int = 0
-    statements_refused: int = 0
-    conflicts_deferred: int = 0
-    auth_failures: Counter[str] = field(default_factory=Counter)
-    refused: Counter[str] = field(default_factory=Counter)
-
-    def snapshot(self, active: int) -> dict[str, Any]:
-        data: dict[str, Any] = {k: v for k, v in vars(self).items() if not isinstance(v, Counter)}
-        data["auth_failures"] = dict(self.auth_failures)
-        data["refused"] = dict(self.refused)
-        data["active_connections"] = active
-        return data
+def record_server_name(ssl_object: Any, server_name: str | None, context: Any) -> None:
+    """The TLS context's SNI callback: remember the name the client asked for (DSQL refuses
+    a connection without SNI)."""
+    if server_name:
+        setattr(ssl_object, SNI_ATTRIBUTE, server_name)
 
 
 class Endpoint:
     """Listens on 127.0.0.1 and serves one `Session` per client connection."""
 
     def __init__(self, config: EndpointConfig, tls: ssl.SSLContext) -> None:
+        self.context = SessionContext(config)
         self.config = config
         self.tls = tls
-        self.counters = EndpointCounters()
-        self.faults = Faults()
-        self.sessions: set[Session] = set()
+        self.counters = self.context.counters
+        self.faults = self.context.faults
+        self.sessions: set[Relay] = set()
         self.port = 0
         self._listener: socket.socket | None = None
         self._accept_task: asyncio.Task[None] | None = None
@@ -125,7 +102,10 @@ class Endpoint:
         if streams is None:
             sock.close()
             return
-        session = Session(self, *streams, accepted_at=accepted_at)
+        reader, writer = streams
+        session = new_session(self.context, reader, writer, accepted_at=accepted_at)
+        ssl_object = writer.get_extra_info("ssl_object")
+        session.server_name = getattr(ssl_object, SNI_ATTRIBUTE, None)
         self.sessions.add(session)
         try:
             session.start_age_timer()
@@ -172,11 +152,7 @@ class Endpoint:
                 await self.forward_cancel(header + key)
                 return None
             self.counters.plaintext_refused += 1
-            message = wire.error_response(
-                "28000",
-                "TLS is required: connect with sslmode=verify-full",
-                severity="FATAL",
-            )
+            message = wire.error_response(PLAINTEXT_SQLSTATE, PLAINTEXT_MESSAGE, severity="FATAL")
             with contextlib.suppress(OSError):
                 await loop.sock_sendall(sock, message)
             return None
@@ -211,12 +187,6 @@ class Endpoint:
         await writer.drain()
         writer.close()
 
-    @staticmethod
-    def is_commit(sql: str) -> bool:
-        """Whether ``sql`` is exactly one COMMIT/END statement (the shared, cached parse)."""
-        statements = classify(sql)
-        return len(statements) == 1 and statements[0].kind == "commit"
-
     async def drop_all(self) -> int:
         """Drop every client connection; return once their sockets are really closed."""
         sessions = list(self.sessions)
@@ -246,7 +216,7 @@ class Endpoint:
 class Startup:
     """The startup conversation of one session, up to its first ReadyForQuery."""
 
-    def __init__(self, endpoint: Endpoint, session: Session) -> None:
+    def __init__(self, endpoint: Endpoint, session: Relay) -> None:
         self.endpoint = endpoint
         self.session = session
 
@@ -266,6 +236,10 @@ class Startup:
             await self._fatal("0A000", f"unsupported frontend protocol {version >> 16}")
             return False
         _, params = wire.parse_startup(body)
+        if self.endpoint.config.require_sni and not session.server_name:
+            self.endpoint.counters.tls_failures += 1
+            await self._fatal(NO_SNI_SQLSTATE, NO_SNI_MESSAGE)
+            return False
         session.user = params.get("user", "")
         if not session.user:
             await self._fatal("28000", "no PostgreSQL user name specified in startup packet")
@@ -302,11 +276,13 @@ class Startup:
             raise wire.ProtocolViolation(f"invalid message length {length}")
         return header[:1], await self.session.creader.readexactly(length - 4)
 
-    async def _auth_failed(self, reason: str, explanation: str, detail: str | None = None) -> bool:
+    async def _auth_failed(
+        self, reason: str, explanation: str, detail: str | None = None, sqlstate: str = "28P01"
+    ) -> bool:
         user = self.session.user
         self.endpoint.counters.auth_failures[reason] += 1
         _logger.info("IAM authentication failed for user %r: %s", user, explanation)
-        await self._fatal("28P01", f'IAM authentication failed for user "{user}"', detail)
+        await self._fatal(sqlstate, f'IAM authentication failed for user "{user}"', detail)
         return False
 
     async def _fatal(self, sqlstate: str, message: str, detail: str | None = None) -> None:
@@ -341,7 +317,11 @@ class Startup:
                 if mtype == b"E":
                     fields = wire.parse_fields(payload)
                     if fields.get("C") == "28000" and "does not exist" in fields.get("M", ""):
-                        return await self._auth_failed("unknown_role", fields["M"])
+                        # DSQL answers an unknown role with 08P01: AWS's connector tests
+                        # expect asyncpg's ProtocolViolationError (2026-08).
+                        return await self._auth_failed(
+                            "unknown_role", fields["M"], fields["M"], sqlstate=UNKNOWN_ROLE_SQLSTATE
+                        )
                     session.cwriter.write(bytes(out) + wire.encode(mtype, payload))
                     return False
                 if mtype == b"K":
@@ -371,7 +351,7 @@ class Startup:
         role = session.user.replace("'", "''")
         arn = signer.arn.replace("'", "''")
         session.bwriter.write(
-            wire.query(f"SELECT dsqlkit_internal.iam_may_connect('{role}', '{arn}')")
+            wire.query(f"SELECT {INTERNAL_SCHEMA}.iam_may_connect('{role}', '{arn}')")
         )
         answer: str | None = None
         while True:

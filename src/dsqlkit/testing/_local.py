@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import re
@@ -21,6 +20,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from .._errors import ConfigurationError
 from .._tokens import signing_logs_hidden
+from . import _control as control
+from ._control import Op
 from ._errors import LocalEndpointError
 
 if TYPE_CHECKING:
@@ -79,6 +80,10 @@ class LocalDsql:
             signs the token. Off (the default), tokens signed by `boto3_session` connect as any
             existing role, as tests written before mappings existed expect; identities from
             `iam_identity` always need a mapping.
+        require_sni: refuse a TLS connection whose handshake names no server (SNI), with
+            DSQL's ``unable to accept connection, sni was not received``. Off by default:
+            clients that dial `hostaddr` by address (asyncpg has no ``hostaddr``) send no
+            SNI; libpq sends the `host` name as SNI even when it dials ``hostaddr``.
         debug: log every session event to ``endpoint.log`` in the work directory.
     """
 
@@ -95,6 +100,7 @@ class LocalDsql:
         transaction_age_limit: float = 300.0,
         iam_arn: str = DEFAULT_IAM_ARN,
         strict_iam: bool = False,
+        require_sni: bool = False,
         debug: bool = False,
     ) -> None:
         if cluster_id is None:
@@ -114,6 +120,7 @@ class LocalDsql:
         _check_arn(iam_arn)
         self.iam_arn = iam_arn
         self.strict_iam = strict_iam
+        self.require_sni = require_sni
         self.dsql_rules = dsql_rules
         self.row_limit = row_limit
         self.transaction_age_limit = float(transaction_age_limit)
@@ -151,6 +158,7 @@ class LocalDsql:
             "credentials": self._trusted_credentials(),
             "default_access_key": self._access_key_id,
             "strict_iam": self.strict_iam,
+            "require_sni": self.require_sni,
             "max_connection_age": self.max_connection_age,
             "dsql_rules": self.dsql_rules,
             "row_limit": self.row_limit,
@@ -169,7 +177,7 @@ class LocalDsql:
                 bufsize=1,
             )
         try:
-            info = self._request(config, timeout=self.startup_timeout)
+            info = self._send(control.configuration(config), timeout=self.startup_timeout)
         except BaseException:
             self.close()
             raise
@@ -184,7 +192,7 @@ class LocalDsql:
             # Separate guards: if the endpoint is already dead the write fails (broken pipe), and
             # the close must still happen, or the unsent line is flushed again, noisily, at GC.
             with contextlib.suppress(OSError, ValueError):
-                process.stdin.write(json.dumps({"op": "shutdown"}) + "\n")
+                process.stdin.write(control.request(Op.SHUTDOWN))
             with contextlib.suppress(OSError, ValueError):
                 process.stdin.close()
             try:
@@ -262,9 +270,7 @@ class LocalDsql:
             key = "AKIA" + _random(string.ascii_uppercase + string.digits, 16)
             secret = _random(string.ascii_letters + string.digits + "/+", 40)
             if self._process is not None:
-                self._request(
-                    {"op": "add_identity", "access_key_id": key, "secret": secret, "arn": arn}
-                )
+                self._request(Op.ADD_IDENTITY, access_key_id=key, secret=secret, arn=arn)
             self._identities[arn] = (key, secret)
         if arn not in self._sessions:
             key, secret = self._identities[arn]
@@ -397,7 +403,7 @@ class LocalDsql:
 
     def drop_connections(self) -> int:
         """Drop every open client connection now (as a network failure would)."""
-        return int(self._request({"op": "drop_connections"})["dropped"])
+        return int(self._request(Op.DROP_CONNECTIONS)["dropped"])
 
     def refuse_connections(self, seconds: float, code: RefusalCode = "53300") -> None:
         """Refuse new connections for ``seconds`` with DSQL's 53300 or 53400 error."""
@@ -410,7 +416,7 @@ class LocalDsql:
                 f"refuse_connections(seconds={seconds!r}): the refusal window must be a finite "
                 "number of seconds, zero or more (0 ends a window)"
             )
-        self._request({"op": "refuse_connections", "seconds": seconds, "code": code})
+        self._request(Op.REFUSE_CONNECTIONS, seconds=seconds, code=code)
 
     def fail_next_commits(
         self, count: int = 1, code: ConflictCode = "OC000", *, backend_pid: int | None = None
@@ -437,37 +443,70 @@ class LocalDsql:
             raise ConfigurationError(f"when must be 'before' or 'after', not {when!r}")
         self._commit_fault(f"drop_{when}", 1, backend_pid=backend_pid)
 
+    def server_unavailable(
+        self,
+        count: int = 1,
+        *,
+        at: Literal["statement", "commit"] = "statement",
+        committed: bool = False,
+        backend_pid: int | None = None,
+    ) -> None:
+        """Answer the next ``count`` statements (or COMMITs) with DSQL's ``ERROR: server
+        unavailable`` (SQLSTATE XX000), of ``backend_pid`` or of any session.
+
+        ``at="statement"``: the statement does not run; the backend raises the error in its
+        place, so an open transaction is aborted, as on DSQL. Transaction control (``BEGIN``,
+        ``COMMIT``, ``ROLLBACK``) and session statements (``SET``) are never hit, so the error
+        lands on the test's own statement.
+
+        ``at="commit"``: the next COMMIT of an open transaction fails with it. ``committed``
+        (COMMIT only): the backend commits first and the client still gets the error, the
+        case where DSQL warns a COMMIT's outcome is unknown; otherwise the transaction rolls
+        back. DSQL says to retry the whole transaction after this error (user guide,
+        troubleshooting, 2026-09-08).
+        """
+        if at not in ("statement", "commit"):
+            raise ConfigurationError(f"at must be 'statement' or 'commit', not {at!r}")
+        if count < 1:
+            raise ConfigurationError("count must be at least 1")
+        if at == "statement":
+            if committed:
+                raise ConfigurationError("committed=True needs at='commit'")
+            self._request(Op.STATEMENT_FAULT, count=count, backend_pid=backend_pid)
+            return
+        action = "unavailable_after_commit" if committed else "unavailable"
+        self._commit_fault(action, count, backend_pid=backend_pid)
+
     def _commit_fault(self, action: str, count: int, **options: Any) -> None:
         if count < 1:
             raise ConfigurationError("count must be at least 1")
-        self._request({"op": "commit_fault", "action": action, "count": count, **options})
+        self._request(Op.COMMIT_FAULT, action=action, count=count, **options)
 
     def set_max_connection_age(self, seconds: float) -> None:
         """Change the age limit for connections accepted from now on."""
         _check_age("max_connection_age", seconds)
-        self._request({"op": "set_max_connection_age", "seconds": seconds})
+        self._request(Op.SET_MAX_CONNECTION_AGE, seconds=seconds)
 
     def set_transaction_age_limit(self, seconds: float) -> None:
         """Change the transaction age limit (DSQL: 300 s); open transactions are checked
         against the new value at their next statement."""
         _check_age("transaction_age_limit", seconds)
-        self._request({"op": "set_transaction_age_limit", "seconds": seconds})
+        self._request(Op.SET_TRANSACTION_AGE_LIMIT, seconds=seconds)
 
     def reset(self) -> None:
         """Clear armed faults and restore the configured age limits (counters are kept)."""
         self._request(
-            {
-                "op": "reset",
-                "max_connection_age": self.max_connection_age,
-                "transaction_age_limit": self.transaction_age_limit,
-            }
+            Op.RESET,
+            max_connection_age=self.max_connection_age,
+            transaction_age_limit=self.transaction_age_limit,
         )
 
     def counters(self) -> dict[str, Any]:
         """Connections accepted and authenticated, authentication failures by reason,
-        connections closed for age or dropped, refused connects by SQLSTATE, faults fired,
+        connections closed for age or dropped, refused connects by SQLSTATE, faults fired
+        (``commit_conflicts_injected``, ``commit_drops``, ``server_unavailable_injected``),
         statements refused by the DSQL rules and conflicts deferred to COMMIT."""
-        counters: dict[str, Any] = self._request({"op": "counters"})["counters"]
+        counters: dict[str, Any] = self._request(Op.COUNTERS)["counters"]
         return counters
 
     # -- plumbing --------------------------------------------------------------------------
@@ -477,13 +516,16 @@ class LocalDsql:
             raise LocalEndpointError("the local endpoint is not running: call start() first")
         return self._info
 
-    def _request(self, message: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:
+    def _request(self, op: Op, timeout: float = 30.0, **fields: Any) -> dict[str, Any]:
+        return self._send(control.request(op, **fields), timeout)
+
+    def _send(self, line: str, timeout: float = 30.0) -> dict[str, Any]:
         process = self._process
         if process is None or process.stdin is None or process.stdout is None:
             raise LocalEndpointError("the local endpoint is not running: call start() first")
         with self._lock:
             try:
-                process.stdin.write(json.dumps(message) + "\n")
+                process.stdin.write(line)
                 process.stdin.flush()
             except OSError as exc:
                 raise LocalEndpointError(f"the local endpoint is gone: {exc}") from None
@@ -492,10 +534,7 @@ class LocalDsql:
             raise LocalEndpointError(
                 f"the local endpoint exited ({process.poll()}): {self._stderr_tail()}"
             )
-        reply: dict[str, Any] = json.loads(line)
-        if not reply.pop("ok", False):
-            raise LocalEndpointError(f"local endpoint: {reply.get('error')}")
-        return reply
+        return control.read_answer(line)
 
     def _stderr_tail(self) -> str:
         if self.workdir is None:

@@ -23,40 +23,20 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
+from .._sqlrules import ClassifiedStatement
 from . import _wire as wire
 from ._faults import CONFLICT_MESSAGES
-
-if TYPE_CHECKING:
-    from .._sqlrules import ClassifiedStatement
-    from ._rules import Emulation
-    from ._session import Bound, Pending, Session
+from ._relay import Bound, Guard, Pending, Relay
+from ._rules import Emulation
 
 SAVEPOINT = "dsqlkit_occ"
-
-
-@dataclass
-class Guard:
-    """A plain DML statement wrapped in a savepoint so a lost conflict surfaces at COMMIT."""
-
-    statement: ClassifiedStatement
-    emulation: Emulation
-    bound: Bound | None
-    extended: bool
-    sealed: bool = False
-    disarmed: bool = False
-    conflicted: bool = False
-    row_description_sent: bool = False
-    #: The conflict error the backend sent (withheld while a fix-up may still replace it).
-    error: bytes | None = None
 
 
 class OccGuard:
     """The guard of one session (at most one guarded statement at a time)."""
 
-    def __init__(self, session: Session) -> None:
+    def __init__(self, session: Relay) -> None:
         self.session = session
         self.current: Guard | None = None
 
@@ -79,13 +59,16 @@ class OccGuard:
         emulation: Emulation,
         bound: Bound | None,
         out: bytearray,
+        *,
+        unit_executes: int,
     ) -> Guard | None:
-        """Wrap a guarded statement of an explicit transaction in a savepoint."""
+        """Wrap a guarded statement of an explicit transaction in a savepoint
+        (``unit_executes``: the Executes of the current extended-protocol unit so far)."""
         session = self.session
         extended = bound is not None
         if not (session.tx.explicit and session.tx_status == b"T"):
             return None
-        if session.unit_executes > 1 or any(
+        if unit_executes > 1 or any(
             p.kind in (b"S", b"Q") and not p.synthetic for p in session.pending
         ):
             return None
@@ -181,7 +164,7 @@ class OccGuard:
         self._run(out, f"RELEASE SAVEPOINT {SAVEPOINT}")
         session.doom(out, "40001", CONFLICT_MESSAGES["OC000"], extended=True)
         session.inject(out, wire.encode(b"S"), quiet=True)
-        session.endpoint.counters.conflicts_deferred += 1
+        session.context.counters.conflicts_deferred += 1
 
         def finish() -> None:
             if emulation.rerun_sql is not None:

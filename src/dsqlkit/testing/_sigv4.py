@@ -122,7 +122,12 @@ def verify_token(
             f"token X-Amz-Expires is {expires} seconds, over the maximum of {MAX_EXPIRES} "
             "seconds (one week)"
         )
-        raise TokenRejected("expires_too_long", message, detail=message)
+        # DSQL's words, as AWS's connector tests expect them.
+        raise TokenRejected(
+            "expires_too_long",
+            message,
+            detail="X-Amz-Expires must be less than a week (in seconds)",
+        )
     if expires < 1:
         raise TokenRejected("malformed", "token X-Amz-Expires is out of range")
 

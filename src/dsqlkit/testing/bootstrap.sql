@@ -1,5 +1,8 @@
 CREATE ROLE admin WITH SUPERUSER LOGIN;
+-- The loader names this schema pg_dsqlkit (see _internal.py): the pg_ prefix needs this.
+SET allow_system_table_mods = on;
 CREATE SCHEMA dsqlkit_internal;
+RESET allow_system_table_mods;
 GRANT USAGE ON SCHEMA dsqlkit_internal TO PUBLIC;
 
 -- Failing COMMIT on purpose (injected conflicts, deferred OCC conflicts, the age limit).
@@ -332,3 +335,45 @@ BEGIN
   END IF;
   EXECUTE ddl;
 END $$;
+-- [wire] begin: what clients see of the endpoint is DSQL's
+-- DSQL's own session function: an id per connection, stable within it (AWS's connectors'
+-- tests use it to tell connections apart). The format of DSQL's ids is not published.
+CREATE FUNCTION sys.current_session_id() RETURNS text
+  LANGUAGE sql STABLE PARALLEL SAFE AS $$
+  SELECT substr(md5(pg_backend_pid()::text || '/' ||
+                    (SELECT backend_start FROM pg_catalog.pg_stat_activity
+                      WHERE pid = pg_backend_pid())::text), 1, 26)
+$$;
+GRANT EXECUTE ON FUNCTION sys.current_session_id() TO PUBLIC;
+-- The endpoint's machinery is not the client's: information_schema.schemata does not list
+-- its schema (psql's \dn and "non-system schema" filters skip it for its pg_ prefix), and
+-- nothing in it or in sys can be dropped, as PostgreSQL refuses for its own schemas.
+SET allow_system_table_mods = on;
+DO $$
+DECLARE definition text := rtrim(pg_get_viewdef('information_schema.schemata'::regclass), '; ');
+BEGIN
+  EXECUTE format('CREATE OR REPLACE VIEW information_schema.schemata AS '
+                 'SELECT * FROM (%s) s WHERE s.schema_name::text <> %L',
+                 definition, 'dsqlkit_internal');
+END $$;
+-- The guard lives in pg_catalog: a DROP ... CASCADE of its own schema would drop it (and its
+-- event trigger) before it could fire.
+CREATE FUNCTION pg_catalog.dsqlkit_protect_machinery() RETURNS event_trigger
+  LANGUAGE plpgsql AS $$
+DECLARE r record;
+BEGIN
+  FOR r IN SELECT * FROM pg_event_trigger_dropped_objects() LOOP
+    IF (r.object_type = 'schema' AND r.object_identity IN ('dsqlkit_internal', 'sys'))
+       OR r.schema_name IN ('dsqlkit_internal', 'sys') THEN
+      RAISE EXCEPTION USING ERRCODE = '2BP01',
+        MESSAGE = format('cannot drop %s because it is required by the database system',
+                         CASE WHEN r.object_type = 'schema'
+                              THEN 'schema ' || r.object_identity
+                              ELSE r.object_type || ' ' || r.object_identity END);
+    END IF;
+  END LOOP;
+END $$;
+RESET allow_system_table_mods;
+CREATE EVENT TRIGGER dsqlkit_protect ON sql_drop
+  EXECUTE FUNCTION pg_catalog.dsqlkit_protect_machinery();
+-- [wire] end
