@@ -181,10 +181,13 @@ async def run_attempts(
     scope: Scope,
     *args: Any,
     pool: Any = None,
+    settle: Callable[[BaseException], BaseException | None] | None = None,
 ) -> Any:
     """The retry loop: ``once(attempt, *args)`` until it succeeds or the verdict on its
     failure (`dsqlkit._retry.RetryRun.failed`, within ``scope``) stops it. ``pool`` (when
-    the unit runs on one) names the endpoint in the unit's telemetry."""
+    the unit runs on one) names the endpoint in the unit's telemetry. ``settle`` may turn
+    the failure that ends the loop into the exception to raise instead (a read whose outcome
+    is unknown), before the unit's outcome is recorded."""
     run = policy.start(stats)
     unit = None  # telemetry (off: this comparison is all it costs)
     if run.started >= STATE.gate:
@@ -196,11 +199,15 @@ async def run_attempts(
                 result = await once(attempt, *args)
             except BaseException as exc:
                 verdict = run.failed(exc, attempt, scope)
+                if verdict is None and settle is not None:
+                    verdict = settle(exc)
                 if unit is not None:
                     unit.failed(exc, attempt, verdict)
                 if verdict is None:
                     raise
                 if isinstance(verdict, BaseException):
+                    if verdict.__cause__ is not None:  # settled: it names its own cause
+                        raise verdict  # noqa: B904
                     raise verdict from exc
             else:
                 if unit is not None:
@@ -334,28 +341,18 @@ class AsyncExecutor:
                 await cur.execute(query, params)
                 return await take(cur)
         state = _ReadState()
-        try:
-            return await run_attempts(
-                self.policy,
-                self.stats,
-                self._read_once,
-                Scope.UNIT,
-                query,
-                params,
-                row_factory,
-                take,
-                state,
-                pool=self.pool,
-            )
-        except BaseException as exc:
+        stats = self.stats
+
+        def settle(exc: BaseException) -> BaseException | None:
+            """The read's last failure, after a first run whose outcome is unknown."""
             lost = state.unsettled
             if lost is None or isinstance(exc, CommitOutcomeUnknown):
-                raise
-            count_unknown(self.stats)
+                return None
+            count_unknown(stats)
             if not isinstance(exc, Exception):  # an interruption during the re-run
                 mark_commit_unknown(exc)
-                raise
-            raise CommitOutcomeUnknown(
+                return None
+            unknown = CommitOutcomeUnknown(
                 "the connection was lost while the statement ran in autocommit, so it may have "
                 "written (a function, view or CHECK it calls can write, whatever its text "
                 "says); re-running it in a READ ONLY transaction did not give a result the "
@@ -363,7 +360,23 @@ class AsyncExecutor:
                 "not run it again outside READ ONLY: check the data, then decide (use "
                 f"execute() or a transaction for statements that write). Lost: {lost}",
                 attempts=state.attempts,
-            ) from lost
+            )
+            unknown.__cause__ = lost
+            return unknown
+
+        return await run_attempts(
+            self.policy,
+            self.stats,
+            self._read_once,
+            Scope.UNIT,
+            query,
+            params,
+            row_factory,
+            take,
+            state,
+            pool=self.pool,
+            settle=settle,
+        )
 
     async def _read_once(  # noqa: PLR0917 - the executor's own call, positional by design
         self,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -166,6 +167,49 @@ def test_commit_outcome_unknown(
     with pytest.raises(CommitOutcomeUnknown):
         bump()
     (span,) = otel.spans()
+    assert span.attributes["dsqlkit.unit.outcome"] == "commit_outcome_unknown"  # type: ignore[index]
+    assert span.attributes["error.type"] == "dsqlkit.CommitOutcomeUnknown"  # type: ignore[index]
+    assert otel.value("dsqlkit.commit_outcome_unknown") == 1
+    assert otel.value("dsqlkit.units", {"dsqlkit.unit.outcome": "commit_outcome_unknown"}) == 1
+
+
+def _terminate_when_running(local: LocalDsql, marker: str) -> threading.Thread:
+    """Kill, on the server, the backend running the statement that contains ``marker`` as
+    soon as it shows in pg_stat_activity (its client connection is closed mid-statement)."""
+
+    def terminate() -> None:
+        with psycopg.connect(local.backend_conninfo, autocommit=True) as admin:
+            for _ in range(2000):
+                killed = admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE query LIKE %s AND state = 'active' AND pid <> pg_backend_pid()",
+                    (f"%{marker}%",),
+                ).fetchall()
+                if killed:
+                    return
+                admin.execute("SELECT pg_sleep(0.005)")
+
+    thread = threading.Thread(target=terminate)
+    thread.start()
+    return thread
+
+
+def test_a_read_whose_outcome_is_unknown_is_recorded_as_such(
+    local_dsql: LocalDsql, pool: DsqlConnectionPool[Any], table: str, otel: Otel
+) -> None:
+    """A read that writes, cut mid-statement: its READ ONLY re-run is refused, so the unit
+    ends as commit_outcome_unknown in its span and metrics (not as a plain failure)."""
+    fn = f"{table}_w"
+    with psycopg.connect(local_dsql.conninfo(), autocommit=True) as conn:
+        conn.execute(
+            f"CREATE FUNCTION {fn}(int) RETURNS int LANGUAGE sql AS "
+            f"$f$UPDATE {table} SET v = v + $1 WHERE id = 1; SELECT $1 FROM pg_sleep(5)$f$"
+        )
+    killer = _terminate_when_running(local_dsql, "otel-unknown-read")
+    with pytest.raises(CommitOutcomeUnknown):
+        Repository(pool).scalar(f"SELECT {fn}(1) /* otel-unknown-read */")
+    killer.join()
+    (span,) = otel.spans("dsqlkit read")
     assert span.attributes["dsqlkit.unit.outcome"] == "commit_outcome_unknown"  # type: ignore[index]
     assert span.attributes["error.type"] == "dsqlkit.CommitOutcomeUnknown"  # type: ignore[index]
     assert otel.value("dsqlkit.commit_outcome_unknown") == 1
