@@ -12,6 +12,7 @@ from ._bulk import BulkProgress, BulkResult
 from ._config import DsqlEndpoint, InsecureTLSWarning
 from ._connect_async import AsyncDsqlConnection
 from ._connect_sync import DsqlConnection
+from ._connector import EndpointStatus
 from ._errors import (
     AuthenticationFailed,
     BulkLoadError,
@@ -64,6 +65,7 @@ __all__ = [
     "DsqlConnectionPool",
     "DsqlEndpoint",
     "DsqlError",
+    "EndpointStatus",
     "EnvTokenProvider",
     "InsecureTLSWarning",
     "LintFailed",

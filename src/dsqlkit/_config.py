@@ -26,6 +26,7 @@ __all__ = [
     "endpoint_from_env",
     "parse_conninfo",
     "resolve_address",
+    "split_port",
     "unknown_arguments",
 ]
 
@@ -371,6 +372,23 @@ class TLSSettings:
         return {k: v for k, v in vars(self).items() if v is not None}
 
 
+_PORT_SUFFIX = re.compile(r"(?P<host>[^:/=\s]+):(?P<port>[0-9]+)")
+
+
+def split_port(endpoint: str) -> tuple[str, int | None]:
+    """``"host:port"`` as ``("host", port)``; anything else as ``(endpoint, None)``.
+
+    The suffix lets a list of endpoints name endpoints on different ports (local endpoints,
+    tunnels); a conninfo or URL keeps its own port syntax.
+    """
+    match = _PORT_SUFFIX.fullmatch(endpoint.strip())
+    if match is None:
+        return endpoint, None
+    port = int(match["port"])
+    _check_port(port)
+    return match["host"], port
+
+
 def is_conninfo(value: str) -> bool:
     """Whether ``value`` is a libpq conninfo string or URL rather than a bare host name."""
     return value.startswith(("postgresql://", "postgres://")) or "=" in value
@@ -423,31 +441,47 @@ def parse_conninfo(value: str) -> dict[str, str]:
     return params
 
 
-def endpoint_from_env(environ: Mapping[str, str]) -> tuple[str, dict[str, Any]]:
-    """Endpoint and pool options from the environment: dsqlkit's variables, then libpq's.
+def endpoint_from_env(
+    environ: Mapping[str, str],
+) -> tuple[str | tuple[str, ...], dict[str, Any]]:
+    """Endpoint(s) and pool options from the environment: dsqlkit's variables, then libpq's.
 
-    ``DSQL_ENDPOINT`` / ``DSQL_CLUSTER_ID`` before ``PGHOST`` (both set: ``DSQL_ENDPOINT`` is
-    a custom name for the cluster ``DSQL_CLUSTER_ID``); ``DSQL_PORT``, ``DSQL_USER``
-    and ``DSQL_DBNAME`` before ``PGPORT``, ``PGUSER`` and ``PGDATABASE``; the Region from
-    ``DSQL_REGION``, ``AWS_REGION`` or ``AWS_DEFAULT_REGION``. ``DSQL_ENDPOINT`` may be a
-    conninfo or URL; what it names wins over the libpq variables.
+    ``DSQL_ENDPOINTS`` (comma-separated host names of one multi-Region cluster, the
+    application's own Region first, each optionally ``host:port``) wins over
+    ``DSQL_ENDPOINT``; both set, ``DSQL_ENDPOINT`` must be one of the list (a stale single
+    endpoint is an error, not silently ignored). Else ``DSQL_ENDPOINT`` / ``DSQL_CLUSTER_ID``
+    before ``PGHOST`` (both set: ``DSQL_ENDPOINT`` is a custom name for the cluster
+    ``DSQL_CLUSTER_ID``); ``DSQL_PORT``, ``DSQL_USER`` and ``DSQL_DBNAME`` before ``PGPORT``,
+    ``PGUSER`` and ``PGDATABASE``; the Region from ``DSQL_REGION``, ``AWS_REGION`` or
+    ``AWS_DEFAULT_REGION`` (not with ``DSQL_ENDPOINTS``: each entry's Region is in its host
+    name). ``DSQL_ENDPOINT`` may be a conninfo or URL; what it names wins over the libpq
+    variables.
     """
     options: dict[str, Any] = {}
-    endpoint = environ.get("DSQL_ENDPOINT") or environ.get("DSQL_CLUSTER_ID")
-    endpoint = endpoint or environ.get("PGHOST")
-    if not endpoint:
-        raise ConfigurationError(
-            "set DSQL_ENDPOINT (the cluster's host name) or DSQL_CLUSTER_ID (with AWS_REGION), "
-            "or libpq's PGHOST, to configure dsqlkit from the environment"
-        )
-    if environ.get("DSQL_ENDPOINT") and environ.get("DSQL_CLUSTER_ID"):
-        # A custom name (CNAME, PrivateLink, tunnel) for the cluster DSQL_CLUSTER_ID names.
-        options["cluster_id"] = environ["DSQL_CLUSTER_ID"]
-    in_conninfo = set(parse_conninfo(endpoint)) if is_conninfo(endpoint) else set()
-    region = environ.get("DSQL_REGION") or environ.get("AWS_REGION")
-    region = region or environ.get("AWS_DEFAULT_REGION")
-    if region:
-        options["region"] = region
+    endpoints = _endpoints_from_env(environ)
+    endpoint: str | tuple[str, ...] | None
+    if endpoints is not None:
+        endpoint = endpoints
+        in_conninfo: set[str] = set()
+    else:
+        single = environ.get("DSQL_ENDPOINT") or environ.get("DSQL_CLUSTER_ID")
+        single = single or environ.get("PGHOST")
+        if not single:
+            raise ConfigurationError(
+                "set DSQL_ENDPOINT (the cluster's host name), DSQL_ENDPOINTS (a multi-Region "
+                "cluster's host names, comma-separated, your Region's first) or "
+                "DSQL_CLUSTER_ID (with AWS_REGION), or libpq's PGHOST, to configure dsqlkit "
+                "from the environment"
+            )
+        endpoint = single
+        if environ.get("DSQL_ENDPOINT") and environ.get("DSQL_CLUSTER_ID"):
+            # A custom name (CNAME, PrivateLink, tunnel) for the cluster DSQL_CLUSTER_ID names.
+            options["cluster_id"] = environ["DSQL_CLUSTER_ID"]
+        in_conninfo = set(parse_conninfo(single)) if is_conninfo(single) else set()
+        region = environ.get("DSQL_REGION") or environ.get("AWS_REGION")
+        region = region or environ.get("AWS_DEFAULT_REGION")
+        if region:
+            options["region"] = region
     for option, ours, libpq in (
         ("user", "DSQL_USER", "PGUSER"),
         ("dbname", "DSQL_DBNAME", "PGDATABASE"),
@@ -465,6 +499,35 @@ def endpoint_from_env(environ: Mapping[str, str]) -> tuple[str, dict[str, Any]]:
         else:
             options[option] = value
     return endpoint, options
+
+
+def _endpoints_from_env(environ: Mapping[str, str]) -> tuple[str, ...] | None:
+    """``DSQL_ENDPOINTS`` as a tuple (None when unset), checked against the variables it
+    replaces."""
+    text = environ.get("DSQL_ENDPOINTS", "").strip()
+    if not text:
+        return None
+    entries = tuple(entry.strip() for entry in text.split(","))
+    if any(not entry for entry in entries):
+        raise ConfigurationError(
+            f"DSQL_ENDPOINTS={text!r} has an empty entry: list the regional endpoints' host "
+            "names separated by commas, your own Region's first"
+        )
+    if environ.get("DSQL_CLUSTER_ID"):
+        raise ConfigurationError(
+            "DSQL_CLUSTER_ID and DSQL_ENDPOINTS are both set: a list of endpoints names each "
+            "regional endpoint by its host name; unset DSQL_CLUSTER_ID"
+        )
+    single = environ.get("DSQL_ENDPOINT", "").strip()
+    if single:
+        hosts = {split_port(entry)[0].lower().rstrip(".") for entry in entries}
+        if split_port(single)[0].lower().rstrip(".") not in hosts:
+            raise ConfigurationError(
+                f"DSQL_ENDPOINT={single!r} is not one of DSQL_ENDPOINTS={text!r}: "
+                "DSQL_ENDPOINTS wins when both are set, so unset DSQL_ENDPOINT (or make it "
+                "the first entry of DSQL_ENDPOINTS)"
+            )
+    return entries
 
 
 def _agree(name: str, given: Any, from_conninfo: Any) -> Any:

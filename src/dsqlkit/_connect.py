@@ -39,6 +39,7 @@ _logger = logging.getLogger("dsqlkit.pool")
 PLAN_KEY = "dsqlkit_connect_plan"
 
 _IAM_MARKER = "IAM authentication failed"
+_ABANDONED = "connect abandoned: the endpoint was marked impaired"
 _AUTH_MARKERS = (_IAM_MARKER, "password authentication failed")
 _TRANSIENT_MARKERS = (
     "too many open connections",  # DSQL 53300
@@ -61,7 +62,21 @@ _TRANSIENT_MARKERS = (
     "No route to host",
     "the database system is starting up",
     "the database system is shutting down",
+    # A multi-endpoint connector gave up on a try because its endpoint was marked impaired
+    # (by other connects' failures) while it waited for an answer (see `abandon_on`).
+    _ABANDONED,
 )
+
+
+class Step(enum.Enum):
+    """What a connect does after a failed try (see `ConnectAttempt.after_failure`)."""
+
+    #: Try the same endpoint again after the delay.
+    RETRY = "retry"
+    #: Try again at once with a newly minted token.
+    REMINT = "remint"
+    #: Go to the endpoint the connector now prefers (`ConnectPlan.retarget`), at once.
+    SWITCH = "switch"
 
 
 class ConnectErrorKind(enum.Enum):
@@ -98,9 +113,23 @@ class ConnectPlan:
     #: For a DSQL endpoint: the message of the `AuthenticationFailed` an IAM authentication
     #: failure becomes once retrying with a new token did not help.
     explain_auth: Callable[[BaseException], str] | None = None
+    #: Called when a transient failure ends a connect (the deadline passed): a multi-endpoint
+    #: connector counts it against the endpoint (53300/53400 beyond the normal retry).
+    on_give_up: Callable[[BaseException], None] | None = None
     #: Set when the pool closes: a connect waiting to retry, or waiting for the server to
     #: answer, gives up at once.
     closing: threading.Event = field(default_factory=threading.Event)
+    #: A multi-endpoint connector's: whether this plan's endpoint is impaired and another is
+    #: preferred now (a failed try then switches, a hanging one is abandoned).
+    moved: Callable[[], bool] | None = None
+    #: A multi-endpoint connector's: the full keyword arguments (plan included) for a connect
+    #: to the endpoint preferred now. Blocking (it mints a token): async callers run it in a
+    #: worker thread.
+    retarget: Callable[[], dict[str, Any]] | None = None
+    #: A multi-endpoint connector's bound on one try, in seconds (``failover_timeout``): a
+    #: server that accepted and does not answer holds a connect this long, not
+    #: ``connect_timeout``, when another endpoint could take it.
+    try_timeout: float | None = None
     #: When each connect in progress started (monotonic), by a serial number.
     in_flight: dict[int, float] = field(default_factory=dict)
     _serial: Any = field(default_factory=itertools.count)
@@ -126,6 +155,11 @@ class ConnectPlan:
         if self.on_permanent_failure is not None:
             self.on_permanent_failure(exc)
 
+    def guard(self) -> ConnectGuard:
+        """What ends one try early: the pool closing, ``try_timeout``, the endpoint moving."""
+        deadline = None if self.try_timeout is None else time.monotonic() + self.try_timeout
+        return ConnectGuard(self.closing, deadline, self.try_timeout, self.moved)
+
 
 @dataclass
 class ConnectAttempt:
@@ -136,8 +170,8 @@ class ConnectAttempt:
     tries: int = 0
     reminted: bool = False
 
-    def after_failure(self, exc: psycopg.Error) -> tuple[bool, float]:
-        """``(remint, delay)`` for the next try, or re-raise ``exc`` when it is final."""
+    def after_failure(self, exc: psycopg.Error) -> tuple[Step, float]:
+        """``(step, delay)`` for the next try, or re-raise ``exc`` when it is final."""
         plan = self.plan
         if plan.closing.is_set():
             raise exc  # the pool closed: nothing to retry, nobody to tell
@@ -148,14 +182,18 @@ class ConnectAttempt:
             self.reminted = True
             plan.stats.add("connects_reminted")
             _logger.info("authentication failed; retrying once with a new token")
-            return True, 0.0
+            return Step.REMINT, 0.0
         if kind is ConnectErrorKind.TRANSIENT and not plan.closing.is_set():
+            if plan.moved is not None and plan.retarget is not None and plan.moved():
+                # The endpoint is impaired and another is preferred: go there at once.
+                plan.stats.add("connects_retried")
+                return Step.SWITCH, 0.0
             self.tries += 1
             delay = full_jitter(self.tries, plan.base_delay, plan.max_delay)
             if time.monotonic() + delay < self.deadline:
                 plan.stats.add("connects_retried")
                 _logger.info("connect failed (%s); retry %d in %.3fs", exc, self.tries, delay)
-                return False, delay
+                return Step.RETRY, delay
         if plan.explain_auth is not None and _IAM_MARKER in str(exc):
             explained = AuthenticationFailed(plan.explain_auth(exc))
             explained.__cause__ = exc
@@ -165,25 +203,54 @@ class ConnectAttempt:
             plan.failed_permanently(exc)  # logged there, once
         elif not plan.closing.is_set():
             _logger.warning("connect failed after %d retries, giving up: %s", self.tries, exc)
+            if plan.on_give_up is not None:
+                plan.on_give_up(exc)
         raise exc
 
+    def switched(self, plan: ConnectPlan) -> None:
+        """Continue on another endpoint's plan (its own retries and re-mint; same deadline)."""
+        self.plan = plan
+        self.tries = 0
+        self.reminted = False
 
-#: The closing flag of the pool whose connect runs in this context (see `abandon_on`).
-CLOSING: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVar(
+
+@dataclass
+class ConnectGuard:
+    """What ends one connect try before psycopg does (checked at least every 0.1 s)."""
+
+    closing: threading.Event
+    deadline: float | None = None
+    seconds: float | None = None
+    moved: Callable[[], bool] | None = None
+
+    def check(self) -> None:
+        """Raise the error that ends the try now, if any."""
+        if self.closing.is_set():
+            raise psycopg.OperationalError("the pool was closed while connecting")
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            raise psycopg.errors.ConnectionTimeout(
+                f"connection timeout expired: no answer within failover_timeout={self.seconds} s"
+            )
+        if self.moved is not None and self.moved():
+            raise psycopg.OperationalError(_ABANDONED)
+
+
+#: The guard of the connect try running in this context (see `abandon_on`).
+CLOSING: contextvars.ContextVar[ConnectGuard | None] = contextvars.ContextVar(
     "dsqlkit_connect_closing", default=None
 )
 
 
-def abandon_on(flag: threading.Event, gen: Generator[Any, Any, Any]) -> Generator[Any, Any, Any]:
-    """psycopg's connect generator ``gen``, abandoned as soon as ``flag`` is set: psycopg wakes
-    it at least every 0.1 s, so a connect to a server that accepted and never answers ends
-    when the pool closes, not after ``connect_timeout``."""
+def abandon_on(guard: ConnectGuard, gen: Generator[Any, Any, Any]) -> Generator[Any, Any, Any]:
+    """psycopg's connect generator ``gen``, abandoned as soon as ``guard`` says so: psycopg
+    wakes it at least every 0.1 s, so a connect to a server that accepted and never answers
+    ends when the pool closes (or, with several endpoints, after ``failover_timeout`` or when
+    its endpoint is marked impaired), not after ``connect_timeout``."""
     try:
         value = next(gen)
         while True:
             ready = yield value
-            if flag.is_set():
-                raise psycopg.OperationalError("the pool was closed while connecting")
+            guard.check()
             value = gen.send(ready)
     except StopIteration as stop:
         return stop.value

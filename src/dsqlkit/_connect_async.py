@@ -16,7 +16,7 @@ from psycopg.rows import Row
 from typing_extensions import Self
 
 from . import _aio
-from ._connect import CLOSING, PLAN_KEY, ConnectPlan, abandon_on
+from ._connect import CLOSING, PLAN_KEY, ConnectPlan, Step, abandon_on
 from ._telemetry import CONNECT_TRACE_KEY, ConnectTrace
 
 __all__ = ["AsyncDsqlConnection"]
@@ -39,18 +39,18 @@ class AsyncDsqlConnection(psycopg.AsyncConnection[Row]):
                     trace.failed(closed)
                 raise closed
             serial = plan.connecting()
-            token = CLOSING.set(plan.closing)
+            token = CLOSING.set(plan.guard())
             try:
                 conn = await super().connect(conninfo, **kwargs)
             except (psycopg.OperationalError, psycopg.ProgrammingError) as exc:
                 try:
-                    remint, delay = attempt.after_failure(exc)
+                    step, delay = attempt.after_failure(exc)
                 except BaseException:
                     if trace is not None:
                         trace.failed(exc)
                     raise
                 if trace is not None:
-                    trace.retrying(exc, delay, remint)
+                    trace.retrying(exc, delay, step is Step.REMINT)
             else:
                 if trace is not None:
                     trace.connected()
@@ -58,7 +58,13 @@ class AsyncDsqlConnection(psycopg.AsyncConnection[Row]):
             finally:
                 CLOSING.reset(token)
                 plan.connected(serial)
-            if remint:
+            if step is Step.SWITCH:
+                assert plan.retarget is not None
+                kwargs = await _aio.to_thread(plan.retarget)
+                plan = kwargs.pop(PLAN_KEY)
+                attempt.switched(plan)
+                continue
+            if step is Step.REMINT:
                 assert plan.mint is not None
                 kwargs["password"] = await _aio.to_thread(plan.mint)
             if await _aio.wait_flag(plan.closing, delay):
@@ -69,7 +75,7 @@ class AsyncDsqlConnection(psycopg.AsyncConnection[Row]):
 
     @classmethod
     def _connect_gen(cls, conninfo: str = "") -> Any:
-        """psycopg's connect generator, abandoned when the pool closes (see `abandon_on`)."""
+        """psycopg's connect generator, abandoned when its guard says so (see `abandon_on`)."""
         gen = super()._connect_gen(conninfo)
-        closing = CLOSING.get()
-        return gen if closing is None else abandon_on(closing, gen)
+        guard = CLOSING.get()
+        return gen if guard is None else abandon_on(guard, gen)

@@ -26,23 +26,34 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import functools
 import logging
 import math
 import os
+import random
 import select
+import threading
 import time
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 from psycopg import pq
 from psycopg_pool import PoolTimeout
 
-from ._config import DsqlEndpoint, TLSSettings, check_connection_kwargs, resolve_address
-from ._connect import PLAN_KEY, ConnectPlan
+from ._config import (
+    DsqlEndpoint,
+    TLSSettings,
+    check_connection_kwargs,
+    resolve_address,
+    split_port,
+)
+from ._connect import PLAN_KEY, ConnectErrorKind, ConnectPlan, classify_connect_error
 from ._errors import ConfigurationError
 from ._retry import RetryStats
 from ._stats import Counters
+from ._telemetry import failover as report_failover
 from ._tokens import (
     DEFAULT_TOKEN_EXPIRES_IN,
     Boto3TokenProvider,
@@ -60,6 +71,8 @@ __all__ = [
     "MAX_CLUSTER_CONNECTIONS",
     "Connector",
     "DsqlOptions",
+    "EndpointStatus",
+    "Endpoints",
     "Target",
     "Verdict",
     "check_seconds",
@@ -70,6 +83,13 @@ _logger = logging.getLogger("dsqlkit.pool")
 
 DEFAULT_IDLE_CHECK_AFTER = 10.0
 DEFAULT_CONNECT_TIMEOUT = 10
+#: Multi-endpoint defaults (see `DsqlOptions`).
+DEFAULT_COOL_DOWN = 30.0
+DEFAULT_FAILOVER_AFTER = 2
+DEFAULT_FAILOVER_TIMEOUT = 1.0
+#: After a failback, connections to the other endpoint retire at checkout spread over this
+#: many seconds at most (``failback="gradual"``; never more than the cool-down).
+FAILBACK_SPREAD = 10.0
 #: DSQL closes any connection after 60 minutes.
 MAX_CONNECTION_AGE = 3600.0
 #: Connection parameters that have their own argument (so they are validated).
@@ -122,6 +142,15 @@ class DsqlOptions(TypedDict, total=False):
     connect_timeout: int
     application_name: str | None
     idle_check_after: float
+    cool_down: float
+    failover_after: int
+    failover_timeout: float
+    failback: Literal["gradual", "immediate"]
+
+
+#: The first argument of the pools, `dsqlkit.connect`, `dsqlkit.shared_pool` and the engines:
+#: one endpoint, or the endpoints of one multi-Region cluster, preferred first.
+Endpoints = str | Sequence[str]
 
 
 class Verdict(enum.Enum):
@@ -135,6 +164,9 @@ class Verdict(enum.Enum):
     EXPIRED = "expired"
     #: Discard it: closed, broken, or the probe failed.
     DEAD = "dead"
+    #: Discard it: its endpoint is impaired, or new connections go to another one now (a
+    #: failback; or one connection retired so that its replacement probes the preferred one).
+    MOVED = "moved"
 
 
 class _ConnectionState:
@@ -145,12 +177,17 @@ class _ConnectionState:
         "created_wall",
         "fork_generation",
         "poller",
+        "spread",
+        "target",
         "used_mono",
         "used_wall",
     )
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, target: Target) -> None:
         mono, wall = time.monotonic(), time.time()
+        self.target = target
+        #: Where in a gradual failback's spread this connection retires (0..1).
+        self.spread = 0.0
         self.fork_generation = _fork_generation
         self.created_mono = self.used_mono = mono
         self.created_wall = self.used_wall = wall
@@ -172,9 +209,25 @@ class _ConnectionState:
 
 class Target:
     """One endpoint a connector can open connections to: where, how (TLS, token signer for
-    its Region, parameters), and its health (the last connect error)."""
+    its Region, parameters, connect plan), and its health (the last connect error; with
+    several endpoints, whether it is impaired and its counts)."""
 
-    __slots__ = ("endpoint", "last_error", "minter", "params", "permanent_error", "tls")
+    __slots__ = (
+        "connect_failures",
+        "connects",
+        "consecutive_failures",
+        "endpoint",
+        "impaired_mono",
+        "impaired_wall",
+        "last_error",
+        "last_error_type",
+        "minter",
+        "params",
+        "permanent_error",
+        "plan",
+        "rank",
+        "tls",
+    )
 
     def __init__(
         self,
@@ -182,20 +235,78 @@ class Target:
         tls: TLSSettings,
         minter: TokenMinter | None,
         params: dict[str, Any],
+        rank: int = 0,
     ) -> None:
         self.endpoint = endpoint
         self.tls = tls
         self.minter = minter
         self.params = params
+        #: Its place in the list (0: preferred).
+        self.rank = rank
         #: The last error a connect (or a token mint) ended with, and whether retrying will
         #: not cure it; cleared by the next connection made.
         self.last_error: BaseException | None = None
         self.permanent_error: BaseException | None = None
+        self.plan: ConnectPlan | None = None
+        #: Health (read by `Connector.endpoints`; written under the connector's lock).
+        self.connects = 0
+        self.connect_failures = 0
+        self.consecutive_failures = 0
+        self.last_error_type: str | None = None
+        #: When it was marked impaired (both clocks), or None.
+        self.impaired_mono: float | None = None
+        self.impaired_wall = 0.0
 
     def describe(self) -> str:
         region = self.endpoint.region or "-"
         mode = "dsql" if self.endpoint.is_dsql else "plain-postgresql"
         return f"{self.endpoint} region={region} mode={mode}"
+
+    def label(self) -> str:
+        """``host:port (region)`` for logs."""
+        return f"{self.endpoint.host}:{self.endpoint.port} ({self.endpoint.region or '-'})"
+
+    def cooling(self, cool_down: float, mono: float, wall: float) -> float:
+        """Seconds of cool-down left (0: not impaired, or cooled down)."""
+        if self.impaired_mono is None:
+            return 0.0
+        elapsed = max(mono - self.impaired_mono, wall - self.impaired_wall)
+        return max(cool_down - elapsed, 0.0)
+
+
+@dataclass(frozen=True)
+class EndpointStatus:
+    """One endpoint of a pool or engine, as `DsqlConnectionPool.endpoints` reports it.
+
+    ``state`` is ``"active"`` (new connections go here), ``"healthy"`` (standing by) or
+    ``"impaired"`` (avoided until ``cool_down_remaining`` seconds have passed; then a probe
+    decides). Counts are since the pool was made (``pop_stats`` does not reset them).
+    """
+
+    host: str
+    port: int
+    region: str | None
+    #: Its place in the list: 0 is the preferred endpoint (the application's own Region).
+    rank: int
+    state: Literal["active", "healthy", "impaired"]
+    cool_down_remaining: float
+    #: Connections opened to it, and connect tries that failed.
+    connects: int
+    connect_failures: int
+    #: Failed connect tries since its last successful connect.
+    consecutive_failures: int
+    #: The type of the last connect error (e.g. ``"OperationalError"``), never its text.
+    last_error_type: str | None
+    #: Open connections to it now.
+    connections: int
+
+    @property
+    def preferred(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
 
 
 #: Bumped in every child process right after fork (see `_after_fork_in_child`).
@@ -206,11 +317,12 @@ _fork_aware: weakref.WeakSet[Connector] = weakref.WeakSet()
 
 class Connector:
     """What opens and vets connections for a pool or an engine: targets, tokens, TLS,
-    connect retries, checkout verdicts, counters."""
+    connect retries, checkout verdicts, counters; with several endpoints, their health and
+    the failovers between them."""
 
     def __init__(
         self,
-        endpoint: str | None,
+        endpoint: Endpoints | None,
         *,
         options: DsqlOptions,
         max_lifetime: float,
@@ -221,7 +333,7 @@ class Connector:
         if endpoint is None:
             raise ConfigurationError(
                 "no endpoint: pass the DSQL host name or cluster id as the first argument, "
-                "or use from_env() with DSQL_ENDPOINT / DSQL_CLUSTER_ID set"
+                "or use from_env() with DSQL_ENDPOINT / DSQL_ENDPOINTS / DSQL_CLUSTER_ID set"
             )
         self.max_lifetime = check_seconds(
             "pool_recycle" if engine else "max_lifetime", max_lifetime
@@ -260,9 +372,34 @@ class Connector:
                 "kwargs={'hostaddr': '10.0.0.5'}"
             )
         self.user_kwargs = user_kwargs
-        self.targets: tuple[Target, ...] = (_target(endpoint, options),)
+        self.cool_down = check_seconds("cool_down", options.get("cool_down", DEFAULT_COOL_DOWN))
+        self.failover_timeout = check_seconds(
+            "failover_timeout", options.get("failover_timeout", DEFAULT_FAILOVER_TIMEOUT)
+        )
+        failover_after = options.get("failover_after", DEFAULT_FAILOVER_AFTER)
+        if (
+            not isinstance(failover_after, int)
+            or isinstance(failover_after, bool)
+            or failover_after < 1
+        ):
+            raise ConfigurationError(
+                f"failover_after must be a whole number of failed connects, 1 or more, not "
+                f"{failover_after!r} (the default, {DEFAULT_FAILOVER_AFTER}, fails over after "
+                "two connects to an endpoint failed in a row)"
+            )
+        self.failover_after = failover_after
+        failback = options.get("failback", "gradual")
+        if failback not in ("gradual", "immediate"):
+            raise ConfigurationError(
+                f"failback must be 'gradual' (connections to the other endpoint retire over "
+                f"a few seconds, the default) or 'immediate', not {failback!r}"
+            )
+        self.failback = failback
+        self.targets: tuple[Target, ...] = _targets(endpoint, options)
+        #: Whether there is more than one endpoint (read on the hot paths: one attribute).
+        self.multi = len(self.targets) > 1
         #: The target the next connection goes to (a plain attribute: read at every
-        #: checkout). A multi-Region connector changes it when it fails over.
+        #: checkout). A multi-endpoint connector changes it when it fails over or back.
         self.target: Target = self.targets[0]
         if (
             self.endpoint.address_host is not None
@@ -274,33 +411,68 @@ class Connector:
                 "connect: pass the cluster's real host name with hostaddr, or the custom "
                 "name with cluster_id, not both"
             )
-        self.counters = Counters(
-            (
-                "connects_retried",
-                "connects_reminted",
-                "connections_retired_age",
-                "connections_dead_at_checkout",
-                "liveness_probes",
-            )
-        )
+        names = [
+            "connects_retried",
+            "connects_reminted",
+            "connections_retired_age",
+            "connections_dead_at_checkout",
+            "liveness_probes",
+        ]
+        if self.multi:
+            names += ["failovers", "failbacks", "connections_moved_at_checkout"]
+        self.counters = Counters(names)
         self.retry_stats = RetryStats()
         #: Called with a permanent error so the owner can fail its waiting clients at once.
         self.fail_waiters: Callable[[BaseException], None] | None = None
         self.fork_generation = _fork_generation
         self.connections: weakref.WeakSet[Any] = weakref.WeakSet()
-        self.plan = ConnectPlan(
+        #: Set when the owner closes: every connect (to any endpoint) gives up at once.
+        self.closing = threading.Event()
+        #: Guards the health of the targets and the choice of `target`.
+        self._lock = threading.Lock()
+        #: The target a probe connect is under way to (one at a time), and whether the next
+        #: connect should be one (set when a checkout retired a connection to start it).
+        self._probing: Target | None = None
+        self._probe_wanted = False
+        #: When the last failback happened (both clocks), for the gradual retirement.
+        self._failback_mono: float | None = None
+        self._failback_wall = 0.0
+        self._by_address: dict[tuple[bytes, bytes], Target] = {}
+        for target in self.targets:
+            target.plan = self._plan_for(target, timeout)
+            host = str(target.params["host"]).encode()
+            self._by_address[host, str(target.params["port"]).encode()] = target
+
+    def _plan_for(self, target: Target, timeout: float) -> ConnectPlan:
+        multi = self.multi
+        return ConnectPlan(
             deadline=timeout,
-            mint=self.targets[0].minter,
+            mint=target.minter,
             stats=self.counters,
-            on_failure=self.failed,
-            on_permanent_failure=self.failed_permanently,
-            explain_auth=self._explain_auth if self.targets[0].minter is not None else None,
+            on_failure=functools.partial(self._failed, target),
+            on_permanent_failure=functools.partial(self._failed_permanently, target),
+            on_give_up=functools.partial(self._gave_up, target) if multi else None,
+            explain_auth=(
+                functools.partial(self._explain_auth, target) if target.minter is not None else None
+            ),
+            closing=self.closing,
+            moved=functools.partial(self._moved, target) if multi else None,
+            retarget=self.retarget if multi else None,
+            try_timeout=self.failover_timeout if multi else None,
         )
 
-    # -- the target (one today; the seam for an ordered list of Regions) ---------------------
+    # -- the targets ------------------------------------------------------------------------
+
+    @property
+    def plan(self) -> ConnectPlan:
+        """The connect plan of the current target."""
+        plan = self.target.plan
+        assert plan is not None
+        return plan
 
     @property
     def endpoint(self) -> DsqlEndpoint:
+        """The preferred endpoint (the first in the list)."""
         return self.targets[0].endpoint
 
     @property
@@ -319,34 +491,229 @@ class Connector:
     def permanent_error(self) -> BaseException | None:
         return self.target.permanent_error
 
-    def _explain_auth(self, exc: BaseException) -> str:
+    def _explain_auth(self, target: Target, exc: BaseException) -> str:
         """The `AuthenticationFailed` message for an IAM authentication failure."""
-        minter = self.target.minter
+        minter = target.minter
         assert minter is not None
         return explain_auth_failure(
             user=minter.user, host=minter.host, region=minter.region, signer=minter.provider
         )
 
     def failed(self, exc: BaseException) -> None:
-        """Remember why the last connect failed (named by every pool timeout after it)."""
-        self.target.last_error = exc
+        """Remember why the last connect to the current target failed."""
+        self._failed(self.target, exc)
+
+    def _failed(self, target: Target, exc: BaseException) -> None:
+        """A connect try to ``target`` failed: remember why (named by every pool timeout after
+        it); with several endpoints, fail over when it keeps failing."""
+        target.last_error = exc
+        target.last_error_type = type(exc).__name__
+        target.connect_failures += 1
+        target.consecutive_failures += 1
+        if not self.multi:
+            return
+        with self._lock:
+            if classify_connect_error(exc) is not ConnectErrorKind.TRANSIENT:
+                return  # refused credentials, TLS or a database name: not the endpoint's health
+            if target is self._probing:
+                self._probing = None
+                self._impair(target, "probe_failed", exc)
+            elif target.impaired_mono is None and (
+                target.consecutive_failures >= self.failover_after
+            ):
+                self._impair(target, "connect_failed", exc)
+
+    def _gave_up(self, target: Target, exc: BaseException) -> None:
+        """A connect to ``target`` gave up retrying (53300/53400 or network errors until the
+        deadline): the endpoint is impaired, whatever the count."""
+        with self._lock:
+            if target.impaired_mono is None:
+                self._impair(target, "connect_gave_up", exc)
 
     def failed_permanently(self, exc: BaseException) -> None:
         """A connect failed in a way retrying will not cure: fail waiting clients now."""
-        target = self.target
+        self._failed_permanently(self.target, exc)
+
+    def _failed_permanently(self, target: Target, exc: BaseException) -> None:
         _logger.warning("cannot connect to %s: %s", target.endpoint.host, exc)
         target.last_error = target.permanent_error = exc
-        if self.fail_waiters is not None:
+        if self.fail_waiters is not None and target is self.target:
             self.fail_waiters(exc)
 
     def clear_errors(self) -> None:
         for target in self.targets:
             target.last_error = target.permanent_error = None
 
+    # -- health and failover (several endpoints only) ----------------------------------------
+
+    def _impair(self, target: Target, reason: str, exc: BaseException | None) -> None:
+        """Mark ``target`` impaired for the cool-down; move off it if it is the current one.
+        Hold ``_lock``."""
+        target.impaired_mono, target.impaired_wall = time.monotonic(), time.time()
+        if target is not self.target:
+            return
+        mono, wall = target.impaired_mono, target.impaired_wall
+        # The most preferred endpoint not cooling down; else the one that cools down first.
+        candidates = [t for t in self.targets if t is not target]
+        healthy = [t for t in candidates if t.cooling(self.cool_down, mono, wall) == 0.0]
+        if healthy:
+            chosen = healthy[0]
+        else:
+            chosen = min(candidates, key=lambda t: t.cooling(self.cool_down, mono, wall))
+        self._switch(target, chosen, reason, exc)
+
+    def _switch(
+        self, old: Target, new: Target, reason: str, exc: BaseException | None = None
+    ) -> None:
+        """Send new connections to ``new`` from now on: logged once, counted, reported."""
+        self.target = new
+        back = new.rank < old.rank
+        if back:
+            self.counters.add("failbacks")
+            self._failback_mono, self._failback_wall = time.monotonic(), time.time()
+            _logger.info(
+                "failing back from %s to %s: %s (%s)",
+                old.label(),
+                new.label(),
+                reason,
+                "connections to the other endpoint retire over the next seconds"
+                if self.failback == "gradual"
+                else "connections to the other endpoint are replaced at checkout",
+            )
+        else:
+            self.counters.add("failovers")
+            cause = f" ({type(exc).__name__}: {exc})" if exc is not None else ""
+            _logger.warning(
+                "failing over from %s to %s: %s%s; new connections go to %s for at least "
+                "%.1f s (cool_down), then a probe decides whether to fail back",
+                old.label(),
+                new.label(),
+                reason,
+                cause,
+                new.endpoint.host,
+                self.cool_down,
+            )
+        report_failover(
+            f"{old.endpoint.host}:{old.endpoint.port}",
+            f"{new.endpoint.host}:{new.endpoint.port}",
+            "failback" if back else reason,
+        )
+
+    def _moved(self, target: Target) -> bool:
+        """Whether a connect to ``target`` should go elsewhere: ``target`` is impaired (not
+        probed) and another is current."""
+        return (
+            target is not self.target
+            and target is not self._probing
+            and target.impaired_mono is not None
+        )
+
+    def pick(self) -> Target:
+        """The target of the next connection: the current one, or a more preferred one whose
+        cool-down is over (a probe: its success fails back)."""
+        current = self.target
+        if not self.multi or (current.rank == 0 and self._probing is None):
+            return current
+        mono, wall = time.monotonic(), time.time()
+        with self._lock:
+            if self._probing is not None:
+                return self.target
+            for target in self.targets:
+                if target.rank >= self.target.rank:
+                    break
+                if target.cooling(self.cool_down, mono, wall) == 0.0:
+                    self._probing = target
+                    self._probe_wanted = False
+                    _logger.info("probing %s (cool-down over)", target.label())
+                    return target
+            return self.target
+
+    def retarget(self) -> dict[str, Any]:
+        """The keyword arguments (plan included) of a connect to the target `pick` gives.
+        Blocking (a token is minted): async callers run it in a worker thread."""
+        target = self.pick()
+        kwargs = self.static_kwargs(target)
+        kwargs.update(self.connection_secrets(target))
+        return kwargs
+
+    def _connected(self, target: Target) -> None:
+        """A connection to ``target`` was made (several endpoints: may fail back)."""
+        with self._lock:
+            if target is self._probing:
+                self._probing = None
+                target.impaired_mono = None
+                if target.rank < self.target.rank:
+                    self._switch(self.target, target, "probe_succeeded")
+            elif (
+                target.impaired_mono is not None
+                and target.cooling(self.cool_down, time.monotonic(), time.time()) == 0.0
+            ):
+                target.impaired_mono = None
+
+    def _verdict_moved(self, state: _ConnectionState, mono: float, wall: float) -> bool:
+        """With several endpoints: whether a connection must go although it is fine."""
+        target = state.target
+        current = self.target
+        if target is not current:
+            if target.impaired_mono is not None or self.failback == "immediate":
+                return True
+            if target.rank < current.rank or self._failback_mono is None:
+                return False  # a connect that was under way to a more preferred endpoint
+            since = max(mono - self._failback_mono, wall - self._failback_wall)
+            return since >= state.spread * min(FAILBACK_SPREAD, self.cool_down)
+        if current.rank == 0 or self._probing is not None or self._probe_wanted:
+            return False
+        for target in self.targets:
+            if target.rank >= current.rank:
+                return False
+            if target.cooling(self.cool_down, mono, wall) == 0.0:
+                # Retire this one connection: its replacement is the probe.
+                self._probe_wanted = True
+                return True
+        return False
+
+    @property
+    def endpoints(self) -> tuple[EndpointStatus, ...]:
+        """The status of every endpoint, preferred first."""
+        mono, wall = time.monotonic(), time.time()
+        open_by_target: dict[int, int] = {}
+        for conn in list(self.connections):
+            state: _ConnectionState | None = getattr(conn, _STATE, None)
+            if state is not None and not conn.closed:
+                open_by_target[id(state.target)] = open_by_target.get(id(state.target), 0) + 1
+        statuses = []
+        with self._lock:
+            for target in self.targets:
+                remaining = target.cooling(self.cool_down, mono, wall)
+                state_name: Literal["active", "healthy", "impaired"]
+                if target is self.target:
+                    state_name = "active"
+                elif target.impaired_mono is not None:
+                    state_name = "impaired"
+                else:
+                    state_name = "healthy"
+                statuses.append(
+                    EndpointStatus(
+                        host=target.endpoint.host,
+                        port=target.endpoint.port,
+                        region=target.endpoint.region,
+                        rank=target.rank,
+                        state=state_name,
+                        cool_down_remaining=remaining if target.impaired_mono else 0.0,
+                        connects=target.connects,
+                        connect_failures=target.connect_failures,
+                        consecutive_failures=target.consecutive_failures,
+                        last_error_type=target.last_error_type,
+                        connections=open_by_target.get(id(target), 0),
+                    )
+                )
+        return tuple(statuses)
+
     # -- per physical connection ---------------------------------------------------------
 
-    def static_kwargs(self) -> dict[str, Any]:
-        """Connection keywords without the token (user kwargs, our params, the plan)."""
+    def static_kwargs(self, target: Target | None = None) -> dict[str, Any]:
+        """Connection keywords without the token (user kwargs, the target's params and plan)."""
+        target = self.target if target is None else target
         if callable(self.user_kwargs):
             try:
                 user = self.user_kwargs()
@@ -362,7 +729,7 @@ class Connector:
                 raise
         else:
             user = self.user_kwargs or {}
-        return {**user, **self.target.params, PLAN_KEY: self.plan}
+        return {**user, **target.params, PLAN_KEY: target.plan}
 
     @property
     def per_connection(self) -> bool:
@@ -370,37 +737,49 @@ class Connector:
         target = self.target
         return target.minter is not None or target.endpoint.address_host is not None
 
-    def connection_secrets(self) -> dict[str, Any]:
+    def connection_secrets(self, target: Target | None = None) -> dict[str, Any]:
         """What changes for every physical connection: a fresh token (``password``) and the
         custom host name's current address (``hostaddr``). Blocking: async callers run it in
         a worker thread."""
+        target = self.target if target is None else target
         params: dict[str, Any] = {}
-        target = self.target
         address_host = target.endpoint.address_host
         if address_host is not None:
             try:
                 params["hostaddr"] = resolve_address(address_host, target.endpoint.port)
             except Exception as exc:
-                self.failed(exc)
+                self._failed(target, exc)
                 raise
         if target.minter is not None:
-            params["password"] = self.mint()
+            params["password"] = self.mint(target)
         return params
 
-    def mint(self) -> str:
+    def mint(self, target: Target | None = None) -> str:
         """A fresh token for the target (blocking: async callers run it in a worker thread)."""
-        minter = self.target.minter
+        target = self.target if target is None else target
+        minter = target.minter
         assert minter is not None
         try:
             return minter()
         except Exception as exc:
-            self.failed_permanently(exc)
+            self._failed_permanently(target, exc)
             raise
 
     def connection_created(self, conn: Any) -> None:
-        setattr(conn, _STATE, _ConnectionState(conn.pgconn.socket))
+        if self.multi:
+            pgconn = conn.pgconn
+            target = self._by_address.get((pgconn.host, pgconn.port), self.target)
+        else:
+            target = self.target
+        state = _ConnectionState(conn.pgconn.socket, target)
+        setattr(conn, _STATE, state)
         self.connections.add(conn)
-        self.clear_errors()
+        target.last_error = target.permanent_error = None
+        target.connects += 1
+        target.consecutive_failures = 0
+        if self.multi:
+            state.spread = random.random()  # noqa: S311 - a spread, not a secret
+            self._connected(target)
 
     def inherited(self, conn: Any) -> bool:
         """Whether ``conn`` was made by the parent of this fork child (its session is the
@@ -424,6 +803,8 @@ class Connector:
         mono, wall = time.monotonic(), time.time()
         if max(mono - state.created_mono, wall - state.created_wall) >= self.max_lifetime:
             return Verdict.EXPIRED
+        if self.multi and self._verdict_moved(state, mono, wall):
+            return Verdict.MOVED
         if state.readable(pgconn.socket):
             return self._probe()  # EOF or an unsolicited message while idle: find out which
         if max(mono - state.used_mono, wall - state.used_wall) >= self.idle_check_after:
@@ -439,6 +820,9 @@ class Connector:
         if verdict is Verdict.EXPIRED:
             self.counters.add("connections_retired_age")
             _logger.debug("retiring a connection past max_lifetime at checkout")
+        elif verdict is Verdict.MOVED:
+            self.counters.add("connections_moved_at_checkout")
+            _logger.debug("retiring a connection to an endpoint new connections avoid")
         else:
             self.counters.add("connections_dead_at_checkout")
             _logger.info("discarding a connection that died while idle")
@@ -450,7 +834,20 @@ class Connector:
         values.update(self.retry_stats.snapshot(reset))
         for target in self.targets:
             if target.minter is not None:
-                values.update(target.minter.stats.pop(reset))
+                for name, count in target.minter.stats.pop(reset).items():
+                    values[name] = values.get(name, 0) + count
+        if self.multi:
+            # Per endpoint, keyed by Region (one endpoint per Region): gauges, not reset.
+            mono, wall = time.monotonic(), time.time()
+            for target in self.targets:
+                key = f"endpoint.{target.endpoint.region}"
+                values[f"{key}.connects"] = target.connects
+                values[f"{key}.connect_failures"] = target.connect_failures
+                values[f"{key}.active"] = int(target is self.target)
+                values[f"{key}.impaired"] = int(
+                    target.impaired_mono is not None
+                    and target.cooling(self.cool_down, mono, wall) > 0.0
+                )
         return values
 
     def describe(self) -> str:
@@ -469,6 +866,12 @@ class Connector:
                 f"cannot succeed (retrying would not help): {type(error).__name__}: {error}"
             )
         message = f"couldn't {what} to {host} after {waited:.2f} sec"
+        if self.multi:
+            message += (
+                " (endpoints: "
+                + ", ".join(f"{status.host} {status.state}" for status in self.endpoints)
+                + ")"
+            )
         hanging = self.plan.oldest_connect()
         if target.last_error is not None:
             message += (
@@ -500,13 +903,96 @@ class Connector:
     def fork_handled(self) -> None:
         """The owner has started afresh in this (child) process."""
         self.fork_generation = _fork_generation
-        self.plan.closing.clear()
+        self.closing.clear()
         self.clear_errors()
+        self._lock = threading.Lock()
 
 
-def _target(endpoint: str, options: DsqlOptions) -> Target:
+def _targets(endpoint: Endpoints, options: DsqlOptions) -> tuple[Target, ...]:
+    """The targets for ``endpoint`` (one, or a list of one multi-Region cluster's), checked."""
+    if isinstance(endpoint, str):
+        return (_target(endpoint, options, _signer(options)),)
+    if not isinstance(endpoint, Sequence):
+        raise ConfigurationError(
+            f"the endpoint must be a host name (str) or a list of the host names of one "
+            f"multi-Region cluster, preferred first, not {type(endpoint).__name__}"
+        )
+    entries = list(endpoint)
+    if not entries:
+        raise ConfigurationError(
+            "the list of endpoints is empty: give the host names of the multi-Region cluster's "
+            "regional endpoints, your own Region's first (or one host name as a str)"
+        )
+    for entry in entries:
+        if not isinstance(entry, str):
+            raise ConfigurationError(
+                f"every endpoint in the list must be a host name (str), not "
+                f"{type(entry).__name__}: {entry!r}"
+            )
+    if len(entries) == 1:
+        return (_target(entries[0], options, _signer(options)),)
+    for name, why in (
+        (
+            "plain_postgresql",
+            "a list of endpoints is for the regional endpoints of one DSQL "
+            "multi-Region cluster; a plain PostgreSQL server takes one host",
+        ),
+        (
+            "cluster_id",
+            "a list names each regional endpoint by its real host name "
+            "('<cluster-id>.dsql.<region>.on.aws', with 'host:port' for another port); custom "
+            "host names are for one endpoint",
+        ),
+        ("region", "each entry's Region comes from its host name; leave region= out"),
+    ):
+        if options.get(name):
+            raise ConfigurationError(f"{name}= does not apply to a list of endpoints: {why}")
+    signer = _signer(options)
+    targets = []
+    for rank, entry in enumerate(entries):
+        target = _target(entry, options, signer, rank=rank)
+        if not target.endpoint.is_dsql:
+            raise ConfigurationError(
+                f"{entry!r} in the list of endpoints is not a DSQL host name: give each "
+                "regional endpoint as '<cluster-id>.dsql.<region>.on.aws' (or 'host:port')"
+            )
+        targets.append(target)
+    seen: dict[str, Target] = {}
+    for target in targets:
+        endpoint_ = target.endpoint
+        other = seen.get(endpoint_.region or "")
+        if other is not None and other.endpoint.host == endpoint_.host:
+            raise ConfigurationError(
+                f"{endpoint_.host} is in the list of endpoints twice: list each regional "
+                "endpoint once, your own Region's first"
+            )
+        if other is not None:
+            raise ConfigurationError(
+                f"{other.endpoint.host} and {endpoint_.host} are two clusters in "
+                f"{endpoint_.region}: a multi-Region cluster has one endpoint per Region; "
+                "list the peered clusters' endpoints (one per Region, your own Region's "
+                "first), and use separate pools for separate clusters"
+            )
+        seen[endpoint_.region or ""] = target
+    first = targets[0].endpoint
+    for target in targets[1:]:
+        if (target.endpoint.user, target.endpoint.dbname) != (first.user, first.dbname):
+            raise ConfigurationError(
+                "the endpoints in the list name different users or databases "
+                f"({first.user}/{first.dbname} and {target.endpoint.user}/"
+                f"{target.endpoint.dbname}): pass user= and dbname= once for all of them"
+            )
+    return tuple(targets)
+
+
+def _target(
+    endpoint: str, options: DsqlOptions, signer: TokenProvider | None, rank: int = 0
+) -> Target:
     """The target for ``endpoint``: resolved, with its TLS, signer and parameters."""
-    resolved = DsqlEndpoint.from_options(endpoint, options)
+    host, port = split_port(endpoint)
+    if port is not None:
+        options = {**options, "port": port}
+    resolved = DsqlEndpoint.from_options(host, options)
     tls = TLSSettings.for_endpoint(
         resolved,
         sslmode=options.get("sslmode"),
@@ -522,7 +1008,7 @@ def _target(endpoint: str, options: DsqlOptions) -> Target:
     ):
         raise ConfigurationError("connect_timeout must be a whole number of seconds >= 1")
     password = options.get("password")
-    minter = _minter(resolved, options, password)
+    minter = _minter(resolved, options, password, signer)
     params: dict[str, Any] = {
         "host": resolved.tls_host,
         "port": resolved.port,
@@ -534,13 +1020,30 @@ def _target(endpoint: str, options: DsqlOptions) -> Target:
     }
     if password is not None:
         params["password"] = password
-    return Target(resolved, tls, minter, params)
+    return Target(resolved, tls, minter, params, rank)
+
+
+def _signer(options: DsqlOptions) -> TokenProvider | None:
+    """The token provider every endpoint of a pool shares (one boto3 client per Region),
+    or None when none is asked for (found later, per endpoint)."""
+    provider = options.get("token_provider")
+    session = options.get("boto3_session")
+    profile = options.get("profile_name")
+    if provider is not None:
+        if session is not None or profile:
+            raise ConfigurationError("pass token_provider or boto3_session/profile_name, not both")
+        if not callable(provider):
+            raise ConfigurationError("token_provider must be callable(*, host, region, user)")
+    return provider
 
 
 def _minter(
-    endpoint: DsqlEndpoint, options: DsqlOptions, password: str | None
+    endpoint: DsqlEndpoint,
+    options: DsqlOptions,
+    password: str | None,
+    signer: TokenProvider | None,
 ) -> TokenMinter | None:
-    provider = options.get("token_provider")
+    provider = signer
     session = options.get("boto3_session")
     profile = options.get("profile_name")
     expires_in = options.get("token_expires_in", DEFAULT_TOKEN_EXPIRES_IN)
@@ -561,14 +1064,11 @@ def _minter(
         boto_provider = Boto3TokenProvider(session, profile_name=profile, expires_in=expires_in)
         # Find credentials and build the shared client now, at construction: later, in a
         # worker thread, loading botocore's models would hold the GIL (and stall an event
-        # loop) for tens of milliseconds.
+        # loop) for tens of milliseconds. Boto3 clients are shared per credentials and
+        # Region, so each Region of a multi-Region pool gets one.
         boto_provider.check_credentials()
         boto_provider.client(region)
         provider = boto_provider
-    elif session is not None or profile:
-        raise ConfigurationError("pass token_provider or boto3_session/profile_name, not both")
-    elif not callable(provider):
-        raise ConfigurationError("token_provider must be callable(*, host, region, user)")
     return TokenMinter(provider, host=endpoint.host, region=region, user=endpoint.user)
 
 

@@ -23,16 +23,17 @@ def connection_kwargs(connector: Connector, pool_name: str | None = None) -> dic
     """The keywords for the next physical connection, with a freshly minted token and the
     current address of a custom host name (and, when telemetry is on, the connect's trace,
     which the connection class ends)."""
-    kwargs = connector.static_kwargs()
-    trace = connect_started(connector.endpoint, pool_name)  # None unless telemetry is on
-    if connector.per_connection:
+    target = connector.pick()
+    kwargs = connector.static_kwargs(target)
+    trace = connect_started(target.endpoint, pool_name)  # None unless telemetry is on
+    if target.minter is not None or target.endpoint.address_host is not None:
         try:
-            kwargs.update(_sio.to_thread(connector.connection_secrets))
+            kwargs.update(_sio.to_thread(connector.connection_secrets, target))
         except BaseException as exc:
             if trace is not None:
                 trace.failed(exc)
             raise
-        if trace is not None and connector.minter is not None:
+        if trace is not None and target.minter is not None:
             trace.signed()
     if trace is not None:
         kwargs[CONNECT_TRACE_KEY] = trace

@@ -31,7 +31,14 @@ from typing_extensions import Self
 from . import _pool_internals
 from ._config import DsqlEndpoint, endpoint_from_env, unknown_arguments
 from ._connect import with_plan_support
-from ._connector import MAX_CLUSTER_CONNECTIONS, Connector, DsqlOptions, check_seconds
+from ._connector import (
+    MAX_CLUSTER_CONNECTIONS,
+    Connector,
+    DsqlOptions,
+    Endpoints,
+    EndpointStatus,
+    check_seconds,
+)
 from ._errors import ConfigurationError
 from ._retry import RetryStats
 from ._telemetry import register_pool
@@ -73,7 +80,7 @@ class DsqlPoolMixin(BasePool):
 
     def _dsql_arguments(
         self,
-        endpoint: str | None,
+        endpoint: Endpoints | None,
         options: Mapping[str, Any],
         *,
         kwargs: Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None,
@@ -115,15 +122,24 @@ class DsqlPoolMixin(BasePool):
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Self:
-        """A pool configured from ``DSQL_ENDPOINT`` or ``DSQL_CLUSTER_ID``, ``DSQL_REGION`` /
-        ``AWS_REGION``, ``DSQL_USER``, ``DSQL_DBNAME`` and ``DSQL_PORT``; ``overrides`` win."""
+        """A pool configured from ``DSQL_ENDPOINTS`` (a multi-Region cluster's endpoints,
+        comma-separated, your Region's first) or ``DSQL_ENDPOINT`` or ``DSQL_CLUSTER_ID``,
+        ``DSQL_REGION`` / ``AWS_REGION``, ``DSQL_USER``, ``DSQL_DBNAME`` and ``DSQL_PORT``;
+        ``overrides`` win."""
         endpoint, options = endpoint_from_env(os.environ if environ is None else environ)
         return cls(endpoint, **{**options, **overrides})  # type: ignore[call-arg, arg-type]
 
     @property
     def endpoint(self) -> DsqlEndpoint:
-        """The resolved endpoint this pool connects to."""
+        """The resolved endpoint this pool connects to (with several: the preferred one)."""
         return self._core.endpoint
+
+    @property
+    def endpoints(self) -> tuple[EndpointStatus, ...]:
+        """Every endpoint of this pool, preferred first, with its state (``"active"``: new
+        connections go there; ``"healthy"``; ``"impaired"`` with its cool-down remaining)
+        and counts. One entry for a single-endpoint pool."""
+        return self._core.endpoints
 
     @property
     def retry_stats(self) -> RetryStats:
@@ -151,7 +167,9 @@ class DsqlPoolMixin(BasePool):
         )
 
     def get_stats(self) -> dict[str, int]:
-        """psycopg_pool's stats plus dsqlkit's (tokens, retirements, probes, retries)."""
+        """psycopg_pool's stats plus dsqlkit's (tokens, retirements, probes, retries; with
+        several endpoints also ``failovers``, ``failbacks``,
+        ``connections_moved_at_checkout`` and ``endpoint.<region>.*`` per endpoint)."""
         return {**super().get_stats(), **self._core.stats(reset=False)}
 
     def pop_stats(self) -> dict[str, int]:

@@ -22,7 +22,7 @@ from typing_extensions import TypeVar, Unpack
 
 from . import _aio, _pool_internals
 from ._connect_async import AsyncDsqlConnection
-from ._connector import Verdict, check_timeout
+from ._connector import Endpoints, Verdict, check_timeout
 from ._connector_async import checkout, connection_kwargs
 from ._pool import DEFAULT_MAX_LIFETIME, AllOptions, DsqlPoolMixin
 from ._telemetry import checked_in, checked_out, metrics_on, pool_timed_out
@@ -38,7 +38,11 @@ class AsyncDsqlConnectionPool(DsqlPoolMixin, AsyncConnectionPool[ACT], Generic[A
     Args:
         endpoint: the cluster's host name (``<id>.dsql.<region>.on.aws``), a bare cluster id
             (with ``region``), a conninfo or ``postgresql://`` URL; or another host name with
-            ``cluster_id`` (a custom name for the cluster) or ``plain_postgresql=True``.
+            ``cluster_id`` (a custom name for the cluster) or ``plain_postgresql=True``. Or a
+            list of the regional endpoints of one multi-Region cluster, your own Region's
+            first (each a host name, optionally ``host:port``): connections go to the first
+            healthy one, and the pool fails over when it keeps failing to connect (see
+            ``cool_down``, ``failover_after``, ``failover_timeout``, ``failback``).
         max_lifetime: retire connections older than this (default 50 minutes, at most DSQL's
             60; psycopg_pool's jitter still spreads reconnects over the last 5%).
 
@@ -74,6 +78,16 @@ class AsyncDsqlConnectionPool(DsqlPoolMixin, AsyncConnectionPool[ACT], Generic[A
         application_name (str | None): default ``dsqlkit/<version>``.
         idle_check_after (float): probe a pooled connection idle this long before handing it
             out (default 10 s).
+        cool_down (float): with several endpoints, seconds an impaired endpoint is avoided
+            before a probe connect decides whether to fail back (default 30).
+        failover_after (int): with several endpoints, connect tries to an endpoint that must
+            fail in a row (refused, network or TLS errors, timeouts) to mark it impaired
+            (default 2); a connect that gives up on 53300/53400 marks it at once.
+        failover_timeout (float): with several endpoints, seconds a connect try waits for an
+            answer before it counts as failed (default 1.0; ``connect_timeout`` bounds a
+            single endpoint's tries).
+        failback (str): ``"gradual"`` (default: after a failback, connections to the other
+            endpoint retire at checkout over the next seconds) or ``"immediate"``.
 
     All other arguments are psycopg_pool's, with the same meaning. The async pool signs tokens
     in a worker thread (so signing never blocks the event loop); build it before serving (e.g.
@@ -82,7 +96,7 @@ class AsyncDsqlConnectionPool(DsqlPoolMixin, AsyncConnectionPool[ACT], Generic[A
 
     def __init__(
         self,
-        endpoint: str | None = None,
+        endpoint: Endpoints | None = None,
         *,
         connection_class: type[ACT] = AsyncDsqlConnection,  # type: ignore[assignment]
         kwargs: Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None = None,
@@ -147,7 +161,7 @@ class AsyncDsqlConnectionPool(DsqlPoolMixin, AsyncConnectionPool[ACT], Generic[A
         cannot succeed (bad credentials, TLS or database name)."""
         if self._core.forked():
             self._reset_after_fork()
-        self._core.plan.closing.clear()
+        self._core.closing.clear()
         await super().open(wait=False)
         if wait:
             await self.wait(timeout)
@@ -170,7 +184,7 @@ class AsyncDsqlConnectionPool(DsqlPoolMixin, AsyncConnectionPool[ACT], Generic[A
 
     async def close(self, timeout: float = 5.0) -> None:
         """Like psycopg_pool's, and connects waiting to retry give up at once."""
-        self._core.plan.closing.set()
+        self._core.closing.set()
         if self._core.forked():
             self._reset_after_fork()
             return

@@ -24,7 +24,7 @@ from typing_extensions import TypeVar, Unpack
 
 from . import _pool_internals, _sio
 from ._connect_sync import DsqlConnection
-from ._connector import Verdict, check_timeout
+from ._connector import Endpoints, Verdict, check_timeout
 from ._connector_sync import checkout, connection_kwargs
 from ._pool import DEFAULT_MAX_LIFETIME, AllOptions, DsqlPoolMixin
 from ._telemetry import checked_in, checked_out, metrics_on, pool_timed_out
@@ -40,7 +40,11 @@ class DsqlConnectionPool(DsqlPoolMixin, ConnectionPool[CT], Generic[CT]):
     Args:
         endpoint: the cluster's host name (``<id>.dsql.<region>.on.aws``), a bare cluster id
             (with ``region``), a conninfo or ``postgresql://`` URL; or another host name with
-            ``cluster_id`` (a custom name for the cluster) or ``plain_postgresql=True``.
+            ``cluster_id`` (a custom name for the cluster) or ``plain_postgresql=True``. Or a
+            list of the regional endpoints of one multi-Region cluster, your own Region's
+            first (each a host name, optionally ``host:port``): connections go to the first
+            healthy one, and the pool fails over when it keeps failing to connect (see
+            ``cool_down``, ``failover_after``, ``failover_timeout``, ``failback``).
         max_lifetime: retire connections older than this (default 50 minutes, at most DSQL's
             60; psycopg_pool's jitter still spreads reconnects over the last 5%).
 
@@ -76,6 +80,16 @@ class DsqlConnectionPool(DsqlPoolMixin, ConnectionPool[CT], Generic[CT]):
         application_name (str | None): default ``dsqlkit/<version>``.
         idle_check_after (float): probe a pooled connection idle this long before handing it
             out (default 10 s).
+        cool_down (float): with several endpoints, seconds an impaired endpoint is avoided
+            before a probe connect decides whether to fail back (default 30).
+        failover_after (int): with several endpoints, connect tries to an endpoint that must
+            fail in a row (refused, network or TLS errors, timeouts) to mark it impaired
+            (default 2); a connect that gives up on 53300/53400 marks it at once.
+        failover_timeout (float): with several endpoints, seconds a connect try waits for an
+            answer before it counts as failed (default 1.0; ``connect_timeout`` bounds a
+            single endpoint's tries).
+        failback (str): ``"gradual"`` (default: after a failback, connections to the other
+            endpoint retire at checkout over the next seconds) or ``"immediate"``.
 
     All other arguments are psycopg_pool's, with the same meaning. The pool signs tokens
     in a worker thread; build it before serving (e.g.
@@ -84,7 +98,7 @@ class DsqlConnectionPool(DsqlPoolMixin, ConnectionPool[CT], Generic[CT]):
 
     def __init__(
         self,
-        endpoint: str | None = None,
+        endpoint: Endpoints | None = None,
         *,
         connection_class: type[CT] = DsqlConnection,  # type: ignore[assignment]
         kwargs: Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None = None,
@@ -149,7 +163,7 @@ class DsqlConnectionPool(DsqlPoolMixin, ConnectionPool[CT], Generic[CT]):
         cannot succeed (bad credentials, TLS or database name)."""
         if self._core.forked():
             self._reset_after_fork()
-        self._core.plan.closing.clear()
+        self._core.closing.clear()
         super().open(wait=False)
         if wait:
             self.wait(timeout)
@@ -172,7 +186,7 @@ class DsqlConnectionPool(DsqlPoolMixin, ConnectionPool[CT], Generic[CT]):
 
     def close(self, timeout: float = 5.0) -> None:
         """Like psycopg_pool's, and connects waiting to retry give up at once."""
-        self._core.plan.closing.set()
+        self._core.closing.set()
         if self._core.forked():
             self._reset_after_fork()
             return

@@ -21,6 +21,7 @@ from typing import Any
 
 from typing_extensions import Unpack
 
+from ._connector import Endpoints
 from ._errors import ConfigurationError, UsageError
 from ._pool import PoolArguments
 from ._pool_sync import DsqlConnectionPool
@@ -35,17 +36,19 @@ _hooks_installed = False
 
 
 def shared_pool(
-    endpoint: str | None = None, **options: Unpack[PoolArguments]
+    endpoint: Endpoints | None = None, **options: Unpack[PoolArguments]
 ) -> DsqlConnectionPool[Any]:
     """The process-wide pool for these arguments, created on first call.
 
-    ``endpoint=None`` reads the environment like `DsqlConnectionPool.from_env`. The pool is
+    ``endpoint`` is one endpoint or a list of a multi-Region cluster's endpoints, your own
+    Region's first; ``None`` reads the environment like `DsqlConnectionPool.from_env`
+    (``DSQL_ENDPOINTS`` or ``DSQL_ENDPOINT``). The pool is
     opened when created (connections are made in the background); a pool someone closed is
     replaced by a new one on the next call.
     """
     if "open" in options:
         raise ConfigurationError("shared_pool() always opens its pool: drop the open= argument")
-    key = (endpoint, *sorted((k, _hashable(v)) for k, v in options.items()))
+    key = (_hashable(endpoint), *sorted((k, _hashable(v)) for k, v in options.items()))
     pool = _pools.get(key)
     if pool is not None and not pool.closed:
         return pool
@@ -119,8 +122,9 @@ def _install_hooks() -> None:
 def connect(endpoint: Any = None, /, **options: Unpack[PoolArguments]) -> Repository:
     """A ready `Repository` in one line, for notebooks and scripts.
 
-    ``endpoint`` is a host name, cluster id, conninfo or URL (``None``: from the environment),
-    or a running `dsqlkit.testing.LocalDsql`, which supplies its host, port, CA and signing
+    ``endpoint`` is a host name, cluster id, conninfo or URL, or a list of a multi-Region
+    cluster's endpoints, your own Region's first (``None``: from the environment), or a
+    running `dsqlkit.testing.LocalDsql`, which supplies its host(s), port(s), CA and signing
     credentials; ``options`` are `DsqlConnectionPool` arguments (``min_size`` defaults to 1,
     ``max_size`` to 4). The pool opens on first use and closes at interpreter exit (or with
     ``close()``).
@@ -131,10 +135,18 @@ def connect(endpoint: Any = None, /, **options: Unpack[PoolArguments]) -> Reposi
     if endpoint is None:
         pool: DsqlConnectionPool[Any] = DsqlConnectionPool.from_env(**arguments)
     elif callable(getattr(endpoint, "pool_options", None)):  # a LocalDsql
-        pool = DsqlConnectionPool(endpoint.host, **endpoint.pool_options(**arguments))
+        where = (
+            endpoint.pool_endpoints()
+            if callable(getattr(endpoint, "pool_endpoints", None))
+            else endpoint.host
+        )
+        pool = DsqlConnectionPool(where, **endpoint.pool_options(**arguments))
+    elif isinstance(endpoint, (list, tuple)):
+        pool = DsqlConnectionPool(endpoint, **arguments)
     elif not isinstance(endpoint, str):
         raise UsageError(
-            f"connect() takes a host name, cluster id, conninfo or URL (or a running "
+            f"connect() takes a host name, cluster id, conninfo or URL, a list of endpoints "
+            f"(or a running "
             f"dsqlkit.testing.LocalDsql), not {type(endpoint).__name__}"
             + (
                 ": for a pool you built, use dsqlkit.Repository(pool)"

@@ -21,7 +21,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
     ) from exc
 
 from ._dialect import DsqlDialect, DsqlDialectAsync, register
-from ._engine import create_async_engine, create_engine, get_stats
+from ._engine import create_async_engine, create_engine, endpoints, get_stats
 from ._retry import transactional
 from ._schema import IndexBuildFailed, create_all, create_all_async, drop_all, drop_all_async
 
@@ -35,6 +35,7 @@ __all__ = [
     "create_engine",
     "drop_all",
     "drop_all_async",
+    "endpoints",
     "get_stats",
     "transactional",
 ]

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import sqlalchemy
@@ -34,6 +34,8 @@ from .._connector import (
     MAX_CLUSTER_CONNECTIONS,
     Connector,
     DsqlOptions,
+    Endpoints,
+    EndpointStatus,
     Verdict,
     check_timeout,
 )
@@ -45,7 +47,11 @@ from ._schema import commit_each_ddl
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
-__all__ = ["create_async_engine", "create_engine", "get_stats"]
+__all__ = ["create_async_engine", "create_engine", "endpoints", "get_stats"]
+
+#: What the engines take first: one URL or endpoint, or a list of them (the endpoints of one
+#: multi-Region cluster, your own Region's first).
+EngineURL = str | URL | Sequence[str | URL]
 
 #: DSQL closes a connection after 60 minutes; SQLAlchemy recycles ours well before.
 DEFAULT_POOL_RECYCLE = 50 * 60.0
@@ -90,7 +96,7 @@ class EngineOptions(DsqlOptions, total=False):
 
 
 def create_engine(
-    url: str | URL | None = None,
+    url: EngineURL | None = None,
     /,
     *,
     connect_args: Mapping[str, Any] | None = None,
@@ -102,8 +108,12 @@ def create_engine(
 
     ``url`` is what `dsqlkit.DsqlConnectionPool` takes (a host name, a cluster id, a libpq
     conninfo or a ``postgresql://`` URL, no password) or a SQLAlchemy URL
-    (``postgresql+psycopg://admin@<host>/postgres``, ``dsql+psycopg://...``); ``None``
-    reads ``DSQL_ENDPOINT`` and friends (as ``from_env()`` does). Keyword arguments are the
+    (``postgresql+psycopg://admin@<host>/postgres``, ``dsql+psycopg://...``); or a list of
+    them, the regional endpoints of one multi-Region cluster, your own Region's first (host
+    names, ``host:port``, or URLs naming the same user and database): connections go to the
+    first healthy one and fail over as the pools' do (``cool_down``, ``failover_after``,
+    ``failover_timeout``, ``failback``). ``None`` reads ``DSQL_ENDPOINTS`` /
+    ``DSQL_ENDPOINT`` and friends (as ``from_env()`` does). Keyword arguments are the
     pool's DSQL options (``region``, ``user``, ``boto3_session``, ``sslrootcert``,
     ``idle_check_after``...) and SQLAlchemy's ``create_engine`` arguments (``pool_size``,
     ``max_overflow``, ``echo``, ``isolation_level``...). ``connect_args`` (or ``kwargs``, as
@@ -126,7 +136,7 @@ def create_engine(
 
 
 def create_async_engine(
-    url: str | URL | None = None,
+    url: EngineURL | None = None,
     /,
     *,
     connect_args: Mapping[str, Any] | None = None,
@@ -159,8 +169,15 @@ def create_async_engine(
 def get_stats(engine: Engine | AsyncEngine) -> dict[str, int]:
     """dsqlkit's counters for an engine from `create_engine` / `create_async_engine`:
     tokens minted, connects retried, connections retired or found dead at checkout, probes,
-    and the ``occ_*`` counters of `dsqlkit.sqlalchemy.transactional` functions."""
+    and the ``occ_*`` counters of `dsqlkit.sqlalchemy.transactional` functions (with several
+    endpoints, also the failover counts and ``endpoint.<region>.*``, as a pool's)."""
     return core_of(engine).stats(reset=False)
+
+
+def endpoints(engine: Engine | AsyncEngine) -> tuple[EndpointStatus, ...]:
+    """Every endpoint of an engine from `create_engine` / `create_async_engine`, preferred
+    first, with its state and counts (as `dsqlkit.DsqlConnectionPool.endpoints`)."""
+    return core_of(engine).endpoints
 
 
 def core_of(engine: Any) -> Connector:
@@ -176,7 +193,7 @@ def core_of(engine: Any) -> Connector:
 
 
 def _prepare(
-    url: str | URL | None,
+    url: EngineURL | None,
     connect_args: Mapping[str, Any] | None,
     pool_recycle: float,
     connect_deadline: float,
@@ -210,7 +227,11 @@ def _prepare(
     _check_recycle(pool_recycle)
     _check_pool_options(options)
     dsql = {key: options.pop(key) for key in list(options) if key in _DSQL_OPTIONS}
-    endpoint = _endpoint_text(url)
+    endpoint: Endpoints | None
+    if isinstance(url, (list, tuple)):
+        endpoint = [_endpoint_text(entry) or "" for entry in url]
+    else:
+        endpoint = _endpoint_text(url)  # type: ignore[arg-type]
     if endpoint is None:
         endpoint, from_env = endpoint_from_env(os.environ)
         dsql = {**from_env, **dsql}
@@ -338,7 +359,7 @@ def _install_checks(engine: Engine, core: Connector) -> None:
             raise sa_exc.DisconnectionError("dsqlkit: connection inherited across fork()")
         verdict = _connector_sync.checkout(core, conn, lambda _: dialect.do_ping(dbapi_connection))
         if verdict is not Verdict.OK:
-            reason = "past its lifetime" if verdict is Verdict.EXPIRED else "closed while idle"
+            reason = _REASONS[verdict]
             raise sa_exc.DisconnectionError(f"dsqlkit: connection {reason}; replacing it")
         if metrics_on():
             checked_out(name, conn, None)
@@ -349,6 +370,13 @@ def _install_checks(engine: Engine, core: Connector) -> None:
             conn = _driver(dbapi_connection)
             core.connection_returned(conn)
             checked_in(name, conn)
+
+
+_REASONS = {
+    Verdict.EXPIRED: "past its lifetime",
+    Verdict.DEAD: "closed while idle",
+    Verdict.MOVED: "to an endpoint new connections avoid (failover or failback)",
+}
 
 
 def _driver(dbapi_connection: Any) -> Any:
