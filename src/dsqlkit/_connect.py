@@ -214,6 +214,11 @@ class ConnectAttempt:
         self.reminted = False
 
 
+#: A gap this long between two wake-ups of a connect (psycopg wakes it every 0.1 s) means the
+#: process was frozen (a Lambda sandbox between invocations), not that the server is slow.
+FROZEN_GAP = 1.0
+
+
 @dataclass
 class ConnectGuard:
     """What ends one connect try before psycopg does (checked at least every 0.1 s)."""
@@ -222,15 +227,23 @@ class ConnectGuard:
     deadline: float | None = None
     seconds: float | None = None
     moved: Callable[[], bool] | None = None
+    last: float = field(default_factory=time.monotonic)
 
     def check(self) -> None:
         """Raise the error that ends the try now, if any."""
         if self.closing.is_set():
             raise psycopg.OperationalError("the pool was closed while connecting")
-        if self.deadline is not None and time.monotonic() >= self.deadline:
-            raise psycopg.errors.ConnectionTimeout(
-                f"connection timeout expired: no answer within failover_timeout={self.seconds} s"
-            )
+        if self.deadline is not None:
+            now = time.monotonic()
+            gap = now - self.last
+            self.last = now
+            if gap >= FROZEN_GAP:
+                self.deadline += gap  # frozen, not waiting: the time does not count
+            elif now >= self.deadline:
+                raise psycopg.errors.ConnectionTimeout(
+                    f"connection timeout expired: no answer within failover_timeout="
+                    f"{self.seconds} s"
+                )
         if self.moved is not None and self.moved():
             raise psycopg.OperationalError(_ABANDONED)
 

@@ -114,6 +114,8 @@ ENGINE_PARAMETERS = {
     "dbname": "url (or dbname=)",
 }
 _CONN_OK = pq.ConnStatus.OK
+#: In a connect error: the try got no answer in time (psycopg's and `ConnectGuard`'s words).
+_TIMED_OUT = "timeout expired"
 _STATE = "_dsqlkit_state"
 #: DSQL's limit of open connections per cluster.
 MAX_CLUSTER_CONNECTIONS = 10_000
@@ -433,7 +435,10 @@ class Connector:
         #: The target a probe connect is under way to (one at a time), and whether the next
         #: connect should be one (set when a checkout retired a connection to start it).
         self._probing: Target | None = None
-        self._probe_wanted = False
+        self._probe_wanted: float | None = None
+        self._probe_mono = 0.0
+        #: A probe not settled after this long (its connect ended some other way) is over.
+        self._probe_stale = self.failover_timeout + DEFAULT_CONNECT_TIMEOUT
         #: When the last failback happened (both clocks), for the gradual retirement.
         self._failback_mono: float | None = None
         self._failback_wall = 0.0
@@ -518,10 +523,13 @@ class Connector:
             if target is self._probing:
                 self._probing = None
                 self._impair(target, "probe_failed", exc)
-            elif target.impaired_mono is None and (
-                target.consecutive_failures >= self.failover_after
-            ):
-                self._impair(target, "connect_failed", exc)
+            elif target.impaired_mono is None:
+                if _TIMED_OUT in str(exc):
+                    # No answer at all within failover_timeout (or connect_timeout): the
+                    # strongest sign there is, and the slowest to collect twice.
+                    self._impair(target, "connect_timeout", exc)
+                elif target.consecutive_failures >= self.failover_after:
+                    self._impair(target, "connect_failed", exc)
 
     def _gave_up(self, target: Target, exc: BaseException) -> None:
         """A connect to ``target`` gave up retrying (53300/53400 or network errors until the
@@ -535,6 +543,10 @@ class Connector:
         self._failed_permanently(self.target, exc)
 
     def _failed_permanently(self, target: Target, exc: BaseException) -> None:
+        if target is self._probing:
+            with self._lock:
+                self._probing = None
+                target.impaired_mono, target.impaired_wall = time.monotonic(), time.time()
         _logger.warning("cannot connect to %s: %s", target.endpoint.host, exc)
         target.last_error = target.permanent_error = exc
         if self.fail_waiters is not None and target is self.target:
@@ -616,14 +628,15 @@ class Connector:
             return current
         mono, wall = time.monotonic(), time.time()
         with self._lock:
-            if self._probing is not None:
+            if self._probing is not None and mono - self._probe_mono < self._probe_stale:
                 return self.target
             for target in self.targets:
                 if target.rank >= self.target.rank:
                     break
                 if target.cooling(self.cool_down, mono, wall) == 0.0:
                     self._probing = target
-                    self._probe_wanted = False
+                    self._probe_mono = mono
+                    self._probe_wanted = None
                     _logger.info("probing %s (cool-down over)", target.label())
                     return target
             return self.target
@@ -661,16 +674,24 @@ class Connector:
                 return False  # a connect that was under way to a more preferred endpoint
             since = max(mono - self._failback_mono, wall - self._failback_wall)
             return since >= state.spread * min(FAILBACK_SPREAD, self.cool_down)
-        if current.rank == 0 or self._probing is not None or self._probe_wanted:
+        if current.rank == 0 or self._probe_pending(mono):
             return False
         for target in self.targets:
             if target.rank >= current.rank:
                 return False
             if target.cooling(self.cool_down, mono, wall) == 0.0:
                 # Retire this one connection: its replacement is the probe.
-                self._probe_wanted = True
+                self._probe_wanted = mono
                 return True
         return False
+
+    def _probe_pending(self, mono: float) -> bool:
+        """Whether a probe is under way, or a connection was retired to start one (either
+        is over after ``_probe_stale`` seconds, however it ended)."""
+        if self._probing is not None and mono - self._probe_mono < self._probe_stale:
+            return True
+        wanted = self._probe_wanted
+        return wanted is not None and mono - wanted < self._probe_stale
 
     @property
     def endpoints(self) -> tuple[EndpointStatus, ...]:
@@ -909,9 +930,10 @@ class Connector:
 
 
 def _targets(endpoint: Endpoints, options: DsqlOptions) -> tuple[Target, ...]:
-    """The targets for ``endpoint`` (one, or a list of one multi-Region cluster's), checked."""
+    """The targets for ``endpoint`` (one, or a list of one multi-Region cluster's), checked
+    (the whole list before any credentials are looked for)."""
     if isinstance(endpoint, str):
-        return (_target(endpoint, options, _signer(options)),)
+        return (_target(_resolve(endpoint, options), options, _signer(options)),)
     if not isinstance(endpoint, Sequence):
         raise ConfigurationError(
             f"the endpoint must be a host name (str) or a list of the host names of one "
@@ -930,7 +952,7 @@ def _targets(endpoint: Endpoints, options: DsqlOptions) -> tuple[Target, ...]:
                 f"{type(entry).__name__}: {entry!r}"
             )
     if len(entries) == 1:
-        return (_target(entries[0], options, _signer(options)),)
+        return (_target(_resolve(entries[0], options), options, _signer(options)),)
     for name, why in (
         (
             "plain_postgresql",
@@ -947,52 +969,59 @@ def _targets(endpoint: Endpoints, options: DsqlOptions) -> tuple[Target, ...]:
     ):
         if options.get(name):
             raise ConfigurationError(f"{name}= does not apply to a list of endpoints: {why}")
-    signer = _signer(options)
-    targets = []
-    for rank, entry in enumerate(entries):
-        target = _target(entry, options, signer, rank=rank)
-        if not target.endpoint.is_dsql:
+    resolved: list[DsqlEndpoint] = []
+    for entry in entries:
+        try:
+            one: DsqlEndpoint | None = _resolve(entry, options)
+        except ConfigurationError as exc:
+            if "is not an Aurora DSQL endpoint" not in str(exc):
+                raise
+            one = None
+        if one is None or not one.is_dsql:
             raise ConfigurationError(
                 f"{entry!r} in the list of endpoints is not a DSQL host name: give each "
                 "regional endpoint as '<cluster-id>.dsql.<region>.on.aws' (or 'host:port')"
             )
-        targets.append(target)
-    seen: dict[str, Target] = {}
-    for target in targets:
-        endpoint_ = target.endpoint
-        other = seen.get(endpoint_.region or "")
-        if other is not None and other.endpoint.host == endpoint_.host:
+        resolved.append(one)
+    seen: dict[str, DsqlEndpoint] = {}
+    for one in resolved:
+        other = seen.get(one.region or "")
+        if other is not None and other.host == one.host:
             raise ConfigurationError(
-                f"{endpoint_.host} is in the list of endpoints twice: list each regional "
+                f"{one.host} is in the list of endpoints twice: list each regional "
                 "endpoint once, your own Region's first"
             )
         if other is not None:
             raise ConfigurationError(
-                f"{other.endpoint.host} and {endpoint_.host} are two clusters in "
-                f"{endpoint_.region}: a multi-Region cluster has one endpoint per Region; "
-                "list the peered clusters' endpoints (one per Region, your own Region's "
-                "first), and use separate pools for separate clusters"
+                f"{other.host} and {one.host} are two clusters in {one.region}: a "
+                "multi-Region cluster has one endpoint per Region; list the peered clusters' "
+                "endpoints (one per Region, your own Region's first), and use separate pools "
+                "for separate clusters"
             )
-        seen[endpoint_.region or ""] = target
-    first = targets[0].endpoint
-    for target in targets[1:]:
-        if (target.endpoint.user, target.endpoint.dbname) != (first.user, first.dbname):
+        seen[one.region or ""] = one
+        first = resolved[0]
+        if (one.user, one.dbname) != (first.user, first.dbname):
             raise ConfigurationError(
                 "the endpoints in the list name different users or databases "
-                f"({first.user}/{first.dbname} and {target.endpoint.user}/"
-                f"{target.endpoint.dbname}): pass user= and dbname= once for all of them"
+                f"({first.user}/{first.dbname} and {one.user}/{one.dbname}): pass user= and "
+                "dbname= once for all of them"
             )
-    return tuple(targets)
+    signer = _signer(options)
+    return tuple(_target(one, options, signer, rank=rank) for rank, one in enumerate(resolved))
 
 
-def _target(
-    endpoint: str, options: DsqlOptions, signer: TokenProvider | None, rank: int = 0
-) -> Target:
-    """The target for ``endpoint``: resolved, with its TLS, signer and parameters."""
+def _resolve(endpoint: str, options: DsqlOptions) -> DsqlEndpoint:
+    """``endpoint`` (with an optional ``:port`` suffix) resolved with the pool's options."""
     host, port = split_port(endpoint)
     if port is not None:
         options = {**options, "port": port}
-    resolved = DsqlEndpoint.from_options(host, options)
+    return DsqlEndpoint.from_options(host, options)
+
+
+def _target(
+    resolved: DsqlEndpoint, options: DsqlOptions, signer: TokenProvider | None, rank: int = 0
+) -> Target:
+    """The target for an endpoint: its TLS, signer and parameters."""
     tls = TLSSettings.for_endpoint(
         resolved,
         sslmode=options.get("sslmode"),
