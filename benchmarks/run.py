@@ -78,6 +78,7 @@ ROWS = {
     "failover-hang": "failover",
     "failover-drop": "failover",
     "single-endpoint-read": "failover",
+    "single-endpoint-read-cpu": "failover",
 }
 DOCS_START = "<!-- bench:start (written by benchmarks/run.py --docs) -->"
 DOCS_END = "<!-- bench:end -->"
