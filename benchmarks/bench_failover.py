@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import statistics
@@ -48,13 +49,14 @@ from dsqlkit.testing import LocalDsql
 BASELINE = "4a85992"
 REGIONS = ("us-east-1", "us-east-2")
 WORKERS = 4
-KINDS: dict[str, dict[str, Any]] = {
-    "refuse": {},
-    "hang": {},
-    "drop": {},
+#: Each variant: a label, the impairment and its options.
+KINDS: dict[str, tuple[str, dict[str, Any]]] = {
+    "refuse": ("refuse", {}),
+    "hang": ("hang", {}),
+    "drop": ("drop", {}),
     # A hung endpoint whose open connections are reset instead of hanging: what failover
     # does when only new connections hang.
-    "hang, open connections dropped": {"live": "drop"},
+    "hang, open connections dropped": ("hang", {"live": "drop"}),
 }
 #: How long to wait for the first commit through the peer (then through the preferred Region
 #: after healing) before giving up on that round.
@@ -124,7 +126,9 @@ def _wait_for(check: Any, timeout: float) -> Any:
     return None
 
 
-def _round(local: LocalDsql, kind: str, options: dict[str, Any], number: int) -> dict[str, Any]:
+def _round(
+    local: LocalDsql, label: str, kind: str, options: dict[str, Any], number: int
+) -> dict[str, Any]:
     preferred, peer = local.regions
     table = f"failover_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(local.backend_conninfo, autocommit=True) as conn:
@@ -133,7 +137,7 @@ def _round(local: LocalDsql, kind: str, options: dict[str, Any], number: int) ->
         )
     log = Log()
     stop = threading.Event()
-    result: dict[str, Any] = {"kind": kind}
+    result: dict[str, Any] = {"variant": label}
     with local.pool(min_size=WORKERS, max_size=WORKERS) as pool:
         pool.wait()
         repo = Repository(pool)
@@ -188,12 +192,14 @@ def _round(local: LocalDsql, kind: str, options: dict[str, Any], number: int) ->
 
 
 def bench_failover(local: LocalDsql) -> list[dict[str, Any]]:
+    # psycopg_pool warns of every dead connection it discards: expected here, by the dozen.
+    logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
     rounds: dict[str, list[dict[str, Any]]] = {kind: [] for kind in KINDS}
     for number in range(scale(2, 1)):
-        for kind, options in KINDS.items():
-            outcome = _round(local, kind, options, number)
-            print(f"  failover {kind}: {json.dumps(outcome)}", flush=True)
-            rounds[kind].append(outcome)
+        for label, (kind, options) in KINDS.items():
+            outcome = _round(local, label, kind, options, number)
+            print(f"  failover {label}: {json.dumps(outcome)}", flush=True)
+            rounds[label].append(outcome)
     rows: dict[str, dict[str, Any]] = {}
     goals = []
     for kind, outcomes in rounds.items():
