@@ -2,8 +2,9 @@
 
 Usage: `nox -s bench` or `python benchmarks/run.py [--only NAME] [--quick] [--out DIR] [--docs]`.
 
-``--only`` takes a benchmark group (endpoint, pool, repository, retry, startup) or one goal row
-(e.g. ``read-1``, ``copy``, ``startup-profile``; see ``--help``), and can be repeated.
+``--only`` takes a benchmark group (endpoint, failover, pool, repository, retry, startup, ...)
+or one goal row (e.g. ``read-1``, ``copy``, ``failover-drop``; see ``--help``), and can be
+repeated.
 ``--quick`` takes fewer samples, to re-run a row in seconds (its numbers are rough).
 ``--docs`` also writes the goal table, the detail tables and the chart into
 docs/benchmarks.md and docs/images/benchmarks.png (for a full, quiet run).
@@ -29,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import _timing
 import bench_endpoint
+import bench_failover
 import bench_pool
 import bench_repository
 import bench_retry
@@ -38,6 +40,7 @@ import bench_telemetry
 
 BENCHMARKS = {
     "endpoint": bench_endpoint.run,
+    "failover": bench_failover.run,
     "pool": bench_pool.run,
     "repository": bench_repository.run,
     "retry": bench_retry.run,
@@ -71,6 +74,11 @@ ROWS = {
     "otel-occ-sdk": "telemetry",
     "otel-retry-cpu": "telemetry",
     "otel-retry-cpu-sdk": "telemetry",
+    "failover-refuse": "failover",
+    "failover-hang": "failover",
+    "failover-drop": "failover",
+    "single-endpoint-read": "failover",
+    "single-endpoint-read-cpu": "failover",
 }
 DOCS_START = "<!-- bench:start (written by benchmarks/run.py --docs) -->"
 DOCS_END = "<!-- bench:end -->"

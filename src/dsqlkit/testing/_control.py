@@ -1,6 +1,10 @@
 """The control protocol between `LocalDsql` (the test's process) and the endpoint's process
 (`._front`): one JSON object per line, both ways.
 
+A multi-Region endpoint process serves one endpoint per Region; a request for one of them
+names it by its index (``"endpoint": 1``), the first by default. Age limits and `Op.RESET`
+apply to all.
+
 The first line the endpoint reads is its configuration; it answers with what clients need
 (``port``, ``ca_file``, ...). Every later line is a request ``{"op": <Op>, ...}`` answered by
 ``{"ok": true, ...}`` or ``{"ok": false, "error": "..."}``; `Op.SHUTDOWN` gets no answer.
@@ -28,6 +32,8 @@ class Op(str, enum.Enum):
     SET_MAX_CONNECTION_AGE = "set_max_connection_age"
     SET_TRANSACTION_AGE_LIMIT = "set_transaction_age_limit"
     RESET = "reset"
+    IMPAIR = "impair"
+    HEAL = "heal"
     SHUTDOWN = "shutdown"
 
 

@@ -23,7 +23,7 @@ from typing import Any
 from . import _control as control
 from ._context import EndpointConfig
 from ._control import Op
-from ._faults import CommitFault, StatementFault
+from ._faults import CommitFault, ErrorShare, StatementFault
 from ._internal import MACHINERY_CHECK, resolve
 from ._internal import SCHEMA as INTERNAL_SCHEMA
 from ._listener import Endpoint, record_server_name
@@ -35,17 +35,25 @@ _logger = logging.getLogger("dsqlkit.testing")
 
 def make_tls_context(workdir: Path, host: str) -> ssl.SSLContext:
     """A throwaway CA (written to ``ca.pem``) and a server certificate for ``host``."""
+    return make_tls_contexts(workdir, [host])[0]
+
+
+def make_tls_contexts(workdir: Path, hosts: list[str]) -> list[ssl.SSLContext]:
+    """A throwaway CA (written to ``ca.pem``) and a server certificate for each of ``hosts``."""
     import trustme
 
     ca = trustme.CA(key_type=trustme.KeyType.ECDSA)
-    server = ca.issue_cert(host, key_type=trustme.KeyType.ECDSA)
     ca.cert_pem.write_to_path(str(workdir / "ca.pem"))
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    server.configure_cert(context)
-    context.set_alpn_protocols(["postgresql"])
-    context.sni_callback = record_server_name
-    return context
+    contexts = []
+    for host in hosts:
+        server = ca.issue_cert(host, key_type=trustme.KeyType.ECDSA)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        server.configure_cert(context)
+        context.set_alpn_protocols(["postgresql"])
+        context.sni_callback = record_server_name
+        contexts.append(context)
+    return contexts
 
 
 def sql_resource(name: str) -> str:
@@ -92,10 +100,12 @@ def credentials_from(config: dict[str, Any]) -> dict[str, Credentials]:
 
 
 class Controller:
-    """Applies control requests to the endpoint, on its event loop."""
+    """Applies control requests to the endpoints (one per Region), on their event loop."""
 
-    def __init__(self, endpoint: Endpoint, backend: str = "") -> None:
-        self.endpoint = endpoint
+    def __init__(self, endpoint: Endpoint | list[Endpoint], backend: str = "") -> None:
+        self.endpoints = endpoint if isinstance(endpoint, list) else [endpoint]
+        #: The first endpoint (the only one of a single-Region cluster).
+        self.endpoint = self.endpoints[0]
         #: Conninfo of the endpoint's own connection to PostgreSQL ("": no checks).
         self.backend = backend
 
@@ -108,18 +118,28 @@ class Controller:
                 "LocalDsql"
             )
 
+    def _target(self, request: dict[str, Any]) -> Endpoint:
+        index = int(request.get("endpoint", 0))
+        if not 0 <= index < len(self.endpoints):
+            raise ValueError(f"no endpoint number {index}: there are {len(self.endpoints)}")
+        return self.endpoints[index]
+
     async def handle(self, op: Op, request: dict[str, Any]) -> dict[str, Any]:
-        endpoint = self.endpoint
+        endpoint = self._target(request)
         faults = endpoint.faults
         if op is Op.COUNTERS:
-            return {"counters": endpoint.counters.snapshot(len(endpoint.sessions))}
+            counters = endpoint.counters.snapshot(len(endpoint.sessions))
+            counters["impaired"] = endpoint.impairment
+            return {"counters": counters}
         if op is Op.DROP_CONNECTIONS:
             return {"dropped": await endpoint.drop_all()}
         if op is Op.REFUSE_CONNECTIONS:
             faults.refuse_until = time.monotonic() + float(request["seconds"])
             faults.refuse_code = str(request["code"])
             return {}
-        if op in (Op.COMMIT_FAULT, Op.STATEMENT_FAULT):
+        if op in (Op.COMMIT_FAULT, Op.STATEMENT_FAULT) or (
+            op is Op.IMPAIR and request.get("kind") == "errors"
+        ):
             await self._require_machinery()
         if op is Op.COMMIT_FAULT:
             faults.commit_faults.append(
@@ -139,63 +159,97 @@ class Controller:
                 )
             )
             return {}
+        if op is Op.IMPAIR:
+            kind = request["kind"]
+            errors = None
+            if kind == "errors":
+                errors = ErrorShare(
+                    share=float(request["share"]),
+                    kinds=tuple(request["errors"]),
+                    statements=bool(request["statements"]),
+                    commits=bool(request["commits"]),
+                    committed=float(request["committed"]),
+                    seed=request.get("seed"),
+                )
+            affected = await endpoint.impair(kind, live=request["live"], errors=errors)
+            return {"affected": affected}
+        if op is Op.HEAL:
+            await endpoint.heal()
+            return {}
         if op is Op.ADD_IDENTITY:
-            endpoint.add_identity(
-                Credentials(request["access_key_id"], request["secret"], request["arn"])
-            )
+            for each in self.endpoints:
+                each.add_identity(
+                    Credentials(request["access_key_id"], request["secret"], request["arn"])
+                )
             return {}
         if op is Op.SET_MAX_CONNECTION_AGE:
-            endpoint.config.max_connection_age = float(request["seconds"])
+            for each in self.endpoints:
+                each.config.max_connection_age = float(request["seconds"])
             return {}
         if op is Op.SET_TRANSACTION_AGE_LIMIT:
-            endpoint.config.transaction_age_limit = float(request["seconds"])
+            for each in self.endpoints:
+                each.config.transaction_age_limit = float(request["seconds"])
             return {}
         if op is Op.RESET:
-            faults.reset()
-            endpoint.config.max_connection_age = float(request["max_connection_age"])
-            endpoint.config.transaction_age_limit = float(request["transaction_age_limit"])
+            for each in self.endpoints:
+                await each.heal()
+                each.faults.reset()
+                each.config.max_connection_age = float(request["max_connection_age"])
+                each.config.transaction_age_limit = float(request["transaction_age_limit"])
             return {}
         raise ValueError(f"unknown operation {op!r}")
+
+
+def endpoint_specs(config: dict[str, Any]) -> list[dict[str, Any]]:
+    """One ``{"host", "region", "port"}`` per endpoint (an older configuration has one)."""
+    specs = config.get("endpoints")
+    if specs:
+        return list(specs)
+    return [{"host": config["host"], "region": config["region"], "port": config.get("port", 0)}]
 
 
 async def serve(
     config: dict[str, Any], server: EmbeddedPostgres, lines: asyncio.Queue[str | None]
 ) -> None:
     workdir = Path(config["workdir"])
-    endpoint: Endpoint | None = None
+    endpoints: list[Endpoint] = []
     try:
         bootstrap(server, dsql_rules=bool(config.get("dsql_rules", True)))
-        tls = make_tls_context(workdir, config["host"])
+        specs = endpoint_specs(config)
+        contexts = make_tls_contexts(workdir, [spec["host"] for spec in specs])
         credentials = credentials_from(config)
-        endpoint = Endpoint(
-            EndpointConfig(
-                host=config["host"],
-                region=config["region"],
-                credentials=credentials,
-                backend_socket=str(server.socket_path),
-                max_connection_age=float(config["max_connection_age"]),
-                dsql_rules=bool(config.get("dsql_rules", True)),
-                transaction_age_limit=float(config.get("transaction_age_limit", 300.0)),
-                # An older configuration has one identity: it is the default one.
-                default_access_key=str(
-                    config.get("default_access_key") or next(iter(credentials), "")
+        # An older configuration has one identity: it is the default one.
+        default_key = str(config.get("default_access_key") or next(iter(credentials), ""))
+        for spec, tls in zip(specs, contexts, strict=True):
+            endpoint = Endpoint(
+                EndpointConfig(
+                    host=spec["host"],
+                    region=spec["region"],
+                    # One dict for all: an identity added later is trusted everywhere.
+                    credentials=credentials,
+                    backend_socket=str(server.socket_path),
+                    max_connection_age=float(config["max_connection_age"]),
+                    dsql_rules=bool(config.get("dsql_rules", True)),
+                    transaction_age_limit=float(config.get("transaction_age_limit", 300.0)),
+                    default_access_key=default_key,
+                    strict_iam=bool(config.get("strict_iam", False)),
+                    require_sni=bool(config.get("require_sni", False)),
                 ),
-                strict_iam=bool(config.get("strict_iam", False)),
-                require_sni=bool(config.get("require_sni", False)),
-            ),
-            tls,
-        )
-        port = await endpoint.start(int(config.get("port", 0)))
+                tls,
+            )
+            endpoints.append(endpoint)
+            await endpoint.start(int(spec.get("port", 0)))
         _reply(
             control.answer(
-                port=port,
+                port=endpoints[0].port,
+                ports=[endpoint.port for endpoint in endpoints],
                 ca_file=str(workdir / "ca.pem"),
                 backend_port=server.port,
                 backend_socket_dir=str(server.socket_dir),
                 postgres_pid=server.pid,
             )
         )
-        controller = Controller(endpoint, backend_conninfo(server))
+        controller = Controller(endpoints, backend_conninfo(server))
         while (line := await lines.get()) is not None:
             try:
                 op, request = control.read_request(line)
@@ -208,7 +262,7 @@ async def serve(
         _logger.exception("local endpoint failed")
         _reply(control.failure(exc))
     finally:
-        if endpoint is not None:
+        for endpoint in endpoints:
             await endpoint.close()
 
 

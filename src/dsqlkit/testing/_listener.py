@@ -17,8 +17,9 @@ import contextlib
 import logging
 import socket
 import ssl
+import struct
 import time
-from typing import Any
+from typing import Any, Literal
 
 from . import _wire as wire
 from ._context import EndpointConfig, SessionContext
@@ -29,6 +30,7 @@ from ._faults import (
     PLAINTEXT_SQLSTATE,
     REFUSAL_MESSAGES,
     UNKNOWN_ROLE_SQLSTATE,
+    ErrorShare,
 )
 from ._internal import SCHEMA as INTERNAL_SCHEMA
 from ._policy import new_session
@@ -50,8 +52,20 @@ def record_server_name(ssl_object: Any, server_name: str | None, context: Any) -
         setattr(ssl_object, SNI_ATTRIBUTE, server_name)
 
 
+#: What an impaired endpoint does (see `Endpoint.impair`).
+Impairment = Literal["refuse", "hang", "drop", "errors"]
+IMPAIRMENTS: tuple[Impairment, ...] = ("refuse", "hang", "drop", "errors")
+#: What an impairment does to the connections already open: drop them, leave them working,
+#: or hang them (nothing relayed either way any more).
+LiveConnections = Literal["drop", "keep", "hang"]
+
+
 class Endpoint:
-    """Listens on 127.0.0.1 and serves one `Session` per client connection."""
+    """Listens on 127.0.0.1 and serves one `Session` per client connection.
+
+    A multi-Region `LocalDsql` runs one per Region, in one process, over one PostgreSQL
+    server: each with its own host name, Region, certificate, counters and faults.
+    """
 
     def __init__(self, config: EndpointConfig, tls: ssl.SSLContext) -> None:
         self.context = SessionContext(config)
@@ -61,20 +75,93 @@ class Endpoint:
         self.faults = self.context.faults
         self.sessions: set[Relay] = set()
         self.port = 0
+        #: The current impairment (``errors`` lives in `faults`, the others here).
+        self.impairment: Impairment | None = None
+        #: Connections accepted while hanging: never answered.
+        self._held: set[socket.socket] = set()
         self._listener: socket.socket | None = None
         self._accept_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self, port: int = 0) -> int:
+        self._listen(port)
+        return self.port
+
+    def _listen(self, port: int) -> None:
         listener = socket.socket()
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", port))
+        try:
+            listener.bind(("127.0.0.1", port))
+        except OSError:
+            listener.close()
+            raise
         listener.listen(1024)
         listener.setblocking(False)
         self._listener = listener
         self.port = listener.getsockname()[1]
         self._accept_task = asyncio.get_running_loop().create_task(self._accept_loop())
-        return self.port
+
+    async def _stop_listening(self) -> None:
+        """Close the listening socket: connects are refused by the kernel (ECONNREFUSED)."""
+        task, self._accept_task = self._accept_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.close()
+
+    # -- impairments -----------------------------------------------------------------------
+
+    async def impair(
+        self, kind: Impairment, *, live: LiveConnections, errors: ErrorShare | None = None
+    ) -> int:
+        """Impair this endpoint until `heal`; returns how many live connections were dropped
+        or hung.
+
+        ``refuse``: the listening socket is closed, so connects fail with ECONNREFUSED, as
+        when nothing answers at the endpoint's address. ``hang``: connections are accepted
+        and never answered (no TLS, no startup). ``drop``: every live connection is dropped
+        now, and every new one right after it is accepted. ``errors``: ``errors`` (a share of
+        statements and COMMITs fail with transient errors). ``live`` says what happens to
+        the connections open now (``drop`` always drops them).
+        """
+        await self.heal()
+        if kind == "refuse":
+            await self._stop_listening()
+        elif kind == "errors":
+            assert errors is not None
+            self.faults.errors = errors
+        self.impairment = kind
+        if kind == "drop":
+            live = "drop"
+        if live == "drop":
+            return await self.drop_all()
+        if live == "hang":
+            sessions = list(self.sessions)
+            for session in sessions:
+                session.freeze()
+            return len(sessions)
+        return 0
+
+    async def heal(self) -> None:
+        """End the impairment now. After ``refuse`` the endpoint listens again on the same
+        port; after ``hang`` the connections it held (new or frozen) are dropped."""
+        kind, self.impairment = self.impairment, None
+        if kind == "refuse" and self._listener is None:
+            self._listen(self.port)
+        elif kind == "errors":
+            self.faults.errors = None
+        held, self._held = self._held, set()
+        for sock in held:
+            _reset(sock)
+        frozen = [session for session in self.sessions if session.frozen]
+        for session in frozen:
+            session.abort()
+        if frozen:
+            self.counters.connections_dropped += len(frozen)
+            await asyncio.wait([session.closed for session in frozen], timeout=2.0)
 
     def add_identity(self, credentials: Credentials) -> None:
         """Trust another signing identity from now on."""
@@ -87,6 +174,14 @@ class Endpoint:
             sock, _ = await loop.sock_accept(self._listener)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self.counters.connections_accepted += 1
+            if self.impairment == "hang":
+                self.counters.connections_hung += 1
+                self._held.add(sock)
+                continue
+            if self.impairment == "drop":
+                self.counters.connections_dropped += 1
+                _reset(sock)
+                continue
             task = loop.create_task(self._serve(sock))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -199,12 +294,10 @@ class Endpoint:
         return len(sessions)
 
     async def close(self) -> None:
-        if self._accept_task:
-            self._accept_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._accept_task
-        if self._listener:
-            self._listener.close()
+        await self._stop_listening()
+        for sock in self._held:
+            sock.close()
+        self._held.clear()
         for session in list(self.sessions):
             session.abort()
         for task in list(self._tasks):
@@ -363,6 +456,13 @@ class Startup:
                     answer = wire.first_value(payload)
                 elif mtype == b"Z":
                     return answer == "t"
+
+
+def _reset(sock: socket.socket) -> None:
+    """Close a connection with a reset (RST), as a network failure would."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
 
 
 async def _peek(loop: asyncio.AbstractEventLoop, sock: socket.socket, size: int) -> bytes:

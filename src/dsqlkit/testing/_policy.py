@@ -19,7 +19,13 @@ from .._sqlrules import ClassifiedStatement, Refusal, classify
 from . import _wire as wire
 from ._context import SessionContext
 from ._copyscan import CsvEndOfData
-from ._faults import CONFLICT_MESSAGES, UNAVAILABLE_MESSAGE, UNAVAILABLE_SQLSTATE, UNFAULTED_KINDS
+from ._faults import (
+    CONFLICT_MESSAGES,
+    UNAVAILABLE_MESSAGE,
+    UNAVAILABLE_SQLSTATE,
+    UNFAULTED_KINDS,
+    StatementFault,
+)
 from ._internal import SCHEMA, resolve
 from ._occ_guard import OccGuard
 from ._relay import COMPLETES, Bound, Prepared, Relay, doom_literal
@@ -167,9 +173,14 @@ class StatementPolicy:
         statement = prepared.statement if prepared is not None else None
         self.unit_executes += 1
         self.occ.more_in_unit()
-        if self.context.faults.statement_faults and self._statement_fault(sql, statement):
-            self._refuse_execute(out, UNAVAILABLE)
-            return
+        if self.context.faults.statement_faults_possible:
+            fault = self._statement_fault(sql, statement)
+            if fault is not None:
+                if fault.kind == "drop":
+                    relay.abort()
+                    return
+                self._refuse_execute(out, _fault_refusal(fault))
+                return
         transform: Transform | None = None
         guard = None
         iam = iam_statement(sql) if statement is None else None
@@ -202,8 +213,16 @@ class StatementPolicy:
         transform: Transform | None = None
         if not self.rules:
             iam = iam_statement(sql)
-            if self.context.faults.statement_faults and self._statement_fault(sql, None):
-                payload = wire.cstring(_raise_sql(UNAVAILABLE))
+            hit = (
+                self._statement_fault(sql, None)
+                if self.context.faults.statement_faults_possible
+                else None
+            )
+            if hit is not None and hit.kind == "drop":
+                relay.abort()
+                return
+            if hit is not None:
+                payload = wire.cstring(_raise_sql(_fault_refusal(hit)))
             elif iam is not None and iam.rewrite is not None:
                 payload = wire.cstring(resolve(iam.rewrite))
                 transform = result_rewriter([(iam.tag, None)])
@@ -221,8 +240,16 @@ class StatementPolicy:
         fail_at: int | None = None
         faults = self.context.faults
         for statement in statements:
-            if faults.statement_faults and self._statement_fault(statement.text, statement):
-                pieces.append(_raise_sql(UNAVAILABLE))
+            hit = (
+                self._statement_fault(statement.text, statement)
+                if faults.statement_faults_possible
+                else None
+            )
+            if hit is not None:
+                if hit.kind == "drop":  # the connection is gone: nothing of it runs
+                    relay.abort()
+                    return
+                pieces.append(_raise_sql(_fault_refusal(hit)))
                 changed = True
                 break
             decision = self._decide(statement, out, extended=False, single=len(statements) == 1)
@@ -394,25 +421,44 @@ class StatementPolicy:
             counters.server_unavailable_injected += 1
         return fault.action
 
-    def _statement_fault(self, sql: str, statement: ClassifiedStatement | None) -> bool:
-        """Whether an armed statement fault hits this statement (and consume it if so)."""
+    def _statement_fault(
+        self, sql: str, statement: ClassifiedStatement | None
+    ) -> StatementFault | None:
+        """The armed statement fault (or ``errors`` impairment) this statement hits, if any
+        (consumed)."""
         relay = self.relay
         faults = self.context.faults
         if not sql or not faults.statement_fault_armed(relay.backend_pid):
-            return False
+            return None
         kinds = [statement.kind] if statement is not None else [s.kind for s in classify(sql)]
         if all(kind in UNFAULTED_KINDS for kind in kinds):
-            return False
-        if faults.take_statement_fault(relay.backend_pid) is None:
-            return False
-        self.context.counters.server_unavailable_injected += 1
-        _logger.info("fault: server unavailable instead of a statement")
-        return True
+            return None
+        fault = faults.take_statement_fault(relay.backend_pid)
+        if fault is None:
+            return None
+        counters = self.context.counters
+        if fault.kind == "drop":
+            counters.statement_drops += 1
+            _logger.info("fault: dropping connection instead of running a statement")
+        elif fault.kind == "conflict":
+            counters.statement_conflicts_injected += 1
+            _logger.info("fault: OCC conflict instead of a statement")
+        else:
+            counters.server_unavailable_injected += 1
+            _logger.info("fault: server unavailable instead of a statement")
+        return fault
 
     def _drop_after_commit(self) -> None:
         self.context.counters.commit_drops += 1
         _logger.info("fault: dropping connection after the backend committed")
         self.relay.abort()
+
+
+def _fault_refusal(fault: StatementFault) -> Refusal:
+    """The error a statement fault raises in the statement's place."""
+    if fault.kind == "conflict":
+        return Refusal("40001", CONFLICT_MESSAGES["OC000"])
+    return UNAVAILABLE
 
 
 def _unavailable_error() -> bytes:

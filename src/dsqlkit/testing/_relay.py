@@ -154,6 +154,8 @@ class Relay:
         self.barrier: asyncio.Event | None = None
         self.closing = False
         self.terminating = False
+        #: Hung by an impairment: nothing is relayed either way any more.
+        self.frozen = False
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._age_timer: asyncio.TimerHandle | None = None
         #: What the backend gets for one client message (the statement policy's hook).
@@ -194,6 +196,14 @@ class Relay:
         # The socket is closed on a later loop iteration; tell drop_all when it is.
         asyncio.get_running_loop().call_soon(self._mark_closed)
 
+    def freeze(self) -> None:
+        """Relay nothing more, either way, until the connection is dropped (a hung endpoint)."""
+        self.frozen = True
+
+    async def _stay_frozen(self) -> None:
+        """Wait until the connection is dropped (a pump returns: the relay is over)."""
+        await asyncio.shield(self.closed)
+
     def _mark_closed(self) -> None:
         if not self.closed.done():
             self.closed.set_result(None)
@@ -225,6 +235,9 @@ class Relay:
             data = await self.creader.read(CHUNK)
             if not data:
                 return
+            if self.frozen:
+                await self._stay_frozen()
+                return
             out = bytearray()
             for mtype, payload in buffer.feed(data):
                 self.on_client(mtype, payload, out)
@@ -249,6 +262,9 @@ class Relay:
         while True:
             data = await self.breader.read(CHUNK)
             if not data:
+                return
+            if self.frozen:
+                await self._stay_frozen()
                 return
             out = bytearray()
             for mtype, payload in buffer.feed(data):
