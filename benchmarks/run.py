@@ -77,6 +77,7 @@ ROWS = {
     "failover-refuse": "failover",
     "failover-hang": "failover",
     "failover-drop": "failover",
+    "failover-errors": "failover",
     "single-endpoint-read": "failover",
     "single-endpoint-read-cpu": "failover",
 }
