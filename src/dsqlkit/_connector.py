@@ -77,6 +77,7 @@ __all__ = [
     "Verdict",
     "check_seconds",
     "check_timeout",
+    "connection_state",
 ]
 
 _logger = logging.getLogger("dsqlkit.pool")
@@ -178,6 +179,7 @@ class _ConnectionState:
         "created_mono",
         "created_wall",
         "fork_generation",
+        "out_mono",
         "poller",
         "spread",
         "target",
@@ -188,8 +190,10 @@ class _ConnectionState:
     def __init__(self, fd: int, target: Target) -> None:
         mono, wall = time.monotonic(), time.time()
         self.target = target
-        #: Where in a gradual failback's spread this connection retires (0..1).
+        #: Where in a gradual failback's spread this connection retires (0..1), and when it
+        #: was last handed out (several endpoints only: read by `dsqlkit._watch`).
         self.spread = 0.0
+        self.out_mono = mono
         self.fork_generation = _fork_generation
         self.created_mono = self.used_mono = mono
         self.created_wall = self.used_wall = wall
@@ -421,7 +425,12 @@ class Connector:
             "liveness_probes",
         ]
         if self.multi:
-            names += ["failovers", "failbacks", "connections_moved_at_checkout"]
+            names += [
+                "failovers",
+                "failbacks",
+                "connections_moved_at_checkout",
+                "connections_cut",
+            ]
         self.counters = Counters(names)
         self.retry_stats = RetryStats()
         #: Called with a permanent error so the owner can fail its waiting clients at once.
@@ -442,6 +451,8 @@ class Connector:
         #: When the last failback happened (both clocks), for the gradual retirement.
         self._failback_mono: float | None = None
         self._failback_wall = 0.0
+        #: Starts the watch over connections in use (`dsqlkit._watch`), set by the owner.
+        self.start_watch: Callable[[], None] | None = None
         self._by_address: dict[tuple[bytes, bytes], Target] = {}
         for target in self.targets:
             target.plan = self._plan_for(target, timeout)
@@ -611,6 +622,15 @@ class Connector:
             "failback" if back else reason,
         )
 
+    def avoided(self, target: Target) -> bool:
+        """Whether new connections avoid ``target`` (impaired, not the current target, not
+        being probed): connections to it waiting for an answer are cut."""
+        return self._moved(target)
+
+    def probe_failed(self, target: Target, exc: BaseException) -> None:
+        """A health probe (a connect by `dsqlkit._watch`) to ``target`` failed."""
+        self._failed(target, exc)
+
     def _moved(self, target: Target) -> bool:
         """Whether a connect to ``target`` should go elsewhere: ``target`` is impaired (not
         probed) and another is current."""
@@ -665,6 +685,7 @@ class Connector:
 
     def _verdict_moved(self, state: _ConnectionState, mono: float, wall: float) -> bool:
         """With several endpoints: whether a connection must go although it is fine."""
+        state.out_mono = mono
         target = state.target
         current = self.target
         if target is not current:
@@ -801,6 +822,8 @@ class Connector:
         if self.multi:
             state.spread = random.random()  # noqa: S311 - a spread, not a secret
             self._connected(target)
+            if self.start_watch is not None:
+                self.start_watch()
 
     def inherited(self, conn: Any) -> bool:
         """Whether ``conn`` was made by the parent of this fork child (its session is the
@@ -927,6 +950,12 @@ class Connector:
         self.closing.clear()
         self.clear_errors()
         self._lock = threading.Lock()
+
+
+def connection_state(conn: Any) -> _ConnectionState | None:
+    """What the connector knows of ``conn`` (None for a connection it did not make)."""
+    state: _ConnectionState | None = getattr(conn, _STATE, None)
+    return state
 
 
 def _targets(endpoint: Endpoints, options: DsqlOptions) -> tuple[Target, ...]:
