@@ -10,11 +10,12 @@ several endpoints, a thread looks at the connections in use a few times a second
   is cut (its socket shut down, never closed under its owner's feet): its owner gets a
   lost-connection error at once, and the executor re-runs the unit of work on the healthy
   endpoint, or raises `CommitOutcomeUnknown` when COMMIT was in flight;
-- a connection waiting longer than ``failover_timeout`` sends the watch to probe its
-  endpoint with a connect (bounded by ``failover_timeout``; at most one per endpoint at a
-  time). A probe that connects clears the suspicion (the statement is just slow); one that
-  fails counts as a failed connect, and a probe that gets no answer marks the endpoint
-  impaired at once, which cuts the waiting connections at the next look.
+- a connection waiting longer than half of ``failover_timeout`` sends the watch to probe
+  its endpoint with a connect (bounded by ``failover_timeout``; at most one per endpoint per
+  ``failover_timeout``, none while a probe that answered since the statement started
+  vouches for the endpoint). A probe that connects clears the suspicion (the statement is
+  just slow); one that fails counts as a failed connect, and a probe that gets no answer
+  marks the endpoint impaired at once, which cuts the waiting connections at the next look.
 
 Nothing here runs for a single-endpoint pool.
 """
@@ -41,6 +42,8 @@ _logger = logging.getLogger("dsqlkit.pool")
 _ACTIVE = pq.TransactionStatus.ACTIVE
 #: Seconds between two looks at the connections in use.
 TICK = 0.1
+#: A statement waiting this share of ``failover_timeout`` makes the watch probe its endpoint.
+SUSPECT_AFTER = 0.5
 
 
 def watch(connector: Connector) -> None:
@@ -66,7 +69,8 @@ def watch(connector: Connector) -> None:
 
 
 def _run(ref: weakref.ref[Connector]) -> None:
-    probes: dict[int, float] = {}  # id(target) -> when its last probe connected
+    # id(target) -> when its last probe started, and when the last one that connected ended.
+    probes: dict[int, tuple[float, float]] = {}
     while True:
         connector = ref()
         if connector is None or connector.closing.is_set():
@@ -81,26 +85,30 @@ def _run(ref: weakref.ref[Connector]) -> None:
             return
 
 
-def _look(connector: Connector, probes: dict[int, float]) -> None:
+def _look(connector: Connector, probes: dict[int, tuple[float, float]]) -> None:
     now = time.monotonic()
+    patience = connector.failover_timeout * SUSPECT_AFTER
     suspects: dict[int, Target] = {}
     for conn in list(connector.connections):
         state = connection_state(conn)
-        if state is None or conn.closed:
-            continue
-        if not _waiting(conn):
+        if state is None or conn.closed or not _waiting(conn):
             continue  # idle, or between statements: nothing to wait for
         target = state.target
         if connector.avoided(target):
             _cut(connector, conn, target)
-        elif (
-            now - state.out_mono >= connector.failover_timeout
-            and probes.get(id(target), 0.0) < state.out_mono
+            continue
+        started, answered = probes.get(id(target), (-1e9, -1e9))
+        if (
+            now - state.out_mono >= patience
+            and answered < state.out_mono  # no probe has answered since it started waiting
+            and now - started >= connector.failover_timeout  # one probe at a time, at most
         ):
             suspects[id(target)] = target
     for key, target in suspects.items():
+        started = time.monotonic()
+        probes[key] = (started, probes.get(key, (0.0, -1e9))[1])
         if _probe(connector, target):
-            probes[key] = time.monotonic()
+            probes[key] = (started, time.monotonic())
 
 
 def _waiting(conn: Any) -> bool:
