@@ -233,6 +233,7 @@ class Target:
         "plan",
         "rank",
         "tls",
+        "unanswered_mono",
     )
 
     def __init__(
@@ -262,6 +263,8 @@ class Target:
         #: When it was marked impaired (both clocks), or None.
         self.impaired_mono: float | None = None
         self.impaired_wall = 0.0
+        #: When a connect to it last got no answer at all (monotonic), or None.
+        self.unanswered_mono: float | None = None
 
     def describe(self) -> str:
         region = self.endpoint.region or "-"
@@ -531,11 +534,14 @@ class Connector:
         with self._lock:
             if classify_connect_error(exc) is not ConnectErrorKind.TRANSIENT:
                 return  # refused credentials, TLS or a database name: not the endpoint's health
+            timed_out = _TIMED_OUT in str(exc)
+            if timed_out:
+                target.unanswered_mono = time.monotonic()
             if target is self._probing:
                 self._probing = None
                 self._impair(target, "probe_failed", exc)
             elif target.impaired_mono is None:
-                if _TIMED_OUT in str(exc):
+                if timed_out:
                     # No answer at all within failover_timeout (or connect_timeout): the
                     # strongest sign there is, and the slowest to collect twice.
                     self._impair(target, "connect_timeout", exc)
@@ -622,10 +628,18 @@ class Connector:
             "failback" if back else reason,
         )
 
-    def avoided(self, target: Target) -> bool:
-        """Whether new connections avoid ``target`` (impaired, not the current target, not
-        being probed): connections to it waiting for an answer are cut."""
-        return self._moved(target)
+    def hung(self, target: Target) -> bool:
+        """Whether new connections avoid ``target`` and it has stopped answering (a connect
+        got no answer during this impairment): connections waiting on it are cut. (One that
+        refuses or drops connections is not: its open connections may still be working.)"""
+        unanswered = target.unanswered_mono
+        impaired = target.impaired_mono
+        return (
+            unanswered is not None
+            and impaired is not None
+            and unanswered >= impaired - self.failover_timeout
+            and self._moved(target)
+        )
 
     def probe_failed(self, target: Target, exc: BaseException) -> None:
         """A health probe (a connect by `dsqlkit._watch`) to ``target`` failed."""

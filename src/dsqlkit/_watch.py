@@ -6,10 +6,12 @@ no statement timeout is set. New connects to that endpoint time out (``failover_
 and fail over, but only when the pool happens to connect. So, for a pool or engine with
 several endpoints, a thread looks at the connections in use a few times a second:
 
-- a connection waiting for an answer (a statement in flight) to an endpoint that is impaired
-  is cut (its socket shut down, never closed under its owner's feet): its owner gets a
-  lost-connection error at once, and the executor re-runs the unit of work on the healthy
-  endpoint, or raises `CommitOutcomeUnknown` when COMMIT was in flight;
+- a connection waiting for an answer (a statement in flight for half of ``failover_timeout``
+  or more) to an endpoint that is impaired and has stopped answering (a connect to it got no
+  answer) is cut (its socket shut down, never closed under its owner's feet): its owner gets
+  a lost-connection error at once, and the executor re-runs the unit of work on the healthy
+  endpoint, or raises `CommitOutcomeUnknown` when COMMIT was in flight. Connections to an
+  endpoint that refuses or drops new connections are left alone: they may still work;
 - a connection waiting longer than half of ``failover_timeout`` sends the watch to probe
   its endpoint with a connect (bounded by ``failover_timeout``; at most one per endpoint per
   ``failover_timeout``, none while a probe that answered since the statement started
@@ -94,13 +96,14 @@ def _look(connector: Connector, probes: dict[int, tuple[float, float]]) -> None:
         if state is None or conn.closed or not _waiting(conn):
             continue  # idle, or between statements: nothing to wait for
         target = state.target
-        if connector.avoided(target):
+        if now - state.out_mono < patience:
+            continue
+        if connector.hung(target):
             _cut(connector, conn, target)
             continue
         started, answered = probes.get(id(target), (-1e9, -1e9))
         if (
-            now - state.out_mono >= patience
-            and answered < state.out_mono  # no probe has answered since it started waiting
+            answered < state.out_mono  # no probe has answered since it started waiting
             and now - started >= connector.failover_timeout  # one probe at a time, at most
         ):
             suspects[id(target)] = target
