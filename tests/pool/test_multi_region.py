@@ -486,3 +486,28 @@ def test_a_write_through_one_region_is_read_after_failover(cluster: Cluster) -> 
         cluster.impair(0, "refuse")
         assert repo.scalar(f"SELECT region FROM {table} WHERE id = 1") == "before"
         assert server_host(pool) == cluster.host(1)
+
+
+# -- entry points -----------------------------------------------------------------------------
+
+
+def test_connect_and_shared_pool_span_every_region(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = dsqlkit.connect(cluster.local)
+    try:
+        assert repo.scalar("SELECT 1") == 1
+        assert len(repo.pool.endpoints) == 2  # type: ignore[attr-defined]
+    finally:
+        repo.close()
+    for name, value in cluster.local.environment().items():
+        monkeypatch.setenv(name, value)
+    try:
+        pool = dsqlkit.shared_pool(min_size=1, max_size=2, cool_down=COOL_DOWN)
+        repo = Repository(pool)
+        assert [s.region for s in pool.endpoints] == ["us-east-1", "us-east-2"]
+        cluster.impair(0, "refuse")
+        assert repo.scalar("SELECT 2") == 2
+        assert server_host(pool) == cluster.host(1)
+    finally:
+        dsqlkit.close_shared_pools()
