@@ -511,3 +511,41 @@ def test_connect_and_shared_pool_span_every_region(
         assert server_host(pool) == cluster.host(1)
     finally:
         dsqlkit.close_shared_pools()
+
+
+# -- both clocks (pure) -------------------------------------------------------------------------
+
+
+def test_a_cool_down_counts_time_on_either_clock() -> None:
+    """A frozen process (Lambda) may see its monotonic clock stand still while the wall clock
+    runs: the cool-down is over when either clock says so."""
+    from dsqlkit._connector import Target
+
+    pool = DsqlConnectionPool([HOST1, HOST2], token_provider=fake_token, open=False)
+    target: Target = pool._core.targets[0]
+    target.impaired_mono, target.impaired_wall = 100.0, 1000.0
+    assert target.cooling(30.0, mono=110.0, wall=1010.0) == pytest.approx(20.0)
+    assert target.cooling(30.0, mono=110.0, wall=1040.0) == 0.0  # frozen: wall moved on
+    assert target.cooling(30.0, mono=140.0, wall=1010.0) == 0.0  # wall clock set back
+
+
+def test_time_frozen_during_a_connect_does_not_time_it_out() -> None:
+    """A connect try's failover_timeout counts time waited, not time the process was frozen
+    (a gap between two wake-ups far longer than psycopg's 0.1 s)."""
+    from dsqlkit._connect import FROZEN_GAP, ConnectGuard
+
+    now = time.monotonic()
+    guard = ConnectGuard(threading_event(), deadline=now - 0.1, seconds=1.0, last=now - 5.0)
+    guard.check()  # a 5 s gap: frozen, the deadline moves on
+    assert guard.deadline is not None
+    assert guard.deadline > time.monotonic()
+    guard = ConnectGuard(threading_event(), deadline=now - 0.1, seconds=1.0, last=now)
+    with pytest.raises(psycopg.errors.ConnectionTimeout):
+        guard.check()
+    assert FROZEN_GAP >= 0.5
+
+
+def threading_event() -> Any:
+    import threading
+
+    return threading.Event()

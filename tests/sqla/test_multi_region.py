@@ -9,9 +9,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
+import psycopg
 import pytest
 
 pytest.importorskip("sqlalchemy")
@@ -138,3 +140,38 @@ async def test_async_engine_fails_over_and_back(
     finally:
         await engine.dispose()
     assert (stats["failovers"], stats["failbacks"]) == (1, 1)
+
+
+@pytest.mark.parametrize("kind", FAULTS)
+def test_transactional_reruns_through_the_peer_once(
+    local_dsql_multi_region: LocalDsql, kind: str
+) -> None:
+    """A unit whose statement meets the impairment (before COMMIT) re-runs through the
+    peer: one row, written through us-east-2."""
+    local = local_dsql_multi_region
+    east1, east2 = local.regions
+    table = f"mr_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(local.backend_conninfo, autocommit=True) as conn:
+        conn.execute(f"CREATE TABLE {table} (id int PRIMARY KEY, region text)")  # type: ignore[arg-type]
+    engine = dsa.create_engine(local.pool_endpoints(), **options(local, pool_size=1))
+    ran: list[str] = []
+
+    @dsa.transactional(engine)
+    def unit(conn: Any) -> None:
+        host = conn.connection.driver_connection.pgconn.host.decode()
+        ran.append(host)
+        if len(ran) == 1:
+            east1.impair(kind)  # type: ignore[arg-type]
+        conn.execute(text(f"INSERT INTO {table} VALUES (1, :h)"), {"h": host})
+
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        unit()
+    finally:
+        engine.dispose()
+    assert ran[0] == east1.host
+    assert ran[-1] == east2.host
+    with psycopg.connect(local.backend_conninfo) as conn:
+        rows = conn.execute(f"SELECT region FROM {table}").fetchall()  # type: ignore[arg-type]
+    assert rows == [(east2.host,)]
