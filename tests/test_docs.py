@@ -41,6 +41,7 @@ PAGES = {
     "gotchas.md": 0,
     "index.md": 0,
     "migrations.md": 1,
+    "multi-region.md": 2,
     "pool.md": 1,
     "reference.md": 0,
     "repository.md": 2,

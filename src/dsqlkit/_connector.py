@@ -77,6 +77,7 @@ __all__ = [
     "Verdict",
     "check_seconds",
     "check_timeout",
+    "connection_state",
 ]
 
 _logger = logging.getLogger("dsqlkit.pool")
@@ -178,6 +179,7 @@ class _ConnectionState:
         "created_mono",
         "created_wall",
         "fork_generation",
+        "out_mono",
         "poller",
         "spread",
         "target",
@@ -188,8 +190,10 @@ class _ConnectionState:
     def __init__(self, fd: int, target: Target) -> None:
         mono, wall = time.monotonic(), time.time()
         self.target = target
-        #: Where in a gradual failback's spread this connection retires (0..1).
+        #: Where in a gradual failback's spread this connection retires (0..1), and when it
+        #: was last handed out (several endpoints only: read by `dsqlkit._watch`).
         self.spread = 0.0
+        self.out_mono = mono
         self.fork_generation = _fork_generation
         self.created_mono = self.used_mono = mono
         self.created_wall = self.used_wall = wall
@@ -229,6 +233,7 @@ class Target:
         "plan",
         "rank",
         "tls",
+        "unanswered_mono",
     )
 
     def __init__(
@@ -258,6 +263,8 @@ class Target:
         #: When it was marked impaired (both clocks), or None.
         self.impaired_mono: float | None = None
         self.impaired_wall = 0.0
+        #: When a connect to it last got no answer at all (monotonic), or None.
+        self.unanswered_mono: float | None = None
 
     def describe(self) -> str:
         region = self.endpoint.region or "-"
@@ -421,7 +428,12 @@ class Connector:
             "liveness_probes",
         ]
         if self.multi:
-            names += ["failovers", "failbacks", "connections_moved_at_checkout"]
+            names += [
+                "failovers",
+                "failbacks",
+                "connections_moved_at_checkout",
+                "connections_cut",
+            ]
         self.counters = Counters(names)
         self.retry_stats = RetryStats()
         #: Called with a permanent error so the owner can fail its waiting clients at once.
@@ -442,6 +454,8 @@ class Connector:
         #: When the last failback happened (both clocks), for the gradual retirement.
         self._failback_mono: float | None = None
         self._failback_wall = 0.0
+        #: Starts the watch over connections in use (`dsqlkit._watch`), set by the owner.
+        self.start_watch: Callable[[], None] | None = None
         self._by_address: dict[tuple[bytes, bytes], Target] = {}
         for target in self.targets:
             target.plan = self._plan_for(target, timeout)
@@ -520,11 +534,14 @@ class Connector:
         with self._lock:
             if classify_connect_error(exc) is not ConnectErrorKind.TRANSIENT:
                 return  # refused credentials, TLS or a database name: not the endpoint's health
+            timed_out = _TIMED_OUT in str(exc)
+            if timed_out:
+                target.unanswered_mono = time.monotonic()
             if target is self._probing:
                 self._probing = None
                 self._impair(target, "probe_failed", exc)
             elif target.impaired_mono is None:
-                if _TIMED_OUT in str(exc):
+                if timed_out:
                     # No answer at all within failover_timeout (or connect_timeout): the
                     # strongest sign there is, and the slowest to collect twice.
                     self._impair(target, "connect_timeout", exc)
@@ -611,6 +628,23 @@ class Connector:
             "failback" if back else reason,
         )
 
+    def hung(self, target: Target) -> bool:
+        """Whether new connections avoid ``target`` and it has stopped answering (a connect
+        got no answer during this impairment): connections waiting on it are cut. (One that
+        refuses or drops connections is not: its open connections may still be working.)"""
+        unanswered = target.unanswered_mono
+        impaired = target.impaired_mono
+        return (
+            unanswered is not None
+            and impaired is not None
+            and unanswered >= impaired - self.failover_timeout
+            and self._moved(target)
+        )
+
+    def probe_failed(self, target: Target, exc: BaseException) -> None:
+        """A health probe (a connect by `dsqlkit._watch`) to ``target`` failed."""
+        self._failed(target, exc)
+
     def _moved(self, target: Target) -> bool:
         """Whether a connect to ``target`` should go elsewhere: ``target`` is impaired (not
         probed) and another is current."""
@@ -665,6 +699,7 @@ class Connector:
 
     def _verdict_moved(self, state: _ConnectionState, mono: float, wall: float) -> bool:
         """With several endpoints: whether a connection must go although it is fine."""
+        state.out_mono = mono
         target = state.target
         current = self.target
         if target is not current:
@@ -801,6 +836,8 @@ class Connector:
         if self.multi:
             state.spread = random.random()  # noqa: S311 - a spread, not a secret
             self._connected(target)
+            if self.start_watch is not None:
+                self.start_watch()
 
     def inherited(self, conn: Any) -> bool:
         """Whether ``conn`` was made by the parent of this fork child (its session is the
@@ -927,6 +964,12 @@ class Connector:
         self.closing.clear()
         self.clear_errors()
         self._lock = threading.Lock()
+
+
+def connection_state(conn: Any) -> _ConnectionState | None:
+    """What the connector knows of ``conn`` (None for a connection it did not make)."""
+    state: _ConnectionState | None = getattr(conn, _STATE, None)
+    return state
 
 
 def _targets(endpoint: Endpoints, options: DsqlOptions) -> tuple[Target, ...]:

@@ -42,6 +42,7 @@ from ._connector import (
 from ._errors import ConfigurationError
 from ._retry import RetryStats
 from ._telemetry import register_pool
+from ._watch import watch
 
 __all__ = ["AllOptions", "DsqlOptions", "DsqlPoolMixin", "PoolArguments", "PoolOptions"]
 
@@ -109,6 +110,7 @@ class DsqlPoolMixin(BasePool):
             endpoint, options=dsql, max_lifetime=max_lifetime, timeout=timeout, user_kwargs=kwargs
         )
         self._core.watch_fork()
+        watch(self._core)
         _pools.add(self)
         register_pool(self)
         _install_log_filter()

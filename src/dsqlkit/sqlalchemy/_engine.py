@@ -41,6 +41,7 @@ from .._connector import (
 )
 from .._errors import ConfigurationError
 from .._telemetry import checked_in, checked_out, metrics_on, register_engine
+from .._watch import watch
 from ._dialect import register
 from ._schema import commit_each_ddl
 
@@ -244,6 +245,7 @@ def _prepare(
         engine=True,
     )
     core.watch_fork()  # a fork child detaches the parent's connections (see _install_checks)
+    watch(core)  # several endpoints: cut connections waiting on an impaired one
     engine_url = URL.create(
         "dsql+psycopg",
         username=core.endpoint.user,
