@@ -166,8 +166,8 @@ class _EndpointFaults:
           dead endpoint's address. Open connections are dropped (``live="drop"``).
         - ``"hang"``: connects are accepted (TCP) and never answered: no TLS, no startup, so
           only the client's connect timeout ends them. Open connections hang too: nothing is
-          relayed either way any more (``live="hang"``), so only a client deadline (or TCP
-          keepalive) ends a statement in flight.
+          relayed either way any more (``live="hang"``), so only the client ends a statement
+          in flight (TCP keepalives do not: this host's kernel still answers them).
         - ``"drop"``: every open connection is dropped now, and every new one right after it
           is accepted (a TCP reset before TLS).
         - ``"errors"``: a ``share`` (0.0 to 1.0, default 0.5) of statements and of COMMITs
