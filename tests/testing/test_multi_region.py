@@ -406,3 +406,26 @@ def test_reset_heals_every_region(
     for region in regions:
         with connect(region) as conn:
             assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+@pytest.mark.parametrize(("error", "sqlstate"), [("unavailable", "XX000"), ("conflict", "40001")])
+def test_errors_hit_simple_queries_too(
+    regions: tuple[LocalRegion, LocalRegion], error: Any, sqlstate: str
+) -> None:
+    first, _ = regions
+    with connect(first, autocommit=True) as conn:
+        first.impair("errors", share=1.0, errors=[error])
+        result = conn.pgconn.exec_(b"SELECT 1; SELECT 2")  # the simple query protocol
+        assert result.error_field(psycopg.pq.DiagnosticField.SQLSTATE) == sqlstate.encode()
+        first.heal()
+        assert conn.execute("SELECT 3").fetchone() == (3,)
+
+
+def test_another_identity_signs_for_the_second_region(
+    regions: tuple[LocalRegion, LocalRegion], local_dsql_multi_region: LocalDsql
+) -> None:
+    _, second = regions
+    arn = "arn:aws:iam::111122223333:role/multi-region-test"
+    local_dsql_multi_region.iam_identity(arn)
+    with psycopg.connect(second.conninfo(identity=arn)) as conn:  # admin needs no mapping
+        assert conn.execute("SELECT current_user").fetchone() == ("admin",)
