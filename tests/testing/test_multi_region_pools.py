@@ -1,5 +1,5 @@
 """dsqlkit's pools and engines over a multi-Region `LocalDsql`, built with its own helpers
-(`pool()`, `async_pool()`, `pool_endpoints()`, `pool_options()`, `environment()`), failing
+(`pool()`, `async_pool()`, `pool_options()`, `environment()`), failing
 over on a Region impairment and back after `heal()`. (Failover itself, per fault kind, for
 every pool and engine, is tested in tests/pool, tests/sqla and tests/telemetry.)
 
@@ -99,25 +99,3 @@ async def test_async_pool_fails_over_and_back(local_dsql_multi_region: LocalDsql
         assert pool.endpoints[0].state == "impaired"
         await asyncio.to_thread(east1.heal)
         assert await _until_async(lambda: repo.transaction(port), east1.port)
-
-
-def test_sqlalchemy_engine_fails_over_and_back(local_dsql_multi_region: LocalDsql) -> None:
-    sa = pytest.importorskip("dsqlkit.sqlalchemy")
-    local = local_dsql_multi_region
-    east1, east2 = local.regions
-    engine = sa.create_engine(local.pool_endpoints(), **local.pool_options(cool_down=COOL_DOWN))
-
-    def unit() -> int:
-        with engine.connect() as conn:
-            conn.exec_driver_sql("SELECT 1")
-            return int(conn.connection.dbapi_connection.info.port)
-
-    try:
-        assert unit() == east1.port
-        east1.impair("drop")
-        assert _until(unit, east2.port)
-        assert sa.endpoints(engine)[0].state == "impaired"
-        east1.heal()
-        assert _until(unit, east1.port)
-    finally:
-        engine.dispose()
