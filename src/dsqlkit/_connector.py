@@ -4,9 +4,13 @@ Both pools and `dsqlkit.sqlalchemy`'s engines open connections through a `Connec
 of them writes connect or checkout code of its own. A connector owns:
 
 - its targets (`Target`): the endpoint, its TLS settings, the IAM token signer for its
-  Region, the connection parameters, and its health (the last connect error, and whether
-  retrying can cure it). Today a connector has exactly one target; a multi-Region connector
-  is an ordered tuple of them, and `Connector.target` is where the choice is made;
+  Region, the connection parameters, its connect plan and its health (the last connect
+  error, and whether retrying can cure it). One target for one endpoint; for the endpoints
+  of a multi-Region cluster, an ordered tuple of them (preferred first), and
+  `Connector.target` is where new connections go: a plain attribute, changed only by a
+  failover (a target whose connects keep failing is impaired for a cool-down) or a failback
+  (a probe connect to a more preferred target succeeded). A single-endpoint connector never
+  runs any of that: its hot paths read `Connector.multi` and nothing more;
 - the connect plan (`dsqlkit._connect`): retries on DSQL's 53300/53400 and network errors,
   one re-mint after an authentication failure, a deadline, and a flag that stops retries
   when the owner closes;
@@ -909,7 +913,10 @@ class Connector:
         return values
 
     def describe(self) -> str:
-        return self.target.describe()
+        if not self.multi:
+            return self.target.describe()
+        others = ", ".join(t.endpoint.host for t in self.targets if t is not self.target)
+        return f"{self.target.describe()} (other endpoints: {others})"
 
     def timeout_error(self, waited: float, what: str = "get a connection") -> PoolTimeout:
         """The `PoolTimeout` to raise (``from self.last_error``) after ``waited`` seconds (the
