@@ -4,9 +4,13 @@ Both pools and `dsqlkit.sqlalchemy`'s engines open connections through a `Connec
 of them writes connect or checkout code of its own. A connector owns:
 
 - its targets (`Target`): the endpoint, its TLS settings, the IAM token signer for its
-  Region, the connection parameters, and its health (the last connect error, and whether
-  retrying can cure it). Today a connector has exactly one target; a multi-Region connector
-  is an ordered tuple of them, and `Connector.target` is where the choice is made;
+  Region, the connection parameters, its connect plan and its health (the last connect
+  error, and whether retrying can cure it). One target for one endpoint; for the endpoints
+  of a multi-Region cluster, an ordered tuple of them (preferred first), and
+  `Connector.target` is where new connections go: a plain attribute, changed only by a
+  failover (a target whose connects keep failing is impaired for a cool-down) or a failback
+  (a probe connect to a more preferred target succeeded). A single-endpoint connector never
+  runs any of that: its hot paths read `Connector.multi` and nothing more;
 - the connect plan (`dsqlkit._connect`): retries on DSQL's 53300/53400 and network errors,
   one re-mint after an authentication failure, a deadline, and a flag that stops retries
   when the owner closes;
@@ -540,19 +544,23 @@ class Connector:
             if target is self._probing:
                 self._probing = None
                 self._impair(target, "probe_failed", exc)
-            elif target.impaired_mono is None:
-                if timed_out:
-                    # No answer at all within failover_timeout (or connect_timeout): the
-                    # strongest sign there is, and the slowest to collect twice.
-                    self._impair(target, "connect_timeout", exc)
-                elif target.consecutive_failures >= self.failover_after:
+            elif target.impaired_mono is None or target is self.target:
+                # (The current target may be impaired already: every other one was cooling
+                # down when it was marked. Each further failure looks for a way out again.)
+                if target.consecutive_failures >= self.failover_after:
                     self._impair(target, "connect_failed", exc)
+                elif timed_out and self._elsewhere(target) is not None:
+                    # No answer at all within failover_timeout (or connect_timeout): the
+                    # strongest sign there is, and the slowest to collect twice. (Not when
+                    # every other endpoint is cooling down: a slow answer from the last
+                    # healthy one, on an overloaded client, must not send it to a dead one.)
+                    self._impair(target, "connect_timeout", exc)
 
     def _gave_up(self, target: Target, exc: BaseException) -> None:
         """A connect to ``target`` gave up retrying (53300/53400 or network errors until the
         deadline): the endpoint is impaired, whatever the count."""
         with self._lock:
-            if target.impaired_mono is None:
+            if target.impaired_mono is None or target is self.target:
                 self._impair(target, "connect_gave_up", exc)
 
     def failed_permanently(self, exc: BaseException) -> None:
@@ -575,21 +583,25 @@ class Connector:
 
     # -- health and failover (several endpoints only) ----------------------------------------
 
+    def _elsewhere(self, target: Target) -> Target | None:
+        """The most preferred other target not cooling down, or None. Hold ``_lock``."""
+        mono, wall = time.monotonic(), time.time()
+        for other in self.targets:
+            if other is not target and other.cooling(self.cool_down, mono, wall) == 0.0:
+                return other
+        return None
+
     def _impair(self, target: Target, reason: str, exc: BaseException | None) -> None:
-        """Mark ``target`` impaired for the cool-down; move off it if it is the current one.
-        Hold ``_lock``."""
+        """Mark ``target`` impaired for the cool-down; if it is the current one, move to the
+        most preferred target not cooling down (none: stay, and look again at its next
+        failure: every endpoint is failing, and the one in use is as good as any). Hold
+        ``_lock``."""
         target.impaired_mono, target.impaired_wall = time.monotonic(), time.time()
         if target is not self.target:
             return
-        mono, wall = target.impaired_mono, target.impaired_wall
-        # The most preferred endpoint not cooling down; else the one that cools down first.
-        candidates = [t for t in self.targets if t is not target]
-        healthy = [t for t in candidates if t.cooling(self.cool_down, mono, wall) == 0.0]
-        if healthy:
-            chosen = healthy[0]
-        else:
-            chosen = min(candidates, key=lambda t: t.cooling(self.cool_down, mono, wall))
-        self._switch(target, chosen, reason, exc)
+        chosen = self._elsewhere(target)
+        if chosen is not None:
+            self._switch(target, chosen, reason, exc)
 
     def _switch(
         self, old: Target, new: Target, reason: str, exc: BaseException | None = None
@@ -909,7 +921,10 @@ class Connector:
         return values
 
     def describe(self) -> str:
-        return self.target.describe()
+        if not self.multi:
+            return self.target.describe()
+        others = ", ".join(t.endpoint.host for t in self.targets if t is not self.target)
+        return f"{self.target.describe()} (other endpoints: {others})"
 
     def timeout_error(self, waited: float, what: str = "get a connection") -> PoolTimeout:
         """The `PoolTimeout` to raise (``from self.last_error``) after ``waited`` seconds (the

@@ -66,7 +66,11 @@ class Cluster:
         return self.local.pool_endpoints()
 
     def options(self, **overrides: Any) -> dict[str, Any]:
-        options = self.local.pool_options(cool_down=COOL_DOWN, boto3_session=None)
+        # failover_timeout=2: a 1 s connect on an overloaded test machine must not count as
+        # a hang (the default, 1 s, is for real networks).
+        options = self.local.pool_options(
+            cool_down=COOL_DOWN, failover_timeout=2.0, boto3_session=None
+        )
         options["token_provider"] = Signer(self.local)
         options.update(overrides)
         return options
@@ -396,7 +400,7 @@ def test_a_hanging_endpoint_holds_a_connect_for_failover_timeout(
     """Connects that are accepted and never answered end after failover_timeout (not
     connect_timeout, 10 s, nor the pool's timeout, 30 s), and the pool fails over at once."""
     cluster.impair(0, "hang")
-    options = cluster.options(min_size=1, max_size=2, failover_timeout=0.3)
+    options = cluster.options(min_size=1, max_size=2, failover_timeout=0.5)
     with DsqlConnectionPool(cluster.endpoints, **options) as pool:
         assert server_host(pool) == cluster.host(1)
         status = pool.endpoints[0]
@@ -549,3 +553,29 @@ def threading_event() -> Any:
     import threading
 
     return threading.Event()
+
+
+def test_when_every_endpoint_fails_the_pool_moves_only_to_one_that_cooled_down() -> None:
+    """Pure: the decisions of `_failed` with made-up connect errors (no server)."""
+    pool = DsqlConnectionPool([HOST1, HOST2], token_provider=fake_token, open=False, cool_down=30)
+    core = pool._core
+    east1, east2 = core.targets
+    refused = psycopg.OperationalError("connection failed: Connection refused")
+    timeout = psycopg.errors.ConnectionTimeout("connection timeout expired")
+    core._failed(east1, refused)
+    assert core.target is east1  # one failure: not yet
+    core._failed(east1, refused)
+    assert core.target is east2  # two in a row: failover
+    # The peer is slow once while the preferred one cools down: no move back to it.
+    core._failed(east2, timeout)
+    assert core.target is east2
+    assert east2.impaired_mono is None
+    core._failed(east2, refused)  # the peer fails twice in a row: impaired, nowhere to go
+    assert core.target is east2
+    assert east2.impaired_mono is not None
+    east1.impaired_mono = (east1.impaired_mono or 0.0) - 31  # us-east-1 has cooled down
+    east1.impaired_wall -= 31
+    core._failed(east2, refused)  # the next failure finds the way out
+    assert core.target is east1
+    assert pool.get_stats()["failovers"] == 1
+    assert pool.get_stats()["failbacks"] == 1

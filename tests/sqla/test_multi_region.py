@@ -32,7 +32,8 @@ FAULTS = ["refuse", "hang", "drop"]
 
 
 def options(local: LocalDsql, **overrides: Any) -> dict[str, Any]:
-    return local.pool_options(cool_down=0.5, **overrides)
+    # failover_timeout=2: a slow connect on an overloaded test machine is not a hang.
+    return local.pool_options(cool_down=0.5, failover_timeout=2.0, **overrides)
 
 
 def wait_for(what: str, predicate: Callable[[], bool], timeout: float = 15.0) -> None:
