@@ -217,6 +217,8 @@ def test_a_single_endpoint_pool_keeps_its_stats_and_reports_one_endpoint() -> No
         assert "failovers" not in stats
         assert not [key for key in stats if key.startswith("endpoint.")]
     assert set(pool.get_stats()) == set(one.get_stats())
+    assert pool._core.start_watch is None  # no watch thread for one endpoint
+    assert not pool._core.multi
 
 
 def test_a_port_suffix_works_for_a_single_endpoint_too() -> None:
