@@ -257,12 +257,16 @@ class AsyncRepository(RepositoryBase):
             load.add_missing(present)
         state = LoadState(load, progress, show, workers, joined=joined)
 
-        transaction = self._executor.transaction  # opened and checked above: no per-chunk checks
+        executor = self._executor  # opened and checked above: no per-chunk checks
 
         async def work() -> None:
-            for chunk in state:
-                with state.settling(chunk) as outcome:
-                    outcome.written = int(await transaction(write, (load, *chunk), {}))
+            # Each worker runs its chunks on one connection (one session's caches, as a
+            # hand-written loop would), each chunk still its own OCC-retried transaction.
+            async with executor.holding() as held:
+                for chunk in state:
+                    with state.settling(chunk) as outcome:
+                        written = await executor.transaction(write, (load, *chunk), {}, held)
+                        outcome.written = int(written)
 
         with span("bulk load", self.pool, bulk_rows=state.todo_rows, bulk_chunks=state.chunks):
             await _aio.run_workers(work, state.workers)

@@ -296,3 +296,48 @@ def test_plan_cuts_the_same_chunks_with_or_without_sizing_each_row() -> None:
     assert cut[-1][1] == 12
     with pytest.raises(UsageError, match="row 1 is about"):
         chunks([(0, "a"), (1, "z" * (MAX_ROW_BYTES + 1))], chunk_rows=10, chunk_bytes=10**7)
+
+
+def test_a_worker_runs_its_chunks_on_one_connection(local_dsql: LocalDsql) -> None:
+    """Each worker keeps one pooled connection for its chunks (one session, as a hand-written
+    loop would), each chunk still its own transaction; the connection goes back at the end."""
+    with local_dsql.pool(min_size=4, max_size=4) as pool:
+        pool.wait()
+        repo = Repository(pool)
+        table = _table(repo)
+        before = pool.get_stats()["requests_num"]
+        result = repo.copy_rows(table, _rows(7001), columns=COLUMNS, show_progress=False)
+        assert result.chunks == 3
+        assert pool.get_stats()["requests_num"] - before == 1
+        result = repo.insert_many(table, _rows(9000), columns=COLUMNS, workers=2, chunk_rows=1000,
+                                  show_progress=False)  # fmt: skip
+        assert (result.written, result.chunks) == (1999, 9)
+        stats = pool.get_stats()
+        assert stats["requests_num"] - before == 3  # one per worker
+        assert stats["pool_available"] == stats["pool_size"] == 4
+
+
+def test_a_held_connection_lost_between_chunks_is_replaced(local_dsql: LocalDsql) -> None:
+    """The connection a worker keeps dies between two chunks: the next chunk's attempt fails
+    before anything is sent that could commit, runs again on a fresh connection, and the
+    load completes with every row once."""
+    with local_dsql.pool(min_size=2, max_size=2) as pool:
+        pool.wait()
+        repo = Repository(pool)
+        table = _table(repo)
+        rows = _rows(7001)
+        dropped: list[int] = []
+
+        def drop_after_first(progress: BulkProgress) -> None:
+            if progress.chunks_done == 1:
+                dropped.append(local_dsql.drop_connections())
+
+        result = repo.copy_rows(table, rows, columns=COLUMNS, progress=drop_after_first,
+                                show_progress=False)  # fmt: skip
+        assert dropped
+        assert dropped[0] >= 1
+        assert (result.written, result.chunks) == (7001, 3)
+        assert _stored(repo, table) == rows
+        assert repo.retry_stats["occ_disconnects_retried"] >= 1
+        stats = pool.get_stats()
+        assert stats["pool_available"] == stats["pool_size"]
