@@ -390,8 +390,15 @@ class AsyncExecutor:
         held = Held()
         try:
             yield held
-        finally:
-            await self.release(held)
+        finally:  # inline, not `release`: an interrupt at a call's entry would leak it
+            conn, held.conn = held.conn, None
+            if conn is not None:
+                try:
+                    await self.pool.putconn(conn)
+                except BaseException:
+                    if not_taken_back(conn, self.pool):
+                        await self.pool.putconn(conn)
+                    raise
 
     async def _checkout_held(self, held: Held) -> Any:
         conn = held.conn
@@ -404,7 +411,8 @@ class AsyncExecutor:
         return conn
 
     async def release(self, held: Held) -> None:
-        """Give ``held``'s connection back to the pool (if it has one)."""
+        """Give ``held``'s connection back to the pool (if it has one; if this is interrupted
+        before, `holding` gives it back at the end)."""
         conn, held.conn = held.conn, None
         if conn is None:
             return

@@ -392,8 +392,15 @@ class Executor:
         held = Held()
         try:
             yield held
-        finally:
-            self.release(held)
+        finally:  # inline, not `release`: an interrupt at a call's entry would leak it
+            conn, held.conn = held.conn, None
+            if conn is not None:
+                try:
+                    self.pool.putconn(conn)
+                except BaseException:
+                    if not_taken_back(conn, self.pool):
+                        self.pool.putconn(conn)
+                    raise
 
     def _checkout_held(self, held: Held) -> Any:
         conn = held.conn
@@ -406,7 +413,8 @@ class Executor:
         return conn
 
     def release(self, held: Held) -> None:
-        """Give ``held``'s connection back to the pool (if it has one)."""
+        """Give ``held``'s connection back to the pool (if it has one; if this is interrupted
+        before, `holding` gives it back at the end)."""
         conn, held.conn = held.conn, None
         if conn is None:
             return
