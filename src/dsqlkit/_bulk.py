@@ -427,7 +427,10 @@ def row_sizes(rows: list[tuple[Any, ...]]) -> list[int]:
     count = len(rows)
     fixed = VALUE_OVERHEAD * len(rows[0])
     totals: list[int] | None = None
-    for column in zip(*rows, strict=True):
+    for index in range(len(rows[0])):
+        # One column at a time through itemgetter: transposing with zip(*rows) would build a
+        # tuple iterator per row (and the garbage collector would walk every row, repeatedly).
+        column = list(map(operator.itemgetter(index), rows))
         kinds = set(map(type, column))
         size = _FIXED_SIZE.get(kinds.pop()) if len(kinds) == 1 else None
         if size is not None:
@@ -443,6 +446,32 @@ def row_sizes(rows: list[tuple[Any, ...]]) -> list[int]:
     if totals is None:
         return [fixed] * count
     return [size + fixed for size in totals]
+
+
+def largest_row_bound(rows: list[tuple[Any, ...]], *, exact_text: bool = False) -> int:
+    """A bound no `row_size` of ``rows`` exceeds (rows of one width), without a size per
+    row: per column, its one fixed size, or its largest value's size. Text counts 4 bytes a
+    character (UTF-8's most) unless ``exact_text`` and the column is all ASCII. A few C-level
+    passes per column."""
+    if not rows:
+        return 0
+    bound = VALUE_OVERHEAD * len(rows[0])
+    for index in range(len(rows[0])):
+        get = operator.itemgetter(index)  # no column list: each pass maps over the rows
+        kinds = set(map(type, map(get, rows)))
+        kind = kinds.pop() if len(kinds) == 1 else None
+        size = _FIXED_SIZE.get(kind) if kind is not None else None
+        if size is not None:
+            bound += size
+        elif kind is str:
+            longest = max(map(len, map(get, rows)))
+            ascii = exact_text and all(map(str.isascii, map(get, rows)))
+            bound += longest if ascii else 4 * longest
+        elif kind is bytes or kind is bytearray:
+            bound += max(map(len, map(get, rows)))
+        else:
+            bound += max(map(_value_size, map(get, rows)))
+    return bound
 
 
 def _other_size(value: Any, kind: type) -> int:
@@ -461,9 +490,15 @@ def _other_size(value: Any, kind: type) -> int:
 def _chunks(
     rows: list[tuple[Any, ...]], max_rows: int, max_bytes: int, ranges: list[tuple[int, int]]
 ) -> list[tuple[int, int]]:
+    limit = min(MAX_ROW_BYTES, max_bytes)
+    for exact_text in (False, True):
+        bound = largest_row_bound(rows, exact_text=exact_text)
+        if bound <= limit and bound * max_rows <= max_bytes:
+            # No row is too large and no chunk can reach the byte budget: cut by rows,
+            # without sizing every row (the common case, most of the planning time before).
+            return _by_rows(max_rows, ranges)
     sizes = row_sizes(rows)
     largest = max(sizes, default=0)
-    limit = min(MAX_ROW_BYTES, max_bytes)
     if largest > limit:
         index = next(i for i, size in enumerate(sizes) if size > limit)
         raise UsageError(
@@ -472,11 +507,7 @@ def _chunks(
             "split the value or store it elsewhere (e.g. S3) and keep a reference"
         )
     if largest * max_rows <= max_bytes:  # no chunk can reach the byte budget: cut by rows
-        return [
-            (start, min(start + max_rows, stop))
-            for first, stop in ranges
-            for start in range(first, stop, max_rows)
-        ]
+        return _by_rows(max_rows, ranges)
     chunks = []
     for first, stop in ranges:
         start, total = first, 0
@@ -488,6 +519,14 @@ def _chunks(
         if stop > start:
             chunks.append((start, stop))
     return chunks
+
+
+def _by_rows(max_rows: int, ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    return [
+        (start, min(start + max_rows, stop))
+        for first, stop in ranges
+        for start in range(first, stop, max_rows)
+    ]
 
 
 def progress_reporter(

@@ -58,7 +58,15 @@ from ._retry import (
 from ._telemetry import STATE, unit_started
 from ._transaction_sync import Transaction, guard_cursors
 
-__all__ = ["Executor", "autocommit", "call_once", "rollback_quietly", "run_attempts"]
+__all__ = [
+    "HOLD_SECONDS",
+    "Executor",
+    "Held",
+    "autocommit",
+    "call_once",
+    "rollback_quietly",
+    "run_attempts",
+]
 
 _IDLE = pq.TransactionStatus.IDLE
 _INERROR = pq.TransactionStatus.INERROR
@@ -228,6 +236,20 @@ def call_once(attempt: Attempt, fn: Callable[..., Any], args: Any, kwargs: Any) 
     return result
 
 
+#: How long a `Held` connection is kept before it goes back through the pool's checkout.
+HOLD_SECONDS = 5.0
+
+
+class Held:
+    """The connection a run of units keeps (`Executor.holding`), and until when."""
+
+    __slots__ = ("conn", "until")
+
+    def __init__(self) -> None:
+        self.conn: Any = None
+        self.until = 0.0
+
+
 class _ReadState:
     """What the attempts of one read share: the lost connection that left the first run's
     outcome unknown (from then on, only READ ONLY re-runs), and the attempts so far."""
@@ -251,11 +273,27 @@ class Executor:
 
     # -- transactions ------------------------------------------------------------------------
 
-    def transaction(self, fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
-        """``fn(tx, *args, **kwargs)`` as one transaction, re-run whole on a conflict."""
+    def transaction(
+        self, fn: Callable[..., Any], args: Any, kwargs: Any, held: Held | None = None
+    ) -> Any:
+        """``fn(tx, *args, **kwargs)`` as one transaction, re-run whole on a conflict; on
+        ``held``'s connection (see `holding`) when given (such units are never gated as hot:
+        a bulk chunk's arguments do not hash)."""
         joined = joined_handle(self.pool)
         if joined is not None:  # nested on the same pool: join, and let the outer call retry
             return fn(joined, *args, **kwargs)
+        if held is not None:
+            return run_attempts(
+                self.policy,
+                self.stats,
+                self._held_transaction_once,
+                Scope.UNIT,
+                held,
+                fn,
+                args,
+                kwargs,
+                pool=self.pool,
+            )
         if self.policy.hot_seconds:
             return run_attempts(
                 self.policy,
@@ -303,26 +341,89 @@ class Executor:
         self, attempt: Attempt, fn: Callable[..., Any], args: Any, kwargs: Any
     ) -> Any:
         with self.pool.connection() as conn:
-            attempt.connection = conn
-            if conn.info.transaction_status != _IDLE:
-                conn.rollback()  # a dirty checkout must never nest (savepoints)
-            with autocommit(conn, False):
-                handle = Transaction(conn)
-                with joining(self.pool, handle):
-                    try:
-                        # psycopg's own transaction block, entered here (BEGIN: the round trip
-                        # the first statement would make anyway): inside it psycopg refuses
-                        # commit(), rollback() and autocommit, and a nested transaction() is a
-                        # SAVEPOINT (refused by DSQL, nothing written); the connection's
-                        # cursors refuse COMMIT, BEGIN, END, ... sent as SQL.
-                        with guard_cursors(conn), conn.transaction():
-                            result = _run_unit(fn, handle, args, kwargs)
-                            _check_still_open(conn, fn)
-                            attempt.writing = True
-                        return result
-                    except BaseException:
-                        rollback_quietly(conn)
-                        raise
+            return self._run_transaction(attempt, conn, fn, args, kwargs)
+
+    def _held_transaction_once(
+        self, attempt: Attempt, held: Held, fn: Callable[..., Any], args: Any, kwargs: Any
+    ) -> Any:
+        """One attempt on the connection ``held`` keeps; after a failure that may have left
+        it unusable, the next attempt takes another one from the pool."""
+        conn = self._checkout_held(held)
+        try:
+            return self._run_transaction(attempt, conn, fn, args, kwargs)
+        except BaseException:
+            if conn.closed or conn.broken or conn.info.transaction_status != _IDLE:
+                self.release(held)
+            raise
+
+    def _run_transaction(
+        self, attempt: Attempt, conn: Any, fn: Callable[..., Any], args: Any, kwargs: Any
+    ) -> Any:
+        attempt.connection = conn
+        if conn.info.transaction_status != _IDLE:
+            conn.rollback()  # a dirty checkout must never nest (savepoints)
+        with autocommit(conn, False):
+            handle = Transaction(conn)
+            with joining(self.pool, handle):
+                try:
+                    # psycopg's own transaction block, entered here (BEGIN: the round trip
+                    # the first statement would make anyway): inside it psycopg refuses
+                    # commit(), rollback() and autocommit, and a nested transaction() is a
+                    # SAVEPOINT (refused by DSQL, nothing written); the connection's
+                    # cursors refuse COMMIT, BEGIN, END, ... sent as SQL.
+                    with guard_cursors(conn), conn.transaction():
+                        result = _run_unit(fn, handle, args, kwargs)
+                        _check_still_open(conn, fn)
+                        attempt.writing = True
+                    return result
+                except BaseException:
+                    rollback_quietly(conn)
+                    raise
+
+    # -- one connection for many units (bulk workers) ----------------------------------------
+
+    @contextlib.contextmanager
+    def holding(self) -> Iterator[Held]:
+        """A `Held` connection for units run one after another (a bulk worker's chunks): they
+        run on one connection, as hand-written code would, instead of a different pooled
+        connection each (every session then warms its own caches for the same table and
+        statements). Given back to the pool at the end, whatever interrupts, and taken afresh
+        every `HOLD_SECONDS`, so the pool's checkout checks (age, liveness) keep running."""
+        held = Held()
+        try:
+            yield held
+        finally:  # inline, not `release`: an interrupt at a call's entry would leak it
+            conn, held.conn = held.conn, None
+            if conn is not None:
+                try:
+                    self.pool.putconn(conn)
+                except BaseException:
+                    if not_taken_back(conn, self.pool):
+                        self.pool.putconn(conn)
+                    raise
+
+    def _checkout_held(self, held: Held) -> Any:
+        conn = held.conn
+        if conn is not None:
+            if not conn.closed and not conn.broken and time.monotonic() < held.until:
+                return conn
+            self.release(held)
+        conn = held.conn = self.pool.getconn()
+        held.until = time.monotonic() + HOLD_SECONDS
+        return conn
+
+    def release(self, held: Held) -> None:
+        """Give ``held``'s connection back to the pool (if it has one; if this is interrupted
+        before, `holding` gives it back at the end)."""
+        conn, held.conn = held.conn, None
+        if conn is None:
+            return
+        try:
+            self.pool.putconn(conn)
+        except BaseException:
+            if not_taken_back(conn, self.pool):
+                self.pool.putconn(conn)
+            raise
 
     # -- reads and autocommit writes ---------------------------------------------------------
 
@@ -421,8 +522,10 @@ class Executor:
             if conn is not None:
                 try:
                     if not autocommit and not conn.closed and not conn.broken:
-                        with contextlib.suppress(psycopg.Error):
+                        try:  # noqa: SIM105 - cheaper than contextlib.suppress, on every read
                             conn.set_autocommit(False)
+                        except psycopg.Error:
+                            pass
                 finally:
                     try:
                         self.pool.putconn(conn)

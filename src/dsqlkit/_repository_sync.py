@@ -178,7 +178,7 @@ class Repository(RepositoryBase):
         load = plan(table, rows, columns=columns, key=key, update=None, upsert=False,
                     chunk_rows=chunk_rows, chunk_bytes=chunk_bytes, resume=resume,
                     settle=settle)  # fmt: skip
-        return self._load(load, _insert_chunk, workers, progress, show_progress)
+        return self._load("insert_many", load, _insert_chunk, workers, progress, show_progress)
 
     def upsert_many(
         self,
@@ -202,7 +202,7 @@ class Repository(RepositoryBase):
         load = plan(table, rows, columns=columns, key=key, update=update, upsert=True,
                     chunk_rows=chunk_rows, chunk_bytes=chunk_bytes, resume=resume,
                     settle=settle)  # fmt: skip
-        return self._load(load, _insert_chunk, workers, progress, show_progress)
+        return self._load("upsert_many", load, _insert_chunk, workers, progress, show_progress)
 
     def copy_rows(
         self,
@@ -233,11 +233,18 @@ class Repository(RepositoryBase):
         load = plan(table, rows, columns=columns, key=key, update=None, upsert=False,
                     chunk_rows=chunk_rows, chunk_bytes=chunk_bytes, resume=resume,
                     settle=settle, copy=True)  # fmt: skip
-        return self._load(load, _copy_chunk, workers, progress, show_progress)
+        return self._load("copy_rows", load, _copy_chunk, workers, progress, show_progress)
 
-    def _load(
-        self, load: BulkPlan, write: Any, workers: int, progress: Any, show: bool | None
+    def _load(  # noqa: PLR0917 - the repository's own call
+        self,
+        method: str,
+        load: BulkPlan,
+        write: Any,
+        workers: int,
+        progress: Any,
+        show: bool | None,
     ) -> BulkResult:
+        self._ensure_open(method)
         joined = joined_handle(self.pool) is not None
         if load.verify:  # chunks whose commit is unknown: load only their rows not in the table
             present: set[int] = set()
@@ -248,10 +255,16 @@ class Repository(RepositoryBase):
             load.add_missing(present)
         state = LoadState(load, progress, show, workers, joined=joined)
 
+        executor = self._executor  # opened and checked above: no per-chunk checks
+
         def work() -> None:
-            for chunk in state:
-                with state.settling(chunk) as outcome:
-                    outcome.written = int(self.transaction(write, load, *chunk))
+            # Each worker runs its chunks on one connection (one session's caches, as a
+            # hand-written loop would), each chunk still its own OCC-retried transaction.
+            with executor.holding() as held:
+                for chunk in state:
+                    with state.settling(chunk) as outcome:
+                        written = executor.transaction(write, (load, *chunk), {}, held)
+                        outcome.written = int(written)
 
         with span("bulk load", self.pool, bulk_rows=state.todo_rows, bulk_chunks=state.chunks):
             _sio.run_workers(work, state.workers)

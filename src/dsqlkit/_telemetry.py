@@ -69,6 +69,7 @@ _ATTEMPTS = (1, 2, 3, 4, 5, 7, 10, 15, 20)
 _KINDS = {
     "_transaction_once": "transaction",
     "_hot_transaction_once": "transaction",
+    "_held_transaction_once": "transaction",
     "_read_once": "read",
     "_write_once": "write",
     "_call_once": "call",

@@ -19,7 +19,7 @@ from dsqlkit import (
     Repository,
     UsageError,
 )
-from dsqlkit._bulk import MAX_ROW_BYTES, plan, row_size, row_sizes
+from dsqlkit._bulk import MAX_ROW_BYTES, largest_row_bound, plan, row_size, row_sizes
 from dsqlkit.testing import LocalDsql
 
 
@@ -251,3 +251,93 @@ def test_row_sizes_by_column_match_row_size() -> None:
     fixed = [(i, float(i), dt.date(2026, 1, 1)) for i in range(5)]
     assert row_sizes(fixed) == [row_size(fixed[0])] * 5
     assert row_sizes([]) == []
+
+
+def test_largest_row_bound_is_at_least_every_row_size() -> None:
+    """The planner cuts by rows without sizing each row only under this bound; it must never
+    be below a row's size (text that is not all ASCII is counted at 4 bytes a character)."""
+    samples = [
+        [(1, "plain", b"ab", 2.5, None, decimal.Decimal("1.5")),
+         (2, "héhé", b"", 3.5, None, decimal.Decimal("12345.678")),
+         (3, "", b"xyz", 0.0, None, decimal.Decimal("0"))],
+        [(1, "a", uuid.uuid4()), ("two", None, uuid.uuid4()), (3.0, b"bb", None)],
+        [(i, float(i), dt.date(2026, 1, 1)) for i in range(5)],
+        [("€" * 10, bytearray(4)), ("x" * 30, bytearray(1))],
+        [(True, "ascii only"), (False, "x")],
+    ]  # fmt: skip
+    for rows in samples:
+        largest = max(row_sizes(rows))
+        assert largest_row_bound(rows) >= largest
+        assert largest_row_bound(rows, exact_text=True) >= largest
+    assert largest_row_bound([(1, "abc")], exact_text=True) == row_size((1, "abc"))
+    assert largest_row_bound([]) == 0
+
+
+def test_plan_cuts_the_same_chunks_with_or_without_sizing_each_row() -> None:
+    """Rows near the byte budget are cut by size; small rows by count; a row above 2 MiB is
+    refused before any write, whether or not the bound lets the planner skip sizing."""
+
+    def chunks(rows: list[tuple[Any, ...]], **options: Any) -> list[tuple[int, int]]:
+        return plan("t", rows, columns=("id", "v"), key=None, update=None, upsert=False,
+                    copy=True, **options).chunks  # fmt: skip
+
+    small = [(i, "x" * 10) for i in range(10)]
+    assert chunks(small, chunk_rows=4, chunk_bytes=10**6) == [(0, 4), (4, 8), (8, 10)]
+    # non-ASCII text: the bound (4 bytes a character) is over budget; sized row by row, it fits
+    accents = [(i, "é" * 100) for i in range(10)]
+    budget = 4 * row_size(accents[0])
+    assert chunks(accents, chunk_rows=4, chunk_bytes=budget) == [(0, 4), (4, 8), (8, 10)]
+    # rows of different sizes near the budget: cut by bytes, as row by row
+    mixed = [(i, "y" * (100 if i % 3 else 1000)) for i in range(12)]
+    sizes = [row_size(r) for r in mixed]
+    cut = chunks(mixed, chunk_rows=3000, chunk_bytes=2000)
+    assert all(sum(sizes[s:e]) <= 2000 for s, e in cut)
+    assert [s for s, _ in cut][1:] == [e for _, e in cut][:-1]
+    assert cut[-1][1] == 12
+    with pytest.raises(UsageError, match="row 1 is about"):
+        chunks([(0, "a"), (1, "z" * (MAX_ROW_BYTES + 1))], chunk_rows=10, chunk_bytes=10**7)
+
+
+def test_a_worker_runs_its_chunks_on_one_connection(local_dsql: LocalDsql) -> None:
+    """Each worker keeps one pooled connection for its chunks (one session, as a hand-written
+    loop would), each chunk still its own transaction; the connection goes back at the end."""
+    with local_dsql.pool(min_size=4, max_size=4) as pool:
+        pool.wait()
+        repo = Repository(pool)
+        table = _table(repo)
+        before = pool.get_stats()["requests_num"]
+        result = repo.copy_rows(table, _rows(7001), columns=COLUMNS, show_progress=False)
+        assert result.chunks == 3
+        assert pool.get_stats()["requests_num"] - before == 1
+        result = repo.insert_many(table, _rows(9000), columns=COLUMNS, workers=2, chunk_rows=1000,
+                                  show_progress=False)  # fmt: skip
+        assert (result.written, result.chunks) == (1999, 9)
+        stats = pool.get_stats()
+        assert stats["requests_num"] - before == 3  # one per worker
+        assert stats["pool_available"] == stats["pool_size"] == 4
+
+
+def test_a_held_connection_lost_between_chunks_is_replaced(local_dsql: LocalDsql) -> None:
+    """The connection a worker keeps dies between two chunks: the next chunk's attempt fails
+    before anything is sent that could commit, runs again on a fresh connection, and the
+    load completes with every row once."""
+    with local_dsql.pool(min_size=2, max_size=2) as pool:
+        pool.wait()
+        repo = Repository(pool)
+        table = _table(repo)
+        rows = _rows(7001)
+        dropped: list[int] = []
+
+        def drop_after_first(progress: BulkProgress) -> None:
+            if progress.chunks_done == 1:
+                dropped.append(local_dsql.drop_connections())
+
+        result = repo.copy_rows(table, rows, columns=COLUMNS, progress=drop_after_first,
+                                show_progress=False)  # fmt: skip
+        assert dropped
+        assert dropped[0] >= 1
+        assert (result.written, result.chunks) == (7001, 3)
+        assert _stored(repo, table) == rows
+        assert repo.retry_stats["occ_disconnects_retried"] >= 1
+        stats = pool.get_stats()
+        assert stats["pool_available"] == stats["pool_size"]
