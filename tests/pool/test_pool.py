@@ -138,15 +138,14 @@ def test_refused_connects_are_retried_until_the_window_ends(
 ) -> None:
     with local_dsql.pool(min_size=1, timeout=10) as pool:
         pool.wait()
-        start = time.monotonic()
         local_dsql.refuse_connections(1.0, code)  # type: ignore[arg-type]
         local_dsql.drop_connections()
-        assert query_one(pool) == 1  # raises PoolTimeout if the retries gave up
-        waited = time.monotonic() - start
+        # The endpoint refuses every connect for the whole window, so a query that succeeds
+        # (rather than raising PoolTimeout) had its connect retried until the window ended.
+        assert query_one(pool) == 1
         stats = pool.get_stats()
     assert stats["connects_retried"] >= 1
     assert local_dsql.counters()["refused"]  # the server did refuse
-    assert waited >= 0.95  # the query waited the refusal window out (a lower bound only)
 
 
 def test_an_auth_failure_remints_once(local_dsql: LocalDsql) -> None:
