@@ -43,7 +43,7 @@ FIRST = (
     "tests/alembic/",
     "tests/testing/test_lifecycle.py::",
     "tests/migrations/test_migrations.py::",
-    "tests/retry/test_transactional.py::",
+    "tests/retry/test_units_",
     "tests/repository/",
     "tests/pool/test_soak.py::",
     "tests/testing/",
