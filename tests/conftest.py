@@ -32,6 +32,7 @@ GROUPS = {
     # The multi-Region session endpoint (local_dsql_multi_region): started once.
     "tests/testing/test_multi_region.py::": "multi_region",
     "tests/pool/test_multi_region.py::": "multi_region",
+    "tests/sqla/test_multi_region.py::": "multi_region",
 }
 #: Node id prefixes whose tests are handed out first, longest first: the groups above, then
 #: modules with tests of several seconds (each a subprocess or an endpoint of its own).
