@@ -46,7 +46,8 @@ def _interpreter(version: str) -> str:
 
 #: Tests mostly wait (for subprocesses, endpoints starting, sleeps in fault scenarios), so
 #: the default run spreads them over more workers than cores; each worker has its own
-#: session endpoint. Tests sharing a private endpoint carry an ``xdist_group`` mark.
+#: session endpoint. ``tests/conftest.py`` schedules them (``--dist loadgroup`` selects it):
+#: tests sharing an expensive fixture on one worker (its ``GROUPS``), slow ones first.
 #: ``-n 0`` (after ``--``) runs them in one process.
 PARALLEL = ["-n", "4", "--dist", "loadgroup"]
 

@@ -101,13 +101,13 @@ print("docs-ok")
 """
 
 
-#: One worker runs every page, so the module's endpoint starts once (pytest-xdist).
-pytestmark = pytest.mark.xdist_group("docs_endpoint")
-
-
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def docs_endpoint() -> Iterator[LocalDsql]:
-    """An endpoint of its own: the pages create tables with the same names."""
+    """An endpoint of its own: the pages create tables with the same names.
+
+    Session-scoped, and every page runs on one pytest-xdist worker (``GROUPS`` in
+    ``tests/conftest.py``): the endpoint starts once per run, even when the worker runs other
+    modules' tests between two pages."""
     with LocalDsql() as local:
         yield local
 

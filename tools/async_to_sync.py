@@ -43,7 +43,9 @@ TESTS = ROOT / "tests"
 #: Test modules written for asyncio, each generating its ``*_sync.py`` twin (as psycopg does),
 #: so the sync and async flavours of an API pass the same tests.
 TEST_SOURCES = (
+    "pool/test_checkout_async.py",
     "repository/test_api_async.py",
+    "requestpath/test_writes_async.py",
     "retry/test_units_async.py",
 )
 

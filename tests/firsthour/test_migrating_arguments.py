@@ -1,14 +1,12 @@
 """Issue 19 item 5: arguments from AWS's connector and psycopg_pool get "did you mean ...?".
 
-And misspelt keyword arguments of ``shared_pool``, ``Repository``, ``dsqlkit.connect`` and
-``dsqlkit.sqlalchemy.create_engine`` are caught by mypy (typed keyword arguments).
+That misspelt keyword arguments of ``shared_pool``, ``Repository``, ``dsqlkit.connect`` and
+``dsqlkit.sqlalchemy.create_engine`` are caught by mypy (typed keyword arguments) is tested in
+``tests/test_typing.py``, in one mypy run with the other typing checks.
 """
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import boto3
@@ -91,38 +89,3 @@ def test_engine_arguments_fail_at_create_engine_in_engine_words() -> None:
             dsa.create_engine(HOST, boto3_session=SESSION, **options)
         assert expected in str(info.value), (options, str(info.value))
         assert "kwargs" not in str(info.value).replace("create_engine()", "")
-
-
-TYPOS = """
-from typing import Any
-import dsqlkit
-import dsqlkit.sqlalchemy
-
-pool: dsqlkit.DsqlConnectionPool[Any] = dsqlkit.shared_pool("h", max_sise=4)
-repo = dsqlkit.Repository(pool, max_atempts=3)
-repo2 = dsqlkit.connect("h", regoin="us-east-1")
-engine = dsqlkit.sqlalchemy.create_engine("h", pool_sise=5)
-ok_pool = dsqlkit.shared_pool("h", max_size=4, region="us-east-1", profile_name="p")
-ok_repo = dsqlkit.Repository(ok_pool, max_attempts=3, deadline=5.0)
-ok_repo2 = dsqlkit.connect("h", min_size=1, cluster_id="x", plain_postgresql=False)
-ok_engine = dsqlkit.sqlalchemy.create_engine("h", pool_size=5, echo=True, region="us-east-1")
-"""
-
-
-def test_typos_in_keyword_arguments_are_caught_by_mypy(tmp_path: Path) -> None:
-    pytest.importorskip("mypy")
-    snippet = tmp_path / "snippet.py"
-    snippet.write_text(TYPOS)
-    done = subprocess.run(
-        [sys.executable, "-m", "mypy", "--strict", "--no-incremental",
-         "--follow-imports=silent", str(snippet)],
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=tmp_path,
-    )  # fmt: skip
-    errors = [line for line in done.stdout.splitlines() if ": error:" in line]
-    lines = sorted({int(line.split(":")[1]) for line in errors})
-    assert lines == [6, 7, 8, 9], done.stdout
-    for name in ("max_sise", "max_atempts", "regoin", "pool_sise"):
-        assert any(f'"{name}"' in line for line in errors), done.stdout

@@ -1,4 +1,8 @@
-"""DsqlConnectionPool / AsyncDsqlConnectionPool against the local endpoint (real TLS and tokens)."""
+"""DsqlConnectionPool / AsyncDsqlConnectionPool against the local endpoint (real TLS and tokens):
+what only one flavour has (plain PostgreSQL mode, callbacks, fork, signals, shared pools).
+
+Checkout, tokens, TLS and connection age are tested once for both flavours, in
+``test_checkout_async.py`` (and its generated ``test_checkout_sync.py``)."""
 
 from __future__ import annotations
 
@@ -17,7 +21,6 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict
-from psycopg_pool import PoolTimeout
 
 from dsqlkit import Boto3TokenProvider, DsqlConnectionPool, shared_pool
 from dsqlkit.testing import LocalDsql
@@ -56,114 +59,6 @@ def query_one(pool: DsqlConnectionPool[Any], sql: str = "SELECT 1") -> Any:
         row = conn.execute(sql).fetchone()
         assert row is not None
         return row[0]
-
-
-def test_every_physical_connection_gets_a_fresh_token(local_dsql: LocalDsql) -> None:
-    provider = RecordingProvider(local_dsql)
-    with local_dsql.pool(min_size=3, token_provider=provider, boto3_session=None) as pool:
-        pool.wait()
-        assert query_one(pool, "SELECT current_user") == "admin"
-        stats = pool.get_stats()
-    # One signing per physical connection (tokens signed in the same second are identical:
-    # SigV4 dates have one-second resolution).
-    assert stats["tokens_minted"] == stats["connections_num"] == len(provider.tokens) == 3
-    assert all("Action=DbConnectAdmin" in t for t in provider.tokens)
-
-
-def test_custom_role_gets_dbconnect_tokens(local_dsql: LocalDsql) -> None:
-    with psycopg.connect(local_dsql.conninfo(), autocommit=True) as admin:
-        admin.execute("CREATE ROLE pool_app WITH LOGIN")
-    provider = RecordingProvider(local_dsql)
-    with local_dsql.pool(
-        user="pool_app", min_size=1, token_provider=provider, boto3_session=None
-    ) as pool:
-        assert query_one(pool, "SELECT current_user") == "pool_app"
-    assert "Action=DbConnect&" in provider.tokens[0]
-
-
-def test_connections_use_verified_tls_and_name_themselves(local_dsql: LocalDsql) -> None:
-    with local_dsql.pool(min_size=1) as pool, pool.connection() as conn:
-        params = conninfo_to_dict(conn.info.dsn)
-        assert conn.pgconn.ssl_in_use
-        assert params["sslmode"] == "verify-full"
-        assert params["sslnegotiation"] == "direct"
-        app = conn.execute("SHOW application_name").fetchone()
-        assert app is not None
-        assert app[0].startswith("dsqlkit/")
-
-
-def test_idle_past_the_server_age_limit_like_freeze_thaw(local_dsql: LocalDsql) -> None:
-    local_dsql.set_max_connection_age(1.0)
-    with local_dsql.pool(min_size=2, max_lifetime=3600) as pool:
-        pool.wait()
-        assert query_one(pool) == 1
-        time.sleep(1.6)  # the container is "frozen"; the server closes its connections
-        for _ in range(4):
-            assert query_one(pool) == 1
-        stats = pool.get_stats()
-    assert stats["connections_dead_at_checkout"] >= 1
-
-
-def test_checkout_retires_connections_past_max_lifetime(local_dsql: LocalDsql) -> None:
-    with local_dsql.pool(min_size=1, max_size=1, max_lifetime=1.0) as pool:
-        first = query_one(pool, "SELECT pg_backend_pid()")
-        time.sleep(1.2)  # idle in the pool past its lifetime: psycopg_pool alone would hand it out
-        second = query_one(pool, "SELECT pg_backend_pid()")
-        stats = pool.get_stats()
-    assert first != second
-    assert stats["connections_retired_age"] >= 1
-
-
-def test_recently_used_connections_are_not_probed(local_dsql: LocalDsql) -> None:
-    with local_dsql.pool(min_size=1, max_size=1, idle_check_after=60) as pool:
-        for _ in range(20):
-            query_one(pool)
-        assert pool.get_stats()["liveness_probes"] == 0
-
-
-def test_next_request_succeeds_after_the_endpoint_drops_everything(
-    local_dsql: LocalDsql,
-) -> None:
-    with local_dsql.pool(min_size=4) as pool:
-        pool.wait()
-        assert query_one(pool) == 1
-        assert local_dsql.drop_connections() >= 4
-        for _ in range(6):
-            assert query_one(pool) == 1
-
-
-@pytest.mark.parametrize("code", ["53300", "53400"])
-def test_refused_connects_are_retried_until_the_window_ends(
-    local_dsql: LocalDsql, code: str
-) -> None:
-    with local_dsql.pool(min_size=1, timeout=10) as pool:
-        pool.wait()
-        start = time.monotonic()
-        local_dsql.refuse_connections(1.0, code)  # type: ignore[arg-type]
-        local_dsql.drop_connections()
-        assert query_one(pool) == 1  # raises PoolTimeout if the retries gave up
-        waited = time.monotonic() - start
-        stats = pool.get_stats()
-    assert stats["connects_retried"] >= 1
-    assert local_dsql.counters()["refused"]  # the server did refuse
-    assert waited >= 0.95  # the query waited the refusal window out (a lower bound only)
-
-
-def test_an_auth_failure_remints_once(local_dsql: LocalDsql) -> None:
-    provider = RecordingProvider(local_dsql, bad_first=1)
-    with local_dsql.pool(min_size=1, token_provider=provider, boto3_session=None) as pool:
-        assert query_one(pool) == 1
-        stats = pool.get_stats()
-    assert stats["connects_reminted"] == 1
-    assert local_dsql.counters()["auth_failures"].get("malformed", 0) >= 1
-
-
-def test_a_permanent_auth_failure_names_the_cause_in_the_timeout(local_dsql: LocalDsql) -> None:
-    provider = RecordingProvider(local_dsql, bad_first=10**6)
-    with local_dsql.pool(min_size=1, token_provider=provider, boto3_session=None) as pool:
-        with pytest.raises(PoolTimeout, match="IAM authentication failed") as info:
-            pool.getconn(timeout=1.5)
-        assert "not-a-token" not in str(info.value)
 
 
 def test_plain_postgresql_mode(local_dsql: LocalDsql) -> None:
@@ -225,16 +120,6 @@ async def test_async_pool_basics_and_signing_off_the_event_loop(local_dsql: Loca
     assert not provider.on_event_loop
     assert stats["tokens_minted"] >= 3
     assert stats["connections_dead_at_checkout"] >= 1
-
-
-async def test_async_pool_idle_past_the_server_age_limit(local_dsql: LocalDsql) -> None:
-    local_dsql.set_max_connection_age(1.0)
-    async with local_dsql.async_pool(min_size=2, max_lifetime=3600) as pool:
-        await pool.wait()
-        await asyncio.sleep(1.6)
-        for _ in range(3):
-            async with pool.connection() as conn:
-                await conn.execute("SELECT 1")
 
 
 def test_shared_pool_is_memoized_per_configuration(local_dsql: LocalDsql) -> None:

@@ -3,7 +3,8 @@
 Tokens expire after 1 s, the endpoint closes connections at 3 s, the pool retires them at 2 s,
 while 8 threads (or 8 asyncio tasks) query without pause. Every request must succeed, many
 physical connections must rotate, and no token may appear in any log record (DEBUG included).
-The default run soaks for a few seconds; `nox -s soak` runs the full 20 s.
+The default run queries until every pooled connection has rotated twice (counted, not timed:
+`ROTATED` connections opened and `REQUESTS` requests done); `nox -s soak` runs the full 20 s.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import asyncio
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -20,6 +22,33 @@ from dsqlkit.testing import LocalDsql
 from .test_pool import RecordingProvider
 
 WORKERS = 8
+#: The default run's goal: connections opened (the pool's first ones, then two rotations) and
+#: requests done. Reached in a few seconds; `HANG_GUARD` only stops a run that never gets there.
+ROTATED = 3 * WORKERS
+REQUESTS = 200
+HANG_GUARD = 120.0
+
+
+class Goal:
+    """When a run stops: after ``seconds`` (the soak), or once the counts are reached."""
+
+    def __init__(self, seconds: float | None) -> None:
+        self.seconds = seconds
+        self.stop = time.monotonic() + (seconds if seconds is not None else HANG_GUARD)
+        self.reached = seconds is not None
+
+    def more(self, done: int, stats: Callable[[], dict[str, int]]) -> bool:
+        if self.seconds is None and done >= REQUESTS and done % 20 == 0:
+            self.reached = self.reached or stats()["connections_num"] >= ROTATED
+        return not (self.seconds is None and self.reached) and time.monotonic() < self.stop
+
+    def check(self, done: int, stats: dict[str, int]) -> None:
+        assert self.reached, f"the counts were not reached within {HANG_GUARD}s: {stats}"
+        assert done > 100
+        if self.seconds is None:
+            assert stats["connections_num"] >= ROTATED, stats
+        else:
+            assert stats["connections_num"] >= 20 * self.seconds / 20, stats
 
 
 def soak_options(local: LocalDsql, provider: RecordingProvider) -> dict[str, object]:
@@ -54,19 +83,19 @@ def _summary(stats: dict[str, int]) -> str:
     return ", ".join(f"{k}={stats.get(k, 0)}" for k in keys)
 
 
-def run_sync(local: LocalDsql, seconds: float, caplog: pytest.LogCaptureFixture) -> None:
+def run_sync(local: LocalDsql, seconds: float | None, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     provider = RecordingProvider(local, expires_in=1)
     failures: list[BaseException] = []
     done = 0
     lock = threading.Lock()
-    stop = time.monotonic() + seconds
+    goal = Goal(seconds)
 
     with local.pool(**soak_options(local, provider)) as pool:
 
         def worker() -> None:
             nonlocal done
-            while time.monotonic() < stop:
+            while goal.more(done, pool.get_stats):
                 try:
                     with pool.connection() as conn:
                         conn.execute("SELECT 1").fetchone()
@@ -83,26 +112,27 @@ def run_sync(local: LocalDsql, seconds: float, caplog: pytest.LogCaptureFixture)
             thread.join()
         stats = pool.get_stats()
 
-    print(f"\nsync soak {seconds:.0f}s: {done} requests, {len(failures)} failed, {_summary(stats)}")
+    print(f"\nsync soak: {done} requests, {len(failures)} failed, {_summary(stats)}")
     assert failures == []
-    assert done > 100
-    assert stats["connections_num"] >= 20 * seconds / 20, stats
+    goal.check(done, stats)
     assert stats["tokens_minted"] >= stats["connections_num"]
     assert_no_token_logged(caplog, provider)
 
 
-async def run_async(local: LocalDsql, seconds: float, caplog: pytest.LogCaptureFixture) -> None:
+async def run_async(
+    local: LocalDsql, seconds: float | None, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.DEBUG)
     provider = RecordingProvider(local, expires_in=1)
     failures: list[BaseException] = []
     done = 0
-    stop = time.monotonic() + seconds
+    goal = Goal(seconds)
 
     async with local.async_pool(**soak_options(local, provider)) as pool:
 
         async def worker() -> None:
             nonlocal done
-            while time.monotonic() < stop:
+            while goal.more(done, pool.get_stats):
                 try:
                     async with pool.connection() as conn:
                         await (await conn.execute("SELECT 1")).fetchone()
@@ -114,24 +144,21 @@ async def run_async(local: LocalDsql, seconds: float, caplog: pytest.LogCaptureF
         await asyncio.gather(*(worker() for _ in range(WORKERS)))
         stats = pool.get_stats()
 
-    print(
-        f"\nasync soak {seconds:.0f}s: {done} requests, {len(failures)} failed, {_summary(stats)}"
-    )
+    print(f"\nasync soak: {done} requests, {len(failures)} failed, {_summary(stats)}")
     assert failures == []
-    assert done > 100
-    assert stats["connections_num"] >= 20 * seconds / 20, stats
+    goal.check(done, stats)
     assert not provider.on_event_loop
     assert_no_token_logged(caplog, provider)
 
 
 def test_sync_rotation_short(local_dsql: LocalDsql, caplog: pytest.LogCaptureFixture) -> None:
-    run_sync(local_dsql, 5.0, caplog)
+    run_sync(local_dsql, None, caplog)
 
 
 async def test_async_rotation_short(
     local_dsql: LocalDsql, caplog: pytest.LogCaptureFixture
 ) -> None:
-    await run_async(local_dsql, 5.0, caplog)
+    await run_async(local_dsql, None, caplog)
 
 
 @pytest.mark.soak

@@ -17,6 +17,8 @@ from psycopg import sql
 from psycopg.rows import tuple_row
 
 from dsqlkit import (
+    CommitOutcomeUnknown,
+    DatabaseUnavailable,
     DsqlConnectionPool,
     Repository,
     Rows,
@@ -186,3 +188,52 @@ def test_ping(repo: Repository) -> None:
     answer = repo.ping()
     assert answer.server_version == "16.15"
     assert answer.latency_ms > 0
+
+
+def test_reads_are_retried_on_conflicts_and_lost_connections(
+    local_dsql: LocalDsql, pool: DsqlConnectionPool[Any], items: str
+) -> None:
+    # The first attempt's connection is closed by the server mid-query; the retry's is not.
+    repo = Repository(pool, on_retry=lambda event: local_dsql.set_max_connection_age(3600))
+    repo.query("SELECT 1")
+    local_dsql.set_max_connection_age(0.3)
+    local_dsql.drop_connections()
+    assert repo.scalar(f"SELECT count(*) FROM {items}, pg_sleep(0.6)") == 3
+    # At least one retry: a connection the pool opened while the 0.3 s limit was on may die too.
+    assert pool.get_stats()["occ_disconnects_retried"] >= 1
+    local_dsql.fail_next_commits(1)  # injected at COMMIT: not seen by autocommit reads
+    assert repo.scalar("SELECT 1") == 1
+
+
+def test_an_autocommit_write_lost_mid_flight_is_not_repeated(
+    local_dsql: LocalDsql, repo: Repository, items: str
+) -> None:
+    repo.query("SELECT 1")
+    local_dsql.set_max_connection_age(0.3)
+    local_dsql.drop_connections()
+    # pg_sleep outlives the connection: the write's outcome is unknown to the client.
+    with pytest.raises(CommitOutcomeUnknown, match="may or may not"):
+        repo.execute(
+            f"UPDATE {items} SET qty = qty + 100 + 0 * (SELECT 1 FROM pg_sleep(1)) WHERE id = 1"
+        )
+
+
+def test_bulk_chunks_respect_a_byte_budget(repo: Repository) -> None:
+    table = "wide_" + uuid.uuid4().hex[:8]
+    repo.execute(f"CREATE TABLE {table} (id int PRIMARY KEY, blob text)")
+    result = repo.insert_many(
+        table, [{"id": i, "blob": "x" * 10_000} for i in range(50)], chunk_bytes=100_000
+    )
+    assert result.chunks == 6  # 9 rows of ~10 kB per 100 kB chunk, 50 rows
+    assert repo.scalar(f"SELECT count(*) FROM {table}") == 50
+
+
+def test_ping_reports_an_unreachable_database(local_dsql: LocalDsql) -> None:
+    pool = local_dsql.pool(port=1, connect_timeout=1)
+    repo = Repository(pool)
+    pool.open()
+    try:
+        with pytest.raises(DatabaseUnavailable, match="unreachable"):
+            repo.ping(timeout=1.0)
+    finally:
+        pool.close()

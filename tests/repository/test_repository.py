@@ -1,4 +1,8 @@
-"""Repository / AsyncRepository against the local endpoint."""
+"""Repository / AsyncRepository against the local endpoint: what only one flavour has (the
+100,000-row crash-and-resume load, notebooks' `connect`, the Lambda example, pandas).
+
+Queries, writes, transactions, retries and ping are tested once for both flavours, in
+``test_api_async.py`` (and its generated ``test_api_sync.py``)."""
 
 from __future__ import annotations
 
@@ -18,8 +22,6 @@ import pytest
 from dsqlkit import (
     AsyncRepository,
     BulkProgress,
-    CommitOutcomeUnknown,
-    DatabaseUnavailable,
     DsqlConnectionPool,
     Repository,
     Rows,
@@ -56,34 +58,6 @@ class Item:
     qty: int | None
 
 
-def test_reads_are_retried_on_conflicts_and_lost_connections(
-    local_dsql: LocalDsql, pool: DsqlConnectionPool[Any], items: str
-) -> None:
-    # The first attempt's connection is closed by the server mid-query; the retry's is not.
-    repo = Repository(pool, on_retry=lambda event: local_dsql.set_max_connection_age(3600))
-    repo.query("SELECT 1")
-    local_dsql.set_max_connection_age(0.3)
-    local_dsql.drop_connections()
-    assert repo.scalar(f"SELECT count(*) FROM {items}, pg_sleep(0.6)") == 3
-    # At least one retry: a connection the pool opened while the 0.3 s limit was on may die too.
-    assert pool.get_stats()["occ_disconnects_retried"] >= 1
-    local_dsql.fail_next_commits(1)  # injected at COMMIT: not seen by autocommit reads
-    assert repo.scalar("SELECT 1") == 1
-
-
-def test_an_autocommit_write_lost_mid_flight_is_not_repeated(
-    local_dsql: LocalDsql, repo: Repository, items: str
-) -> None:
-    repo.query("SELECT 1")
-    local_dsql.set_max_connection_age(0.3)
-    local_dsql.drop_connections()
-    # pg_sleep outlives the connection: the write's outcome is unknown to the client.
-    with pytest.raises(CommitOutcomeUnknown, match="may or may not"):
-        repo.execute(
-            f"UPDATE {items} SET qty = qty + 100 + 0 * (SELECT 1 FROM pg_sleep(1)) WHERE id = 1"
-        )
-
-
 def test_bulk_load_of_100k_rows_recovers_after_a_crash(repo: Repository) -> None:
     table = "bulk_" + uuid.uuid4().hex[:8]
     repo.execute(f"CREATE TABLE {table} (id int PRIMARY KEY, name text, score int)")
@@ -108,29 +82,6 @@ def test_bulk_load_of_100k_rows_recovers_after_a_crash(repo: Repository) -> None
     assert repo.scalar(f"SELECT count(DISTINCT id) FROM {table}") == 100_000
     assert seen[0].rows_done == 3000
     print(f"\nbulk load: {result.rows_per_second:.0f} rows/s (100,000 rows, {result.seconds:.2f}s)")
-
-
-def test_bulk_chunks_respect_a_byte_budget(repo: Repository) -> None:
-    table = "wide_" + uuid.uuid4().hex[:8]
-    repo.execute(f"CREATE TABLE {table} (id int PRIMARY KEY, blob text)")
-    result = repo.insert_many(
-        table, [{"id": i, "blob": "x" * 10_000} for i in range(50)], chunk_bytes=100_000
-    )
-    assert result.chunks == 6  # 9 rows of ~10 kB per 100 kB chunk, 50 rows
-    assert repo.scalar(f"SELECT count(*) FROM {table}") == 50
-
-
-def test_ping_reports_an_unreachable_database(local_dsql: LocalDsql) -> None:
-    pool = DsqlConnectionPool(
-        local_dsql.host, **local_dsql.pool_options(port=1, connect_timeout=1, open=False)
-    )
-    repo = Repository(pool)
-    pool.open()
-    try:
-        with pytest.raises(DatabaseUnavailable, match="unreachable"):
-            repo.ping(timeout=1.0)
-    finally:
-        pool.close()
 
 
 def test_connect_for_notebooks(local_dsql: LocalDsql, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,5 +1,6 @@
 """Pools that survive fork, close promptly, fail fast on permanent errors and name every
-cause (issue 11, items 5-8), plus typing (11) and missing extras (12)."""
+cause (issue 11, items 5-8), plus missing extras (12); typing (11) is in
+``tests/test_typing.py``."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -232,63 +232,6 @@ def test_bad_numbers_are_configuration_errors(
     """Item 8: nan, infinity, wrong types and limits beyond DSQL's are refused up front."""
     with pytest.raises(ConfigurationError, match=message):
         local_dsql.pool(**options)
-
-
-TYPED_SNIPPET = """
-from typing import Any
-from dsqlkit import (AsyncDsqlConnectionPool, AsyncTransaction, DsqlConnectionPool, Transaction,
-    occ_retry, transactional)
-
-pool = DsqlConnectionPool("abcdefghijklmnopqrstuvwxyz.dsql.us-east-1.on.aws", open=False)
-apool = AsyncDsqlConnectionPool("abcdefghijklmnopqrstuvwxyz.dsql.us-east-1.on.aws", open=False)
-
-@transactional(pool)
-def transfer(tx: Transaction[Any], source: int, amount: float) -> str:
-    return "ok"
-
-@transactional(apool)
-async def atransfer(tx: AsyncTransaction[Any], source: int) -> int:
-    return 1
-
-@occ_retry
-def bump(n: int) -> int:
-    return n
-
-@occ_retry(max_attempts=3)
-async def abump(n: int) -> int:
-    return n
-
-result: str = transfer(1, 2.0)
-count: int = bump(1)
-transfer("x", 2.0)  # E: wrong argument type
-async def use() -> None:
-    value: int = await atransfer(1)
-    other: int = await abump(2)
-"""
-
-
-def test_decorators_and_pools_are_typed_under_mypy_strict(tmp_path: Path) -> None:
-    """Item 11: decorated functions keep their signatures; pools need no annotation."""
-    if shutil.which("mypy") is None and not _has_module("mypy"):
-        pytest.skip("mypy is not installed (it is in the test extra)")
-    snippet = tmp_path / "snippet.py"
-    snippet.write_text(TYPED_SNIPPET)
-    done = subprocess.run(
-        [sys.executable, "-m", "mypy", "--strict", "--no-incremental", str(snippet)],
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=tmp_path,
-    )
-    errors = [line for line in done.stdout.splitlines() if ": error:" in line]
-    assert len(errors) == 1, done.stdout
-    assert '"transfer" has incompatible type "str"' in errors[0]
-
-
-def _has_module(name: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(name) is not None
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ import asyncio
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import psycopg
@@ -25,7 +25,6 @@ from dsqlkit.testing import LocalDsql
 
 #: How long each writing function sleeps after its INSERT: the window the drop lands in.
 SLEEP = 0.4
-DROP_AFTER = 0.12
 
 
 class Objects:
@@ -94,11 +93,35 @@ def repo(local_dsql: LocalDsql) -> Iterator[Repository]:
 _droppers: list[threading.Thread] = []
 
 
-def _drop_soon(local: LocalDsql) -> threading.Thread:
-    thread = threading.Thread(target=lambda: (time.sleep(DROP_AFTER), local.drop_connections()))
+def _when_running(
+    local: LocalDsql, marker: str, act: Callable[[psycopg.Connection[Any]], Any]
+) -> threading.Thread:
+    """Once the server is seen running a statement containing ``marker`` (pg_stat_activity),
+    ``act`` on a backend connection: mid-statement by construction (the statement then sleeps
+    `SLEEP` seconds), not by a race against the clock."""
+
+    def watch() -> None:
+        with psycopg.connect(local.backend_conninfo, autocommit=True) as backend:
+            for _ in range(3000):  # a hang guard, not a time bound on the test
+                running = backend.execute(
+                    "SELECT 1 FROM pg_stat_activity WHERE state = 'active' "
+                    "AND query LIKE %s AND pid <> pg_backend_pid()",
+                    (f"%{marker}%",),
+                ).fetchone()
+                if running:
+                    act(backend)
+                    return
+                time.sleep(0.01)
+
+    thread = threading.Thread(target=watch)
     thread.start()
     _droppers.append(thread)
     return thread
+
+
+def _drop_soon(local: LocalDsql, objects: Objects) -> threading.Thread:
+    """Drop every connection once a statement on ``objects`` runs."""
+    return _when_running(local, objects.prefix, lambda backend: local.drop_connections())
 
 
 def _terminate_soon(local: LocalDsql, marker: str) -> threading.Thread:
@@ -106,18 +129,14 @@ def _terminate_soon(local: LocalDsql, marker: str) -> threading.Thread:
     client connection is closed mid-statement, and no other connection is touched: a pool
     reconnecting meanwhile is not cut mid-handshake as by `drop_connections`)."""
 
-    def terminate() -> None:
-        time.sleep(DROP_AFTER)
-        with psycopg.connect(local.backend_conninfo, autocommit=True) as admin:
-            admin.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE query LIKE %s AND pid <> pg_backend_pid()",
-                (f"%{marker}%",),
-            )
+    def terminate(backend: psycopg.Connection[Any]) -> None:
+        backend.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE query LIKE %s AND pid <> pg_backend_pid()",
+            (f"%{marker}%",),
+        )
 
-    thread = threading.Thread(target=terminate)
-    thread.start()
-    return thread
+    return _when_running(local, marker, terminate)
 
 
 def _drops_done(event: Any) -> None:
@@ -140,7 +159,7 @@ def test_a_read_that_writes_is_never_run_twice(
 ) -> None:
     value = SHAPES.index(shape) * 1000 + 1
     repo.execute(f"INSERT INTO {objects.rows} (a) VALUES (%s)", (value,))
-    dropper = _drop_soon(local_dsql)
+    dropper = _drop_soon(local_dsql, objects)
     try:
         rows = repo.query(objects.shapes()[shape], (value,))
         outcome = "returned"
@@ -170,7 +189,7 @@ async def test_async_reads_that_write_are_never_run_twice(
         for number, shape in enumerate(SHAPES):
             value = 100_000 + number
             await repo.execute(f"INSERT INTO {objects.rows} (a) VALUES (%s)", (value,))
-            dropper = _drop_soon(local_dsql)
+            dropper = _drop_soon(local_dsql, objects)
             try:
                 with pytest.raises(CommitOutcomeUnknown):
                     await repo.query_one(objects.shapes()[shape], (value,))

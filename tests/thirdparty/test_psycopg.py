@@ -4,27 +4,15 @@ in both directions (text and binary), server-side cursors (refused), ``prepare_t
 
 from __future__ import annotations
 
-import threading
-import time
-from collections.abc import Callable
-
 import psycopg
 import pytest
 from psycopg import errors
 
 from dsqlkit.testing import LocalDsql
 
+from ..events import when_running
+
 pytestmark = pytest.mark.timeout(60)
-
-
-def cancel_soon(cancel: Callable[[], None], delay: float = 0.3) -> threading.Thread:
-    def run() -> None:
-        time.sleep(delay)
-        cancel()
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    return thread
 
 
 def test_pipeline_with_an_error_in_the_middle(local_dsql: LocalDsql, kv_table: str) -> None:
@@ -114,10 +102,10 @@ def test_cancel_a_long_query(local_dsql: LocalDsql, method: str) -> None:
     """``cancel()`` (libpq's PQcancel, a CancelRequest without TLS) and ``cancel_safe()``
     (libpq 17's encrypted cancel) both stop the query; the connection stays usable."""
     with psycopg.connect(local_dsql.conninfo(), autocommit=True) as conn:
-        thread = cancel_soon(getattr(conn, method))
+        thread = when_running(local_dsql, f"pg_sleep(20) /* {method} */", getattr(conn, method))
         try:
             with pytest.raises(errors.QueryCanceled):
-                conn.execute("SELECT pg_sleep(20)")
+                conn.execute(f"SELECT pg_sleep(20) /* {method} */")
         finally:
             thread.join()
         assert conn.execute("SELECT 1").fetchone() == (1,)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import json
-import threading
 
 import psycopg2
 import psycopg2.errors
@@ -15,6 +14,8 @@ import psycopg2.extras
 import pytest
 
 from dsqlkit.testing import LocalDsql
+
+from ..events import when_running
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -143,15 +144,14 @@ def test_isolation_levels(conn: psycopg2.extensions.connection) -> None:
     conn.rollback()
 
 
-def test_cancel(conn: psycopg2.extensions.connection) -> None:
+def test_cancel(local_dsql: LocalDsql, conn: psycopg2.extensions.connection) -> None:
     """psycopg2's ``cancel()`` is libpq's PQcancel: a CancelRequest without TLS."""
-    timer = threading.Timer(0.3, conn.cancel)
-    timer.start()
+    thread = when_running(local_dsql, "pg_sleep(20) /* psycopg2 */", conn.cancel)
     try:
         with pytest.raises(psycopg2.errors.QueryCanceled):
-            conn.cursor().execute("SELECT pg_sleep(20)")
+            conn.cursor().execute("SELECT pg_sleep(20) /* psycopg2 */")
     finally:
-        timer.cancel()
+        thread.join()
     conn.rollback()
     cur = conn.cursor()
     cur.execute("SELECT 1")

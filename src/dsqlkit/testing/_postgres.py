@@ -10,11 +10,16 @@ binaries inside the work directory, so no permission outside that directory is c
 
 On Linux the server is started with a parent-death signal: if the process that started it dies,
 even by SIGKILL, the kernel sends the postmaster SIGQUIT and it exits at once.
+
+``initdb`` runs once per machine (per wheel build and user): its output is kept as a template
+in the temporary directory (``dsqlkit-pgtemplate-<key>``) and copied into each new server's
+directory, which takes a fraction of initdb's second of CPU. A test suite starts many servers.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.util
 import logging
 import os
@@ -23,6 +28,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -142,23 +148,7 @@ class EmbeddedPostgres:
         self._own(self.datadir)
         self._own(self.socket_dir)
         self.socket_dir.chmod(0o711)
-        initdb = [
-            str(bindir / "initdb"),
-            "-D", str(self.datadir),
-            "-U", "postgres",
-            "--auth=trust",
-            "--encoding=UTF8",
-            "--no-locale",
-            "--no-sync",
-            "--no-instructions",
-        ]  # fmt: skip
-        result = subprocess.run(
-            initdb, capture_output=True, text=True, user=self._run_as, check=False
-        )
-        if result.returncode != 0:
-            raise LocalEndpointError(
-                f"initdb failed ({result.returncode}): {result.stderr[-2000:]}"
-            )
+        self._initdb(bindir)
 
         self.port = free_port()
         settings = {**self.settings, "port": str(self.port)}
@@ -176,6 +166,51 @@ class EmbeddedPostgres:
                 preexec_fn=_parent_death_signal_hook(),  # noqa: PLW1509
             )
         self._wait_ready(timeout)
+
+    def _initdb(self, bindir: Path) -> None:
+        """Fill the (empty) data directory: a copy of this machine's template, made once."""
+        initdb = [
+            str(bindir / "initdb"),
+            "-U", "postgres",
+            "--auth=trust",
+            "--encoding=UTF8",
+            "--no-locale",
+            "--no-sync",
+            "--no-instructions",
+        ]  # fmt: skip
+        binary = (bindir / "initdb").stat()
+        key = hashlib.sha256(
+            repr((initdb[1:], str(_wheel_root()), binary.st_size, binary.st_mtime_ns,
+                  self._run_as, os.geteuid() if os.name == "posix" else 0)).encode()
+        ).hexdigest()[:16]  # fmt: skip
+        template = Path(tempfile.gettempdir()) / f"dsqlkit-pgtemplate-{key}"
+        if not all((template / name).is_file() for name in ("PG_VERSION", "global/pg_control")):
+            # Made beside the final name and renamed into place: a concurrent starter either
+            # finds the whole template or makes its own (and the loser's copy is removed).
+            building = Path(tempfile.mkdtemp(prefix=f"{template.name}-", dir=template.parent))
+            try:
+                self._own(building)
+                result = subprocess.run(
+                    [initdb[0], "-D", str(building), *initdb[1:]],
+                    capture_output=True,
+                    text=True,
+                    user=self._run_as,
+                    check=False,
+                )
+                if result.returncode != 0:
+                    raise LocalEndpointError(
+                        f"initdb failed ({result.returncode}): {result.stderr[-2000:]}"
+                    )
+                with contextlib.suppress(OSError):
+                    building.rename(template)
+            finally:
+                shutil.rmtree(building, ignore_errors=True)
+        shutil.copytree(template, self.datadir, symlinks=True, dirs_exist_ok=True)
+        if self._run_as is not None:
+            for directory, _, files in os.walk(self.datadir):
+                shutil.chown(directory, self._run_as)
+                for name in files:
+                    shutil.chown(Path(directory) / name, self._run_as)
 
     def _wait_ready(self, timeout: float) -> None:
         assert self._process is not None

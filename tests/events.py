@@ -1,0 +1,35 @@
+"""Acting on what the server is doing, instead of after a delay (no races against the clock)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+
+from dsqlkit.testing import LocalDsql
+
+
+def when_running(local: LocalDsql, marker: str, act: Callable[[], Any]) -> threading.Thread:
+    """Call ``act`` in a thread once the server is seen running a statement that contains
+    ``marker`` (``pg_stat_activity``, read on the backend directly): ``act`` then lands while
+    the statement runs, however loaded the machine. Join the returned thread."""
+
+    def watch() -> None:
+        with psycopg.connect(local.backend_conninfo, autocommit=True) as backend:
+            for _ in range(3000):  # a hang guard, not a time bound on the test
+                running = backend.execute(
+                    "SELECT 1 FROM pg_stat_activity WHERE state = 'active' "
+                    "AND query LIKE %s AND pid <> pg_backend_pid()",
+                    (f"%{marker}%",),
+                ).fetchone()
+                if running:
+                    act()
+                    return
+                time.sleep(0.01)
+
+    thread = threading.Thread(target=watch)
+    thread.start()
+    return thread
