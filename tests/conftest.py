@@ -33,6 +33,8 @@ GROUPS = {
     "tests/testing/test_multi_region.py::": "multi_region",
     "tests/pool/test_multi_region.py::": "multi_region",
     "tests/sqla/test_multi_region.py::": "multi_region",
+    "tests/testing/test_multi_region_pools.py::": "multi_region",
+    "tests/telemetry/test_failover.py::": "multi_region",
 }
 #: Node id prefixes whose tests are handed out first, longest first: the groups above, then
 #: modules with tests of several seconds (each a subprocess or an endpoint of its own).
