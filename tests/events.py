@@ -12,10 +12,13 @@ import psycopg
 from dsqlkit.testing import LocalDsql
 
 
-def when_running(local: LocalDsql, marker: str, act: Callable[[], Any]) -> threading.Thread:
-    """Call ``act`` in a thread once the server is seen running a statement that contains
-    ``marker`` (``pg_stat_activity``, read on the backend directly): ``act`` then lands while
-    the statement runs, however loaded the machine. Join the returned thread."""
+def when_running(
+    local: LocalDsql, marker: str, act: Callable[[psycopg.Connection[Any]], Any]
+) -> threading.Thread:
+    """Call ``act(backend)`` in a thread once the server is seen running a statement that
+    contains ``marker`` (``pg_stat_activity``, read on ``backend``, a plain connection to the
+    database behind the endpoint): ``act`` then lands while the statement runs, however loaded
+    the machine. Join the returned thread."""
 
     def watch() -> None:
         with psycopg.connect(local.backend_conninfo, autocommit=True) as backend:
@@ -26,7 +29,7 @@ def when_running(local: LocalDsql, marker: str, act: Callable[[], Any]) -> threa
                     (f"%{marker}%",),
                 ).fetchone()
                 if running:
-                    act()
+                    act(backend)
                     return
                 time.sleep(0.01)
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -22,6 +21,8 @@ import pytest
 
 from dsqlkit import AsyncRepository, CommitOutcomeUnknown, Repository
 from dsqlkit.testing import LocalDsql
+
+from ..events import when_running
 
 #: How long each writing function sleeps after its INSERT: the window the drop lands in.
 SLEEP = 0.4
@@ -96,25 +97,9 @@ _droppers: list[threading.Thread] = []
 def _when_running(
     local: LocalDsql, marker: str, act: Callable[[psycopg.Connection[Any]], Any]
 ) -> threading.Thread:
-    """Once the server is seen running a statement containing ``marker`` (pg_stat_activity),
-    ``act`` on a backend connection: mid-statement by construction (the statement then sleeps
-    `SLEEP` seconds), not by a race against the clock."""
-
-    def watch() -> None:
-        with psycopg.connect(local.backend_conninfo, autocommit=True) as backend:
-            for _ in range(3000):  # a hang guard, not a time bound on the test
-                running = backend.execute(
-                    "SELECT 1 FROM pg_stat_activity WHERE state = 'active' "
-                    "AND query LIKE %s AND pid <> pg_backend_pid()",
-                    (f"%{marker}%",),
-                ).fetchone()
-                if running:
-                    act(backend)
-                    return
-                time.sleep(0.01)
-
-    thread = threading.Thread(target=watch)
-    thread.start()
+    """`when_running`, remembered so each test can wait for its droppers (the statement
+    then sleeps `SLEEP` seconds: ``act`` lands mid-statement by construction)."""
+    thread = when_running(local, marker, act)
     _droppers.append(thread)
     return thread
 

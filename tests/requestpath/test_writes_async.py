@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -27,6 +26,8 @@ from dsqlkit import (
     transactional,
 )
 from dsqlkit.testing import LocalDsql
+
+from ..events import when_running
 
 
 @pytest.fixture
@@ -50,25 +51,9 @@ async def table(repo: AsyncRepository) -> str:
 
 
 def drop_during(local: LocalDsql, text: str) -> threading.Thread:
-    """Drop the connections once the server is running a statement containing ``text`` (seen
-    in pg_stat_activity): mid-statement by construction, not by a race against the clock."""
-
-    def watch() -> None:
-        with psycopg.connect(local.backend_conninfo, autocommit=True) as backend:
-            for _ in range(3000):  # a hang guard, not a time bound on the test
-                running = backend.execute(
-                    "SELECT 1 FROM pg_stat_activity WHERE state = 'active' "
-                    "AND query LIKE %s AND pid <> pg_backend_pid()",
-                    (f"%{text}%",),
-                ).fetchone()
-                if running:
-                    local.drop_connections()
-                    return
-                time.sleep(0.01)
-
-    thread = threading.Thread(target=watch)
-    thread.start()
-    return thread
+    """Drop the connections once the server is running a statement containing ``text``:
+    mid-statement by construction, not by a race against the clock."""
+    return when_running(local, text, lambda _backend: local.drop_connections())
 
 
 async def test_insert_returning_through_query_is_never_repeated(

@@ -23,6 +23,7 @@ from dsqlkit import (
 )
 from dsqlkit.testing import LocalDsql
 
+from ..events import when_running
 from .conftest import Otel
 
 
@@ -177,21 +178,14 @@ def _terminate_when_running(local: LocalDsql, marker: str) -> threading.Thread:
     """Kill, on the server, the backend running the statement that contains ``marker`` as
     soon as it shows in pg_stat_activity (its client connection is closed mid-statement)."""
 
-    def terminate() -> None:
-        with psycopg.connect(local.backend_conninfo, autocommit=True) as admin:
-            for _ in range(2000):
-                killed = admin.execute(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                    "WHERE query LIKE %s AND state = 'active' AND pid <> pg_backend_pid()",
-                    (f"%{marker}%",),
-                ).fetchall()
-                if killed:
-                    return
-                admin.execute("SELECT pg_sleep(0.005)")
+    def terminate(backend: psycopg.Connection[Any]) -> None:
+        backend.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE query LIKE %s AND state = 'active' AND pid <> pg_backend_pid()",
+            (f"%{marker}%",),
+        )
 
-    thread = threading.Thread(target=terminate)
-    thread.start()
-    return thread
+    return when_running(local, marker, terminate)
 
 
 def test_a_read_whose_outcome_is_unknown_is_recorded_as_such(

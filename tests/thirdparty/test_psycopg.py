@@ -102,7 +102,9 @@ def test_cancel_a_long_query(local_dsql: LocalDsql, method: str) -> None:
     """``cancel()`` (libpq's PQcancel, a CancelRequest without TLS) and ``cancel_safe()``
     (libpq 17's encrypted cancel) both stop the query; the connection stays usable."""
     with psycopg.connect(local_dsql.conninfo(), autocommit=True) as conn:
-        thread = when_running(local_dsql, f"pg_sleep(20) /* {method} */", getattr(conn, method))
+        thread = when_running(
+            local_dsql, f"pg_sleep(20) /* {method} */", lambda _backend: getattr(conn, method)()
+        )
         try:
             with pytest.raises(errors.QueryCanceled):
                 conn.execute(f"SELECT pg_sleep(20) /* {method} */")

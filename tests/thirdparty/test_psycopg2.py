@@ -146,7 +146,7 @@ def test_isolation_levels(conn: psycopg2.extensions.connection) -> None:
 
 def test_cancel(local_dsql: LocalDsql, conn: psycopg2.extensions.connection) -> None:
     """psycopg2's ``cancel()`` is libpq's PQcancel: a CancelRequest without TLS."""
-    thread = when_running(local_dsql, "pg_sleep(20) /* psycopg2 */", conn.cancel)
+    thread = when_running(local_dsql, "pg_sleep(20) /* psycopg2 */", lambda _backend: conn.cancel())
     try:
         with pytest.raises(psycopg2.errors.QueryCanceled):
             conn.cursor().execute("SELECT pg_sleep(20) /* psycopg2 */")
