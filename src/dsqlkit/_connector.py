@@ -47,9 +47,11 @@ from psycopg import pq
 from psycopg_pool import PoolTimeout
 
 from ._config import (
+    CLUSTER_ID,
     DsqlEndpoint,
     TLSSettings,
     check_connection_kwargs,
+    is_conninfo,
     resolve_address,
     split_port,
 )
@@ -991,6 +993,12 @@ def _targets(endpoint: Endpoints, options: DsqlOptions) -> tuple[Target, ...]:
     """The targets for ``endpoint`` (one, or a list of one multi-Region cluster's), checked
     (the whole list before any credentials are looked for)."""
     if isinstance(endpoint, str):
+        if "," in endpoint and not is_conninfo(endpoint):
+            raise ConfigurationError(
+                f"{endpoint!r} looks like a comma-separated list of endpoints: pass a list of "
+                "host names, your own Region's first (e.g. [host_1, host_2]), or set "
+                "DSQL_ENDPOINTS and use from_env() / shared_pool()"
+            )
         return (_target(_resolve(endpoint, options), options, _signer(options)),)
     if not isinstance(endpoint, Sequence):
         raise ConfigurationError(
@@ -1008,6 +1016,12 @@ def _targets(endpoint: Endpoints, options: DsqlOptions) -> tuple[Target, ...]:
             raise ConfigurationError(
                 f"every endpoint in the list must be a host name (str), not "
                 f"{type(entry).__name__}: {entry!r}"
+            )
+        if len(entries) > 1 and CLUSTER_ID.fullmatch(split_port(entry.strip())[0]):
+            raise ConfigurationError(
+                f"{entry!r} in the list of endpoints is a bare cluster id, which does not say "
+                "its Region: give each regional endpoint's full host name, "
+                "'<cluster-id>.dsql.<region>.on.aws'"
             )
     if len(entries) == 1:
         return (_target(_resolve(entries[0], options), options, _signer(options)),)

@@ -176,6 +176,8 @@ def fake_token(*, host: str, region: str, user: str) -> str:
         ([HOST1, HOST2], {"failover_timeout": 0}, "failover_timeout must be"),
         ([HOST1, HOST2], {"failback": "never"}, "failback must be"),
         ([HOST1, f"{HOST2}:99999"], {}, "is not a TCP port"),
+        ([HOST1, "b" * 26], {}, "is a bare cluster id, which does not say its Region"),
+        (f"{HOST1},{HOST2}", {}, "looks like a comma-separated list of endpoints"),
     ],
 )
 def test_bad_endpoint_lists_are_refused(endpoints: Any, options: Any, message: str) -> None:
