@@ -376,6 +376,39 @@ def test_errors_are_retried_where_they_happen_and_do_not_move_traffic(cluster: C
     assert stats["occ_commit_unknown"] == 0
 
 
+async def test_errors_are_retried_where_they_happen_async(cluster: Cluster) -> None:
+    """The asyncio pool under the ``errors`` impairment and after heal: every transaction
+    commits exactly once, through the preferred Region, and nothing fails over."""
+    table = cluster.table()
+    async with AsyncDsqlConnectionPool(cluster.endpoints, **cluster.options(min_size=2)) as pool:
+        await pool.wait()
+        repo = AsyncRepository(pool, policy=dsqlkit.RetryPolicy(max_attempts=30, base_delay=0.001))
+
+        async def insert(i: int) -> None:
+            async def unit(tx: Any) -> None:
+                await tx.execute(f"INSERT INTO {table} VALUES (%s, 'x')", (i,))
+
+            await repo.transaction(unit)
+
+        await asyncio.to_thread(cluster.impair, 0, "errors", share=0.3, at="statement", seed=11)
+        for i in range(15):
+            await insert(i)
+        await asyncio.to_thread(
+            cluster.impair, 0, "errors", share=0.3, at="commit", errors=["conflict"], seed=11
+        )
+        for i in range(15, 25):
+            await insert(i)
+        assert states(pool) == ["active", "healthy"]
+        await asyncio.to_thread(cluster.heal, 0)
+        for i in range(25, 30):
+            await insert(i)
+        stats = pool.get_stats()
+    assert cluster.count(table) == 30
+    assert stats["failovers"] == 0
+    assert stats["occ_retries"] > 0
+    assert stats["occ_commit_unknown"] == 0
+
+
 def test_idle_connections_to_an_impaired_endpoint_are_not_handed_out(cluster: Cluster) -> None:
     """Live, idle connections to the impaired endpoint (it only refuses new connections)
     are discarded at checkout, so a retry gets a connection to the healthy endpoint."""

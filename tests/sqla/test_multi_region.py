@@ -176,3 +176,83 @@ def test_transactional_reruns_through_the_peer_once(
     with psycopg.connect(local.backend_conninfo) as conn:
         rows = conn.execute(f"SELECT region FROM {table}").fetchall()  # type: ignore[arg-type]
     assert rows == [(east2.host,)]
+
+
+def _errors_table(local: LocalDsql) -> str:
+    table = f"mr_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(local.backend_conninfo, autocommit=True) as conn:
+        conn.execute(f"CREATE TABLE {table} (id int PRIMARY KEY, region text)")  # type: ignore[arg-type]
+    return table
+
+
+def _rows(local: LocalDsql, table: str) -> list[Any]:
+    with psycopg.connect(local.backend_conninfo) as conn:
+        return conn.execute(f"SELECT id FROM {table} ORDER BY id").fetchall()  # type: ignore[arg-type]
+
+
+def test_engine_units_under_transient_errors_commit_once(
+    local_dsql_multi_region: LocalDsql,
+) -> None:
+    """The ``errors`` impairment (a share of statements, then of COMMITs, failing with the
+    known-issues page's transient errors) and its heal, for a sync engine's units: each
+    commits exactly once, through the preferred Region, and nothing fails over."""
+    local = local_dsql_multi_region
+    east1 = local.regions[0]
+    table = _errors_table(local)
+    engine = dsa.create_engine(local.pool_endpoints(), **options(local, pool_size=2))
+
+    @dsa.transactional(engine, max_attempts=30, base_delay=0.001)
+    def insert(conn: Any, i: int) -> None:
+        conn.execute(text(f"INSERT INTO {table} VALUES (:i, 'x')"), {"i": i})
+
+    try:
+        east1.impair("errors", share=0.3, at="statement", seed=5)
+        for i in range(15):
+            insert(i)
+        east1.impair("errors", share=0.3, at="commit", errors=["conflict"], seed=5)
+        for i in range(15, 25):
+            insert(i)
+        east1.heal()
+        for i in range(25, 30):
+            insert(i)
+        stats = dsa.get_stats(engine)
+        states = [s.state for s in dsa.endpoints(engine)]
+    finally:
+        engine.dispose()
+    assert _rows(local, table) == [(i,) for i in range(30)]
+    assert states == ["active", "healthy"]
+    assert stats["failovers"] == 0
+
+
+async def test_async_engine_units_under_transient_errors_commit_once(
+    local_dsql_multi_region: LocalDsql,
+) -> None:
+    """The same for an asyncio engine."""
+    local = local_dsql_multi_region
+    east1 = local.regions[0]
+    table = _errors_table(local)
+    engine = dsa.create_async_engine(local.pool_endpoints(), **options(local, pool_size=2))
+
+    @dsa.transactional(engine, max_attempts=30, base_delay=0.001)
+    async def insert(conn: Any, i: int) -> None:
+        await conn.execute(text(f"INSERT INTO {table} VALUES (:i, 'x')"), {"i": i})
+
+    try:
+        await asyncio.to_thread(east1.impair, "errors", share=0.3, at="statement", seed=5)
+        for i in range(15):
+            await insert(i)
+        await asyncio.to_thread(
+            east1.impair, "errors", share=0.3, at="commit", errors=["conflict"], seed=5
+        )
+        for i in range(15, 25):
+            await insert(i)
+        await asyncio.to_thread(east1.heal)
+        for i in range(25, 30):
+            await insert(i)
+        stats = dsa.get_stats(engine)
+        states = [s.state for s in dsa.endpoints(engine)]
+    finally:
+        await engine.dispose()
+    assert _rows(local, table) == [(i,) for i in range(30)]
+    assert states == ["active", "healthy"]
+    assert stats["failovers"] == 0
