@@ -545,6 +545,7 @@ def test_connect_and_shared_pool_span_every_region(
         monkeypatch.setenv(name, value)
     try:
         pool = dsqlkit.shared_pool(min_size=1, max_size=2, cool_down=COOL_DOWN)
+        pool.wait()
         repo = Repository(pool)
         assert [s.region for s in pool.endpoints] == ["us-east-1", "us-east-2"]
         cluster.impair(0, "refuse")

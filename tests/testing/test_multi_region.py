@@ -248,6 +248,42 @@ def test_refuse_closes_the_port_and_drops_open_connections_then_heal_listens_aga
         assert again.execute("SELECT 1").fetchone() == (1,)
 
 
+@pytest.mark.parametrize("kind", ["refuse", "drop"])
+def test_a_connection_negotiating_tls_when_impaired_is_dropped_too(
+    regions: tuple[LocalRegion, LocalRegion], kind: str
+) -> None:
+    """A connection accepted before the impairment but still in its TLS negotiation (not yet
+    a session) is dropped once it gets there, like the open ones: none slips through (a
+    pool's background connect at the moment of impairment once did)."""
+    import socket
+    import time
+
+    from dsqlkit.testing import _wire as wire
+
+    def startup(tls: ssl.SSLSocket) -> None:
+        tls.sendall(wire.startup_message(196608, {"user": "admin"}))
+        if not tls.recv(65536):
+            raise ConnectionResetError("closed by the endpoint")
+
+    first, _ = regions
+    before = first.counters()
+    accepted = before["connections_accepted"]
+    context = ssl.create_default_context(cafile=first.ca_file)
+    with socket.create_connection(("127.0.0.1", first.port)) as raw:
+        for _ in range(500):  # until the endpoint has accepted it (a count, not a timeout)
+            if first.counters()["connections_accepted"] > accepted:
+                break
+            time.sleep(0.01)
+        assert first.impair(kind) == 0  # type: ignore[arg-type]
+        raw.sendall((8).to_bytes(4, "big") + wire.SSL_REQUEST_CODE.to_bytes(4, "big"))
+        assert raw.recv(1) == b"S"
+        with pytest.raises((OSError, ssl.SSLError)):
+            startup(context.wrap_socket(raw, server_hostname=first.host))
+    after = first.counters()
+    assert after["connections_dropped"] == before["connections_dropped"] + 1
+    assert after["connections_authenticated"] == before["connections_authenticated"]
+
+
 def test_refuse_can_keep_open_connections(regions: tuple[LocalRegion, LocalRegion]) -> None:
     first, _ = regions
     with connect(first, autocommit=True) as conn:

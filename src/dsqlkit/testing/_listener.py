@@ -82,6 +82,11 @@ class Endpoint:
         self._listener: socket.socket | None = None
         self._accept_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        #: Counts impairments that acted on live connections, and what the last one did: a
+        #: connection accepted before it but still negotiating TLS (not yet in `sessions`)
+        #: gets the same treatment once it becomes a session.
+        self._live_epoch = 0
+        self._live_action: LiveConnections = "keep"
 
     async def start(self, port: int = 0) -> int:
         self._listen(port)
@@ -136,6 +141,8 @@ class Endpoint:
         self.impairment = kind
         if kind == "drop":
             live = "drop"
+        self._live_epoch += 1
+        self._live_action = live
         if live == "drop":
             return await self.drop_all()
         if live == "hang":
@@ -182,11 +189,11 @@ class Endpoint:
                 self.counters.connections_dropped += 1
                 _reset(sock)
                 continue
-            task = loop.create_task(self._serve(sock))
+            task = loop.create_task(self._serve(sock, self._live_epoch))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _serve(self, sock: socket.socket) -> None:
+    async def _serve(self, sock: socket.socket, epoch: int) -> None:
         accepted_at = time.monotonic()
         try:
             streams = await asyncio.wait_for(self._negotiate_tls(sock), HANDSHAKE_TIMEOUT)
@@ -201,7 +208,14 @@ class Endpoint:
         session = new_session(self.context, reader, writer, accepted_at=accepted_at)
         ssl_object = writer.get_extra_info("ssl_object")
         session.server_name = getattr(ssl_object, SNI_ATTRIBUTE, None)
+        if epoch != self._live_epoch and self._live_action == "drop":
+            # Impaired while this connection negotiated TLS: dropped, as if it had been open.
+            self.counters.connections_dropped += 1
+            session.abort()
+            return
         self.sessions.add(session)
+        if epoch != self._live_epoch and self._live_action == "hang":
+            session.freeze()
         try:
             session.start_age_timer()
             if await Startup(self, session).run():
