@@ -211,7 +211,6 @@ def pytest_runtest_protocol(item: Any, nextitem: Any) -> Generator[None, None, N
     profile.out.flush()
 
 
-
 def pytest_sessionfinish(session: Any) -> None:
     profile = _PROFILE
     if profile is None:
@@ -237,8 +236,16 @@ def report(directory: Path, by: str = "module", top: int = 60) -> None:
                 continue
             key = record["test"].split("::")[0] if by == "module" else record["test"]
             row = rows[key]
-            for name in ("wall", "self", "children", "private", "shared", "front", "spawned",
-                         "endpoints"):
+            for name in (
+                "wall",
+                "self",
+                "children",
+                "private",
+                "shared",
+                "front",
+                "spawned",
+                "endpoints",
+            ):
                 row[name] += record.get(name, 0.0)
                 totals[name] += record.get(name, 0.0)
             row["tests"] += 1
@@ -259,4 +266,5 @@ def report(directory: Path, by: str = "module", top: int = 60) -> None:
 
 
 if __name__ == "__main__":
-    report(Path(sys.argv[1]), *(sys.argv[2:3] or ["module"]), top=int(sys.argv[3]) if len(sys.argv) > 3 else 60)
+    by = sys.argv[2] if len(sys.argv) > 2 else "module"
+    report(Path(sys.argv[1]), by, top=int(sys.argv[3]) if len(sys.argv) > 3 else 60)
