@@ -413,10 +413,22 @@ def test_an_async_index_counts_as_the_transactions_one_ddl(connect: Connect, tab
 
 
 def test_rules_can_be_switched_off() -> None:
-    with LocalDsql(dsql_rules=False) as local, psycopg.connect(local.conninfo()) as conn:
-        conn.execute("CREATE TABLE plain (id serial)")
-        conn.execute("TRUNCATE plain")
-        assert conn.info.server_version >= 170000
+    """PostgreSQL's own SQL passes; IAM mappings (``AWS IAM GRANT`` / ``REVOKE``, simple and
+    extended protocol) still work and still decide who connects."""
+    arn = f"arn:aws:iam::111122223333:role/app-{uuid.uuid4().hex[:8]}"
+    with LocalDsql(dsql_rules=False) as local:
+        with psycopg.connect(local.conninfo()) as conn:
+            conn.execute("CREATE TABLE plain (id serial)")
+            conn.execute("TRUNCATE plain")
+            assert conn.info.server_version >= 170000
+        with psycopg.connect(local.conninfo(), autocommit=True) as admin:
+            admin.execute("CREATE ROLE plain_app WITH LOGIN")
+            cur = admin.execute(f"AWS IAM GRANT plain_app TO '{arn}'")
+            assert cur.statusmessage == "AWS IAM GRANT"
+            psycopg.ClientCursor(admin).execute(f"AWS IAM REVOKE plain_app FROM '{arn}'")
+            psycopg.ClientCursor(admin).execute(f"AWS IAM GRANT plain_app TO '{arn}'")
+        with psycopg.connect(local.conninfo("plain_app", identity=arn)) as conn:
+            assert conn.execute("SELECT current_user").fetchone() == ("plain_app",)
 
 
 # -- classification (pure) -------------------------------------------------------------------

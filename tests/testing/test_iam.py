@@ -179,16 +179,3 @@ def test_strict_iam_maps_the_default_identity_too(strict: LocalDsql) -> None:
         admin.execute(f"AWS IAM GRANT strict_app TO '{strict.iam_arn}'")
     with psycopg.connect(strict.conninfo("strict_app")) as conn:
         assert conn.execute("SELECT current_user").fetchone() == ("strict_app",)
-
-
-def test_iam_mappings_work_with_the_sql_rules_off() -> None:
-    arn = new_arn()
-    with LocalDsql(dsql_rules=False) as local:
-        with psycopg.connect(local.conninfo(), autocommit=True) as admin:
-            admin.execute("CREATE ROLE plain_app WITH LOGIN")
-            cur = admin.execute(f"AWS IAM GRANT plain_app TO '{arn}'")
-            assert cur.statusmessage == "AWS IAM GRANT"
-            psycopg.ClientCursor(admin).execute(f"AWS IAM REVOKE plain_app FROM '{arn}'")
-            psycopg.ClientCursor(admin).execute(f"AWS IAM GRANT plain_app TO '{arn}'")
-        with psycopg.connect(local.conninfo("plain_app", identity=arn)) as conn:
-            assert conn.execute("SELECT current_user").fetchone() == ("plain_app",)
