@@ -44,12 +44,14 @@ def _interpreter(version: str) -> str:
     return str(max(builds)[1]) if builds else version
 
 
-#: Tests mostly wait (for subprocesses, endpoints starting, sleeps in fault scenarios), so
-#: the default run spreads them over more workers than cores; each worker has its own
-#: session endpoint. ``tests/conftest.py`` schedules them (``--dist loadgroup`` selects it):
-#: tests sharing an expensive fixture on one worker (its ``GROUPS``), slow ones first.
-#: ``-n 0`` (after ``--``) runs them in one process.
-PARALLEL = ["-n", "4", "--dist", "loadgroup"]
+#: The run is CPU-bound (tests, their endpoints and PostgreSQL, the interpreters some tests
+#: start), with some waiting (injected faults, sleeps): three workers keep two cores busy, and
+#: each worker more costs its own collection and session endpoint (about 10 s of CPU; four
+#: workers were slower on two cores, two left them idle). Each worker has its own session
+#: endpoint. ``tests/conftest.py`` schedules them (``--dist loadgroup`` selects it): tests
+#: sharing an expensive fixture on one worker (its ``GROUPS``), slow ones first. ``-n 0``
+#: (after ``--``) runs them in one process; a later ``-n`` wins.
+PARALLEL = ["-n", "3", "--dist", "loadgroup"]
 
 
 #: Where the test sessions keep temporary files (``TMPDIR``) when the machine has a RAM-backed
@@ -82,10 +84,11 @@ def _tmpdir_env() -> dict[str, str]:
 
 def _run_tests(session: nox.Session, *python_options: str) -> None:
     session.install("-e", ".[test]")
-    session.run(
-        "python", *python_options, "-m", "pytest", *PARALLEL, *session.posargs,
-        env=_tmpdir_env(),
-    )  # fmt: skip
+    # Bytecode is written even where PYTHONDONTWRITEBYTECODE is set (into the git-ignored
+    # __pycache__ directories): the suite starts about fifty interpreters, some of them
+    # pytest, which would otherwise compile dsqlkit (and rewrite its asserts) again each time.
+    env = {**_tmpdir_env(), "PYTHONDONTWRITEBYTECODE": ""}
+    session.run("python", *python_options, "-m", "pytest", *PARALLEL, *session.posargs, env=env)
 
 
 @nox.session
