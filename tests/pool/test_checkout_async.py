@@ -1,7 +1,7 @@
 """Pool checkout against the local endpoint: a fresh token per connection, verified TLS,
-connections past their age retired or replaced, refused and failed connects retried. The
-asyncio source: ``test_checkout_sync.py`` is generated from it by ``tools/async_to_sync.py``,
-so both pool flavours pass the same tests."""
+connections past their age retired or replaced, refused and failed connects retried. Both
+pool flavours pass the same tests (asyncio source; ``test_checkout_sync.py`` is generated
+from it by ``tools/async_to_sync.py``)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Units of work (`transactional`, `occ_retry`, the transaction handle) against the local
-endpoint: real conflicts, injected faults. The asyncio source: ``test_units_sync.py`` is
-generated from it by ``tools/async_to_sync.py``, so both flavours pass the same tests."""
+endpoint: real conflicts, injected faults. Both flavours pass the same tests
+(asyncio source; ``test_units_sync.py`` is generated from it by ``tools/async_to_sync.py``)."""
 
 from __future__ import annotations
 
