@@ -31,7 +31,7 @@ def test_quickstart_runs_and_keeps_the_money() -> None:
     assert "(total 4000)" in out.stdout
     # A transfer may run out of attempts on a starved test machine (2 cores, 4 workers: one in
     # 400 seen); it raises to its caller and writes nothing, which the demo checks. More than
-    # one in a hundred would mean retries stopped working.
+    # one in fifty (of its 200) would mean retries stopped working.
     gave_up = re.search(r"gave_up=(\d+)", out.stdout)
     assert gave_up is not None, out.stdout
     assert int(gave_up[1]) <= 4, out.stdout
