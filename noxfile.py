@@ -84,10 +84,7 @@ def _tmpdir_env() -> dict[str, str]:
 
 def _run_tests(session: nox.Session, *python_options: str) -> None:
     session.install("-e", ".[test]")
-    # Bytecode is written even where PYTHONDONTWRITEBYTECODE is set (into the git-ignored
-    # __pycache__ directories): the suite starts about fifty interpreters, some of them
-    # pytest, which would otherwise compile dsqlkit (and rewrite its asserts) again each time.
-    env = {**_tmpdir_env(), "PYTHONDONTWRITEBYTECODE": ""}
+    env = _tmpdir_env()
     session.run("python", *python_options, "-m", "pytest", *PARALLEL, *session.posargs, env=env)
 
 
