@@ -45,6 +45,7 @@ TESTS = ROOT / "tests"
 TEST_SOURCES = (
     "pool/test_checkout_async.py",
     "repository/test_api_async.py",
+    "repository/test_bulk_async.py",
     "repository/test_settle_async.py",
     "requestpath/test_writes_async.py",
     "retry/test_units_async.py",
