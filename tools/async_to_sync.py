@@ -48,6 +48,7 @@ TEST_SOURCES = (
     "repository/test_bulk_async.py",
     "repository/test_settle_async.py",
     "requestpath/test_writes_async.py",
+    "retry/test_unavailable_async.py",
     "retry/test_units_async.py",
 )
 
