@@ -47,6 +47,7 @@ TEST_SOURCES = (
     "repository/test_api_async.py",
     "repository/test_bulk_async.py",
     "repository/test_settle_async.py",
+    "requestpath/test_unit_control_async.py",
     "requestpath/test_writes_async.py",
     "retry/test_unavailable_async.py",
     "retry/test_units_async.py",
