@@ -47,9 +47,10 @@ TEST_SOURCES = (
     "repository/test_api_async.py",
     "repository/test_bulk_async.py",
     "repository/test_settle_async.py",
-    "requestpath/test_unit_control_async.py",
+    "requestpath/test_reads_async.py",
+    "requestpath/test_tx_control_async.py",
     "requestpath/test_writes_async.py",
-    "retry/test_unavailable_async.py",
+    "retry/test_unavail_async.py",
     "retry/test_units_async.py",
 )
 

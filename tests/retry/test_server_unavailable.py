@@ -3,7 +3,7 @@ before a statement or at COMMIT, with the server's own message and SQLSTATE.
 
 How the executor answers it (re-runs a unit that met it before COMMIT, reports
 `CommitOutcomeUnknown` when COMMIT or an autocommit write met it) is tested once for both
-flavours, in ``test_unavailable_async.py`` (and its generated ``test_unavailable_sync.py``)."""
+flavours, in ``test_unavail_async.py`` (and its generated ``test_unavail_sync.py``)."""
 
 from __future__ import annotations
 

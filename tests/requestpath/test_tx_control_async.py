@@ -5,7 +5,7 @@ autocommit, or COMMIT / BEGIN / END / ROLLBACK / START TRANSACTION / ABORT sent 
 commit part of the unit, which the retry would apply again. Each is refused with
 `TransactionControlRefused` before anything is written, and the unit is not re-run.
 
-(asyncio source; ``test_unit_control_sync.py`` is generated from it by
+(asyncio source; ``test_tx_control_sync.py`` is generated from it by
 ``tools/async_to_sync.py``, so both flavours pass the same tests)
 """
 
