@@ -50,6 +50,7 @@ TEST_SOURCES = (
     "requestpath/test_reads_async.py",
     "requestpath/test_tx_control_async.py",
     "requestpath/test_writes_async.py",
+    "retry/test_hot_async.py",
     "retry/test_unavail_async.py",
     "retry/test_units_async.py",
 )
