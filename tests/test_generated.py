@@ -24,15 +24,16 @@ def test_generated_sync_modules_match_their_async_sources() -> None:
 
 
 def test_generated_sync_code_never_names_the_async_side() -> None:
-    """Docstrings, messages and f-strings of the sync modules name sync classes only, with no
-    asyncio wording (issue 20 item 3): ``help(Repository)`` and the API docs read right."""
+    """Docstrings, messages and f-strings of the sync modules and sync tests name sync classes
+    only, with no asyncio wording (issue 20 item 3): ``help(Repository)`` and the API docs read
+    right, and a failing sync test names what it tested."""
     import io
     import re
     import tokenize
 
     sys.path.insert(0, str(ROOT / "tools"))
     try:
-        from async_to_sync import PACKAGE, SOURCES, target
+        from async_to_sync import PACKAGE, SOURCES, TEST_SOURCES, TESTS, target
     finally:
         sys.path.pop(0)
     async_words = re.compile(
@@ -40,8 +41,9 @@ def test_generated_sync_code_never_names_the_async_side() -> None:
         r"asynccontextmanager|__aenter__|__aexit__"
     )
     found = []
-    for name in SOURCES:
-        path = target(PACKAGE / name)
+    paths = [target(PACKAGE / name) for name in SOURCES]
+    paths += [target(TESTS / name) for name in TEST_SOURCES]
+    for path in paths:
         text = path.read_text()
         for tok in tokenize.generate_tokens(io.StringIO(text).readline):
             if tok.type == tokenize.STRING or tok.type == getattr(tokenize, "FSTRING_MIDDLE", -1):

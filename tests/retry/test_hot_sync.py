@@ -89,8 +89,8 @@ class CountingTuple(tuple):  # type: ignore[type-arg]
 def test_contended_increments_stay_exact_with_and_without_the_gate(
     local_dsql: LocalDsql, pool: DsqlConnectionPool[Any], table: str, hot_seconds: float
 ) -> None:
-    """6 workers (asyncio tasks; threads in the sync flavour) x 15 read-modify-write units on
-    two rows: the gate is per unit and arguments, and no update is lost with or without it."""
+    """6 workers x 15 read-modify-write units on two rows: the gate
+    is per unit and arguments, and no update is lost with or without it."""
 
     @transactional(pool, hot_seconds=hot_seconds)
     def increment(tx: Transaction[Any], row: int) -> None:
