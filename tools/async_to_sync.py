@@ -44,6 +44,7 @@ TESTS = ROOT / "tests"
 #: so the sync and async flavours of an API pass the same tests.
 TEST_SOURCES = (
     "pool/test_checkout_async.py",
+    "pool/test_mr_writes_async.py",
     "repository/test_api_async.py",
     "repository/test_bulk_async.py",
     "repository/test_settle_async.py",
