@@ -55,6 +55,7 @@ TEST_SOURCES = (
     "retry/test_hot_async.py",
     "retry/test_unavail_async.py",
     "retry/test_units_async.py",
+    "telemetry/test_pool_otel_async.py",
     "telemetry/test_spans_async.py",
 )
 
