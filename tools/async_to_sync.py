@@ -43,6 +43,7 @@ TESTS = ROOT / "tests"
 #: Test modules written for asyncio, each generating its ``*_sync.py`` twin (as psycopg does),
 #: so the sync and async flavours of an API pass the same tests.
 TEST_SOURCES = (
+    "firsthour/test_tunnel_async.py",
     "pool/test_checkout_async.py",
     "pool/test_mr_writes_async.py",
     "repository/test_api_async.py",
