@@ -49,7 +49,7 @@ FIRST = (
     "tests/migrations/test_migrations.py::",
     "tests/retry/test_units_",
     "tests/repository/",
-    "tests/pool/test_soak.py::",
+    "tests/pool/test_rotation_",
     "tests/testing/",
     "tests/firsthour/",
 )

@@ -46,6 +46,7 @@ TEST_SOURCES = (
     "firsthour/test_tunnel_async.py",
     "pool/test_checkout_async.py",
     "pool/test_mr_writes_async.py",
+    "pool/test_rotation_async.py",
     "repository/test_api_async.py",
     "repository/test_bulk_async.py",
     "repository/test_settle_async.py",
