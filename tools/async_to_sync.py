@@ -111,11 +111,13 @@ ASYNC_ONLY = re.compile(r"#\s*async-only\s*$")
 _WORDS = re.compile(
     r"(?<![\w])(" + "|".join(sorted(map(re.escape, RENAMES), key=len, reverse=True)) + r")(?![\w])"
 )
-_STRING_TOKENS = {tokenize.STRING, getattr(tokenize, "FSTRING_MIDDLE", -1)}
+#: Tokens whose text is prose to rewrite: strings, f-string parts and comments.
+_STRING_TOKENS = {tokenize.STRING, tokenize.COMMENT, getattr(tokenize, "FSTRING_MIDDLE", -1)}
 
 
 def rewrite_text(text: str) -> str:
-    """A string's text (docstring, message, f-string part) as the sync module says it."""
+    """A string's or comment's text (docstring, message, f-string part) as the sync module
+    says it."""
     text = _WORDS.sub(lambda match: RENAMES[match[1]], text)
     for pattern, replacement in TEXT_RENAMES:
         text = re.sub(pattern, replacement, text)
