@@ -713,6 +713,7 @@ class Connector:
 
     def _verdict_moved(self, state: _ConnectionState, mono: float, wall: float) -> bool:
         """With several endpoints: whether a connection must go although it is fine."""
+        fresh = state.out_mono == state.created_mono  # never handed out before
         state.out_mono = mono
         target = state.target
         current = self.target
@@ -723,7 +724,10 @@ class Connector:
                 return False  # a connect that was under way to a more preferred endpoint
             since = max(mono - self._failback_mono, wall - self._failback_wall)
             return since >= state.spread * min(FAILBACK_SPREAD, self.cool_down)
-        if current.rank == 0 or self._probe_pending(mono):
+        if current.rank == 0 or fresh or self._probe_pending(mono):
+            # (Never a connection just made: it may be the fallback of a probe that failed,
+            # and retiring it would start the next probe at once, in a loop while connects
+            # take longer than the cool-down; SQLAlchemy gives up after three in a row.)
             return False
         for target in self.targets:
             if target.rank >= current.rank:

@@ -401,6 +401,22 @@ def test_a_statement_waiting_on_a_hung_endpoint_is_cut_and_rerun(cluster: Cluste
     assert stats["failovers"] == 1
 
 
+def test_a_connection_made_after_a_failed_probe_is_not_retired_for_the_next(
+    cluster: Cluster,
+) -> None:
+    """A cool-down shorter than a connect: a connection just made (a failed probe's fallback)
+    is handed out, not retired to start the next probe (a loop until the pool timeout)."""
+    options = cluster.options(min_size=1, max_size=1, timeout=10.0)
+    options["cool_down"] = 0.001
+    with DsqlConnectionPool(cluster.endpoints, **options) as pool:
+        pool.wait()
+        cluster.impair(0, "refuse")
+        hosts = [server_host(pool) for _ in range(5)]
+        stats = pool.get_stats()
+    assert hosts == [cluster.host(1)] * 5
+    assert (stats["failovers"], stats["failbacks"]) == (1, 0)
+
+
 # -- entry points -----------------------------------------------------------------------------
 
 
