@@ -253,13 +253,36 @@ class Held:
 
 class _ReadState:
     """What the attempts of one read share: the lost connection that left the first run's
-    outcome unknown (from then on, only READ ONLY re-runs), and the attempts so far."""
+    outcome unknown (from then on, only READ ONLY re-runs), and the attempts so far; its
+    `settle` is the retry loop's hook (one object per read, no closure)."""
 
-    __slots__ = ("attempts", "unsettled")
+    __slots__ = ("attempts", "stats", "unsettled")
 
-    def __init__(self) -> None:
+    def __init__(self, stats: RetryStats) -> None:
         self.unsettled: BaseException | None = None
         self.attempts = 0
+        self.stats = stats
+
+    def settle(self, exc: BaseException) -> BaseException | None:
+        """The read's last failure, after a first run whose outcome is unknown."""
+        lost = self.unsettled
+        if lost is None or isinstance(exc, CommitOutcomeUnknown):
+            return None
+        count_unknown(self.stats)
+        if not isinstance(exc, Exception):  # an interruption during the re-run
+            mark_commit_unknown(exc)
+            return None
+        unknown = CommitOutcomeUnknown(
+            "the connection was lost while the statement ran in autocommit, so it may have "
+            "written (a function, view or CHECK it calls can write, whatever its text "
+            "says); re-running it in a READ ONLY transaction did not give a result the "
+            f"server guarantees wrote nothing ({type(exc).__name__}: {exc}). dsqlkit does "
+            "not run it again outside READ ONLY: check the data, then decide (use "
+            f"execute() or a transaction for statements that write). Lost: {lost}",
+            attempts=self.attempts,
+        )
+        unknown.__cause__ = lost
+        return unknown
 
 
 class Executor:
@@ -448,30 +471,7 @@ class Executor:
             with joined.connection.cursor(row_factory=row_factory) as cur:
                 cur.execute(query, params)
                 return take(cur)
-        state = _ReadState()
-        stats = self.stats
-
-        def settle(exc: BaseException) -> BaseException | None:
-            """The read's last failure, after a first run whose outcome is unknown."""
-            lost = state.unsettled
-            if lost is None or isinstance(exc, CommitOutcomeUnknown):
-                return None
-            count_unknown(stats)
-            if not isinstance(exc, Exception):  # an interruption during the re-run
-                mark_commit_unknown(exc)
-                return None
-            unknown = CommitOutcomeUnknown(
-                "the connection was lost while the statement ran in autocommit, so it may have "
-                "written (a function, view or CHECK it calls can write, whatever its text "
-                "says); re-running it in a READ ONLY transaction did not give a result the "
-                f"server guarantees wrote nothing ({type(exc).__name__}: {exc}). dsqlkit does "
-                "not run it again outside READ ONLY: check the data, then decide (use "
-                f"execute() or a transaction for statements that write). Lost: {lost}",
-                attempts=state.attempts,
-            )
-            unknown.__cause__ = lost
-            return unknown
-
+        state = _ReadState(self.stats)
         return run_attempts(
             self.policy,
             self.stats,
@@ -483,7 +483,7 @@ class Executor:
             take,
             state,
             pool=self.pool,
-            settle=settle,
+            settle=state.settle,
         )
 
     def _read_once(  # noqa: PLR0917 - the executor's own call, positional by design
