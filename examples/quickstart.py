@@ -12,6 +12,8 @@ import threading
 import time
 from typing import Any
 
+import psycopg
+
 from dsqlkit import Transaction, transactional
 from dsqlkit.testing import LocalDsql
 
@@ -45,11 +47,18 @@ def main() -> None:
                     "UPDATE account SET balance = balance + %s WHERE id = %s", (amount, target)
                 )
 
+            refused: list[int] = []
+
             def worker(seed: int) -> None:
                 rng = random.Random(seed)
                 for _ in range(TRANSFERS_PER_WORKER):
                     source, target = rng.sample(range(1, ACCOUNTS + 1), 2)
-                    transfer(source, target, rng.randint(1, 20))
+                    try:
+                        transfer(source, target, rng.randint(1, 20))
+                    except psycopg.errors.SerializationFailure:
+                        # Conflicted on every attempt (20, or 30 s): nothing of it committed,
+                        # the caller decides (here: count it; a service would answer 503).
+                        refused.append(1)
 
             start = time.perf_counter()
             threads = [threading.Thread(target=worker, args=(n,)) for n in range(WORKERS)]
@@ -72,6 +81,7 @@ def main() -> None:
             f"retry stats: attempts={stats['occ_attempts']} retries={stats['occ_retries']} "
             f"conflicts={conflicts} gave_up={stats['occ_gave_up']}"
         )
+        assert stats["occ_gave_up"] == len(refused), "a give-up was not reported to its caller"
         print(
             f"pool stats: connections={stats['connections_num']} "
             f"tokens_minted={stats['tokens_minted']} "

@@ -72,7 +72,7 @@ __all__ = [
 _IDLE = pq.TransactionStatus.IDLE
 _INERROR = pq.TransactionStatus.INERROR
 _INTRANS = pq.TransactionStatus.INTRANS
-#: Hot units per pool (see `AsyncExecutor._hot_transaction_once`), at most this many each.
+#: Hot units per pool (see `Executor._hot_transaction_once`), at most this many each.
 _HOT_UNITS = 1024
 #: A unit with an argument longer than this (a tuple, list, set, str or bytes) is never gated:
 #: hashing it would cost more than the gate saves.

@@ -1,6 +1,7 @@
-"""The repository's query, write and transaction methods against the local endpoint. The
-asyncio source: ``test_api_sync.py`` is generated from it by
-``tools/async_to_sync.py``, so `Repository` and `AsyncRepository` pass the same tests."""
+"""The repository's query, write and transaction methods against the local endpoint.
+
+(asyncio source; ``test_api_sync.py`` is generated from it by ``tools/async_to_sync.py``, so
+`Repository` and `AsyncRepository` pass the same tests)"""
 
 from __future__ import annotations
 
