@@ -17,6 +17,7 @@ from psycopg.rows import tuple_row
 from dsqlkit import (
     CommitOutcomeUnknown,
     DatabaseUnavailable,
+    DsqlConnection,
     DsqlConnectionPool,
     Repository,
     Rows,
@@ -201,6 +202,53 @@ def test_reads_are_retried_on_conflicts_and_lost_connections(
     assert pool.get_stats()["occ_disconnects_retried"] >= 1
     local_dsql.fail_next_commits(1)  # injected at COMMIT: not seen by autocommit reads
     assert repo.scalar("SELECT 1") == 1
+
+
+def test_reads_switch_an_idle_connection_into_autocommit_once(
+    local_dsql: LocalDsql,
+) -> None:
+    switches: list[bool] = []
+
+    class Recording(DsqlConnection[Any]):
+        def set_autocommit(self, value: bool) -> None:
+            switches.append(value)
+            super().set_autocommit(value)
+
+    with local_dsql.pool(min_size=1, max_size=1, connection_class=Recording) as pool:
+        repo = Repository(pool)
+        for _ in range(5):
+            assert repo.scalar("SELECT 1") == 1
+        # One switch: the idle connection stays in autocommit from one read to the next.
+        assert switches == [True]
+        # Anyone else gets it as psycopg's pools give it (not in autocommit) ...
+        with pool.connection() as conn:
+            assert not conn.autocommit
+            conn.execute("SELECT 1")
+            assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
+        assert switches == [True, False]
+
+        # ... and so do transactions: they switch nothing more, reads switch once again.
+        def unit(tx: Any) -> Any:
+            assert not tx.connection.autocommit
+            return tx.scalar("SELECT 2")
+
+        assert repo.transaction(unit) == 2
+        assert repo.scalar("SELECT 3") == 3
+        assert repo.query("SELECT 4 AS n") == [{"n": 4}]
+        assert switches == [True, False, True]
+        assert pool.get_stats()["occ_attempts"] == 8
+
+    # A pool whose connections are in autocommit already: no switch either way.
+    switches.clear()
+    with local_dsql.pool(
+        min_size=1, max_size=1, connection_class=Recording, kwargs={"autocommit": True}
+    ) as pool:
+        repo = Repository(pool)
+        assert repo.scalar("SELECT 1") == 1
+        with pool.connection() as conn:
+            assert conn.autocommit
+        assert repo.scalar("SELECT 1") == 1
+    assert switches == []
 
 
 def test_an_autocommit_write_lost_mid_flight_is_not_repeated(
