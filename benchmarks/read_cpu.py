@@ -22,6 +22,7 @@ gets the mean of its calls without the slowest and fastest tenth.
 from __future__ import annotations
 
 import argparse
+import inspect
 import statistics
 import time
 from typing import Any
@@ -43,10 +44,18 @@ def _trimmed_us(samples: list[int]) -> float:
     return statistics.mean(ordered[cut : len(ordered) - cut]) / 1000
 
 
+def read_checkout(pool: Any) -> Any:
+    """The reads' checkout of this tree (``getconn(autocommit=True)``), or None for a tree
+    before it (a read then switches autocommit around its statement)."""
+    if "autocommit" not in inspect.signature(pool.getconn).parameters:
+        return None
+    return lambda timeout, autocommit: pool.getconn(timeout, autocommit=autocommit)
+
+
 def layers(raw: ConnectionPool[Any], pool: Any, calls: int) -> dict[str, float]:
     repo = Repository(pool)
     executor = repo._executor
-    checkout = getattr(pool, "_dsqlkit_checkout", None)
+    checkout = read_checkout(pool)
 
     def raw_loop() -> None:
         with raw.connection() as conn:
@@ -119,7 +128,7 @@ def pieces(raw: ConnectionPool[Any], pool: Any, n: int = 20_000) -> dict[str, fl
         "raw psycopg_pool connection() block": best(raw_context),
         "DsqlConnectionPool getconn + putconn": best(our_get_put),
     }
-    checkout = getattr(pool, "_dsqlkit_checkout", None)
+    checkout = read_checkout(pool)
     if checkout is not None:
         out["DsqlConnectionPool read checkout + putconn"] = best(
             lambda: pool.putconn(checkout(None, True))

@@ -43,6 +43,7 @@ from psycopg import pq
 from . import _sio
 from ._errors import CommitOutcomeUnknown, TransactionAborted, TransactionControlRefused
 from ._joined import joined_handle, joining
+from ._pool import DsqlPoolMixin
 from ._pool_internals import not_taken_back
 from ._query import control_message, control_refusal, refuse_awaitable
 from ._retry import (
@@ -295,11 +296,9 @@ class Executor:
         self.policy = policy
         self.stats = stats
         #: dsqlkit's pools check a connection out in autocommit for a read and keep it so
-        #: while idle (``checkout(timeout, True)``), so reads switch nothing. Other pools:
-        #: None (the read switches autocommit on and back around its statement).
-        self.autocommit_checkout: Callable[[Any, bool], Any] | None = getattr(
-            pool, "_dsqlkit_checkout", None
-        )
+        #: while idle (``getconn(autocommit=True)``), so reads switch nothing. Other pools:
+        #: False (the read switches autocommit on and back around its statement).
+        self.autocommit_checkout = isinstance(pool, DsqlPoolMixin)
 
     # -- transactions ------------------------------------------------------------------------
 
@@ -499,9 +498,8 @@ class Executor:
         conn: Any = None
         restore = False
         try:  # the connection is taken inside the try: whatever interrupts, it goes back
-            checkout = self.autocommit_checkout
-            if checkout is not None:
-                conn = checkout(None, True)
+            if self.autocommit_checkout:
+                conn = self.pool.getconn(autocommit=True)
             else:
                 conn = self.pool.getconn()
                 if not conn.autocommit:

@@ -190,17 +190,15 @@ class AsyncDsqlConnectionPool(DsqlPoolMixin, AsyncConnectionPool[ACT], Generic[A
             return
         await super().close(timeout)
 
-    async def getconn(self, timeout: float | None = None) -> ACT:
+    async def getconn(self, timeout: float | None = None, *, autocommit: bool = False) -> ACT:
         """Like psycopg_pool's, but never returns an expired or dead connection, fails at once
         (naming the cause) when connecting cannot succeed, and gives a connection it took
-        back to the pool whatever interrupts it (KeyboardInterrupt, cancellation)."""
-        return await self._dsqlkit_checkout(timeout, False)
+        back to the pool whatever interrupts it (KeyboardInterrupt, cancellation).
 
-    async def _dsqlkit_checkout(self, timeout: float | None, autocommit: bool) -> ACT:
-        """`getconn`; with ``autocommit``, for dsqlkit's own autocommit statements (the
-        executor's reads): the connection is handed out in autocommit, and one switched into
-        it here stays so while idle (marked `LENT_TO_AUTOCOMMIT`), so the next read switches
-        nothing; a plain `getconn` switches it back before anyone else gets it."""
+        ``autocommit=True`` (what the repositories' reads use) hands the connection out in
+        autocommit and leaves it so while idle (marked `LENT_TO_AUTOCOMMIT`), so the next
+        such checkout switches nothing; a plain `getconn` (and `connection`) switches it
+        back first, so everyone else gets a connection as the pool's settings make it."""
         core = self._core
         if core.forked():
             await self._check_fork()

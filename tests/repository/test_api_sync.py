@@ -237,6 +237,14 @@ def test_reads_switch_an_idle_connection_into_autocommit_once(
         assert repo.query("SELECT 4 AS n") == [{"n": 4}]
         assert switches == [True, False, True]
         assert pool.get_stats()["occ_attempts"] == 8
+        # The reads' checkout is public: getconn(autocommit=True) switches nothing more.
+        conn = pool.getconn(autocommit=True)
+        try:
+            assert conn.autocommit
+            conn.execute("SELECT 5")
+        finally:
+            pool.putconn(conn)
+        assert switches == [True, False, True]
 
     # A pool whose connections are in autocommit already: no switch either way.
     switches.clear()
