@@ -2,7 +2,8 @@
 
 1. reads: ``Repository.scalar("SELECT 1")`` vs the same single round trip on a raw
    psycopg_pool whose connections are in autocommit (no BEGIN/COMMIT around the read), per
-   call with one thread, and as throughput with 8, 32 and 64 threads on pools of 10;
+   call with one thread, and as throughput with 8, 32 and 64 threads on pools of 10 (24 pairs
+   of half-second slices, the order alternating; the client's CPU per call alongside);
 2. bulk loads of the same rows into fresh tables: ``insert_many`` vs hand-written 3,000-row
    multi-VALUES INSERTs (with the same ON CONFLICT), and ``copy_rows`` vs raw
    ``COPY ... FROM STDIN`` in 3,000-row transactions; rows/s of ``copy_rows`` at 1, 2 and 4
@@ -13,6 +14,8 @@ The read rows use only the public API, so they measure whatever read path the co
 
 from __future__ import annotations
 
+import os
+import statistics
 import threading
 import time
 import uuid
@@ -27,6 +30,10 @@ from dsqlkit.testing import LocalDsql
 
 THREADS = (8, 32, 64)
 POOL_SIZE = 10
+#: Throughput rows: pairs of slices (one a side, the order alternating) and each slice's
+#: seconds. Many short pairs rather than a few long ones: see `bench_read_throughput`.
+PAIRS = 24
+SLICE = 0.5
 
 
 def bench_read_latency(local: LocalDsql, conninfo: str) -> list[dict[str, Any]]:
@@ -70,8 +77,37 @@ def bench_read_latency(local: LocalDsql, conninfo: str) -> list[dict[str, Any]]:
     ]  # fmt: skip
 
 
-def _throughput(call: Any, threads: int, duration: float) -> float:
-    """Calls per second of ``threads`` threads calling ``call`` for ``duration`` seconds."""
+def _tree_cpu() -> float:
+    """CPU seconds used so far by this process's descendants (LocalDsql's front and its
+    PostgreSQL), from /proc (0.0 where there is no /proc)."""
+    parents: dict[int, int] = {}
+    ticks: dict[int, int] = {}
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        pid = int(entry)
+        parents[pid] = int(fields[1])
+        ticks[pid] = int(fields[11]) + int(fields[12])  # utime + stime
+    mine = {os.getpid()}
+    grew = True
+    while grew:
+        grew = False
+        for pid, parent in parents.items():
+            if parent in mine and pid not in mine:
+                mine.add(pid)
+                grew = True
+    mine.discard(os.getpid())
+    return sum(ticks[pid] for pid in mine) / os.sysconf("SC_CLK_TCK")
+
+
+def _throughput(call: Any, threads: int, duration: float) -> tuple[float, float, float]:
+    """Calls per second of ``threads`` threads calling ``call`` for ``duration`` seconds,
+    this process's CPU per call (us: the client side) and LocalDsql's (its processes')."""
     counts = [0] * threads
     go = threading.Event()
     stop = time.perf_counter() + duration + 0.05
@@ -87,14 +123,30 @@ def _throughput(call: Any, threads: int, duration: float) -> float:
     pool = [threading.Thread(target=worker, args=(n,)) for n in range(threads)]
     for thread in pool:
         thread.start()
-    start = time.perf_counter()
+    start_server = _tree_cpu()
+    start, start_cpu = time.perf_counter(), time.process_time()
     go.set()
     for thread in pool:
         thread.join()
-    return sum(counts) / (time.perf_counter() - start)
+    elapsed = time.perf_counter() - start
+    cpu = time.process_time() - start_cpu
+    server = _tree_cpu() - start_server
+    calls = max(sum(counts), 1)
+    return calls / elapsed, cpu / calls * 1e6, server / calls * 1e6
+
+
+def _quartiles(values: list[float]) -> str:
+    """The middle half of ``values`` (first to third quartile), as ``a-b``."""
+    if len(values) < 4:
+        return "-"
+    q1, _, q3 = statistics.quantiles(values, n=4)
+    return f"{q1:.3g}-{q3:.3g}"
 
 
 def bench_read_throughput(local: LocalDsql, conninfo: str) -> list[dict[str, Any]]:
+    """Throughput in many short pairs of slices (raw, then ours, or the reverse, alternating):
+    a shared machine's load drifts over seconds, and each pair's ratio compares two slices
+    run under about the same load; the row is the median of the pairs' ratios."""
     rows: dict[str, dict[str, float]] = {}
     goals = []
     with (
@@ -116,20 +168,40 @@ def bench_read_throughput(local: LocalDsql, conninfo: str) -> list[dict[str, Any
         for threads in THREADS:
             if not wanted("repository", f"read-{threads}"):
                 continue
-            ratios, base_rates, our_rates = [], [], []
-            for i in range(scale(9, 2)):
-                pair = [(baseline, base_rates), (ours, our_rates)]
-                for call, rates in pair if i % 2 else pair[::-1]:
-                    rates.append(_throughput(call, threads, seconds(1.0, 0.5)))
+            _throughput(baseline, threads, 0.2)  # warm-up: every connection, both sides
+            _throughput(ours, threads, 0.2)
+            ratios: list[float] = []
+            base_rates: list[float] = []
+            our_rates: list[float] = []
+            cpu: dict[str, list[float]] = {"raw": [], "ours": [], "raw_db": [], "ours_db": []}
+            for i in range(scale(PAIRS, 4)):
+                pair = [(baseline, base_rates, "raw"), (ours, our_rates, "ours")]
+                for call, rates, side in pair if i % 2 else pair[::-1]:
+                    rate, client_us, server_us = _throughput(call, threads, seconds(SLICE, 0.3))
+                    rates.append(rate)
+                    cpu[side].append(client_us)
+                    cpu[f"{side}_db"].append(server_us)
                 ratios.append(our_rates[-1] / base_rates[-1])
+            per_call = {side: median(values) for side, values in cpu.items()}
             rows[f"{threads} threads"] = {
                 "raw psycopg_pool calls/s": median(base_rates),
                 "Repository.scalar calls/s": median(our_rates),
+                "raw client CPU us/call": per_call["raw"],
+                "Repository client CPU us/call": per_call["ours"],
+                "LocalDsql CPU us/call (raw)": per_call["raw_db"],
+                "LocalDsql CPU us/call (Repository)": per_call["ours_db"],
             }
+            total_raw = per_call["raw"] + per_call["raw_db"]
+            total_ours = per_call["ours"] + per_call["ours_db"]
             goals.append(goal(
                 f"read-{threads}", f"same, throughput at {threads} threads (pool of {POOL_SIZE})",
                 ">= 0.95x", ratios, lambda r: r >= 0.95,
                 calls_per_s={"raw": median(base_rates), "Repository": median(our_rates)},
+                middle_half_of_ratios=_quartiles(ratios),
+                client_cpu_us_per_call={"raw": per_call["raw"], "Repository": per_call["ours"]},
+                # Client and LocalDsql together: on 2 cores the row is CPU-bound, so this
+                # ratio (raw's total over ours) is the throughput ratio the CPU allows.
+                cpu_bound_ratio=total_raw / total_ours if total_ours else float("nan"),
             ))  # fmt: skip
     if not rows:
         return []

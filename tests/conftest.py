@@ -32,6 +32,7 @@ GROUPS = {
     # The multi-Region session endpoint (local_dsql_multi_region): started once.
     "tests/testing/test_multi_region.py::": "multi_region",
     "tests/pool/test_multi_region.py::": "multi_region",
+    "tests/pool/test_mr_writes_": "multi_region",  # its _async.py and generated _sync.py
     "tests/sqla/test_multi_region.py::": "multi_region",
     "tests/testing/test_multi_region_pools.py::": "multi_region",
     "tests/telemetry/test_failover.py::": "multi_region",
@@ -48,7 +49,7 @@ FIRST = (
     "tests/migrations/test_migrations.py::",
     "tests/retry/test_units_",
     "tests/repository/",
-    "tests/pool/test_soak.py::",
+    "tests/pool/test_rotation_",
     "tests/testing/",
     "tests/firsthour/",
 )

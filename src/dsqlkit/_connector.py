@@ -74,6 +74,7 @@ if TYPE_CHECKING:
     import boto3
 
 __all__ = [
+    "LENT_TO_AUTOCOMMIT",
     "MAX_CLUSTER_CONNECTIONS",
     "Connector",
     "DsqlOptions",
@@ -124,6 +125,9 @@ _CONN_OK = pq.ConnStatus.OK
 #: In a connect error: the try got no answer in time (psycopg's and `ConnectGuard`'s words).
 _TIMED_OUT = "timeout expired"
 _STATE = "_dsqlkit_state"
+#: Set on a pooled connection that a checkout for an autocommit statement switched into
+#: autocommit (it stays so while idle); a plain checkout switches it back first.
+LENT_TO_AUTOCOMMIT = "_dsqlkit_lent_to_autocommit"
 #: DSQL's limit of open connections per cluster.
 MAX_CLUSTER_CONNECTIONS = 10_000
 
@@ -713,6 +717,7 @@ class Connector:
 
     def _verdict_moved(self, state: _ConnectionState, mono: float, wall: float) -> bool:
         """With several endpoints: whether a connection must go although it is fine."""
+        fresh = state.out_mono == state.created_mono  # never handed out before
         state.out_mono = mono
         target = state.target
         current = self.target
@@ -723,7 +728,10 @@ class Connector:
                 return False  # a connect that was under way to a more preferred endpoint
             since = max(mono - self._failback_mono, wall - self._failback_wall)
             return since >= state.spread * min(FAILBACK_SPREAD, self.cool_down)
-        if current.rank == 0 or self._probe_pending(mono):
+        if current.rank == 0 or fresh or self._probe_pending(mono):
+            # (Never a connection just made: it may be the fallback of a probe that failed,
+            # and retiring it would start the next probe at once, in a loop while connects
+            # take longer than the cool-down; SQLAlchemy gives up after three in a row.)
             return False
         for target in self.targets:
             if target.rank >= current.rank:
@@ -865,7 +873,10 @@ class Connector:
             state.used_mono, state.used_wall = time.monotonic(), time.time()
 
     def verdict(self, conn: Any) -> Verdict:
-        """OK to hand out, PROBE first, or discard (EXPIRED / DEAD). No I/O but a poll."""
+        """OK to hand out, PROBE first, or discard (EXPIRED / DEAD). No I/O but a poll.
+
+        Run at every checkout: comparisons of plain attributes, two clock reads and a
+        zero-timeout poll of the socket, nothing allocated on the way to OK."""
         pgconn = conn.pgconn
         if pgconn.status != _CONN_OK:
             return Verdict.DEAD
@@ -873,13 +884,23 @@ class Connector:
         if state is None:
             return self._probe()
         mono, wall = time.monotonic(), time.time()
-        if max(mono - state.created_mono, wall - state.created_wall) >= self.max_lifetime:
+        lifetime = self.max_lifetime
+        if mono - state.created_mono >= lifetime or wall - state.created_wall >= lifetime:
             return Verdict.EXPIRED
         if self.multi and self._verdict_moved(state, mono, wall):
             return Verdict.MOVED
-        if state.readable(pgconn.socket):
+        poller = state.poller
+        if poller is not None:
+            try:
+                readable = bool(poller.poll(0))
+            except (OSError, ValueError):
+                readable = True
+        else:
+            readable = state.readable(pgconn.socket)
+        if readable:
             return self._probe()  # EOF or an unsolicited message while idle: find out which
-        if max(mono - state.used_mono, wall - state.used_wall) >= self.idle_check_after:
+        idle = self.idle_check_after
+        if mono - state.used_mono >= idle or wall - state.used_wall >= idle:
             return self._probe()
         return Verdict.OK
 

@@ -15,7 +15,7 @@ from ._connect_async import AsyncDsqlConnection
 from ._connector import Connector, Verdict
 from ._telemetry import CONNECT_TRACE_KEY, connect_started
 
-__all__ = ["checkout", "connection_kwargs", "open_connection"]
+__all__ = ["checkout", "connection_kwargs", "open_connection", "settle"]
 
 
 async def connection_kwargs(connector: Connector, pool_name: str | None = None) -> dict[str, Any]:
@@ -55,6 +55,19 @@ async def checkout(
     """Whether ``conn`` may be handed out (`Verdict.OK`) or is to be discarded (counted):
     ``probe(conn)`` runs only when the connection is suspect, and a probe that raises means DEAD."""
     verdict = connector.verdict(conn)
+    if verdict is Verdict.OK:
+        return verdict
+    return await settle(connector, conn, verdict, probe)
+
+
+async def settle(
+    connector: Connector,
+    conn: Any,
+    verdict: Verdict,
+    probe: Callable[[Any], Awaitable[Any]],  # sync: probe: Callable[[Any], Any],
+) -> Verdict:
+    """The end of a `checkout` whose verdict is not OK: probe a suspect connection (OK if
+    the probe passes, DEAD if it raises); count one to discard."""
     if verdict is Verdict.PROBE:
         try:
             await probe(conn)
@@ -62,6 +75,5 @@ async def checkout(
             verdict = Verdict.DEAD
         else:
             return Verdict.OK
-    if verdict is not Verdict.OK:
-        connector.discarded(verdict)
+    connector.discarded(verdict)
     return verdict

@@ -16,7 +16,7 @@ from ._connect_sync import DsqlConnection
 from ._connector import Connector, Verdict
 from ._telemetry import CONNECT_TRACE_KEY, connect_started
 
-__all__ = ["checkout", "connection_kwargs", "open_connection"]
+__all__ = ["checkout", "connection_kwargs", "open_connection", "settle"]
 
 
 def connection_kwargs(connector: Connector, pool_name: str | None = None) -> dict[str, Any]:
@@ -56,6 +56,19 @@ def checkout(
     """Whether ``conn`` may be handed out (`Verdict.OK`) or is to be discarded (counted):
     ``probe(conn)`` runs only when the connection is suspect, and a probe that raises means DEAD."""
     verdict = connector.verdict(conn)
+    if verdict is Verdict.OK:
+        return verdict
+    return settle(connector, conn, verdict, probe)
+
+
+def settle(
+    connector: Connector,
+    conn: Any,
+    verdict: Verdict,
+    probe: Callable[[Any], Any],
+) -> Verdict:
+    """The end of a `checkout` whose verdict is not OK: probe a suspect connection (OK if
+    the probe passes, DEAD if it raises); count one to discard."""
     if verdict is Verdict.PROBE:
         try:
             probe(conn)
@@ -63,6 +76,5 @@ def checkout(
             verdict = Verdict.DEAD
         else:
             return Verdict.OK
-    if verdict is not Verdict.OK:
-        connector.discarded(verdict)
+    connector.discarded(verdict)
     return verdict

@@ -43,11 +43,13 @@ from psycopg import pq
 from . import _sio
 from ._errors import CommitOutcomeUnknown, TransactionAborted, TransactionControlRefused
 from ._joined import joined_handle, joining
+from ._pool import DsqlPoolMixin
 from ._pool_internals import not_taken_back
 from ._query import control_message, control_refusal, refuse_awaitable
 from ._retry import (
     Attempt,
     RetryPolicy,
+    RetryRun,
     RetryStats,
     Scope,
     connection_lost,
@@ -198,7 +200,7 @@ def run_attempts(
     the unit runs on one) names the endpoint in the unit's telemetry. ``settle`` may turn
     the failure that ends the loop into the exception to raise instead (a read whose outcome
     is unknown), before the unit's outcome is recorded."""
-    run = policy.start(stats)
+    run = RetryRun(policy, stats)
     unit = None  # telemetry (off: this comparison is all it costs)
     if run.started >= STATE.gate:
         unit = unit_started(pool, once, args, run.started)
@@ -252,24 +254,51 @@ class Held:
 
 class _ReadState:
     """What the attempts of one read share: the lost connection that left the first run's
-    outcome unknown (from then on, only READ ONLY re-runs), and the attempts so far."""
+    outcome unknown (from then on, only READ ONLY re-runs), and the attempts so far; its
+    `settle` is the retry loop's hook (one object per read, no closure)."""
 
-    __slots__ = ("attempts", "unsettled")
+    __slots__ = ("attempts", "stats", "unsettled")
 
-    def __init__(self) -> None:
+    def __init__(self, stats: RetryStats) -> None:
         self.unsettled: BaseException | None = None
         self.attempts = 0
+        self.stats = stats
+
+    def settle(self, exc: BaseException) -> BaseException | None:
+        """The read's last failure, after a first run whose outcome is unknown."""
+        lost = self.unsettled
+        if lost is None or isinstance(exc, CommitOutcomeUnknown):
+            return None
+        count_unknown(self.stats)
+        if not isinstance(exc, Exception):  # an interruption during the re-run
+            mark_commit_unknown(exc)
+            return None
+        unknown = CommitOutcomeUnknown(
+            "the connection was lost while the statement ran in autocommit, so it may have "
+            "written (a function, view or CHECK it calls can write, whatever its text "
+            "says); re-running it in a READ ONLY transaction did not give a result the "
+            f"server guarantees wrote nothing ({type(exc).__name__}: {exc}). dsqlkit does "
+            "not run it again outside READ ONLY: check the data, then decide (use "
+            f"execute() or a transaction for statements that write). Lost: {lost}",
+            attempts=self.attempts,
+        )
+        unknown.__cause__ = lost
+        return unknown
 
 
 class Executor:
     """Runs units of work on one pool under one policy, counting into one `RetryStats`."""
 
-    __slots__ = ("policy", "pool", "stats")
+    __slots__ = ("autocommit_checkout", "policy", "pool", "stats")
 
     def __init__(self, pool: Any, policy: RetryPolicy, stats: RetryStats) -> None:
         self.pool = pool
         self.policy = policy
         self.stats = stats
+        #: dsqlkit's pools check a connection out in autocommit for a read and keep it so
+        #: while idle (``getconn(autocommit=True)``), so reads switch nothing. Other pools:
+        #: False (the read switches autocommit on and back around its statement).
+        self.autocommit_checkout = isinstance(pool, DsqlPoolMixin)
 
     # -- transactions ------------------------------------------------------------------------
 
@@ -441,30 +470,7 @@ class Executor:
             with joined.connection.cursor(row_factory=row_factory) as cur:
                 cur.execute(query, params)
                 return take(cur)
-        state = _ReadState()
-        stats = self.stats
-
-        def settle(exc: BaseException) -> BaseException | None:
-            """The read's last failure, after a first run whose outcome is unknown."""
-            lost = state.unsettled
-            if lost is None or isinstance(exc, CommitOutcomeUnknown):
-                return None
-            count_unknown(stats)
-            if not isinstance(exc, Exception):  # an interruption during the re-run
-                mark_commit_unknown(exc)
-                return None
-            unknown = CommitOutcomeUnknown(
-                "the connection was lost while the statement ran in autocommit, so it may have "
-                "written (a function, view or CHECK it calls can write, whatever its text "
-                "says); re-running it in a READ ONLY transaction did not give a result the "
-                f"server guarantees wrote nothing ({type(exc).__name__}: {exc}). dsqlkit does "
-                "not run it again outside READ ONLY: check the data, then decide (use "
-                f"execute() or a transaction for statements that write). Lost: {lost}",
-                attempts=state.attempts,
-            )
-            unknown.__cause__ = lost
-            return unknown
-
+        state = _ReadState(self.stats)
         return run_attempts(
             self.policy,
             self.stats,
@@ -476,7 +482,7 @@ class Executor:
             take,
             state,
             pool=self.pool,
-            settle=settle,
+            settle=state.settle,
         )
 
     def _read_once(  # noqa: PLR0917 - the executor's own call, positional by design
@@ -490,13 +496,16 @@ class Executor:
     ) -> Any:
         state.attempts = attempt.number
         conn: Any = None
-        autocommit = True
+        restore = False
         try:  # the connection is taken inside the try: whatever interrupts, it goes back
-            conn = self.pool.getconn()
+            if self.autocommit_checkout:
+                conn = self.pool.getconn(autocommit=True)
+            else:
+                conn = self.pool.getconn()
+                if not conn.autocommit:
+                    restore = True
+                    conn.set_autocommit(True)
             attempt.connection = conn
-            autocommit = conn.autocommit
-            if not autocommit:
-                conn.set_autocommit(True)
             cur = conn.cursor(row_factory=row_factory)
             if state.unsettled is None:
                 # The fast path: one autocommit statement, which commits if it writes.
@@ -521,7 +530,7 @@ class Executor:
         finally:
             if conn is not None:
                 try:
-                    if not autocommit and not conn.closed and not conn.broken:
+                    if restore and not conn.closed and not conn.broken:
                         try:  # noqa: SIM105 - cheaper than contextlib.suppress, on every read
                             conn.set_autocommit(False)
                         except psycopg.Error:

@@ -186,6 +186,11 @@ class DsqlPoolMixin(BasePool):
         return f"<{type(self).__name__} {self.name!r} {core.describe()} {state}>"
 
 
+def connector_of(pool: Any) -> Connector | None:
+    """The connector of one of dsqlkit's pools (None for any other pool)."""
+    return getattr(pool, "_core", None) if isinstance(pool, DsqlPoolMixin) else None
+
+
 #: dsqlkit's pools (their names, for `_OneConnectWarning`).
 _pools: weakref.WeakSet[Any] = weakref.WeakSet()
 _PSYCOPG_POOL_CONNECT_ERROR = "error connecting in %r: %s"

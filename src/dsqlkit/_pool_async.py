@@ -22,10 +22,10 @@ from typing_extensions import TypeVar, Unpack
 
 from . import _aio, _pool_internals
 from ._connect_async import AsyncDsqlConnection
-from ._connector import Endpoints, Verdict, check_timeout
-from ._connector_async import checkout, connection_kwargs
+from ._connector import LENT_TO_AUTOCOMMIT, Endpoints, Verdict, check_timeout
+from ._connector_async import connection_kwargs, settle
 from ._pool import DEFAULT_MAX_LIFETIME, AllOptions, DsqlPoolMixin
-from ._telemetry import checked_in, checked_out, metrics_on, pool_timed_out
+from ._telemetry import STATE, checked_in, checked_out, metrics_on, pool_timed_out
 
 __all__ = ["AsyncDsqlConnectionPool"]
 
@@ -190,28 +190,44 @@ class AsyncDsqlConnectionPool(DsqlPoolMixin, AsyncConnectionPool[ACT], Generic[A
             return
         await super().close(timeout)
 
-    async def getconn(self, timeout: float | None = None) -> ACT:
+    async def getconn(self, timeout: float | None = None, *, autocommit: bool = False) -> ACT:
         """Like psycopg_pool's, but never returns an expired or dead connection, fails at once
         (naming the cause) when connecting cannot succeed, and gives a connection it took
-        back to the pool whatever interrupts it (KeyboardInterrupt, cancellation)."""
+        back to the pool whatever interrupts it (KeyboardInterrupt, cancellation).
+
+        ``autocommit=True`` (what the repositories' reads use) hands the connection out in
+        autocommit and leaves it so while idle (marked `LENT_TO_AUTOCOMMIT`), so the next
+        such checkout switches nothing; a plain `getconn` (and `connection`) switches it
+        back first, so everyone else gets a connection as the pool's settings make it."""
         core = self._core
         if core.forked():
             await self._check_fork()
         limit = self.timeout if timeout is None else check_timeout(timeout)
         started = time.monotonic()
         deadline = started + limit
+        left = limit
         while True:
             if core.target.permanent_error is not None and not _pool_internals.idle_count(self):
                 raise core.timeout_error(time.monotonic() - started) from core.permanent_error
             try:
-                conn = await super().getconn(max(deadline - time.monotonic(), 0.0))
+                conn = await super().getconn(left)
             except PoolTimeout:
                 pool_timed_out(self.name)
                 error = core.permanent_error or core.last_error
                 raise core.timeout_error(time.monotonic() - started) from error
             try:
-                if await checkout(core, conn, self.check_connection) is Verdict.OK:
-                    if metrics_on():
+                verdict = core.verdict(conn)
+                if verdict is not Verdict.OK:
+                    verdict = await settle(core, conn, verdict, self.check_connection)
+                if verdict is Verdict.OK:
+                    if autocommit:
+                        if not conn.autocommit:
+                            setattr(conn, LENT_TO_AUTOCOMMIT, True)  # before: see getconn
+                            await conn.set_autocommit(True)
+                    elif getattr(conn, LENT_TO_AUTOCOMMIT, False):
+                        await conn.set_autocommit(False)
+                        setattr(conn, LENT_TO_AUTOCOMMIT, False)
+                    if started >= STATE.gate and metrics_on():
                         checked_out(self.name, conn, time.monotonic() - started)
                     return conn
                 await conn.close()
@@ -219,6 +235,7 @@ class AsyncDsqlConnectionPool(DsqlPoolMixin, AsyncConnectionPool[ACT], Generic[A
                 await _pool_internals.discard_checked_out(self, conn)
                 raise
             await _pool_internals.discard_checked_out(self, conn)  # replaced without a warning
+            left = max(deadline - time.monotonic(), 0.0)
 
     @asynccontextmanager
     async def connection(self, timeout: float | None = None) -> AsyncIterator[ACT]:

@@ -24,10 +24,10 @@ from typing_extensions import TypeVar, Unpack
 
 from . import _pool_internals, _sio
 from ._connect_sync import DsqlConnection
-from ._connector import Endpoints, Verdict, check_timeout
-from ._connector_sync import checkout, connection_kwargs
+from ._connector import LENT_TO_AUTOCOMMIT, Endpoints, Verdict, check_timeout
+from ._connector_sync import connection_kwargs, settle
 from ._pool import DEFAULT_MAX_LIFETIME, AllOptions, DsqlPoolMixin
-from ._telemetry import checked_in, checked_out, metrics_on, pool_timed_out
+from ._telemetry import STATE, checked_in, checked_out, metrics_on, pool_timed_out
 
 __all__ = ["DsqlConnectionPool"]
 
@@ -192,28 +192,44 @@ class DsqlConnectionPool(DsqlPoolMixin, ConnectionPool[CT], Generic[CT]):
             return
         super().close(timeout)
 
-    def getconn(self, timeout: float | None = None) -> CT:
+    def getconn(self, timeout: float | None = None, *, autocommit: bool = False) -> CT:
         """Like psycopg_pool's, but never returns an expired or dead connection, fails at once
         (naming the cause) when connecting cannot succeed, and gives a connection it took
-        back to the pool whatever interrupts it (KeyboardInterrupt, cancellation)."""
+        back to the pool whatever interrupts it (KeyboardInterrupt, cancellation).
+
+        ``autocommit=True`` (what the repositories' reads use) hands the connection out in
+        autocommit and leaves it so while idle (marked `LENT_TO_AUTOCOMMIT`), so the next
+        such checkout switches nothing; a plain `getconn` (and `connection`) switches it
+        back first, so everyone else gets a connection as the pool's settings make it."""
         core = self._core
         if core.forked():
             self._check_fork()
         limit = self.timeout if timeout is None else check_timeout(timeout)
         started = time.monotonic()
         deadline = started + limit
+        left = limit
         while True:
             if core.target.permanent_error is not None and not _pool_internals.idle_count(self):
                 raise core.timeout_error(time.monotonic() - started) from core.permanent_error
             try:
-                conn = super().getconn(max(deadline - time.monotonic(), 0.0))
+                conn = super().getconn(left)
             except PoolTimeout:
                 pool_timed_out(self.name)
                 error = core.permanent_error or core.last_error
                 raise core.timeout_error(time.monotonic() - started) from error
             try:
-                if checkout(core, conn, self.check_connection) is Verdict.OK:
-                    if metrics_on():
+                verdict = core.verdict(conn)
+                if verdict is not Verdict.OK:
+                    verdict = settle(core, conn, verdict, self.check_connection)
+                if verdict is Verdict.OK:
+                    if autocommit:
+                        if not conn.autocommit:
+                            setattr(conn, LENT_TO_AUTOCOMMIT, True)  # before: see getconn
+                            conn.set_autocommit(True)
+                    elif getattr(conn, LENT_TO_AUTOCOMMIT, False):
+                        conn.set_autocommit(False)
+                        setattr(conn, LENT_TO_AUTOCOMMIT, False)
+                    if started >= STATE.gate and metrics_on():
                         checked_out(self.name, conn, time.monotonic() - started)
                     return conn
                 conn.close()
@@ -221,6 +237,7 @@ class DsqlConnectionPool(DsqlPoolMixin, ConnectionPool[CT], Generic[CT]):
                 _pool_internals.discard_checked_out(self, conn)
                 raise
             _pool_internals.discard_checked_out(self, conn)  # replaced without a warning
+            left = max(deadline - time.monotonic(), 0.0)
 
     @contextmanager
     def connection(self, timeout: float | None = None) -> Iterator[CT]:

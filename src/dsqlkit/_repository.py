@@ -11,6 +11,7 @@ import math
 from typing import TYPE_CHECKING, Any
 
 from ._errors import ConfigurationError, DatabaseUnavailable, UsageError
+from ._pool import connector_of
 from ._query import RowShape, row_factory
 from ._results import Ping, Rows
 from ._retry import PolicyOptions, RetryPolicy, RetryStats, resolve_policy, stats_for
@@ -55,7 +56,7 @@ def check_pool(repository: Any, pool: Any, expected: type[Any]) -> None:
 
 
 def unavailable(pool: Any, exc: BaseException) -> DatabaseUnavailable:
-    core = getattr(pool, "_core", None)
+    core = connector_of(pool)
     where = core.endpoint.host if core is not None else getattr(pool, "name", "the database")
     return DatabaseUnavailable(f"{where} is unreachable: {exc}")
 
@@ -108,7 +109,7 @@ class RepositoryBase:
         return self._stats
 
     def __repr__(self) -> str:
-        core = getattr(self.pool, "_core", None)
+        core = connector_of(self.pool)
         where = core.describe() if core is not None else repr(self.pool.name)
         if self.pool.closed:
             state = "closed" if self._opened else "not opened yet"

@@ -8,7 +8,8 @@ DSQL's certificate) or, asked for by name, a plain PostgreSQL server. Anything e
 
 ``localhost`` in front of a `LocalDsql` is exactly an SSH tunnel: the name used resolves to
 the address that presents the cluster's certificate, and the endpoint rejects tokens signed
-for any host but its own.
+for any host but its own. A pool through such a tunnel is tested once for both flavours, in
+``test_tunnel_async.py`` (and its generated ``test_tunnel_sync.py``).
 """
 
 from __future__ import annotations
@@ -23,8 +24,6 @@ from psycopg_pool import PoolTimeout
 
 import dsqlkit
 from dsqlkit import (
-    AsyncDsqlConnectionPool,
-    AsyncRepository,
     ConfigurationError,
     DsqlConnectionPool,
     DsqlEndpoint,
@@ -115,26 +114,6 @@ def test_custom_name_mistakes(
     monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
     with pytest.raises(ConfigurationError, match=message):
         DsqlEndpoint.resolve(endpoint, **options)
-
-
-def test_a_tunnel_connects_with_a_token_for_the_real_endpoint(local_dsql: LocalDsql) -> None:
-    with DsqlConnectionPool("localhost", **_tunnel_options(local_dsql)) as pool:
-        repo = Repository(pool)
-        assert repo.scalar("SELECT 1") == 1
-        with pool.connection() as conn:
-            params = conninfo_to_dict(conn.info.dsn)
-            assert params["host"] == local_dsql.host  # TLS verified (and SNI) for the cluster
-            assert params["hostaddr"] == "127.0.0.1"  # the tunnel's address
-            assert params["sslmode"] == "verify-full"
-            assert conn.pgconn.ssl_in_use
-        assert pool.get_stats()["tokens_minted"] >= 1
-        assert "via localhost" in repr(pool)
-
-
-async def test_a_tunnel_works_for_the_async_pool(local_dsql: LocalDsql) -> None:
-    options = _tunnel_options(local_dsql)
-    async with AsyncDsqlConnectionPool("localhost", **options) as pool:
-        assert await AsyncRepository(pool).scalar("SELECT 2") == 2
 
 
 def test_a_tunnel_works_for_connect_shared_pool_and_engines(local_dsql: LocalDsql) -> None:

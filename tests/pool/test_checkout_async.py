@@ -1,7 +1,9 @@
 """Pool checkout against the local endpoint: a fresh token per connection, verified TLS,
-connections past their age retired or replaced, refused and failed connects retried. Both
-pool flavours pass the same tests (asyncio source; ``test_checkout_sync.py`` is generated
-from it by ``tools/async_to_sync.py``)."""
+connections past their age retired or replaced, refused and failed connects retried, plain
+PostgreSQL mode, and the user's own callbacks and connection arguments.
+
+(asyncio source; ``test_checkout_sync.py`` is generated from it by ``tools/async_to_sync.py``,
+so both pool flavours pass the same tests)"""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict
+from psycopg.rows import dict_row
 from psycopg_pool import PoolTimeout
 
 from dsqlkit import AsyncDsqlConnectionPool, _aio
@@ -25,6 +28,45 @@ async def query_one(pool: AsyncDsqlConnectionPool[Any], sql: str = "SELECT 1") -
         row = await cur.fetchone()
         assert row is not None
         return row[0]
+
+
+async def test_plain_postgresql_mode(local_dsql: LocalDsql) -> None:
+    backend = conninfo_to_dict(local_dsql.backend_conninfo)
+    async with AsyncDsqlConnectionPool(
+        str(backend["host"]),
+        port=int(str(backend["port"])),
+        user="postgres",
+        min_size=1,
+        plain_postgresql=True,
+    ) as pool:
+        assert await query_one(pool, "SELECT current_user") == "postgres"
+        async with pool.connection() as conn:
+            params = conninfo_to_dict(conn.info.dsn)
+            assert "sslmode" not in params or params["sslmode"] != "verify-full"
+            assert not conn.pgconn.ssl_in_use
+        stats = pool.get_stats()
+    assert "tokens_minted" not in stats
+    assert "plain-postgresql" in repr(pool)
+
+
+async def test_user_callbacks_and_kwargs_still_work(local_dsql: LocalDsql) -> None:
+    configured: list[int] = []
+
+    async def configure(conn: psycopg.AsyncConnection[Any]) -> None:
+        configured.append(conn.info.backend_pid)
+        await conn.execute("SET application_name = 'configured'")
+        await conn.commit()
+
+    async with (
+        local_dsql.async_pool(
+            min_size=1, configure=configure, kwargs={"row_factory": dict_row, "autocommit": True}
+        ) as pool,
+        pool.connection() as conn,
+    ):
+        assert conn.autocommit
+        cur = await conn.execute("SHOW application_name")
+        assert await cur.fetchone() == {"application_name": "configured"}
+    assert configured
 
 
 async def test_every_physical_connection_gets_a_fresh_token(local_dsql: LocalDsql) -> None:
@@ -98,7 +140,10 @@ async def test_recently_used_connections_are_not_probed(local_dsql: LocalDsql) -
 async def test_next_request_succeeds_after_the_endpoint_drops_everything(
     local_dsql: LocalDsql,
 ) -> None:
-    async with local_dsql.async_pool(min_size=4) as pool:
+    provider = RecordingProvider(local_dsql)
+    async with local_dsql.async_pool(
+        min_size=4, token_provider=provider, boto3_session=None
+    ) as pool:
         await pool.wait()
         assert await query_one(pool) == 1
         assert local_dsql.drop_connections() >= 4
@@ -106,6 +151,8 @@ async def test_next_request_succeeds_after_the_endpoint_drops_everything(
             assert await query_one(pool) == 1
         stats = pool.get_stats()
     assert stats["connections_dead_at_checkout"] >= 1
+    assert stats["tokens_minted"] >= 5  # the replacements signed fresh tokens
+    assert not provider.on_event_loop  # reconnecting never signs on an event loop either
 
 
 @pytest.mark.parametrize("code", ["53300", "53400"])

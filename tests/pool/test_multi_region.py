@@ -1,8 +1,11 @@
-"""Pools over the endpoints of one multi-Region cluster: failover, failback, write safety.
+"""Pools over the endpoints of one multi-Region cluster: failover and failback.
 
 Two local endpoints, one per Region, with real TLS and real SigV4 tokens signed for each
 endpoint's host and Region. Faults are injected at the endpoints; every wait is for a state
 or a count (bounded), never an elapsed time.
+
+Errors retried where they happen and write safety across a failover are tested once for both
+flavours, in ``test_mr_writes_async.py`` (and its generated ``test_mr_writes_sync.py``).
 """
 
 from __future__ import annotations
@@ -22,7 +25,6 @@ from dsqlkit import (
     AsyncDsqlConnectionPool,
     AsyncRepository,
     Boto3TokenProvider,
-    CommitOutcomeUnknown,
     ConfigurationError,
     DsqlConnectionPool,
     Repository,
@@ -346,69 +348,6 @@ async def test_failover_and_failback_async(cluster: Cluster, records: Records, k
     assert not signer.on_event_loop  # tokens are signed in worker threads, for every Region
 
 
-def test_errors_are_retried_where_they_happen_and_do_not_move_traffic(cluster: Cluster) -> None:
-    """A share of statements failing with the known-issues page's transient errors (XX000,
-    40001, dropped connections), then of COMMITs with 40001: every transaction commits exactly
-    once, through the preferred Region (its connects succeed: nothing to fail over from)."""
-    table = cluster.table()
-    with DsqlConnectionPool(cluster.endpoints, **cluster.options(min_size=2)) as pool:
-        pool.wait()
-        repo = Repository(pool, policy=dsqlkit.RetryPolicy(max_attempts=30, base_delay=0.001))
-
-        def insert(i: int) -> None:
-            repo.transaction(lambda tx: tx.execute(f"INSERT INTO {table} VALUES (%s, 'x')", (i,)))
-
-        cluster.impair(0, "errors", share=0.3, at="statement", seed=7)
-        for i in range(20):
-            insert(i)
-        cluster.impair(0, "errors", share=0.3, at="commit", errors=["conflict"], seed=7)
-        for i in range(20, 30):
-            insert(i)
-        stats = pool.get_stats()
-        assert states(pool) == ["active", "healthy"]
-        cluster.heal(0)
-        for i in range(30, 35):
-            insert(i)
-        assert server_host(pool) == cluster.host(0)
-    assert cluster.count(table) == 35
-    assert stats["failovers"] == 0
-    assert stats["occ_retries"] > 0
-    assert stats["occ_commit_unknown"] == 0
-
-
-async def test_errors_are_retried_where_they_happen_async(cluster: Cluster) -> None:
-    """The asyncio pool under the ``errors`` impairment and after heal: every transaction
-    commits exactly once, through the preferred Region, and nothing fails over."""
-    table = cluster.table()
-    async with AsyncDsqlConnectionPool(cluster.endpoints, **cluster.options(min_size=2)) as pool:
-        await pool.wait()
-        repo = AsyncRepository(pool, policy=dsqlkit.RetryPolicy(max_attempts=30, base_delay=0.001))
-
-        async def insert(i: int) -> None:
-            async def unit(tx: Any) -> None:
-                await tx.execute(f"INSERT INTO {table} VALUES (%s, 'x')", (i,))
-
-            await repo.transaction(unit)
-
-        await asyncio.to_thread(cluster.impair, 0, "errors", share=0.3, at="statement", seed=11)
-        for i in range(15):
-            await insert(i)
-        await asyncio.to_thread(
-            cluster.impair, 0, "errors", share=0.3, at="commit", errors=["conflict"], seed=11
-        )
-        for i in range(15, 25):
-            await insert(i)
-        assert states(pool) == ["active", "healthy"]
-        await asyncio.to_thread(cluster.heal, 0)
-        for i in range(25, 30):
-            await insert(i)
-        stats = pool.get_stats()
-    assert cluster.count(table) == 30
-    assert stats["failovers"] == 0
-    assert stats["occ_retries"] > 0
-    assert stats["occ_commit_unknown"] == 0
-
-
 def test_idle_connections_to_an_impaired_endpoint_are_not_handed_out(cluster: Cluster) -> None:
     """Live, idle connections to the impaired endpoint (it only refuses new connections)
     are discarded at checkout, so a retry gets a connection to the healthy endpoint."""
@@ -462,71 +401,20 @@ def test_a_statement_waiting_on_a_hung_endpoint_is_cut_and_rerun(cluster: Cluste
     assert stats["failovers"] == 1
 
 
-# -- write safety across a failover -------------------------------------------------------------
-
-
-def test_a_transaction_cut_before_commit_reruns_on_the_peer(cluster: Cluster) -> None:
-    table = cluster.table()
-    ran_on: list[str] = []
-    with DsqlConnectionPool(cluster.endpoints, **cluster.options(min_size=1)) as pool:
-        pool.wait()
-        repo = Repository(pool)
-
-        def unit(tx: dsqlkit.Transaction) -> None:
-            host = tx.connection.pgconn.host.decode()
-            ran_on.append(host)
-            tx.execute(f"INSERT INTO {table} VALUES (1, %s)", (host,))
-            if len(ran_on) == 1:
-                cluster.impair(0, "drop")  # the connection dies before COMMIT is sent...
-                tx.execute("SELECT 1")  # ... as this statement finds out
-
-        repo.transaction(unit)
-    assert ran_on == [cluster.host(0), cluster.host(1)]
-    with psycopg.connect(cluster.local.backend_conninfo) as conn:
-        rows = conn.execute(f"SELECT region FROM {table}").fetchall()  # type: ignore[arg-type]
-    assert rows == [(cluster.host(1),)]  # written once, through the peer
-
-
-@pytest.mark.parametrize("committed", [True, False])
-def test_a_commit_lost_in_flight_is_reported_not_repeated(
-    cluster: Cluster, committed: bool
+def test_a_connection_made_after_a_failed_probe_is_not_retired_for_the_next(
+    cluster: Cluster,
 ) -> None:
-    """COMMIT met by a dropped connection (after the backend committed, or before): the
-    outcome is unknown to the client, so CommitOutcomeUnknown, never a re-run (the next
-    units go through the peer)."""
-    table = cluster.table()
-    with DsqlConnectionPool(cluster.endpoints, **cluster.options(min_size=1)) as pool:
+    """A cool-down shorter than a connect: a connection just made (a failed probe's fallback)
+    is handed out, not retired to start the next probe (a loop until the pool timeout)."""
+    options = cluster.options(min_size=1, max_size=1, timeout=10.0)
+    options["cool_down"] = 0.001
+    with DsqlConnectionPool(cluster.endpoints, **options) as pool:
         pool.wait()
-        repo = Repository(pool)
-        cluster.impair(0, "errors", share=1.0, errors=["drop"], at="commit", committed=committed)
-        with pytest.raises(CommitOutcomeUnknown):
-            repo.transaction(lambda tx: tx.execute(f"INSERT INTO {table} VALUES (1, 'x')"))
-        assert pool.get_stats()["occ_commit_unknown"] == 1
-    assert cluster.count(table) == (1 if committed else 0)  # never twice
-
-
-def test_server_unavailable_before_commit_reruns(cluster: Cluster) -> None:
-    """XX000 on a statement: nothing committed, the transaction re-runs (once per unit)."""
-    table = cluster.table()
-    with DsqlConnectionPool(cluster.endpoints, **cluster.options(min_size=1)) as pool:
-        pool.wait()
-        repo = Repository(pool)
-        cluster.regions[0].server_unavailable(1)
-        repo.transaction(lambda tx: tx.execute(f"INSERT INTO {table} VALUES (1, 'x')"))
-        assert pool.get_stats()["occ_unavailable_retried"] == 1
-    assert cluster.count(table) == 1
-
-
-def test_a_write_through_one_region_is_read_after_failover(cluster: Cluster) -> None:
-    """Strong consistency across the failover: what committed through us-east-1 before it
-    failed is read through us-east-2 after."""
-    table = cluster.table()
-    with DsqlConnectionPool(cluster.endpoints, **cluster.options(min_size=1)) as pool:
-        repo = Repository(pool)
-        repo.execute(f"INSERT INTO {table} VALUES (1, 'before')")
         cluster.impair(0, "refuse")
-        assert repo.scalar(f"SELECT region FROM {table} WHERE id = 1") == "before"
-        assert server_host(pool) == cluster.host(1)
+        hosts = [server_host(pool) for _ in range(5)]
+        stats = pool.get_stats()
+    assert hosts == [cluster.host(1)] * 5
+    assert (stats["failovers"], stats["failbacks"]) == (1, 0)
 
 
 # -- entry points -----------------------------------------------------------------------------

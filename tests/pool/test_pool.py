@@ -1,7 +1,8 @@
 """DsqlConnectionPool / AsyncDsqlConnectionPool against the local endpoint (real TLS and tokens):
-what only one flavour has (plain PostgreSQL mode, callbacks, fork, signals, shared pools).
+what only one flavour has (fork, signals, shared pools).
 
-Checkout, tokens, TLS and connection age are tested once for both flavours, in
+Checkout, tokens (signed off the event loop), TLS, connection age, plain PostgreSQL mode and
+the user's callbacks are tested once for both flavours, in
 ``test_checkout_async.py`` (and its generated ``test_checkout_sync.py``)."""
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from typing import Any
 
 import psycopg
 import pytest
-from psycopg.conninfo import conninfo_to_dict
 
 from dsqlkit import Boto3TokenProvider, DsqlConnectionPool, shared_pool
 from dsqlkit.testing import LocalDsql
@@ -59,67 +59,6 @@ def query_one(pool: DsqlConnectionPool[Any], sql: str = "SELECT 1") -> Any:
         row = conn.execute(sql).fetchone()
         assert row is not None
         return row[0]
-
-
-def test_plain_postgresql_mode(local_dsql: LocalDsql) -> None:
-    backend = conninfo_to_dict(local_dsql.backend_conninfo)
-    with DsqlConnectionPool(
-        str(backend["host"]),
-        port=int(str(backend["port"])),
-        user="postgres",
-        min_size=1,
-        plain_postgresql=True,
-    ) as pool:
-        assert query_one(pool, "SELECT current_user") == "postgres"
-        with pool.connection() as conn:
-            params = conninfo_to_dict(conn.info.dsn)
-            assert "sslmode" not in params or params["sslmode"] != "verify-full"
-            assert not conn.pgconn.ssl_in_use
-        stats = pool.get_stats()
-    assert "tokens_minted" not in stats
-    assert "plain-postgresql" in repr(pool)
-
-
-def test_user_callbacks_and_kwargs_still_work(local_dsql: LocalDsql) -> None:
-    configured: list[int] = []
-
-    def configure(conn: psycopg.Connection[Any]) -> None:
-        configured.append(conn.info.backend_pid)
-        conn.execute("SET application_name = 'configured'")
-        conn.commit()
-
-    from psycopg.rows import dict_row
-
-    with (
-        local_dsql.pool(
-            min_size=1, configure=configure, kwargs={"row_factory": dict_row, "autocommit": True}
-        ) as pool,
-        pool.connection() as conn,
-    ):
-        assert conn.autocommit
-        assert conn.execute("SHOW application_name").fetchone() == {
-            "application_name": "configured"
-        }
-    assert configured
-
-
-async def test_async_pool_basics_and_signing_off_the_event_loop(local_dsql: LocalDsql) -> None:
-    provider = RecordingProvider(local_dsql)
-    async with local_dsql.async_pool(
-        min_size=2, token_provider=provider, boto3_session=None
-    ) as pool:
-        await pool.wait()
-        async with pool.connection() as conn:
-            cur = await conn.execute("SELECT current_user")
-            assert await cur.fetchone() == ("admin",)
-        local_dsql.drop_connections()
-        async with pool.connection() as conn:
-            cur = await conn.execute("SELECT 1")
-            assert await cur.fetchone() == (1,)
-        stats = pool.get_stats()
-    assert not provider.on_event_loop
-    assert stats["tokens_minted"] >= 3
-    assert stats["connections_dead_at_checkout"] >= 1
 
 
 def test_shared_pool_is_memoized_per_configuration(local_dsql: LocalDsql) -> None:

@@ -1,6 +1,7 @@
-"""The repository's query, write and transaction methods against the local endpoint, the
-same tests for both flavours (asyncio source; ``test_api_sync.py`` is generated from it by
-``tools/async_to_sync.py``)."""
+"""The repository's query, write and transaction methods against the local endpoint.
+
+(asyncio source; ``test_api_sync.py`` is generated from it by ``tools/async_to_sync.py``, so
+`Repository` and `AsyncRepository` pass the same tests)"""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from psycopg import sql
 from psycopg.rows import tuple_row
 
 from dsqlkit import (
+    AsyncDsqlConnection,
     AsyncDsqlConnectionPool,
     AsyncRepository,
     CommitOutcomeUnknown,
@@ -209,6 +211,61 @@ async def test_reads_are_retried_on_conflicts_and_lost_connections(
     assert pool.get_stats()["occ_disconnects_retried"] >= 1
     local_dsql.fail_next_commits(1)  # injected at COMMIT: not seen by autocommit reads
     assert await repo.scalar("SELECT 1") == 1
+
+
+async def test_reads_switch_an_idle_connection_into_autocommit_once(
+    local_dsql: LocalDsql,
+) -> None:
+    switches: list[bool] = []
+
+    class Recording(AsyncDsqlConnection[Any]):
+        async def set_autocommit(self, value: bool) -> None:
+            switches.append(value)
+            await super().set_autocommit(value)
+
+    async with local_dsql.async_pool(min_size=1, max_size=1, connection_class=Recording) as pool:
+        repo = AsyncRepository(pool)
+        for _ in range(5):
+            assert await repo.scalar("SELECT 1") == 1
+        # One switch: the idle connection stays in autocommit from one read to the next.
+        assert switches == [True]
+        # Anyone else gets it as psycopg's pools give it (not in autocommit) ...
+        async with pool.connection() as conn:
+            assert not conn.autocommit
+            await conn.execute("SELECT 1")
+            assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
+        assert switches == [True, False]
+
+        # ... and so do transactions: they switch nothing more, reads switch once again.
+        async def unit(tx: Any) -> Any:
+            assert not tx.connection.autocommit
+            return await tx.scalar("SELECT 2")
+
+        assert await repo.transaction(unit) == 2
+        assert await repo.scalar("SELECT 3") == 3
+        assert await repo.query("SELECT 4 AS n") == [{"n": 4}]
+        assert switches == [True, False, True]
+        assert pool.get_stats()["occ_attempts"] == 8
+        # The reads' checkout is public: getconn(autocommit=True) switches nothing more.
+        conn = await pool.getconn(autocommit=True)
+        try:
+            assert conn.autocommit
+            await conn.execute("SELECT 5")
+        finally:
+            await pool.putconn(conn)
+        assert switches == [True, False, True]
+
+    # A pool whose connections are in autocommit already: no switch either way.
+    switches.clear()
+    async with local_dsql.async_pool(
+        min_size=1, max_size=1, connection_class=Recording, kwargs={"autocommit": True}
+    ) as pool:
+        repo = AsyncRepository(pool)
+        assert await repo.scalar("SELECT 1") == 1
+        async with pool.connection() as conn:
+            assert conn.autocommit
+        assert await repo.scalar("SELECT 1") == 1
+    assert switches == []
 
 
 async def test_an_autocommit_write_lost_mid_flight_is_not_repeated(

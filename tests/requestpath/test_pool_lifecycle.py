@@ -1,10 +1,13 @@
-"""Pools that survive fork, close promptly, fail fast on permanent errors and name every
-cause (issue 11, items 5-8), plus missing extras (12); typing (11) is in
-``tests/test_typing.py``."""
+"""Pools that survive fork (issue 11, item 5), refuse bad numbers up front (item 8), retire
+connections without warnings, plus missing extras (12); typing (11) is in
+``tests/test_typing.py``.
+
+Closing promptly and failing fast on permanent errors with the cause named (items 6-7) are
+tested once for both flavours, in ``test_lifecycle_async.py`` (and its generated
+``test_lifecycle_sync.py``)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import math
@@ -17,11 +20,9 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
-from psycopg_pool import PoolTimeout
 
-from dsqlkit import ConfigurationError, DsqlConnectionPool, TokenError
+from dsqlkit import ConfigurationError, DsqlConnectionPool
 from dsqlkit.testing import LocalDsql
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -104,106 +105,6 @@ def test_multiprocessing_with_fork_does_not_hang(local_dsql: LocalDsql) -> None:
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "ok"
-
-
-def test_close_is_prompt_while_connects_are_being_retried(
-    local_dsql: LocalDsql, caplog: pytest.LogCaptureFixture
-) -> None:
-    """Item 6: closing a pool whose connects are refused returns at once (it took 15 s, the
-    connect-retry loop ignoring the close): the workers stop within close()'s own timeout, or
-    psycopg_pool warns that it "couldn't stop" them."""
-    local_dsql.refuse_connections(30)
-    caplog.set_level(logging.WARNING)
-    pool = local_dsql.pool(min_size=2)
-    pool.open()
-    _wait_for_refusals(local_dsql)
-    pool.close(timeout=2.0)
-    assert "couldn't stop" not in caplog.text
-
-
-async def test_async_close_is_prompt_while_connects_are_being_retried(
-    local_dsql: LocalDsql, caplog: pytest.LogCaptureFixture
-) -> None:
-    local_dsql.refuse_connections(30)
-    caplog.set_level(logging.WARNING)
-    pool = local_dsql.async_pool(min_size=2)
-    await pool.open()
-    await asyncio.to_thread(_wait_for_refusals, local_dsql)
-    await pool.close(timeout=2.0)
-    assert "couldn't stop" not in caplog.text
-
-
-def _wait_for_refusals(local_dsql: LocalDsql) -> None:
-    """Until the pool's connects are being refused (and so retried)."""
-    for _ in range(500):
-        if sum(local_dsql.counters()["refused"].values()) >= 2:
-            return
-        time.sleep(0.01)
-    raise AssertionError("the pool never tried to connect")
-
-
-#: Longer than the test's own timeout (pytest-timeout, 300 s): a call with this timeout that
-#: returns at all failed fast; one that waited it out fails the test instead of racing a clock.
-NEVER = 3600
-
-
-def _pool_error(pool: DsqlConnectionPool[Any]) -> PoolTimeout:
-    """The error of ``open(wait=True)``, which must fail fast on a permanent error."""
-    with pytest.raises(PoolTimeout) as caught:
-        pool.open(wait=True, timeout=NEVER)
-    assert "cannot succeed" in str(caught.value)
-    return caught.value
-
-
-def test_a_wrong_database_fails_fast_and_names_the_cause(local_dsql: LocalDsql) -> None:
-    """Item 7: permanent errors do not wait out the timeout, and the PoolTimeout has a cause."""
-    pool = local_dsql.pool(min_size=1, dbname="nosuchdb")
-    error = _pool_error(pool)
-    assert isinstance(error.__cause__, psycopg.OperationalError)
-    assert "nosuchdb" in str(error)
-    pool.close()
-
-
-def test_a_failing_token_provider_fails_fast_and_names_the_cause(local_dsql: LocalDsql) -> None:
-    def provider(*, host: str, region: str, user: str) -> str:
-        raise TokenError("no credentials for this role (test)")
-
-    pool = local_dsql.pool(min_size=1, token_provider=provider, boto3_session=None)
-    error = _pool_error(pool)
-    assert isinstance(error.__cause__, TokenError)
-    assert "no credentials for this role" in str(error)
-    pool.close()
-    with local_dsql.pool(
-        min_size=0, max_size=1, token_provider=provider, boto3_session=None
-    ) as lazy:
-        with pytest.raises(PoolTimeout) as caught:
-            lazy.getconn(timeout=NEVER)
-        assert isinstance(caught.value.__cause__, TokenError)
-        assert "cannot succeed" in str(caught.value)  # failed fast, not timed out
-
-
-def test_an_unverifiable_server_fails_fast_and_names_the_cause(
-    local_dsql: LocalDsql, tmp_path: Path
-) -> None:
-    import trustme
-
-    other_ca = tmp_path / "other-ca.pem"
-    trustme.CA().cert_pem.write_to_path(str(other_ca))
-    pool = local_dsql.pool(min_size=1, sslrootcert=str(other_ca))
-    error = _pool_error(pool)
-    assert isinstance(error.__cause__, psycopg.OperationalError)
-    assert "certificate verify failed" in str(error)
-    pool.close()
-
-
-def test_a_transient_refusal_still_waits_and_names_the_last_cause(local_dsql: LocalDsql) -> None:
-    local_dsql.refuse_connections(30, "53400")
-    pool = local_dsql.pool(min_size=1)
-    with pytest.raises(PoolTimeout) as caught:
-        pool.open(wait=True, timeout=1.5)
-    assert "rate exceeded" in str(caught.value)
-    assert isinstance(caught.value.__cause__, psycopg.OperationalError)
-    pool.close()
 
 
 @pytest.mark.parametrize(

@@ -1,10 +1,11 @@
 """The request path's contract: no write is ever repeated or hidden (issue 11, items 1-3).
-Both flavours pass the same tests (asyncio source; ``test_writes_sync.py`` is generated
-from it by ``tools/async_to_sync.py``).
 
 Every fault here is real: connections dropped by the local endpoint mid-statement (once the
 server is seen running the statement: an event, not a race against the clock), COMMITs lost
 after the server committed, errors caught inside transaction functions.
+
+(asyncio source; ``test_writes_sync.py`` is generated from it by ``tools/async_to_sync.py``,
+so both flavours pass the same tests)
 """
 
 from __future__ import annotations

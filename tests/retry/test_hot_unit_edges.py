@@ -1,17 +1,18 @@
-"""Hot units at their edges (issue 18): fork while a gate is held, a cancellation landing as
-the gate is released, arguments kept alive, hashes that raise, huge arguments, collisions."""
+"""Hot units at edges only one flavour has (issue 18): fork while a gate is held (threads), a
+cancellation landing as the gate is released (asyncio), and what a huge argument costs.
+
+Arguments kept alive, hashes that raise, huge arguments and collisions are tested once for
+both flavours, in ``test_hot_async.py`` (and its generated ``test_hot_sync.py``)."""
 
 from __future__ import annotations
 
 import asyncio
-import gc
 import json
 import os
 import threading
 import time
 import uuid
 import warnings
-import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -48,148 +49,6 @@ def pool(local_dsql: LocalDsql) -> Iterator[DsqlConnectionPool[Any]]:
 def _values(local: LocalDsql, table: str) -> dict[int, int]:
     with psycopg.connect(local.conninfo(), autocommit=True) as conn:
         return dict(conn.execute(f"SELECT id, v FROM {table}").fetchall())
-
-
-class Weighty:
-    """A hashable argument that can be weakly referenced (so the test sees if it is kept)."""
-
-    def __init__(self, key: int) -> None:
-        self.key = key
-        self.payload = bytearray(64 * 1024)
-
-    def __hash__(self) -> int:
-        return hash(self.key)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Weighty) and other.key == self.key
-
-
-class BadHash:
-    def __init__(self, key: int, error: type[Exception]) -> None:
-        self.key = key
-        self.error = error
-
-    def __hash__(self) -> int:
-        raise self.error("no hash for you")
-
-
-class Colliding:
-    """Unequal arguments whose hashes are all the same."""
-
-    def __init__(self, key: int) -> None:
-        self.key = key
-
-    def __hash__(self) -> int:
-        return 42
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Colliding) and other.key == self.key
-
-
-class CountingTuple(tuple):  # type: ignore[type-arg]
-    hashed = 0
-
-    def __hash__(self) -> int:
-        CountingTuple.hashed += 1
-        return super().__hash__()
-
-
-def test_the_table_does_not_keep_arguments_alive(
-    local_dsql: LocalDsql, pool: DsqlConnectionPool[Any], table: str
-) -> None:
-    """It kept them for good (+200 MiB for 400 units with 512 KiB arguments)."""
-
-    @transactional(pool, hot_seconds=60)
-    def bump(tx: Transaction[Any], arg: Weighty) -> int:
-        tx.execute(f"UPDATE {table} SET v = v + 1 WHERE id = %s", (arg.key,))
-        return arg.key
-
-    refs = []
-    for key in range(1, 5):
-        arg = Weighty(key)
-        refs.append(weakref.ref(arg))
-        local_dsql.fail_next_commits(1)  # a conflict makes the unit hot
-        assert bump(arg) == key
-        del arg
-    gc.collect()
-    assert all(ref() is None for ref in refs)
-    assert pool.get_stats()["occ_retries"] >= 4
-    assert _values(local_dsql, table)[1] == 1
-
-
-@pytest.mark.parametrize("error", [ValueError, RuntimeError, TypeError])
-def test_an_argument_whose_hash_raises_just_runs_ungated(
-    local_dsql: LocalDsql, pool: DsqlConnectionPool[Any], table: str, error: type[Exception]
-) -> None:
-    """An argument whose __hash__ raised anything but TypeError broke every call."""
-
-    @transactional(pool, hot_seconds=60)
-    def bump(tx: Transaction[Any], arg: BadHash) -> int:
-        tx.execute(f"UPDATE {table} SET v = v + 1 WHERE id = %s", (arg.key,))
-        return arg.key
-
-    assert _hot_key(bump, (BadHash(1, error),), {}) is None
-    local_dsql.fail_next_commits(1)
-    assert bump(BadHash(2, error)) == 2
-    assert bump(BadHash(2, error)) == 2
-    assert _values(local_dsql, table)[2] == 2
-
-
-def test_arguments_are_not_hashed_while_nothing_is_hot(
-    local_dsql: LocalDsql, pool: DsqlConnectionPool[Any], table: str
-) -> None:
-    """Hashing a 5M-element tuple cost 42 ms on every call. Now a call hashes its arguments
-    only when its pool has hot units, and never an argument longer than 4,096 items."""
-
-    @transactional(pool, hot_seconds=60)
-    def bump(tx: Transaction[Any], row: int, tag: tuple[int, ...]) -> int:
-        tx.execute(f"UPDATE {table} SET v = v + 1 WHERE id = %s", (row,))
-        return len(tag)
-
-    CountingTuple.hashed = 0
-    small = CountingTuple((1, 2, 3))
-    for _ in range(5):
-        bump(3, small)
-    assert CountingTuple.hashed == 0  # nothing hot anywhere on this pool
-
-    huge = CountingTuple(range(100_000))
-    local_dsql.fail_next_commits(1)
-    assert bump(4, huge) == 100_000  # conflicted: heating does not hash it either
-    assert bump(4, huge) == 100_000
-    assert CountingTuple.hashed == 0
-
-    local_dsql.fail_next_commits(1)
-    bump(5, small)  # conflicted: now hot, so hashed (once per call, not per attempt)
-    hashed = CountingTuple.hashed
-    assert hashed >= 1
-    bump(5, small)
-    assert CountingTuple.hashed == hashed + 1
-    assert _values(local_dsql, table)[4] == 2
-
-
-def test_colliding_units_only_take_turns(
-    local_dsql: LocalDsql, pool: DsqlConnectionPool[Any], table: str
-) -> None:
-    @transactional(pool, hot_seconds=60)
-    def bump(tx: Transaction[Any], arg: Colliding) -> int:
-        tx.execute(f"UPDATE {table} SET v = v + 1 WHERE id = %s", (arg.key,))
-        return arg.key
-
-    assert _hot_key(bump, (Colliding(6),), {}) == _hot_key(bump, (Colliding(7),), {})
-    local_dsql.fail_next_commits(1)
-    assert bump(Colliding(6)) == 6
-    results: list[int] = []
-    threads = [
-        threading.Thread(target=lambda k=k: results.append(bump(Colliding(k))))
-        for k in (6, 7, 6, 7)
-    ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert sorted(results) == [6, 6, 7, 7]
-    values = _values(local_dsql, table)
-    assert (values[6], values[7]) == (3, 2)
 
 
 def _fork() -> int:

@@ -1,28 +1,19 @@
-"""DSQL's ``ERROR: server unavailable`` (SQLSTATE XX000) end to end: LocalDsql injects it
-before a statement or at COMMIT, and the executor re-runs a unit that met it before COMMIT
-and reports `CommitOutcomeUnknown` when COMMIT (or an autocommit write) met it."""
+"""DSQL's ``ERROR: server unavailable`` (SQLSTATE XX000) at the endpoint: LocalDsql injects it
+before a statement or at COMMIT, with the server's own message and SQLSTATE.
+
+How the executor answers it (re-runs a unit that met it before COMMIT, reports
+`CommitOutcomeUnknown` when COMMIT or an autocommit write met it) is tested once for both
+flavours, in ``test_unavail_async.py`` (and its generated ``test_unavail_sync.py``)."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
-from typing import Any
 
 import psycopg
 import pytest
 from psycopg import errors
 
-from dsqlkit import (
-    AsyncRepository,
-    AsyncTransaction,
-    CommitOutcomeUnknown,
-    ConfigurationError,
-    DsqlConnectionPool,
-    Repository,
-    RetryEvent,
-    Transaction,
-    transactional,
-)
+from dsqlkit import ConfigurationError
 from dsqlkit.testing import LocalDsql
 
 
@@ -33,12 +24,6 @@ def table(local_dsql: LocalDsql) -> str:
         conn.execute(f"CREATE TABLE {name} (id int PRIMARY KEY, v int NOT NULL)")
         conn.execute(f"INSERT INTO {name} VALUES (1, 0)")
     return name
-
-
-@pytest.fixture
-def pool(local_dsql: LocalDsql) -> Iterator[DsqlConnectionPool[Any]]:
-    with local_dsql.pool(min_size=1, max_size=4) as pool:
-        yield pool
 
 
 def value(local: LocalDsql, table: str) -> int:
@@ -121,95 +106,3 @@ def test_bad_fault_arguments_are_refused(local_dsql: LocalDsql) -> None:
         local_dsql.server_unavailable(committed=True)
     with pytest.raises(ConfigurationError, match="count"):
         local_dsql.server_unavailable(0)
-
-
-# -- the executor ----------------------------------------------------------------------------
-
-
-def test_a_transaction_that_met_it_before_commit_is_run_again(
-    local_dsql: LocalDsql, pool: DsqlConnectionPool[Any], table: str
-) -> None:
-    events: list[RetryEvent] = []
-    calls = 0
-
-    @transactional(pool, on_retry=events.append)
-    def bump(tx: Transaction[Any]) -> None:
-        nonlocal calls
-        calls += 1
-        tx.execute(f"UPDATE {table} SET v = v + 1 WHERE id = 1")
-
-    local_dsql.server_unavailable()
-    bump()
-    assert calls == 2
-    assert value(local_dsql, table) == 1
-    assert [(e.attempt, e.code) for e in events] == [(1, "XX000")]
-    assert pool.get_stats()["occ_unavailable_retried"] == 1
-
-
-def test_a_transaction_whose_commit_met_it_is_commit_outcome_unknown(
-    local_dsql: LocalDsql, pool: DsqlConnectionPool[Any], table: str
-) -> None:
-    calls = 0
-
-    @transactional(pool)
-    def bump(tx: Transaction[Any]) -> None:
-        nonlocal calls
-        calls += 1
-        tx.execute(f"UPDATE {table} SET v = v + 1 WHERE id = 1")
-
-    local_dsql.server_unavailable(at="commit", committed=True)
-    with pytest.raises(CommitOutcomeUnknown, match="server unavailable") as info:
-        bump()
-    assert calls == 1
-    assert info.value.attempts == 1
-    assert_unavailable(info.value.__cause__)  # type: ignore[arg-type]
-    assert pool.get_stats()["occ_commit_unknown"] == 1
-    assert value(local_dsql, table) == 1  # it did commit: exactly why nothing re-runs it
-
-
-def test_an_autocommit_write_that_met_it_is_commit_outcome_unknown(
-    local_dsql: LocalDsql, pool: DsqlConnectionPool[Any], table: str
-) -> None:
-    repo = Repository(pool)
-    local_dsql.server_unavailable()
-    with pytest.raises(CommitOutcomeUnknown, match="server unavailable"):
-        repo.execute(f"UPDATE {table} SET v = v + 1 WHERE id = 1")
-    assert pool.get_stats()["occ_commit_unknown"] == 1
-
-
-def test_a_read_that_met_it_is_run_again(
-    local_dsql: LocalDsql, pool: DsqlConnectionPool[Any], table: str
-) -> None:
-    repo = Repository(pool)
-    local_dsql.server_unavailable()
-    assert repo.scalar(f"SELECT v FROM {table} WHERE id = %s", (1,)) == 0
-    assert pool.get_stats()["occ_unavailable_retried"] == 1
-
-
-async def test_asyncio_transaction_met_it_before_commit_then_at_commit(
-    local_dsql: LocalDsql, table: str
-) -> None:
-    calls = 0
-    async with local_dsql.async_pool(min_size=1, max_size=2) as pool:
-
-        @transactional(pool)
-        async def bump(tx: AsyncTransaction[Any]) -> None:
-            nonlocal calls
-            calls += 1
-            await tx.execute(f"UPDATE {table} SET v = v + 1 WHERE id = 1")
-
-        local_dsql.server_unavailable()
-        await bump()
-        assert calls == 2
-        assert pool.get_stats()["occ_unavailable_retried"] == 1
-
-        local_dsql.server_unavailable(at="commit")
-        with pytest.raises(CommitOutcomeUnknown):
-            await bump()
-        assert calls == 3
-        assert pool.get_stats()["occ_commit_unknown"] == 1
-
-        repo = AsyncRepository(pool)
-        local_dsql.server_unavailable()
-        assert await repo.scalar(f"SELECT v FROM {table} WHERE id = 1") == 1
-    assert value(local_dsql, table) == 1  # the rolled-back COMMIT wrote nothing

@@ -1,6 +1,8 @@
 """Units of work (`transactional`, `occ_retry`, the transaction handle) against the local
-endpoint: real conflicts, injected faults. Both flavours pass the same tests
-(asyncio source; ``test_units_sync.py`` is generated from it by ``tools/async_to_sync.py``)."""
+endpoint: real conflicts, injected faults.
+
+(asyncio source; ``test_units_sync.py`` is generated from it by ``tools/async_to_sync.py``, so
+both flavours pass the same tests)"""
 
 from __future__ import annotations
 
@@ -59,8 +61,8 @@ def values(local: LocalDsql, table: str) -> list[int]:
 async def test_workers_incrementing_hot_rows_lose_no_update(
     local_dsql: LocalDsql, table: str
 ) -> None:
-    """16 workers (asyncio tasks; threads in the sync flavour) x 25 read-modify-write units on
-    4 rows: every conflict is retried, no update is lost, and every attempt is counted."""
+    """16 workers x 25 read-modify-write units on 4 rows (tasks on one event loop): every
+    conflict is retried, no update is lost, and every attempt is counted."""
     async with local_dsql.async_pool(min_size=2, max_size=16) as pool:
 
         @transactional(pool)

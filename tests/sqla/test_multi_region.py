@@ -105,6 +105,31 @@ def test_engine_fails_over_and_back(
     assert [r.levelno for r in changes] == [logging.WARNING, logging.INFO]
 
 
+def test_a_connection_made_after_a_failed_probe_is_not_retired_for_the_next(
+    local_dsql_multi_region: LocalDsql,
+) -> None:
+    """With a cool-down shorter than a connect, every checkout finds the preferred Region's
+    cool-down over. A connection just made (the fallback of a probe that failed) is handed
+    out, not retired to start the next probe: that looped until SQLAlchemy gave up after three
+    replacements ("This connection is closed")."""
+    local = local_dsql_multi_region
+    east1, east2 = local.regions
+    engine = dsa.create_engine(
+        local.pool_endpoints(), **local.pool_options(cool_down=0.001, pool_size=1)
+    )
+    try:
+        east1.impair("refuse")
+        for _ in range(5):
+            with engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+                assert conn.connection.driver_connection.pgconn.host.decode() == east2.host
+        stats = dsa.get_stats(engine)
+    finally:
+        engine.dispose()
+    assert stats["failovers"] == 1
+    assert stats["failbacks"] == 0
+
+
 @pytest.mark.parametrize("kind", FAULTS)
 async def test_async_engine_fails_over_and_back(
     local_dsql_multi_region: LocalDsql, kind: str

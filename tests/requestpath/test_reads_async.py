@@ -6,20 +6,22 @@ check (quoted or non-ASCII names, a CTE around a call next to strings that look 
 domain whose CHECK writes, attribute notation, a view). With the connection dropped while the
 statement runs, the outcome is either one row written and a normal return, or
 `CommitOutcomeUnknown`: never two rows.
+
+(asyncio source; ``test_reads_sync.py`` is generated from it by
+``tools/async_to_sync.py``, so both flavours pass the same tests)
 """
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import psycopg
 import pytest
 
-from dsqlkit import AsyncRepository, CommitOutcomeUnknown, Repository
+from dsqlkit import AsyncRepository, CommitOutcomeUnknown, _aio
 from dsqlkit.testing import LocalDsql
 
 from ..events import when_running
@@ -86,9 +88,9 @@ def objects(local_dsql: LocalDsql) -> Objects:
 
 
 @pytest.fixture
-def repo(local_dsql: LocalDsql) -> Iterator[Repository]:
-    with local_dsql.pool(min_size=1, max_size=2) as pool:
-        yield Repository(pool, on_retry=_drops_done)
+async def repo(local_dsql: LocalDsql) -> AsyncIterator[AsyncRepository]:
+    async with local_dsql.async_pool(min_size=1, max_size=2) as pool:
+        yield AsyncRepository(pool, on_retry=_drops_done)
 
 
 _droppers: list[threading.Thread] = []
@@ -131,30 +133,30 @@ def _drops_done(event: Any) -> None:
         thread.join(5)
 
 
-def _written(repo: Repository, objects: Objects, value: int) -> int:
-    return int(repo.scalar(f"SELECT count(*) FROM {objects.log} WHERE x = %s", (value,)))
+async def _written(repo: AsyncRepository, objects: Objects, value: int) -> int:
+    return int(await repo.scalar(f"SELECT count(*) FROM {objects.log} WHERE x = %s", (value,)))
 
 
 SHAPES = list(Objects("x").shapes())
 
 
 @pytest.mark.parametrize("shape", SHAPES)
-def test_a_read_that_writes_is_never_run_twice(
-    local_dsql: LocalDsql, repo: Repository, objects: Objects, shape: str
+async def test_a_read_that_writes_is_never_run_twice(
+    local_dsql: LocalDsql, repo: AsyncRepository, objects: Objects, shape: str
 ) -> None:
     value = SHAPES.index(shape) * 1000 + 1
-    repo.execute(f"INSERT INTO {objects.rows} (a) VALUES (%s)", (value,))
+    await repo.execute(f"INSERT INTO {objects.rows} (a) VALUES (%s)", (value,))
     dropper = _drop_soon(local_dsql, objects)
     try:
-        rows = repo.query(objects.shapes()[shape], (value,))
+        rows = await repo.query(objects.shapes()[shape], (value,))
         outcome = "returned"
     except CommitOutcomeUnknown as exc:
         outcome = "unknown"
         assert isinstance(exc.__cause__, psycopg.OperationalError)  # the lost connection
         assert "READ ONLY" in str(exc)
     finally:
-        dropper.join()
-    written = _written(repo, objects, value)
+        await _aio.to_thread(dropper.join)
+    written = await _written(repo, objects, value)
     if outcome == "returned":  # the drop missed the statement: it ran once, and wrote once
         assert rows[0]["v"] == value
         assert written == 1
@@ -166,64 +168,39 @@ def test_a_read_that_writes_is_never_run_twice(
     assert stats["occ_disconnects_retried"] == 1  # the one READ ONLY re-run, which 25006 refused
 
 
-async def test_async_reads_that_write_are_never_run_twice(
-    local_dsql: LocalDsql, objects: Objects
+async def test_a_pure_read_is_re_run_read_only_and_returns_its_rows(
+    local_dsql: LocalDsql, repo: AsyncRepository
 ) -> None:
-    async with local_dsql.async_pool(min_size=1, max_size=2) as pool:
-        repo = AsyncRepository(pool, on_retry=_drops_done)
-        for number, shape in enumerate(SHAPES):
-            value = 100_000 + number
-            await repo.execute(f"INSERT INTO {objects.rows} (a) VALUES (%s)", (value,))
-            dropper = _drop_soon(local_dsql, objects)
-            try:
-                with pytest.raises(CommitOutcomeUnknown):
-                    await repo.query_one(objects.shapes()[shape], (value,))
-            finally:
-                await asyncio.to_thread(dropper.join)
-            written = await repo.scalar(
-                f"SELECT count(*) FROM {objects.log} WHERE x = %s", (value,)
-            )
-            assert written in (0, 1), shape
-        assert pool.get_stats()["occ_commit_unknown"] == len(SHAPES)
-
-
-def test_a_pure_read_is_re_run_read_only_and_returns_its_rows(
-    local_dsql: LocalDsql, repo: Repository
-) -> None:
-    """The same loss on a statement that writes nothing: the READ ONLY re-run succeeds."""
-    dropper = _terminate_soon(local_dsql, "pure-read-sync")
+    """The same loss on a statement that writes nothing: the READ ONLY re-run succeeds, for a
+    value (`scalar`) and for rows (`query`)."""
+    dropper = _terminate_soon(local_dsql, "pure-read-scalar")
     try:
-        assert repo.scalar("SELECT pg_sleep(%s)::text || 'pure-read-sync'", (SLEEP,)) == (
-            "pure-read-sync"
+        assert await repo.scalar("SELECT pg_sleep(%s)::text || 'pure-read-scalar'", (SLEEP,)) == (
+            "pure-read-scalar"
         )
     finally:
-        dropper.join()
+        await _aio.to_thread(dropper.join)
     stats = repo.pool.get_stats()
     assert stats["occ_disconnects_retried"] == 1
     assert stats["occ_commit_unknown"] == 0
+    dropper = _terminate_soon(local_dsql, "pure-read-query")
+    try:
+        rows = await repo.query("SELECT 7 AS n FROM pg_sleep(%s) /* pure-read-query */", (SLEEP,))
+    finally:
+        await _aio.to_thread(dropper.join)
+    assert list(rows) == [{"n": 7}]
+    stats = repo.pool.get_stats()
+    assert stats["occ_disconnects_retried"] == 2, stats
+    assert stats["occ_commit_unknown"] == 0
 
 
-async def test_an_async_pure_read_is_re_run_read_only(local_dsql: LocalDsql) -> None:
-    async with local_dsql.async_pool(min_size=1, max_size=2) as pool:
-        repo = AsyncRepository(pool, on_retry=_drops_done)
-        dropper = _terminate_soon(local_dsql, "pure-read-async")
-        try:
-            rows = await repo.query(
-                "SELECT 7 AS n FROM pg_sleep(%s) /* pure-read-async */", (SLEEP,)
-            )
-        finally:
-            await asyncio.to_thread(dropper.join)
-        assert list(rows) == [{"n": 7}]
-        assert pool.get_stats()["occ_disconnects_retried"] == 1, pool.get_stats()
-
-
-def test_the_first_run_is_one_plain_autocommit_statement(
-    repo: Repository, objects: Objects
+async def test_the_first_run_is_one_plain_autocommit_statement(
+    repo: AsyncRepository, objects: Objects
 ) -> None:
     """The fast path sends no BEGIN / COMMIT: a function that writes through a read method
     runs once, and commits (as the same statement on a raw autocommit pool would)."""
     value = 555_555
-    assert repo.scalar(f'SELECT "{objects.fn}"(%s)', (value,)) == value
-    assert _written(repo, objects, value) == 1
-    with repo.pool.connection() as conn:
+    assert await repo.scalar(f'SELECT "{objects.fn}"(%s)', (value,)) == value
+    assert await _written(repo, objects, value) == 1
+    async with repo.pool.connection() as conn:
         assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE

@@ -1,10 +1,13 @@
-"""Unit-of-work spans and OCC metrics under real faults on LocalDsql (sync and asyncio)."""
+"""Unit-of-work spans and OCC metrics under real faults on LocalDsql.
+
+(asyncio source; ``test_spans_sync.py`` is generated from it by ``tools/async_to_sync.py``, so
+both flavours pass the same tests)"""
 
 from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import psycopg
@@ -12,12 +15,11 @@ import pytest
 from opentelemetry.trace import SpanKind, StatusCode
 
 from dsqlkit import (
+    AsyncDsqlConnectionPool,
     AsyncRepository,
     AsyncTransaction,
     CommitOutcomeUnknown,
-    DsqlConnectionPool,
-    Repository,
-    Transaction,
+    _aio,
     occ_retry,
     transactional,
 )
@@ -37,11 +39,9 @@ def table(local_dsql: LocalDsql) -> str:
 
 
 @pytest.fixture
-def pool(local_dsql: LocalDsql) -> Iterator[DsqlConnectionPool[Any]]:
-    with local_dsql.pool(min_size=1, max_size=4) as pool:
-        # Its first connection exists before `otel` starts recording: no connect span of a
-        # background fill lands beside the unit's (seen once as a second span).
-        pool.wait()
+async def pool(local_dsql: LocalDsql) -> AsyncIterator[AsyncDsqlConnectionPool[Any]]:
+    async with local_dsql.async_pool(min_size=1, max_size=4) as pool:
+        await pool.wait()  # connected before `otel` starts recording: no connect span in tests
         yield pool
 
 
@@ -49,16 +49,18 @@ def _events(span: Any) -> list[dict[str, Any]]:
     return [dict(e.attributes) for e in span.events if e.name == "dsqlkit.attempt.failed"]
 
 
-def test_retried_transaction_is_one_span_with_an_event_per_failed_attempt(
-    local_dsql: LocalDsql, pool: DsqlConnectionPool[Any], table: str, otel: Otel
+async def test_retried_transaction_is_one_span_with_an_event_per_failed_attempt(
+    local_dsql: LocalDsql, pool: AsyncDsqlConnectionPool[Any], table: str, otel: Otel
 ) -> None:
     @transactional(pool)
-    def bump(tx: Transaction[Any]) -> None:
-        tx.execute(f"UPDATE {table} SET v = v + 1 WHERE id = 1")
+    async def bump(tx: AsyncTransaction[Any]) -> None:
+        await tx.execute(f"UPDATE {table} SET v = v + 1 WHERE id = 1")
 
+    repo = AsyncRepository(pool)
     local_dsql.fail_next_commits(2, "OC000")
     with otel.tracer.start_as_current_span("request") as request:
-        bump()
+        await bump()
+        assert await repo.scalar(f"SELECT v FROM {table} WHERE id = %s", (1,)) == 1
     span = otel.span(f"transaction {bump.__wrapped__.__qualname__}")  # type: ignore[attr-defined]
     assert span.kind is SpanKind.INTERNAL
     assert span.parent is not None
@@ -86,64 +88,47 @@ def test_retried_transaction_is_one_span_with_an_event_per_failed_attempt(
     assert otel.value("dsqlkit.retries", {"dsqlkit.retry.reason": "OC000"}) == 2
     committed = {"dsqlkit.unit.kind": "transaction", "dsqlkit.unit.outcome": "committed"}
     assert otel.value("dsqlkit.units", committed) == 1
-    (attempts,) = otel.metrics()["dsqlkit.unit.attempts"]
+    (attempts,) = [
+        p
+        for p in otel.metrics()["dsqlkit.unit.attempts"]
+        if dict(p.attributes or {}).get("dsqlkit.unit.kind") == "transaction"
+    ]
     assert (attempts.count, attempts.sum) == (1, 3)
-
-
-async def test_async_units_nest_under_the_application_span(
-    local_dsql: LocalDsql, table: str, otel: Otel
-) -> None:
-    async with local_dsql.async_pool(min_size=1, max_size=2) as pool:
-        repo = AsyncRepository(pool)
-
-        @transactional(pool)
-        async def bump(tx: AsyncTransaction[Any]) -> int:
-            await tx.execute(f"UPDATE {table} SET v = v + 1 WHERE id = 1")
-            return int(await tx.scalar(f"SELECT v FROM {table} WHERE id = 1"))
-
-        local_dsql.fail_next_commits(1, "OC001")
-        with otel.tracer.start_as_current_span("request") as request:
-            assert await bump() == 1
-            assert await repo.scalar(f"SELECT v FROM {table} WHERE id = %s", (1,)) == 1
-    parent = request.get_span_context().span_id
-    unit = otel.span(f"transaction {bump.__wrapped__.__qualname__}")  # type: ignore[attr-defined]
+    # the read after it nests under the application's span too, without its text
     read = otel.span("dsqlkit read")
-    for span in (unit, read):
-        assert span.parent is not None
-        assert span.parent.span_id == parent
-        assert span.attributes["dsqlkit.unit.outcome"] == "committed"  # type: ignore[index]
-    assert [e["dsqlkit.retry.reason"] for e in _events(unit)] == ["OC001"]
+    assert read.parent is not None
+    assert read.parent.span_id == request.get_span_context().span_id
+    assert read.attributes["dsqlkit.unit.outcome"] == "committed"  # type: ignore[index]
     assert read.attributes["db.operation.name"] == "SELECT"  # type: ignore[index]
     assert "db.query.text" not in read.attributes  # type: ignore[operator]
-    assert otel.value("dsqlkit.occ.conflicts", {"dsqlkit.conflict.code": "OC001"}) == 1
 
 
-def test_statement_text_only_when_opted_in(
-    local_dsql: LocalDsql, pool: DsqlConnectionPool[Any], table: str, otel: Otel
+async def test_statement_text_only_when_opted_in(
+    local_dsql: LocalDsql, pool: AsyncDsqlConnectionPool[Any], table: str, otel: Otel
 ) -> None:
     import dsqlkit.telemetry
 
-    repo = Repository(pool)
-    repo.query(f"SELECT v FROM {table} WHERE id = %s", (1,))
+    repo = AsyncRepository(pool)
+    await repo.query(f"SELECT v FROM {table} WHERE id = %s", (1,))
     dsqlkit.telemetry.instrument(
         tracer_provider=otel.tracer_provider, meter_provider=otel.meter_provider, query_text=True
     )
-    repo.query(f"SELECT v FROM {table} WHERE id = %s", (1,))
+    await repo.query(f"SELECT v FROM {table} WHERE id = %s", (1,))
     first, second = otel.spans("dsqlkit read")
     assert "db.query.text" not in (first.attributes or {})
     assert second.attributes["db.query.text"] == f"SELECT v FROM {table} WHERE id = %s"  # type: ignore[index]
 
 
-def test_conflicts_exhausted(
-    local_dsql: LocalDsql, pool: DsqlConnectionPool[Any], table: str, otel: Otel
+async def test_conflicts_exhausted(
+    local_dsql: LocalDsql, pool: AsyncDsqlConnectionPool[Any], table: str, otel: Otel
 ) -> None:
     @transactional(pool, max_attempts=2)
-    def bump(tx: Transaction[Any]) -> None:
-        tx.execute(f"UPDATE {table} SET v = v + 1 WHERE id = 1")
+    async def bump(tx: AsyncTransaction[Any]) -> None:
+        await tx.execute(f"UPDATE {table} SET v = v + 1 WHERE id = 1")
 
-    local_dsql.fail_next_commits(5, "OC000")
+    local_dsql.fail_next_commits(5, "OC001")
     with pytest.raises(psycopg.errors.SerializationFailure):
-        bump()
+        await bump()
     (span,) = otel.spans()
     attributes = dict(span.attributes or {})
     assert attributes["dsqlkit.unit.outcome"] == "conflicts_exhausted"
@@ -151,25 +136,26 @@ def test_conflicts_exhausted(
     assert attributes["error.type"] == "40001"
     assert span.status.status_code is StatusCode.ERROR
     assert span.status.description == "40001"  # the code, never the message
-    assert len(_events(span)) == 2
+    assert [e["dsqlkit.retry.reason"] for e in _events(span)] == ["OC001", "OC001"]
     assert "dsqlkit.retry.backoff_s" not in _events(span)[1]  # no retry followed
     exhausted = {"dsqlkit.unit.outcome": "conflicts_exhausted"}
     assert otel.value("dsqlkit.units", exhausted) == 1
     assert otel.value("dsqlkit.retries") == 1
     assert otel.value("dsqlkit.occ.conflicts") == 2
+    assert otel.value("dsqlkit.occ.conflicts", {"dsqlkit.conflict.code": "OC001"}) == 2
 
 
 @pytest.mark.parametrize("when", ["before", "after"])
-def test_commit_outcome_unknown(
-    local_dsql: LocalDsql, pool: DsqlConnectionPool[Any], table: str, otel: Otel, when: str
+async def test_commit_outcome_unknown(
+    local_dsql: LocalDsql, pool: AsyncDsqlConnectionPool[Any], table: str, otel: Otel, when: str
 ) -> None:
     @transactional(pool)
-    def bump(tx: Transaction[Any]) -> None:
-        tx.execute(f"UPDATE {table} SET v = v + 1 WHERE id = 1")
+    async def bump(tx: AsyncTransaction[Any]) -> None:
+        await tx.execute(f"UPDATE {table} SET v = v + 1 WHERE id = 1")
 
     local_dsql.drop_next_commit(when)  # type: ignore[arg-type]
     with pytest.raises(CommitOutcomeUnknown):
-        bump()
+        await bump()
     (span,) = otel.spans()
     assert span.attributes["dsqlkit.unit.outcome"] == "commit_outcome_unknown"  # type: ignore[index]
     assert span.attributes["error.type"] == "dsqlkit.CommitOutcomeUnknown"  # type: ignore[index]
@@ -191,8 +177,8 @@ def _terminate_when_running(local: LocalDsql, marker: str) -> threading.Thread:
     return when_running(local, marker, terminate)
 
 
-def test_a_read_whose_outcome_is_unknown_is_recorded_as_such(
-    local_dsql: LocalDsql, pool: DsqlConnectionPool[Any], table: str, otel: Otel
+async def test_a_read_whose_outcome_is_unknown_is_recorded_as_such(
+    local_dsql: LocalDsql, pool: AsyncDsqlConnectionPool[Any], table: str, otel: Otel
 ) -> None:
     """A read that writes, cut mid-statement: its READ ONLY re-run is refused, so the unit
     ends as commit_outcome_unknown in its span and metrics (not as a plain failure)."""
@@ -204,8 +190,8 @@ def test_a_read_whose_outcome_is_unknown_is_recorded_as_such(
         )
     killer = _terminate_when_running(local_dsql, "otel-unknown-read")
     with pytest.raises(CommitOutcomeUnknown):
-        Repository(pool).scalar(f"SELECT {fn}(1) /* otel-unknown-read */")
-    killer.join()
+        await AsyncRepository(pool).scalar(f"SELECT {fn}(1) /* otel-unknown-read */")
+    await _aio.to_thread(killer.join)
     (span,) = otel.spans("dsqlkit read")
     assert span.attributes["dsqlkit.unit.outcome"] == "commit_outcome_unknown"  # type: ignore[index]
     assert span.attributes["error.type"] == "dsqlkit.CommitOutcomeUnknown"  # type: ignore[index]
@@ -213,20 +199,20 @@ def test_a_read_whose_outcome_is_unknown_is_recorded_as_such(
     assert otel.value("dsqlkit.units", {"dsqlkit.unit.outcome": "commit_outcome_unknown"}) == 1
 
 
-def test_a_dropped_connection_before_commit_is_a_disconnect_retry(
-    local_dsql: LocalDsql, pool: DsqlConnectionPool[Any], table: str, otel: Otel
+async def test_a_dropped_connection_before_commit_is_a_disconnect_retry(
+    local_dsql: LocalDsql, pool: AsyncDsqlConnectionPool[Any], table: str, otel: Otel
 ) -> None:
     calls = 0
 
     @transactional(pool)
-    def bump(tx: Transaction[Any]) -> None:
+    async def bump(tx: AsyncTransaction[Any]) -> None:
         nonlocal calls
         calls += 1
         if calls == 1:
             local_dsql.drop_connections()
-        tx.execute(f"UPDATE {table} SET v = v + 1 WHERE id = 1")
+        await tx.execute(f"UPDATE {table} SET v = v + 1 WHERE id = 1")
 
-    bump()
+    await bump()
     span = otel.span(f"transaction {bump.__wrapped__.__qualname__}")  # type: ignore[attr-defined]
     (event,) = _events(span)
     assert event["dsqlkit.retry.reason"] == "disconnect"
@@ -236,12 +222,12 @@ def test_a_dropped_connection_before_commit_is_a_disconnect_retry(
     assert otel.value("dsqlkit.occ.conflicts") == 0
 
 
-def test_a_failing_statement_is_failed_with_its_sqlstate_only(
-    local_dsql: LocalDsql, pool: DsqlConnectionPool[Any], table: str, otel: Otel
+async def test_a_failing_statement_is_failed_with_its_sqlstate_only(
+    local_dsql: LocalDsql, pool: AsyncDsqlConnectionPool[Any], table: str, otel: Otel
 ) -> None:
-    repo = Repository(pool)
+    repo = AsyncRepository(pool)
     with pytest.raises(psycopg.errors.UniqueViolation):
-        repo.execute(f"INSERT INTO {table} (id, v) VALUES (%s, %s)", (1, 7))
+        await repo.execute(f"INSERT INTO {table} (id, v) VALUES (%s, %s)", (1, 7))
     (span,) = otel.spans()
     assert span.name == "dsqlkit write"
     assert span.attributes["dsqlkit.unit.outcome"] == "failed"  # type: ignore[index]
@@ -250,25 +236,25 @@ def test_a_failing_statement_is_failed_with_its_sqlstate_only(
     assert otel.value("dsqlkit.units", {"dsqlkit.unit.outcome": "failed"}) == 1
 
 
-def test_occ_retry_and_nested_units_make_no_duplicate_spans(
-    local_dsql: LocalDsql, pool: DsqlConnectionPool[Any], table: str, otel: Otel
+async def test_occ_retry_and_nested_units_make_no_duplicate_spans(
+    local_dsql: LocalDsql, pool: AsyncDsqlConnectionPool[Any], table: str, otel: Otel
 ) -> None:
     @occ_retry
-    def own() -> None:
-        with psycopg.connect(local_dsql.conninfo()) as conn:
-            conn.execute(f"UPDATE {table} SET v = v + 1 WHERE id = 1")
+    async def own() -> None:
+        async with await psycopg.AsyncConnection.connect(local_dsql.conninfo()) as conn:
+            await conn.execute(f"UPDATE {table} SET v = v + 1 WHERE id = 1")
 
     @transactional(pool)
-    def inner(tx: Transaction[Any]) -> None:
-        tx.execute(f"UPDATE {table} SET v = v + 1 WHERE id = 1")
+    async def inner(tx: AsyncTransaction[Any]) -> None:
+        await tx.execute(f"UPDATE {table} SET v = v + 1 WHERE id = 1")
 
     @transactional(pool)
-    def outer(tx: Transaction[Any]) -> None:
-        inner()  # joins outer's transaction: no unit, no span of its own
+    async def outer(tx: AsyncTransaction[Any]) -> None:
+        await inner()  # joins outer's transaction: no unit, no span of its own
 
     local_dsql.fail_next_commits(1, "OC000")
-    own()
-    outer()
+    await own()
+    await outer()
     names = sorted(s.name for s in otel.spans())
     assert names == [
         f"call {own.__wrapped__.__qualname__}",  # type: ignore[attr-defined]
@@ -278,13 +264,13 @@ def test_occ_retry_and_nested_units_make_no_duplicate_spans(
     assert call.attributes["dsqlkit.unit.attempts"] == 2  # type: ignore[index]
 
 
-def test_bulk_load_span_with_a_chunk_span_each(
-    local_dsql: LocalDsql, pool: DsqlConnectionPool[Any], table: str, otel: Otel
+async def test_bulk_load_span_with_a_chunk_span_each(
+    local_dsql: LocalDsql, pool: AsyncDsqlConnectionPool[Any], table: str, otel: Otel
 ) -> None:
-    repo = Repository(pool)
+    repo = AsyncRepository(pool)
     rows = [{"id": i, "v": i} for i in range(10, 35)]
     local_dsql.fail_next_commits(1, "OC000")
-    repo.insert_many(table, rows, key="id", chunk_rows=10)
+    await repo.insert_many(table, rows, key="id", chunk_rows=10)
     load = otel.span("bulk load")
     chunks = otel.spans("transaction bulk chunk")
     assert load.attributes["dsqlkit.bulk.rows"] == 25  # type: ignore[index]
@@ -294,12 +280,12 @@ def test_bulk_load_span_with_a_chunk_span_each(
     assert sum(len(_events(c)) for c in chunks) == 1
 
 
-def test_uninstrument_stops_everything(
-    local_dsql: LocalDsql, pool: DsqlConnectionPool[Any], table: str, otel: Otel
+async def test_uninstrument_stops_everything(
+    local_dsql: LocalDsql, pool: AsyncDsqlConnectionPool[Any], table: str, otel: Otel
 ) -> None:
     import dsqlkit.telemetry
 
     dsqlkit.telemetry.uninstrument()
-    Repository(pool).scalar("SELECT 1")
+    await AsyncRepository(pool).scalar("SELECT 1")
     assert otel.spans() == []
     assert "dsqlkit.units" not in otel.metrics()
