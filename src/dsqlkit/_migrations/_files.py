@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import re
+from bisect import bisect_right
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -63,11 +65,14 @@ def checksum(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+#: Parsed files by (path, checksum of the text): `status()` and `migrate()` load the folder
+#: each time, and a large seed file takes PostgreSQL's parser about a second. `Migration` is
+#: immutable, so one parse serves every load of the same text.
+_parsed: OrderedDict[tuple[str, str], Migration] = OrderedDict()
+_PARSED_KEPT = 256
+
+
 def parse_file(path: Path) -> Migration:
-    from pglast import parser
-
-    from .._sqlrules import classify
-
     match = FILE_NAME.fullmatch(path.name)
     if match is None:
         raise MigrationError(
@@ -81,12 +86,28 @@ def parse_file(path: Path) -> Migration:
             f"{path}: line {line} is not UTF-8 (byte {exc.object[exc.start]:#04x} at offset "
             f"{exc.start}): save the migration file as UTF-8"
         ) from None
+    key = (str(path), checksum(text))
+    migration = _parsed.get(key)
+    if migration is None:
+        migration = _parse_text(path, text, match)
+        _parsed[key] = migration
+        while len(_parsed) > _PARSED_KEPT:
+            _parsed.popitem(last=False)
+    return migration
+
+
+def _parse_text(path: Path, text: str, match: re.Match[str]) -> Migration:
+    from pglast import parser
+
+    from .._sqlrules import classify
+
     slices = list(parser.split(text, with_parser=False, only_slices=True))
-    covered = [(sl.start, sl.stop) for sl in slices]
+    starts = [sl.start for sl in slices]
     for token in parser.scan(text):
         if token.name in NOT_STATEMENT_TOKENS:
             continue
-        if not any(start <= token.start < stop for start, stop in covered):
+        i = bisect_right(starts, token.start) - 1  # the last slice starting at or before it
+        if i < 0 or token.start >= slices[i].stop:
             line = text.count("\n", 0, token.start) + 1
             snippet = text[token.start : token.end + 1]
             raise MigrationError(
