@@ -889,15 +889,7 @@ class Connector:
             return Verdict.EXPIRED
         if self.multi and self._verdict_moved(state, mono, wall):
             return Verdict.MOVED
-        poller = state.poller
-        if poller is not None:
-            try:
-                readable = bool(poller.poll(0))
-            except (OSError, ValueError):
-                readable = True
-        else:
-            readable = state.readable(pgconn.socket)
-        if readable:
+        if state.readable(pgconn.socket):
             return self._probe()  # EOF or an unsolicited message while idle: find out which
         idle = self.idle_check_after
         if mono - state.used_mono >= idle or wall - state.used_wall >= idle:

@@ -497,14 +497,8 @@ class AsyncExecutor:
         state.attempts = attempt.number
         conn: Any = None
         restore = False
-        try:  # the connection is taken inside the try: whatever interrupts, it goes back
-            if self.autocommit_checkout:
-                conn = await self.pool.getconn(autocommit=True)
-            else:
-                conn = await self.pool.getconn()
-                if not conn.autocommit:
-                    restore = True
-                    await conn.set_autocommit(True)
+        try:  # whatever interrupts once the connection is taken, it goes back
+            conn, restore = await self._autocommit_connection()
             attempt.connection = conn
             cur = conn.cursor(row_factory=row_factory)
             if state.unsettled is None:
@@ -530,18 +524,43 @@ class AsyncExecutor:
         finally:
             if conn is not None:
                 try:
-                    if restore and not conn.closed and not conn.broken:
-                        try:  # noqa: SIM105 - cheaper than contextlib.suppress, on every read
-                            await conn.set_autocommit(False)
-                        except psycopg.Error:
-                            pass
-                finally:
-                    try:
+                    await self._give_back(conn, restore)
+                except BaseException:
+                    if not_taken_back(conn, self.pool):
                         await self.pool.putconn(conn)
-                    except BaseException:
-                        if not_taken_back(conn, self.pool):
-                            await self.pool.putconn(conn)
-                        raise
+                    raise
+
+    async def _autocommit_connection(self) -> tuple[Any, bool]:
+        """A connection in autocommit for one statement (a read, an autocommit write), and
+        whether `_give_back` must switch it back. dsqlkit's pools hand it out in autocommit
+        and keep it so while idle (``getconn(autocommit=True)``: nothing to switch); another
+        pool's connection is switched here and back when it is returned."""
+        if self.autocommit_checkout:
+            return await self.pool.getconn(autocommit=True), False
+        conn = await self.pool.getconn()
+        if conn.autocommit:
+            return conn, False
+        try:
+            await conn.set_autocommit(True)
+        except BaseException:
+            await self.pool.putconn(conn)  # (not switched: nothing to switch back)
+            raise
+        return conn, True
+
+    async def _give_back(self, conn: Any, restore: bool) -> None:
+        """Return a connection from `_autocommit_connection` to the pool (switched back out
+        of autocommit first when ``restore``, if it survived). Its callers call it inside a
+        ``try`` whose ``except`` puts the connection back if this was interrupted before it
+        could (an interrupt can land as this function is entered)."""
+        try:
+            if restore and not conn.closed and not conn.broken:
+                await rollback_quietly(conn)  # a transaction opened by hand ends first
+                try:  # noqa: SIM105 - cheaper than contextlib.suppress
+                    await conn.set_autocommit(False)
+                except psycopg.Error:
+                    pass
+        finally:
+            await self.pool.putconn(conn)
 
     async def write(self, run: Callable[..., Any]) -> Any:
         """``run(cursor)`` in autocommit: one statement, which is its own COMMIT."""
@@ -554,11 +573,22 @@ class AsyncExecutor:
         )
 
     async def _write_once(self, attempt: Attempt, run: Callable[..., Any]) -> Any:
-        async with self.pool.connection() as conn:
+        conn: Any = None
+        restore = False
+        try:  # whatever interrupts once the connection is taken, it goes back
+            conn, restore = await self._autocommit_connection()
             attempt.connection = conn
-            async with autocommit(conn, True), conn.cursor() as cur:
+            async with conn.cursor() as cur:
                 attempt.writing = True
                 return await run(cur)
+        finally:
+            if conn is not None:
+                try:
+                    await self._give_back(conn, restore)
+                except BaseException:
+                    if not_taken_back(conn, self.pool):
+                        await self.pool.putconn(conn)
+                    raise
 
 
 async def _run_unit(fn: Callable[..., Any], handle: Any, args: Any, kwargs: Any) -> Any:

@@ -497,14 +497,8 @@ class Executor:
         state.attempts = attempt.number
         conn: Any = None
         restore = False
-        try:  # the connection is taken inside the try: whatever interrupts, it goes back
-            if self.autocommit_checkout:
-                conn = self.pool.getconn(autocommit=True)
-            else:
-                conn = self.pool.getconn()
-                if not conn.autocommit:
-                    restore = True
-                    conn.set_autocommit(True)
+        try:  # whatever interrupts once the connection is taken, it goes back
+            conn, restore = self._autocommit_connection()
             attempt.connection = conn
             cur = conn.cursor(row_factory=row_factory)
             if state.unsettled is None:
@@ -530,18 +524,43 @@ class Executor:
         finally:
             if conn is not None:
                 try:
-                    if restore and not conn.closed and not conn.broken:
-                        try:  # noqa: SIM105 - cheaper than contextlib.suppress, on every read
-                            conn.set_autocommit(False)
-                        except psycopg.Error:
-                            pass
-                finally:
-                    try:
+                    self._give_back(conn, restore)
+                except BaseException:
+                    if not_taken_back(conn, self.pool):
                         self.pool.putconn(conn)
-                    except BaseException:
-                        if not_taken_back(conn, self.pool):
-                            self.pool.putconn(conn)
-                        raise
+                    raise
+
+    def _autocommit_connection(self) -> tuple[Any, bool]:
+        """A connection in autocommit for one statement (a read, an autocommit write), and
+        whether `_give_back` must switch it back. dsqlkit's pools hand it out in autocommit
+        and keep it so while idle (``getconn(autocommit=True)``: nothing to switch); another
+        pool's connection is switched here and back when it is returned."""
+        if self.autocommit_checkout:
+            return self.pool.getconn(autocommit=True), False
+        conn = self.pool.getconn()
+        if conn.autocommit:
+            return conn, False
+        try:
+            conn.set_autocommit(True)
+        except BaseException:
+            self.pool.putconn(conn)  # (not switched: nothing to switch back)
+            raise
+        return conn, True
+
+    def _give_back(self, conn: Any, restore: bool) -> None:
+        """Return a connection from `_autocommit_connection` to the pool (switched back out
+        of autocommit first when ``restore``, if it survived). Its callers call it inside a
+        ``try`` whose ``except`` puts the connection back if this was interrupted before it
+        could (an interrupt can land as this function is entered)."""
+        try:
+            if restore and not conn.closed and not conn.broken:
+                rollback_quietly(conn)  # a transaction opened by hand ends first
+                try:  # noqa: SIM105 - cheaper than contextlib.suppress
+                    conn.set_autocommit(False)
+                except psycopg.Error:
+                    pass
+        finally:
+            self.pool.putconn(conn)
 
     def write(self, run: Callable[..., Any]) -> Any:
         """``run(cursor)`` in autocommit: one statement, which is its own COMMIT."""
@@ -554,11 +573,22 @@ class Executor:
         )
 
     def _write_once(self, attempt: Attempt, run: Callable[..., Any]) -> Any:
-        with self.pool.connection() as conn:
+        conn: Any = None
+        restore = False
+        try:  # whatever interrupts once the connection is taken, it goes back
+            conn, restore = self._autocommit_connection()
             attempt.connection = conn
-            with autocommit(conn, True), conn.cursor() as cur:
+            with conn.cursor() as cur:
                 attempt.writing = True
                 return run(cur)
+        finally:
+            if conn is not None:
+                try:
+                    self._give_back(conn, restore)
+                except BaseException:
+                    if not_taken_back(conn, self.pool):
+                        self.pool.putconn(conn)
+                    raise
 
 
 def _run_unit(fn: Callable[..., Any], handle: Any, args: Any, kwargs: Any) -> Any:

@@ -14,6 +14,7 @@ import psycopg
 import pytest
 from psycopg import sql
 from psycopg.rows import tuple_row
+from psycopg_pool import AsyncConnectionPool
 
 from dsqlkit import (
     AsyncDsqlConnection,
@@ -246,13 +247,16 @@ async def test_reads_switch_an_idle_connection_into_autocommit_once(
         assert await repo.query("SELECT 4 AS n") == [{"n": 4}]
         assert switches == [True, False, True]
         assert pool.get_stats()["occ_attempts"] == 8
-        # The reads' checkout is public: getconn(autocommit=True) switches nothing more.
+        # The reads' checkout is public: getconn(autocommit=True) switches nothing more ...
         conn = await pool.getconn(autocommit=True)
         try:
             assert conn.autocommit
             await conn.execute("SELECT 5")
         finally:
             await pool.putconn(conn)
+        # ... and autocommit writes use it too: reads and writes alternate without a switch.
+        assert await repo.execute("SET search_path = public") == -1
+        assert await repo.scalar("SELECT 6") == 6
         assert switches == [True, False, True]
 
     # A pool whose connections are in autocommit already: no switch either way.
@@ -300,3 +304,19 @@ async def test_ping_reports_an_unreachable_database(local_dsql: LocalDsql) -> No
             await repo.ping(timeout=1.0)
     finally:
         await pool.close()
+
+
+async def test_another_pools_connection_is_switched_for_one_statement_and_back(
+    local_dsql: LocalDsql,
+) -> None:
+    """On a psycopg_pool pool of the application's own, reads and autocommit writes switch
+    the connection into autocommit for their statement and back before returning it."""
+    async with AsyncConnectionPool(
+        local_dsql.conninfo(), min_size=1, max_size=1, open=False
+    ) as pool:
+        repo = AsyncRepository(pool)
+        assert await repo.scalar("SELECT 1") == 1
+        assert await repo.execute("SET search_path = public") == -1
+        async with pool.connection() as conn:
+            assert not conn.autocommit
+            assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE

@@ -13,6 +13,7 @@ import psycopg
 import pytest
 from psycopg import sql
 from psycopg.rows import tuple_row
+from psycopg_pool import ConnectionPool
 
 from dsqlkit import (
     CommitOutcomeUnknown,
@@ -237,13 +238,16 @@ def test_reads_switch_an_idle_connection_into_autocommit_once(
         assert repo.query("SELECT 4 AS n") == [{"n": 4}]
         assert switches == [True, False, True]
         assert pool.get_stats()["occ_attempts"] == 8
-        # The reads' checkout is public: getconn(autocommit=True) switches nothing more.
+        # The reads' checkout is public: getconn(autocommit=True) switches nothing more ...
         conn = pool.getconn(autocommit=True)
         try:
             assert conn.autocommit
             conn.execute("SELECT 5")
         finally:
             pool.putconn(conn)
+        # ... and autocommit writes use it too: reads and writes alternate without a switch.
+        assert repo.execute("SET search_path = public") == -1
+        assert repo.scalar("SELECT 6") == 6
         assert switches == [True, False, True]
 
     # A pool whose connections are in autocommit already: no switch either way.
@@ -291,3 +295,17 @@ def test_ping_reports_an_unreachable_database(local_dsql: LocalDsql) -> None:
             repo.ping(timeout=1.0)
     finally:
         pool.close()
+
+
+def test_another_pools_connection_is_switched_for_one_statement_and_back(
+    local_dsql: LocalDsql,
+) -> None:
+    """On a psycopg_pool pool of the application's own, reads and autocommit writes switch
+    the connection into autocommit for their statement and back before returning it."""
+    with ConnectionPool(local_dsql.conninfo(), min_size=1, max_size=1, open=False) as pool:
+        repo = Repository(pool)
+        assert repo.scalar("SELECT 1") == 1
+        assert repo.execute("SET search_path = public") == -1
+        with pool.connection() as conn:
+            assert not conn.autocommit
+            assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
