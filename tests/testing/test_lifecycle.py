@@ -170,3 +170,24 @@ def test_local_endpoint_error_lives_in_dsqlkit_testing() -> None:
     assert old is LocalEndpointError
     with pytest.raises(old, match="not running"):
         _ = LocalDsql().port
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() != 0, reason="the linked install is root's")
+def test_roots_linked_install_is_made_once_and_a_broken_leftover_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As root, PostgreSQL runs from binaries linked once per machine into the temporary
+    directory; a leftover of that directory without the binaries is named, not run."""
+    import tempfile
+
+    from dsqlkit.testing._postgres import EmbeddedPostgres
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    server = EmbeddedPostgres(tmp_path / "work")
+    bindir = server._bindir()
+    assert (bindir / "postgres").is_file()
+    assert bindir.is_relative_to(tmp_path)
+    assert server._bindir() == bindir  # made once: the second start finds it
+    (bindir / "postgres").unlink()
+    with pytest.raises(LocalEndpointError, match="holds no PostgreSQL binaries: remove it"):
+        server._bindir()

@@ -156,10 +156,14 @@ class EmbeddedPostgres:
                         f"{linked} exists but is not a directory of this user's that only it "
                         "may write: remove it"
                     )
-                with contextlib.suppress(OSError):
+                with contextlib.suppress(OSError):  # another process may have won the race
                     building.rename(linked)
             finally:
                 shutil.rmtree(building, ignore_errors=True)
+            if not (bindir / "postgres").is_file():  # e.g. a half-emptied leftover
+                raise LocalEndpointError(
+                    f"{linked} exists but holds no PostgreSQL binaries: remove it"
+                )
         return bindir
 
     def _own(self, path: Path) -> None:
