@@ -36,3 +36,17 @@ def when_running(
     thread = threading.Thread(target=watch)
     thread.start()
     return thread
+
+
+#: How long a statement that `when_running` acts on sleeps on its first run: the window the act
+#: lands in. Tests wait only until it lands, so a long window costs nothing and keeps a loaded
+#: machine's watcher thread inside it.
+WINDOW = 5.0
+
+
+def sleep_unless_read_only(seconds: float = WINDOW) -> str:
+    """SQL that sleeps ``seconds`` in a read-write transaction and not at all in a READ ONLY
+    one: the first run of a read leaves `when_running` a wide window, its READ ONLY re-run
+    returns at once (the server, not the test's timing, tells the two runs apart)."""
+    read_only = "current_setting('transaction_read_only') = 'on'"
+    return f"pg_sleep(CASE WHEN {read_only} THEN 0 ELSE {seconds} END)"

@@ -23,10 +23,10 @@ import pytest
 from dsqlkit import CommitOutcomeUnknown, Repository, _sio
 from dsqlkit.testing import LocalDsql
 
-from ..events import when_running
+from ..events import WINDOW, sleep_unless_read_only, when_running
 
 #: How long each writing function sleeps after its INSERT: the window the drop lands in.
-SLEEP = 0.4
+WRITER_SLEEP = WINDOW
 
 
 class Objects:
@@ -36,6 +36,7 @@ class Objects:
         self.prefix = prefix
         self.log = f"{prefix}_log"
         self.fn = f"{prefix}_w"
+        self.quick = f"{prefix}_q"  # the same write, without the sleep
         self.accented = f"{prefix}_é"
         self.domain = f"{prefix}_dom"
         self.rows = f"{prefix}_row"
@@ -62,15 +63,17 @@ class Objects:
 
 def _create(conn: psycopg.Connection[Any], objects: Objects) -> None:
     o = objects
-    body = f"INSERT INTO {o.log} (x) VALUES ($1); SELECT $1 FROM pg_sleep({SLEEP})"
+    body = f"INSERT INTO {o.log} (x) VALUES ($1); SELECT $1 FROM pg_sleep({WRITER_SLEEP})"
     statements = [
         f"CREATE TABLE {o.log} (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), x int)",
         f'CREATE FUNCTION "{o.fn}"(int) RETURNS int LANGUAGE sql AS $f${body}$f$',
+        f'CREATE FUNCTION "{o.quick}"(int) RETURNS int LANGUAGE sql AS '
+        f"$f$INSERT INTO {o.log} (x) VALUES ($1); SELECT $1$f$",
         f'CREATE FUNCTION "{o.accented}"(int) RETURNS int LANGUAGE sql AS $f${body}$f$',
         f'CREATE DOMAIN {o.domain} AS int CHECK ("{o.fn}"(VALUE) IS NOT NULL)',
         f"CREATE TABLE {o.rows} (a int PRIMARY KEY)",
         f"CREATE FUNCTION {o.attr}({o.rows}) RETURNS int LANGUAGE sql AS "
-        f"$f$INSERT INTO {o.log} (x) VALUES ($1.a); SELECT $1.a FROM pg_sleep({SLEEP})$f$",
+        f"$f$INSERT INTO {o.log} (x) VALUES ($1.a); SELECT $1.a FROM pg_sleep({WRITER_SLEEP})$f$",
         f'CREATE VIEW {o.view} AS SELECT "{o.fn}"(a) AS v FROM {o.rows}',
     ]
     for statement in statements:
@@ -99,7 +102,7 @@ def _when_running(
     local: LocalDsql, marker: str, act: Callable[[psycopg.Connection[Any]], Any]
 ) -> threading.Thread:
     """`when_running`, remembered so each test can wait for its droppers (the statement
-    then sleeps `SLEEP` seconds: ``act`` lands mid-statement by construction)."""
+    then sleeps `WRITER_SLEEP` seconds: ``act`` lands mid-statement by construction)."""
     thread = when_running(local, marker, act)
     _droppers.append(thread)
     return thread
@@ -174,7 +177,7 @@ def test_a_pure_read_is_re_run_read_only_and_returns_its_rows(
     value (`scalar`) and for rows (`query`)."""
     dropper = _terminate_soon(local_dsql, "pure-read-scalar")
     try:
-        assert repo.scalar("SELECT pg_sleep(%s)::text || 'pure-read-scalar'", (SLEEP,)) == (
+        assert repo.scalar(f"SELECT {sleep_unless_read_only()}::text || 'pure-read-scalar'") == (
             "pure-read-scalar"
         )
     finally:
@@ -184,7 +187,7 @@ def test_a_pure_read_is_re_run_read_only_and_returns_its_rows(
     assert stats["occ_commit_unknown"] == 0
     dropper = _terminate_soon(local_dsql, "pure-read-query")
     try:
-        rows = repo.query("SELECT 7 AS n FROM pg_sleep(%s) /* pure-read-query */", (SLEEP,))
+        rows = repo.query(f"SELECT 7 AS n FROM {sleep_unless_read_only()} /* pure-read-query */")
     finally:
         _sio.to_thread(dropper.join)
     assert list(rows) == [{"n": 7}]
@@ -199,7 +202,7 @@ def test_the_first_run_is_one_plain_autocommit_statement(
     """The fast path sends no BEGIN / COMMIT: a function that writes through a read method
     runs once, and commits (as the same statement on a raw autocommit pool would)."""
     value = 555_555
-    assert repo.scalar(f'SELECT "{objects.fn}"(%s)', (value,)) == value
+    assert repo.scalar(f'SELECT "{objects.quick}"(%s)', (value,)) == value
     assert _written(repo, objects, value) == 1
     with repo.pool.connection() as conn:
         assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE

@@ -28,7 +28,7 @@ from dsqlkit import (
 )
 from dsqlkit.testing import LocalDsql
 
-from ..events import when_running
+from ..events import sleep_unless_read_only, when_running
 
 
 @pytest.fixture
@@ -64,10 +64,10 @@ async def test_insert_returning_through_query_is_never_repeated(
     reported (CommitOutcomeUnknown) or done once; it is never run a second time."""
     outcomes = []
     for row_id in range(5):
-        dropper = drop_during(local_dsql, "pg_sleep(0.4)::text RETURNING id")
-        try:
+        dropper = drop_during(local_dsql, "pg_sleep(5)::text RETURNING id")
+        try:  # the drop lands in the 5 s sleep; a READ ONLY re-run would be refused at once
             rows = await repo.query(
-                f"INSERT INTO {table} (id, note) SELECT %s, pg_sleep(0.4)::text RETURNING id",
+                f"INSERT INTO {table} (id, note) SELECT %s, pg_sleep(5)::text RETURNING id",
                 (row_id,),
             )
             outcomes.append("returned")
@@ -85,15 +85,16 @@ async def test_insert_returning_through_query_is_never_repeated(
 async def test_a_read_is_retried_after_a_drop_mid_statement(
     local_dsql: LocalDsql, repo: AsyncRepository
 ) -> None:
-    dropper = drop_during(local_dsql, "pg_sleep(0.4)::text || 'x'")
+    sleep = sleep_unless_read_only()  # on the first run only: the re-run is READ ONLY
+    dropper = drop_during(local_dsql, f"{sleep}::text || 'x'")
     try:
-        assert await repo.scalar("SELECT pg_sleep(0.4)::text || 'x'") == "x"
+        assert await repo.scalar(f"SELECT {sleep}::text || 'x'") == "x"
     finally:
         dropper.join()
     assert repo.pool.get_stats()["occ_disconnects_retried"] >= 1
-    dropper = drop_during(local_dsql, "pg_sleep(0.4)::text AS n")
+    dropper = drop_during(local_dsql, f"{sleep}::text AS n")
     try:  # a read whose rows come back through query(): autocommit, and still retried
-        assert await repo.query("SELECT pg_sleep(0.4)::text AS n") == [{"n": ""}]
+        assert await repo.query(f"SELECT {sleep}::text AS n") == [{"n": ""}]
     finally:
         dropper.join()
     assert repo.pool.get_stats()["occ_disconnects_retried"] >= 2
