@@ -109,9 +109,16 @@ def _when_running(
     return thread
 
 
-def _drop_soon(local: LocalDsql, objects: Objects) -> threading.Thread:
-    """Drop every connection once a statement on ``objects`` runs."""
-    return _when_running(local, objects.prefix, lambda backend: local.drop_connections())
+def _drop_soon(local: LocalDsql, marker: str) -> threading.Thread:
+    """Drop every connection once a statement containing ``marker`` runs."""
+    return _when_running(local, marker, lambda backend: local.drop_connections())
+
+
+def _marked(label: str) -> str:
+    """A marker no other statement contains: a statement cut earlier (here or in the twin
+    module, on the same endpoint) keeps running on the server until its sleep ends, and must
+    not be taken for the next one."""
+    return f"{label}-{uuid.uuid4().hex}"
 
 
 def _terminate_soon(local: LocalDsql, marker: str) -> threading.Thread:
@@ -149,9 +156,10 @@ async def test_a_read_that_writes_is_never_run_twice(
 ) -> None:
     value = SHAPES.index(shape) * 1000 + 1
     await repo.execute(f"INSERT INTO {objects.rows} (a) VALUES (%s)", (value,))
-    dropper = _drop_soon(local_dsql, objects)
+    marker = _marked("writing-read")
+    dropper = _drop_soon(local_dsql, marker)
     try:
-        rows = await repo.query(objects.shapes()[shape], (value,))
+        rows = await repo.query(f"{objects.shapes()[shape]} /* {marker} */", (value,))
         outcome = "returned"
     except CommitOutcomeUnknown as exc:
         outcome = "unknown"
@@ -176,21 +184,21 @@ async def test_a_pure_read_is_re_run_read_only_and_returns_its_rows(
 ) -> None:
     """The same loss on a statement that writes nothing: the READ ONLY re-run succeeds, for a
     value (`scalar`) and for rows (`query`)."""
-    dropper = _terminate_soon(local_dsql, "pure-read-scalar")
+    marker = _marked("pure-read-scalar")
+    dropper = _terminate_soon(local_dsql, marker)
     try:
-        assert await repo.scalar(
-            f"SELECT {sleep_unless_read_only()}::text || 'pure-read-scalar'"
-        ) == ("pure-read-scalar")
+        assert await repo.scalar(f"SELECT {sleep_unless_read_only()}::text || '{marker}'") == (
+            marker
+        )
     finally:
         await _aio.to_thread(dropper.join)
     stats = repo.pool.get_stats()
     assert stats["occ_disconnects_retried"] == 1
     assert stats["occ_commit_unknown"] == 0
-    dropper = _terminate_soon(local_dsql, "pure-read-query")
+    marker = _marked("pure-read-query")
+    dropper = _terminate_soon(local_dsql, marker)
     try:
-        rows = await repo.query(
-            f"SELECT 7 AS n FROM {sleep_unless_read_only()} /* pure-read-query */"
-        )
+        rows = await repo.query(f"SELECT 7 AS n FROM {sleep_unless_read_only()} /* {marker} */")
     finally:
         await _aio.to_thread(dropper.join)
     assert list(rows) == [{"n": 7}]

@@ -61,10 +61,13 @@ def test_insert_returning_through_query_is_never_repeated(
     reported (CommitOutcomeUnknown) or done once; it is never run a second time."""
     outcomes = []
     for row_id in range(5):
-        dropper = drop_during(local_dsql, "pg_sleep(5)::text RETURNING id")
+        # Each statement its own marker: a statement cut earlier sleeps on in the server.
+        marker = f"returning-{uuid.uuid4().hex}"
+        dropper = drop_during(local_dsql, marker)
         try:  # the drop lands in the 5 s sleep; a READ ONLY re-run would be refused at once
             rows = repo.query(
-                f"INSERT INTO {table} (id, note) SELECT %s, pg_sleep(5)::text RETURNING id",
+                f"INSERT INTO {table} (id, note) SELECT %s, pg_sleep(5)::text "
+                f"RETURNING id /* {marker} */",
                 (row_id,),
             )
             outcomes.append("returned")
@@ -83,15 +86,16 @@ def test_a_read_is_retried_after_a_drop_mid_statement(
     local_dsql: LocalDsql, repo: Repository
 ) -> None:
     sleep = sleep_unless_read_only()  # on the first run only: the re-run is READ ONLY
-    dropper = drop_during(local_dsql, f"{sleep}::text || 'x'")
+    marker = uuid.uuid4().hex  # a statement cut earlier (the twin module's) sleeps on
+    dropper = drop_during(local_dsql, f"scalar-{marker}")
     try:
-        assert repo.scalar(f"SELECT {sleep}::text || 'x'") == "x"
+        assert repo.scalar(f"SELECT {sleep}::text || 'x' /* scalar-{marker} */") == "x"
     finally:
         dropper.join()
     assert repo.pool.get_stats()["occ_disconnects_retried"] >= 1
-    dropper = drop_during(local_dsql, f"{sleep}::text AS n")
+    dropper = drop_during(local_dsql, f"query-{marker}")
     try:  # a read whose rows come back through query(): autocommit, and still retried
-        assert repo.query(f"SELECT {sleep}::text AS n") == [{"n": ""}]
+        assert repo.query(f"SELECT {sleep}::text AS n /* query-{marker} */") == [{"n": ""}]
     finally:
         dropper.join()
     assert repo.pool.get_stats()["occ_disconnects_retried"] >= 2
