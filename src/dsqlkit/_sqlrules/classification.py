@@ -53,6 +53,8 @@ def strip_async(sql: str) -> tuple[str, bool]:
 
 def _async_tokens(sql: str) -> list[tuple[int, int, str]]:
     """(start, end, job kind) of each ``ASYNC`` token in DSQL's two async forms."""
+    if "async" not in sql.lower():  # the token's own text is checked below: no scan needed
+        return []
     try:
         tokens = [t for t in parser.scan(sql) if t.name not in ("SQL_COMMENT", "C_COMMENT")]
     except Exception:
