@@ -21,6 +21,7 @@ way (``tests/.../test_<name>_async.py`` -> ``test_<name>_sync.py``), as psycopg 
 
 from __future__ import annotations
 
+import functools
 import io
 import re
 import subprocess
@@ -158,14 +159,25 @@ def convert(source: str, name: str) -> str:
     return HEADER.format(source=name) + "".join(out)
 
 
+@functools.cache
+def _ruff() -> list[str]:
+    """The ruff binary the ``ruff`` package installed (each call skips an interpreter start:
+    two calls per module), or ``python -m ruff``."""
+    try:
+        from ruff.__main__ import find_ruff_bin
+
+        return [str(find_ruff_bin())]
+    except (ImportError, FileNotFoundError):
+        return [sys.executable, "-m", "ruff"]
+
+
 def formatted(text: str, path: Path) -> str:
     """``text`` as ruff formats it (imports sorted too; ``with`` statements nested only because
     an ``async with`` lost its ``async`` are joined, as SIM117 asks), so it is lint-clean."""
-    ruff = [sys.executable, "-m", "ruff"]
     name = ["--stdin-filename", str(path)]
     for command in (["check", "--fix", "--select", "I,SIM117", "--quiet", "-"], ["format", "-"]):
         done = subprocess.run(
-            [*ruff, *command[:-1], *name, command[-1]],
+            [*_ruff(), *command[:-1], *name, command[-1]],
             input=text,
             capture_output=True,
             text=True,
