@@ -8,6 +8,7 @@ Built from the source with `ast`, so every import counts: module level, under
 from __future__ import annotations
 
 import ast
+import functools
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,8 +32,14 @@ def _module_name(path: Path) -> str:
 MODULES = {_module_name(path): path for path in sorted(PACKAGE.rglob("*.py"))}
 
 
-def _imports(module: str) -> Iterator[tuple[str, str | None]]:
-    """``(imported module, imported name or None)`` for every import in ``module``."""
+@functools.cache
+def _imports(module: str) -> tuple[tuple[str, str | None], ...]:
+    """``(imported module, imported name or None)`` for every import in ``module`` (parsed
+    once per run: several tests walk the whole graph)."""
+    return tuple(_scan_imports(module))
+
+
+def _scan_imports(module: str) -> Iterator[tuple[str, str | None]]:
     path = MODULES[module]
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):

@@ -190,15 +190,13 @@ def test_only_the_adapter_touches_psycopg_pool_private_names() -> None:
     theirs = _psycopg_pool_private_names()
     assert {"_pool", "_waiting", "_lock", "_putconn", "_check_open_getconn"} <= theirs
     offenders = []
-    everywhere = {
-        name
-        for path in PACKAGE.rglob("*.py")
-        for name in _own_names(ast.parse(path.read_text(encoding="utf-8")))
+    trees = {
+        path: ast.parse(path.read_text(encoding="utf-8")) for path in sorted(PACKAGE.rglob("*.py"))
     }
-    for path in sorted(PACKAGE.rglob("*.py")):
+    everywhere = {name for tree in trees.values() for name in _own_names(tree)}
+    for path, tree in trees.items():
         if path.name == "_pool_internals.py":
             continue
-        tree = ast.parse(path.read_text(encoding="utf-8"))
         # In the pool modules `self` is a psycopg_pool pool: only names defined there are
         # dsqlkit's own. Elsewhere, a name dsqlkit defines anywhere is its own.
         own = _own_names(tree)
