@@ -45,13 +45,14 @@ def _interpreter(version: str) -> str:
 
 
 #: The run is CPU-bound (tests, their endpoints and PostgreSQL, the interpreters some tests
-#: start), with some waiting (injected faults, sleeps): three workers keep two cores busy, and
-#: each worker more costs its own collection and session endpoint (about 10 s of CPU; four
-#: workers were slower on two cores, two left them idle). Each worker has its own session
-#: endpoint. ``tests/conftest.py`` schedules them (``--dist loadgroup`` selects it): tests
-#: sharing an expensive fixture on one worker (its ``GROUPS``), slow ones first. ``-n 0``
-#: (after ``--``) runs them in one process; a later ``-n`` wins.
-PARALLEL = ["-n", "3", "--dist", "loadgroup"]
+#: start), with some waiting (injected faults, sleeps): four workers keep two cores busy while
+#: some of them wait. Each worker costs its own collection and session endpoint (about 5 s of
+#: CPU with bytecode caches, see `BYTECODE_ENV`; three were faster when each worker compiled
+#: everything again). Each worker has its own session endpoint. ``tests/conftest.py``
+#: schedules them (``--dist loadgroup`` selects it): tests sharing an expensive fixture on one
+#: worker (its ``GROUPS``), slow ones first. ``-n 0`` (after ``--``) runs them in one process;
+#: a later ``-n`` wins.
+PARALLEL = ["-n", "4", "--dist", "loadgroup"]
 
 
 #: Where the test sessions keep temporary files (``TMPDIR``) when the machine has a RAM-backed

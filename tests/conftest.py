@@ -2,7 +2,7 @@
 
 The ``local_dsql`` fixture itself comes from dsqlkit's pytest plugin.
 
-``nox -s tests`` runs ``pytest -n 3 --dist loadgroup``: every worker has its own session
+``nox -s tests`` runs ``pytest -n 4 --dist loadgroup``: every worker has its own session
 endpoints, started on first use. The scheduler below (`GroupScheduling`) keeps the tests of
 each of `GROUPS` on one worker, so an endpoint that few tests need starts once per run rather
 than once per worker, and it starts the slow groups and modules (`FIRST`) before the rest, so
