@@ -191,3 +191,39 @@ def test_roots_linked_install_is_made_once_and_a_broken_leftover_is_named(
     (bindir / "postgres").unlink()
     with pytest.raises(LocalEndpointError, match="holds no PostgreSQL binaries: remove it"):
         server._bindir()
+
+
+@pytest.mark.parametrize("copier", ["cp -a", "shutil.copytree"])
+def test_the_data_directory_is_a_full_copy_owned_by_the_servers_user(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, copier: str
+) -> None:
+    """A start copies the machine's template with ``cp -a`` or, where there is none, with
+    `shutil.copytree`: every file and mode, owned by the user PostgreSQL runs as."""
+    import shutil
+    import stat
+
+    from dsqlkit.testing import _postgres
+
+    template = tmp_path / "template"
+    (template / "base" / "1").mkdir(parents=True)
+    (template / "PG_VERSION").write_text("18\n")
+    (template / "base" / "1" / "1259").write_bytes(b"\0" * 8192)
+    (template / "global").mkdir()
+    (template / "global" / "pg_control").write_bytes(b"control")
+    template.chmod(0o700)
+    server = _postgres.EmbeddedPostgres(tmp_path / "work")
+    server._own(server.datadir)
+    owner = os.geteuid() if os.name == "posix" else None
+    if server._run_as is not None:  # root: the template is the server user's, as initdb made it
+        for path in [template, *template.rglob("*")]:
+            shutil.chown(path, server._run_as)
+        owner = template.stat().st_uid
+    if copier == "shutil.copytree":
+        monkeypatch.setattr(_postgres.shutil, "which", lambda name: None)
+    server._copy_template(template)
+    copied = sorted(p.relative_to(server.datadir) for p in server.datadir.rglob("*"))
+    assert copied == sorted(p.relative_to(template) for p in template.rglob("*"))
+    assert (server.datadir / "base" / "1" / "1259").read_bytes() == b"\0" * 8192
+    assert stat.S_IMODE(server.datadir.stat().st_mode) == 0o700
+    if owner is not None:
+        assert {p.stat().st_uid for p in [server.datadir, *server.datadir.rglob("*")]} == {owner}
