@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import datetime
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -18,15 +20,22 @@ def when_running(
     """Call ``act(backend)`` in a thread once the server is seen running a statement that
     contains ``marker`` (``pg_stat_activity``, read on ``backend``, a plain connection to the
     database behind the endpoint): ``act`` then lands while the statement runs, however loaded
-    the machine. Join the returned thread."""
+    the machine. Join the returned thread.
+
+    Only a statement started after this call counts: a statement cut earlier keeps running on
+    the server until it next writes to its client (the end of its sleep), and an earlier
+    test's (or the twin module's) statement of the same text must not be taken for this one.
+    The server and this process share the clock: the endpoint is local.
+    """
+    since = datetime.datetime.now(datetime.timezone.utc)
 
     def watch() -> None:
         with psycopg.connect(local.backend_conninfo, autocommit=True) as backend:
             for _ in range(3000):  # a hang guard, not a time bound on the test
                 running = backend.execute(
                     "SELECT 1 FROM pg_stat_activity WHERE state = 'active' "
-                    "AND query LIKE %s AND pid <> pg_backend_pid()",
-                    (f"%{marker}%",),
+                    "AND query LIKE %s AND query_start >= %s AND pid <> pg_backend_pid()",
+                    (f"%{marker}%", since),
                 ).fetchone()
                 if running:
                     act(backend)
@@ -50,3 +59,9 @@ def sleep_unless_read_only(seconds: float = WINDOW) -> str:
     returns at once (the server, not the test's timing, tells the two runs apart)."""
     read_only = "current_setting('transaction_read_only') = 'on'"
     return f"pg_sleep(CASE WHEN {read_only} THEN 0 ELSE {seconds} END)"
+
+
+def marked(label: str) -> str:
+    """``label`` made unique, for a statement a watcher acts on: its text then names this
+    statement only (a ``pg_terminate_backend`` by text touches no other)."""
+    return f"{label}-{uuid.uuid4().hex}"

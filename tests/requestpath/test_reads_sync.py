@@ -23,10 +23,7 @@ import pytest
 from dsqlkit import CommitOutcomeUnknown, Repository, _sio
 from dsqlkit.testing import LocalDsql
 
-from ..events import WINDOW, sleep_unless_read_only, when_running
-
-#: How long each writing function sleeps after its INSERT: the window the drop lands in.
-WRITER_SLEEP = WINDOW
+from ..events import WINDOW, marked, sleep_unless_read_only, when_running
 
 
 class Objects:
@@ -63,7 +60,7 @@ class Objects:
 
 def _create(conn: psycopg.Connection[Any], objects: Objects) -> None:
     o = objects
-    body = f"INSERT INTO {o.log} (x) VALUES ($1); SELECT $1 FROM pg_sleep({WRITER_SLEEP})"
+    body = f"INSERT INTO {o.log} (x) VALUES ($1); SELECT $1 FROM pg_sleep({WINDOW})"
     statements = [
         f"CREATE TABLE {o.log} (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), x int)",
         f'CREATE FUNCTION "{o.fn}"(int) RETURNS int LANGUAGE sql AS $f${body}$f$',
@@ -73,7 +70,7 @@ def _create(conn: psycopg.Connection[Any], objects: Objects) -> None:
         f'CREATE DOMAIN {o.domain} AS int CHECK ("{o.fn}"(VALUE) IS NOT NULL)',
         f"CREATE TABLE {o.rows} (a int PRIMARY KEY)",
         f"CREATE FUNCTION {o.attr}({o.rows}) RETURNS int LANGUAGE sql AS "
-        f"$f$INSERT INTO {o.log} (x) VALUES ($1.a); SELECT $1.a FROM pg_sleep({WRITER_SLEEP})$f$",
+        f"$f$INSERT INTO {o.log} (x) VALUES ($1.a); SELECT $1.a FROM pg_sleep({WINDOW})$f$",
         f'CREATE VIEW {o.view} AS SELECT "{o.fn}"(a) AS v FROM {o.rows}',
     ]
     for statement in statements:
@@ -102,7 +99,7 @@ def _when_running(
     local: LocalDsql, marker: str, act: Callable[[psycopg.Connection[Any]], Any]
 ) -> threading.Thread:
     """`when_running`, remembered so each test can wait for its droppers (the statement
-    then sleeps `WRITER_SLEEP` seconds: ``act`` lands mid-statement by construction)."""
+    then sleeps `WINDOW` seconds: ``act`` lands mid-statement by construction)."""
     thread = when_running(local, marker, act)
     _droppers.append(thread)
     return thread
@@ -111,13 +108,6 @@ def _when_running(
 def _drop_soon(local: LocalDsql, marker: str) -> threading.Thread:
     """Drop every connection once a statement containing ``marker`` runs."""
     return _when_running(local, marker, lambda backend: local.drop_connections())
-
-
-def _marked(label: str) -> str:
-    """A marker no other statement contains: a statement cut earlier (here or in the twin
-    module, on the same endpoint) keeps running on the server until its sleep ends, and must
-    not be taken for the next one."""
-    return f"{label}-{uuid.uuid4().hex}"
 
 
 def _terminate_soon(local: LocalDsql, marker: str) -> threading.Thread:
@@ -155,7 +145,7 @@ def test_a_read_that_writes_is_never_run_twice(
 ) -> None:
     value = SHAPES.index(shape) * 1000 + 1
     repo.execute(f"INSERT INTO {objects.rows} (a) VALUES (%s)", (value,))
-    marker = _marked("writing-read")
+    marker = marked("writing-read")
     dropper = _drop_soon(local_dsql, marker)
     try:
         rows = repo.query(f"{objects.shapes()[shape]} /* {marker} */", (value,))
@@ -183,7 +173,7 @@ def test_a_pure_read_is_re_run_read_only_and_returns_its_rows(
 ) -> None:
     """The same loss on a statement that writes nothing: the READ ONLY re-run succeeds, for a
     value (`scalar`) and for rows (`query`)."""
-    marker = _marked("pure-read-scalar")
+    marker = marked("pure-read-scalar")
     dropper = _terminate_soon(local_dsql, marker)
     try:
         assert repo.scalar(f"SELECT {sleep_unless_read_only()}::text || '{marker}'") == (marker)
@@ -192,7 +182,7 @@ def test_a_pure_read_is_re_run_read_only_and_returns_its_rows(
     stats = repo.pool.get_stats()
     assert stats["occ_disconnects_retried"] == 1
     assert stats["occ_commit_unknown"] == 0
-    marker = _marked("pure-read-query")
+    marker = marked("pure-read-query")
     dropper = _terminate_soon(local_dsql, marker)
     try:
         rows = repo.query(f"SELECT 7 AS n FROM {sleep_unless_read_only()} /* {marker} */")

@@ -28,7 +28,7 @@ from dsqlkit import (
 )
 from dsqlkit.testing import LocalDsql
 
-from ..events import sleep_unless_read_only, when_running
+from ..events import WINDOW, marked, sleep_unless_read_only, when_running
 
 
 @pytest.fixture
@@ -64,12 +64,11 @@ async def test_insert_returning_through_query_is_never_repeated(
     reported (CommitOutcomeUnknown) or done once; it is never run a second time."""
     outcomes = []
     for row_id in range(5):
-        # Each statement its own marker: a statement cut earlier sleeps on in the server.
-        marker = f"returning-{uuid.uuid4().hex}"
+        marker = marked("returning")
         dropper = drop_during(local_dsql, marker)
-        try:  # the drop lands in the 5 s sleep; a READ ONLY re-run would be refused at once
+        try:  # the drop lands in the sleep; a READ ONLY re-run would be refused at once
             rows = await repo.query(
-                f"INSERT INTO {table} (id, note) SELECT %s, pg_sleep(5)::text "
+                f"INSERT INTO {table} (id, note) SELECT %s, pg_sleep({WINDOW})::text "
                 f"RETURNING id /* {marker} */",
                 (row_id,),
             )
@@ -89,16 +88,17 @@ async def test_a_read_is_retried_after_a_drop_mid_statement(
     local_dsql: LocalDsql, repo: AsyncRepository
 ) -> None:
     sleep = sleep_unless_read_only()  # on the first run only: the re-run is READ ONLY
-    marker = uuid.uuid4().hex  # a statement cut earlier (the twin module's) sleeps on
-    dropper = drop_during(local_dsql, f"scalar-{marker}")
+    marker = marked("scalar")
+    dropper = drop_during(local_dsql, marker)
     try:
-        assert await repo.scalar(f"SELECT {sleep}::text || 'x' /* scalar-{marker} */") == "x"
+        assert await repo.scalar(f"SELECT {sleep}::text || 'x' /* {marker} */") == "x"
     finally:
         dropper.join()
     assert repo.pool.get_stats()["occ_disconnects_retried"] >= 1
-    dropper = drop_during(local_dsql, f"query-{marker}")
+    marker = marked("query")
+    dropper = drop_during(local_dsql, marker)
     try:  # a read whose rows come back through query(): autocommit, and still retried
-        assert await repo.query(f"SELECT {sleep}::text AS n /* query-{marker} */") == [{"n": ""}]
+        assert await repo.query(f"SELECT {sleep}::text AS n /* {marker} */") == [{"n": ""}]
     finally:
         dropper.join()
     assert repo.pool.get_stats()["occ_disconnects_retried"] >= 2
