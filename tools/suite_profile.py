@@ -14,7 +14,9 @@ For every test (setup, call and teardown) it records the wall time and the CPU s
 - ``private``: `LocalDsql` instances other than the session's shared ones (each an endpoint
   process and its PostgreSQL server), read from ``/proc`` over their process trees;
 - ``shared``: the session's ``local_dsql`` and ``local_dsql_multi_region`` endpoints and their
-  PostgreSQL servers, likewise (the part they spent while this test ran).
+  PostgreSQL servers, likewise (the part they spent while this test ran);
+- ``connections``: client connections the shared endpoints accepted while it ran (each costs
+  a TLS handshake, a token check and a PostgreSQL backend).
 
 Linux only (``/proc``). It changes nothing the tests see.
 """
@@ -70,6 +72,18 @@ def _tree_cpu(table: dict[int, tuple[int, float, float]], root: int) -> float:
     return total
 
 
+def _accepted(local: Any) -> int:
+    """Connections a running endpoint has accepted so far (every Region's, if several)."""
+    try:
+        counters = local.counters()
+    except Exception:
+        return 0
+    if "connections_accepted" in counters:
+        return int(counters["connections_accepted"])
+    return sum(int(c.get("connections_accepted", 0)) for c in counters.values()
+               if isinstance(c, dict))  # fmt: skip
+
+
 def _rusage(who: int) -> float:
     usage = resource.getrusage(who)
     return usage.ru_utime + usage.ru_stime
@@ -85,6 +99,7 @@ class Profile:
         self.spawned = 0
         self.front = 0.0
         self.started = 0
+        self.accepted = 0
         self._patch()
 
     def _patch(self) -> None:
@@ -141,6 +156,11 @@ class Profile:
                 front += own - (entry[3] if len(entry) > 3 else 0.0)
                 entry[3:] = [own]
         self.front = front
+        self.accepted = 0
+        for entry in self.live.values():
+            local = entry[0]
+            if id(local) in self.shared_ids and local._process is not None:
+                self.accepted += _accepted(local)
         entries = [*self.live.values(), *self._pending_close]
         for entry in entries:
             local = entry[0]
@@ -192,6 +212,7 @@ def pytest_runtest_protocol(item: Any, nextitem: Any) -> Generator[None, None, N
     children = _rusage(resource.RUSAGE_CHILDREN)
     spawned, started = profile.spawned, profile.started
     profile.endpoints(item.config)
+    accepted = profile.accepted
     profile.closed_cpu = 0.0
     yield
     shared, private = profile.endpoints(item.config)
@@ -205,6 +226,7 @@ def pytest_runtest_protocol(item: Any, nextitem: Any) -> Generator[None, None, N
         "front": profile.front,
         "spawned": profile.spawned - spawned,
         "endpoints": profile.started - started,
+        "connections": max(0, profile.accepted - accepted),
         "worker": os.environ.get("PYTEST_XDIST_WORKER", "main"),
     }
     profile.out.write(json.dumps(record) + "\n")
@@ -245,21 +267,22 @@ def report(directory: Path, by: str = "module", top: int = 60) -> None:
                 "front",
                 "spawned",
                 "endpoints",
+                "connections",
             ):
                 row[name] += record.get(name, 0.0)
                 totals[name] += record.get(name, 0.0)
             row["tests"] += 1
             totals["tests"] += 1
     columns = ("tests", "wall", "cpu", "self", "children", "private", "shared", "front",
-               "spawned", "endpoints")  # fmt: skip
+               "spawned", "endpoints", "connections")  # fmt: skip
     for row in [*rows.values(), totals]:
         row["cpu"] = row["self"] + row["children"] + row["private"] + row["shared"]
     print(f"| {by} | " + " | ".join(columns) + " |")
     print("|---" * (len(columns) + 1) + "|")
     ranked = sorted(rows.items(), key=lambda item: -item[1]["cpu"])
     for name, row in [*ranked[:top], ("TOTAL", totals)]:
-        cells = [f"{row[c]:.0f}" if c in ("tests", "spawned", "endpoints") else f"{row[c]:.1f}"
-                 for c in columns]  # fmt: skip
+        counts = ("tests", "spawned", "endpoints", "connections")
+        cells = [f"{row[c]:.0f}" if c in counts else f"{row[c]:.1f}" for c in columns]
         print(f"| {name} | " + " | ".join(cells) + " |")
     for record in sessions:
         print(record)
