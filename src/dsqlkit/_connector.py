@@ -1138,8 +1138,8 @@ def _target(
 
 
 def _signer(options: DsqlOptions) -> TokenProvider | None:
-    """The token provider every endpoint of a pool shares (one boto3 client per Region),
-    or None when none is asked for (found later, per endpoint)."""
+    """The token provider every endpoint of a pool shares, or None when none is asked for
+    (found later, per endpoint)."""
     provider = options.get("token_provider")
     session = options.get("boto3_session")
     profile = options.get("profile_name")
@@ -1176,12 +1176,10 @@ def _minter(
         provider = EnvTokenProvider(expires_in=expires_in)
     elif provider is None:
         boto_provider = Boto3TokenProvider(session, profile_name=profile, expires_in=expires_in)
-        # Find credentials and build the shared client now, at construction: later, in a
-        # worker thread, loading botocore's models would hold the GIL (and stall an event
-        # loop) for tens of milliseconds. Boto3 clients are shared per credentials and
-        # Region, so each Region of a multi-Region pool gets one.
+        # Find credentials now, at construction: a missing source fails here, not at the
+        # first connect. No boto3 client is built: tokens are signed by `presign` from the
+        # credentials alone, and a client's service models cost ~0.1 s of CPU per process.
         boto_provider.check_credentials()
-        boto_provider.client(region)
         provider = boto_provider
     return TokenMinter(provider, host=endpoint.host, region=region, user=endpoint.user)
 

@@ -193,7 +193,8 @@ class Boto3TokenProvider:
             )
 
     def client(self, region: str) -> Any:
-        """The shared ``dsql`` client for this credentials source and ``region``.
+        """The shared ``dsql`` client for this credentials source and ``region``, built on
+        the first call (pools never ask: they sign without it).
 
         None when the credentials are static keys from the shared files: nothing of boto3 is
         loaded then. Tokens are signed without the client either way.

@@ -149,6 +149,27 @@ def test_session_tokens_are_identical_to_botocores(monkeypatch: pytest.MonkeyPat
     assert provider(host=HOST, region="eu-west-1", user="app", now=FROZEN) == expected
 
 
+def test_a_pool_on_a_boto3_session_never_builds_a_dsql_client(local_dsql: LocalDsql) -> None:
+    """Signing needs the session's credentials only: building a client (its service models,
+    ~0.1 s of CPU) at construction or at connect would be pure cost. botocore's own event
+    for a new ``dsql`` client class says whether one was built."""
+    credentials = local_dsql.boto3_session.get_credentials()
+    assert credentials is not None
+    session = boto3_session(aws_access_key_id=credentials.access_key,
+                            aws_secret_access_key=credentials.secret_key)  # fmt: skip
+    built: list[str] = []
+    session.events.register("creating-client-class.dsql", lambda **_: built.append("dsql"))
+    from dsqlkit import DsqlConnectionPool
+
+    options = {**local_dsql.pool_options(min_size=1), "boto3_session": session}
+    with DsqlConnectionPool(local_dsql.host, **options) as pool, pool.connection() as conn:
+        assert conn.execute("SELECT current_user").fetchone() == ("admin",)
+    assert built == []
+    provider = Boto3TokenProvider(session)
+    assert provider.client(local_dsql.region) is provider.client(local_dsql.region)  # on request
+    assert built == ["dsql"]
+
+
 @pytest.mark.parametrize(
     ("credentials", "config", "env"),
     [
