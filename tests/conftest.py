@@ -5,7 +5,8 @@ The ``local_dsql`` fixture itself comes from dsqlkit's pytest plugin.
 ``nox -s tests`` runs ``pytest -n 4 --dist loadgroup``: every worker has its own session
 endpoints, started on first use. The scheduler below (`GroupScheduling`) keeps the tests of
 each of `GROUPS` on one worker, so an endpoint that few tests need starts once per run rather
-than once per worker, and it starts the slow groups and modules (`FIRST`) before the rest, so
+than once per worker, hands the other tests out in short runs of one module's (`RUN`), and
+it starts the slow groups and modules (`FIRST`) before the rest, so
 no long test is left for the end while the other workers idle. pytest-xdist's own
 ``xdist_group`` mark is not used: with pytest 9 it is silently ignored (pytest-xdist issue
 1386: the group is written into a node id field pytest no longer reads).
@@ -13,7 +14,7 @@ no long test is left for the end while the other workers idle. pytest-xdist's ow
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import psycopg
@@ -55,11 +56,36 @@ FIRST = (
 )
 
 
+#: Tests outside `GROUPS` go out in runs of up to this many consecutive tests of one module:
+#: one work unit per run, not per test (each unit costs the controller and the worker a round
+#: of messages, and a worker new to a module sets up its module fixtures again), yet small
+#: enough that the workers still finish together.
+RUN = 8
+
+
 def _scope(nodeid: str) -> str:
     for prefix, group in GROUPS.items():
         if nodeid.startswith(prefix):
             return group
     return nodeid
+
+
+def work_units(nodeids: Iterable[str]) -> dict[str, str]:
+    """Node id -> work unit: its group, or ``<module>::run<n>`` (`RUN` tests in a row)."""
+    units: dict[str, str] = {}
+    runs: dict[str, tuple[int, int]] = {}  # module -> (current run, tests in it)
+    for nodeid in nodeids:
+        scope = _scope(nodeid)
+        if scope != nodeid:
+            units[nodeid] = scope
+            continue
+        module = nodeid.split("::", 1)[0]
+        run, size = runs.get(module, (0, 0))
+        if size == RUN:
+            run, size = run + 1, 0
+        runs[module] = (run, size + 1)
+        units[nodeid] = f"{module}::run{run}"
+    return units
 
 
 def _rank(scope: str) -> int:
@@ -74,9 +100,16 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
 
     class GroupScheduling(LoadScopeScheduling):  # type: ignore[misc]
         _ordered = False
+        _units: dict[str, str] | None = None
+
+        def schedule(self) -> None:
+            if self._units is None and self.collection_is_completed:
+                collection = next(iter(self.registered_collections.values()), [])
+                self._units = work_units(collection)
+            super().schedule()
 
         def _split_scope(self, nodeid: str) -> str:
-            return _scope(nodeid)
+            return (self._units or {}).get(nodeid) or _scope(nodeid)
 
         def _assign_work_unit(self, node: Any) -> None:
             if not self._ordered:  # the first assignment: the work queue is complete

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .conftest import FIRST, GROUPS, _rank, _scope
+from .conftest import FIRST, GROUPS, RUN, _rank, _scope, work_units
 
 TESTS = Path(__file__).parent
 _MARK = re.compile(r"xdist_group\(")
@@ -36,3 +36,16 @@ def test_groups_are_scheduled_first_and_other_tests_alone() -> None:
     for group in set(GROUPS.values()):
         assert group in FIRST, group
         assert _rank(group) < _rank("tests/pool/test_pool.py::test_plain_postgresql_mode")
+
+
+def test_other_tests_go_out_in_short_runs_of_one_module() -> None:
+    pool = [f"tests/pool/test_pool.py::test_{i}" for i in range(RUN + 2)]
+    docs = "tests/test_docs.py::test_page_snippets_run[index.md]"
+    other = "tests/pool/test_conninfo.py::test_one"
+    units = work_units([*pool[:3], docs, other, *pool[3:]])
+    assert units[docs] == "docs"
+    assert units[other] == "tests/pool/test_conninfo.py::run0"
+    assert [units[nodeid] for nodeid in pool] == (
+        ["tests/pool/test_pool.py::run0"] * RUN + ["tests/pool/test_pool.py::run1"] * 2
+    )
+    assert _rank(units[pool[0]]) == _rank(pool[0])  # a module's place in FIRST holds
