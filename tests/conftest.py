@@ -5,9 +5,9 @@ The ``local_dsql`` fixture itself comes from dsqlkit's pytest plugin.
 ``nox -s tests`` runs ``pytest -n 4 --dist loadgroup``: every worker has its own session
 endpoints, started on first use. The scheduler below (`GroupScheduling`) keeps the tests of
 each of `GROUPS` on one worker, so an endpoint that few tests need starts once per run rather
-than once per worker, hands the other tests out in short runs of one module's (`RUN`), and
-it starts the slow groups and modules (`FIRST`) before the rest, so
-no long test is left for the end while the other workers idle. pytest-xdist's own
+than once per worker; hands the other tests out in short runs of one module's tests (`RUN`);
+and starts the slow groups and modules (`FIRST`) before the rest, so no long test is left for
+the end while the other workers idle. pytest-xdist's own
 ``xdist_group`` mark is not used: with pytest 9 it is silently ignored (pytest-xdist issue
 1386: the group is written into a node id field pytest no longer reads).
 """

@@ -28,7 +28,7 @@ def test_every_module_marked_for_one_worker_is_in_groups() -> None:
     assert missing == [], f"add these to GROUPS in tests/conftest.py: {missing}"
 
 
-def test_groups_are_scheduled_first_and_other_tests_alone() -> None:
+def test_groups_are_scheduled_first_and_other_tests_are_in_none() -> None:
     assert _scope("tests/test_docs.py::test_page_snippets_run[index.md]") == "docs"
     assert _scope("tests/pool/test_pool.py::test_plain_postgresql_mode") == (
         "tests/pool/test_pool.py::test_plain_postgresql_mode"
