@@ -17,6 +17,9 @@ T = TypeVar("T")
 #: How often an async wait looks at a thread-safe flag.
 _POLL = 0.02
 
+#: What interrupts a wait for the server: psycopg then sends the server a cancel request.
+INTERRUPTS: tuple[type[BaseException], ...] = (asyncio.CancelledError, KeyboardInterrupt)
+
 
 def check_not_on_loop(owner: Any, method: str) -> None:
     """Nothing to check: async code runs on the loop by design (`_sio`'s twin warns)."""

@@ -38,6 +38,13 @@ _logger = logging.getLogger("dsqlkit.pool")
 #: The connection keyword under which a pool hands its `ConnectPlan` to the connection class.
 PLAN_KEY = "dsqlkit_connect_plan"
 
+#: Set (True) on a connection when an interrupt (KeyboardInterrupt, an asyncio cancellation)
+#: ended a wait for the server. psycopg then sends a cancel request; when the statement ends
+#: before that request arrives, it can cancel the session's *next* statement instead
+#: ("57014 canceling statement due to user request"), another caller's once the connection is
+#: back in the pool. A checkout discards such a connection (`Verdict.INTERRUPTED`).
+INTERRUPTED = "_dsqlkit_interrupted"
+
 _IAM_MARKER = "IAM authentication failed"
 _ABANDONED = "connect abandoned: the endpoint was marked impaired"
 _AUTH_MARKERS = (_IAM_MARKER, "password authentication failed")

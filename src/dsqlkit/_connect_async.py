@@ -9,17 +9,20 @@ gives up at once when the pool closes.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
+from psycopg.abc import PQGen
 from psycopg.rows import Row
 from typing_extensions import Self
 
 from . import _aio
-from ._connect import CLOSING, PLAN_KEY, ConnectPlan, Step, abandon_on
+from ._connect import CLOSING, INTERRUPTED, PLAN_KEY, ConnectPlan, Step, abandon_on
 from ._telemetry import CONNECT_TRACE_KEY, ConnectTrace
 
 __all__ = ["AsyncDsqlConnection"]
+
+RV = TypeVar("RV")
 
 
 class AsyncDsqlConnection(psycopg.AsyncConnection[Row]):
@@ -72,6 +75,15 @@ class AsyncDsqlConnection(psycopg.AsyncConnection[Row]):
                 if trace is not None:
                     trace.failed(closed)
                 raise closed
+
+    async def wait(self, gen: PQGen[RV], *args: Any, **kwargs: Any) -> RV:
+        """psycopg's wait for the server; a wait an interrupt ends marks the connection
+        (`INTERRUPTED`): the cancel request psycopg sends then may cancel a later statement."""
+        try:
+            return await super().wait(gen, *args, **kwargs)
+        except _aio.INTERRUPTS:
+            setattr(self, INTERRUPTED, True)
+            raise
 
     @classmethod
     def _connect_gen(cls, conninfo: str = "") -> Any:

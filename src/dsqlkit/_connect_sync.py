@@ -10,17 +10,20 @@ gives up at once when the pool closes.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
+from psycopg.abc import PQGen
 from psycopg.rows import Row
 from typing_extensions import Self
 
 from . import _sio
-from ._connect import CLOSING, PLAN_KEY, ConnectPlan, Step, abandon_on
+from ._connect import CLOSING, INTERRUPTED, PLAN_KEY, ConnectPlan, Step, abandon_on
 from ._telemetry import CONNECT_TRACE_KEY, ConnectTrace
 
 __all__ = ["DsqlConnection"]
+
+RV = TypeVar("RV")
 
 
 class DsqlConnection(psycopg.Connection[Row]):
@@ -73,6 +76,15 @@ class DsqlConnection(psycopg.Connection[Row]):
                 if trace is not None:
                     trace.failed(closed)
                 raise closed
+
+    def wait(self, gen: PQGen[RV], *args: Any, **kwargs: Any) -> RV:
+        """psycopg's wait for the server; a wait an interrupt ends marks the connection
+        (`INTERRUPTED`): the cancel request psycopg sends then may cancel a later statement."""
+        try:
+            return super().wait(gen, *args, **kwargs)
+        except _sio.INTERRUPTS:
+            setattr(self, INTERRUPTED, True)
+            raise
 
     @classmethod
     def _connect_gen(cls, conninfo: str = "") -> Any:

@@ -16,9 +16,9 @@ of them writes connect or checkout code of its own. A connector owns:
   when the owner closes;
 - the checkout policy: `Connector.verdict` says whether an idle connection can be handed out
   (`Verdict.OK`), must be probed first (`Verdict.PROBE`) or discarded (`Verdict.EXPIRED`,
-  `Verdict.DEAD`), with no I/O but a socket poll. Elapsed time is the larger of the
-  monotonic and wall clocks, because a frozen container's monotonic clock may not advance
-  while the server's does;
+  `Verdict.DEAD`, `Verdict.INTERRUPTED`, `Verdict.MOVED`), with no I/O but a socket poll.
+  Elapsed time is the larger of the monotonic and wall clocks, because a frozen container's
+  monotonic clock may not advance while the server's does;
 - its counters (connects retried, re-mints, retirements, probes) and the `RetryStats` of the
   units of work run over it.
 
@@ -55,7 +55,13 @@ from ._config import (
     resolve_address,
     split_port,
 )
-from ._connect import PLAN_KEY, ConnectErrorKind, ConnectPlan, classify_connect_error
+from ._connect import (
+    INTERRUPTED,
+    PLAN_KEY,
+    ConnectErrorKind,
+    ConnectPlan,
+    classify_connect_error,
+)
 from ._errors import ConfigurationError
 from ._retry import RetryStats
 from ._stats import Counters
@@ -180,6 +186,9 @@ class Verdict(enum.Enum):
     #: Discard it: its endpoint is impaired, or new connections go to another one now (a
     #: failback; or one connection retired so that its replacement probes the preferred one).
     MOVED = "moved"
+    #: Discard it: an interrupt ended a statement on it, and the cancel request psycopg sent
+    #: may still cancel the next one (see `dsqlkit._connect.INTERRUPTED`).
+    INTERRUPTED = "interrupted"
 
 
 class _ConnectionState:
@@ -435,6 +444,7 @@ class Connector:
             "connects_reminted",
             "connections_retired_age",
             "connections_dead_at_checkout",
+            "connections_interrupted",
             "liveness_probes",
         ]
         if self.multi:
@@ -880,6 +890,8 @@ class Connector:
         pgconn = conn.pgconn
         if pgconn.status != _CONN_OK:
             return Verdict.DEAD
+        if getattr(conn, INTERRUPTED, False):
+            return Verdict.INTERRUPTED
         state: _ConnectionState | None = getattr(conn, _STATE, None)
         if state is None:
             return self._probe()
@@ -908,6 +920,9 @@ class Connector:
         elif verdict is Verdict.MOVED:
             self.counters.add("connections_moved_at_checkout")
             _logger.debug("retiring a connection to an endpoint new connections avoid")
+        elif verdict is Verdict.INTERRUPTED:
+            self.counters.add("connections_interrupted")
+            _logger.debug("discarding a connection whose statement was interrupted")
         else:
             self.counters.add("connections_dead_at_checkout")
             _logger.info("discarding a connection that died while idle")

@@ -11,6 +11,9 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
+#: What interrupts a wait for the server: psycopg then sends the server a cancel request.
+INTERRUPTS: tuple[type[BaseException], ...] = (KeyboardInterrupt,)
+
 sleep = time.sleep
 
 

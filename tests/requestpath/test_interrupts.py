@@ -8,6 +8,7 @@ point, one run each), and checks after each run that every connection is back in
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import gc
 import sys
@@ -24,6 +25,8 @@ import pytest
 import dsqlkit
 from dsqlkit import DsqlConnectionPool, Repository, Transaction, transactional
 from dsqlkit.testing import LocalDsql
+
+from ..events import WINDOW, marked, when_running
 
 SOURCE = str(Path(dsqlkit.__file__).parent)
 TESTING = str(Path(dsqlkit.__file__).parent / "testing")
@@ -194,3 +197,53 @@ async def test_a_cancellation_at_any_step_leaks_no_connection(
                         break
                     await asyncio.sleep(0.02)
                 assert stats.get("pool_size", 0) == stats.get("pool_available", 0), steps
+
+
+# -- a connection whose statement was interrupted is not handed out again ---------------------
+
+
+def test_a_connection_whose_statement_was_interrupted_is_not_handed_out_again(
+    local_dsql: LocalDsql,
+) -> None:
+    """psycopg answers a KeyboardInterrupt during a statement with a cancel request. When the
+    statement ends before the request lands, the request can cancel the session's next
+    statement instead (another caller's, once the connection is back in the pool: "57014
+    canceling statement due to user request"), so the pool discards the connection."""
+    with local_dsql.pool(min_size=1, max_size=1) as pool:
+        repo = Repository(pool)
+        first = repo.scalar("SELECT pg_backend_pid()")
+        label = marked("interrupted")
+        watcher = when_running(local_dsql, label, lambda backend: _thread.interrupt_main())
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                repo.query(f"SELECT pg_sleep({WINDOW}), '{label}'")
+        finally:
+            watcher.join()
+        assert repo.scalar("SELECT pg_backend_pid()") != first
+        assert pool.get_stats()["connections_interrupted"] == 1
+
+
+async def test_a_connection_whose_statement_was_cancelled_is_not_handed_out_again(
+    local_dsql: LocalDsql,
+) -> None:
+    """The asyncio twin: a task cancelled while its statement runs."""
+    import asyncio
+
+    from dsqlkit import AsyncRepository
+
+    async with local_dsql.async_pool(min_size=1, max_size=1) as pool:
+        repo = AsyncRepository(pool)
+        first = await repo.scalar("SELECT pg_backend_pid()")
+        label = marked("cancelled")
+        loop = asyncio.get_running_loop()
+        task = asyncio.ensure_future(repo.query(f"SELECT pg_sleep({WINDOW}), '{label}'"))
+        watcher = when_running(
+            local_dsql, label, lambda backend: loop.call_soon_threadsafe(task.cancel)
+        )
+        try:
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        finally:
+            await asyncio.to_thread(watcher.join)
+        assert await repo.scalar("SELECT pg_backend_pid()") != first
+        assert pool.get_stats()["connections_interrupted"] == 1

@@ -3,6 +3,7 @@ unknown outcome never repeated, dead connections replaced, connects retried."""
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import threading
 import time
@@ -24,6 +25,7 @@ from dsqlkit import CommitOutcomeUnknown, ConfigurationError, RetryPolicy, Usage
 from dsqlkit import sqlalchemy as dsa
 from dsqlkit.testing import LocalDsql
 
+from ..events import WINDOW, marked, when_running
 from .conftest import Models, make_models
 
 
@@ -202,6 +204,24 @@ def test_server_side_drop_is_recovered_at_checkout(engine: Engine, local_dsql: L
     with engine.connect() as conn:
         assert conn.execute(text("SELECT pg_backend_pid()")).scalar() != first_pid
     assert dsa.get_stats(engine)["connections_dead_at_checkout"] == before + 1
+
+
+def test_a_connection_whose_statement_was_interrupted_is_not_used_again(
+    engine: Engine, local_dsql: LocalDsql
+) -> None:
+    """psycopg answers the interrupt with a cancel request, which could otherwise cancel the
+    connection's next statement (SQLAlchemy invalidates it; dsqlkit's checkout would too)."""
+    with engine.connect() as conn:
+        first_pid = conn.execute(text("SELECT pg_backend_pid()")).scalar()
+    label = marked("sqla-interrupted")
+    watcher = when_running(local_dsql, label, lambda backend: _thread.interrupt_main())
+    try:
+        with pytest.raises(KeyboardInterrupt), engine.connect() as conn:
+            conn.execute(text(f"SELECT pg_sleep({WINDOW}), '{label}'"))
+    finally:
+        watcher.join()
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT pg_backend_pid()")).scalar() != first_pid
 
 
 def test_idle_connections_are_probed_and_old_ones_retired(local_dsql: LocalDsql) -> None:

@@ -378,6 +378,7 @@ _REASONS = {
     Verdict.EXPIRED: "past its lifetime",
     Verdict.DEAD: "closed while idle",
     Verdict.MOVED: "to an endpoint new connections avoid (failover or failback)",
+    Verdict.INTERRUPTED: "interrupted mid-statement (a cancel request may still be in flight)",
 }
 
 
