@@ -14,6 +14,7 @@ the end while the other workers idle. pytest-xdist's own
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -92,6 +93,7 @@ def _rank(scope: str) -> int:
     return next((i for i, prefix in enumerate(FIRST) if scope.startswith(prefix)), len(FIRST))
 
 
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist's: ``-p no:xdist`` still works
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     """``--dist loadgroup``: pytest-xdist's load-scope scheduler, with our groups and order."""
     if config.getvalue("dist") != "loadgroup":
@@ -120,6 +122,15 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
             super()._assign_work_unit(node)
 
     return GroupScheduling(config, log)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Move what collection built (modules, test items, parsed rule tables) out of the cyclic
+    garbage collector's reach: it lives for the whole run, and every full collection (Python's
+    own, the tests' ``gc.collect()``, pytest's at exit) would otherwise walk all of it again."""
+    gc.collect()
+    gc.freeze()
 
 
 @pytest.fixture
