@@ -23,9 +23,10 @@ import itertools
 import logging
 import threading
 import time
+import types
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import psycopg
 
@@ -34,6 +35,8 @@ from ._errors import AuthenticationFailed
 from ._stats import Counters
 
 _logger = logging.getLogger("dsqlkit.pool")
+
+M = TypeVar("M", bound=Callable[..., Any])
 
 #: The connection keyword under which a pool hands its `ConnectPlan` to the connection class.
 PLAN_KEY = "dsqlkit_connect_plan"
@@ -276,6 +279,19 @@ def abandon_on(guard: ConnectGuard, gen: Generator[Any, Any, Any]) -> Generator[
         return stop.value
     finally:
         gen.close()
+
+
+def bound_to(method: M, cls: type[Any]) -> M:
+    """``method`` (what ``super().connect`` gave a connection class) called as ``cls``'s.
+
+    OpenTelemetry's psycopg instrumentation, once uninstrumented (as test suites do after each
+    test), leaves psycopg's ``connect`` classmethod replaced by a method bound to psycopg's own
+    class (opentelemetry-instrumentation-psycopg 0.66b2: ``unwrap`` restores the bound
+    ``__wrapped__``). Called as it is, it makes a plain psycopg connection: the connection
+    class, its connect plan (a close abandons hanging connects) and its interrupt marks lost."""
+    if getattr(method, "__self__", cls) is cls:
+        return method
+    return cast("M", types.MethodType(method.__func__, cls))  # type: ignore[attr-defined]
 
 
 def with_plan_support(connection_class: type[Any], base: type[Any]) -> type[Any]:

@@ -17,7 +17,7 @@ from psycopg.rows import Row
 from typing_extensions import Self
 
 from . import _aio
-from ._connect import CLOSING, INTERRUPTED, PLAN_KEY, ConnectPlan, Step, abandon_on
+from ._connect import CLOSING, INTERRUPTED, PLAN_KEY, ConnectPlan, Step, abandon_on, bound_to
 from ._telemetry import CONNECT_TRACE_KEY, ConnectTrace
 
 __all__ = ["AsyncDsqlConnection"]
@@ -32,8 +32,9 @@ class AsyncDsqlConnection(psycopg.AsyncConnection[Row]):
     async def connect(cls, conninfo: str = "", **kwargs: Any) -> Self:
         plan: ConnectPlan | None = kwargs.pop(PLAN_KEY, None)
         trace: ConnectTrace | None = kwargs.pop(CONNECT_TRACE_KEY, None)
+        connect = bound_to(super().connect, cls)
         if plan is None:
-            return await super().connect(conninfo, **kwargs)
+            return await connect(conninfo, **kwargs)
         attempt = plan.start()
         while True:
             if plan.closing.is_set():
@@ -44,7 +45,7 @@ class AsyncDsqlConnection(psycopg.AsyncConnection[Row]):
             serial = plan.connecting()
             token = CLOSING.set(plan.guard())
             try:
-                conn = await super().connect(conninfo, **kwargs)
+                conn = await connect(conninfo, **kwargs)
             except (psycopg.OperationalError, psycopg.ProgrammingError) as exc:
                 try:
                     step, delay = attempt.after_failure(exc)

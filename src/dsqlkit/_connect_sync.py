@@ -18,7 +18,7 @@ from psycopg.rows import Row
 from typing_extensions import Self
 
 from . import _sio
-from ._connect import CLOSING, INTERRUPTED, PLAN_KEY, ConnectPlan, Step, abandon_on
+from ._connect import CLOSING, INTERRUPTED, PLAN_KEY, ConnectPlan, Step, abandon_on, bound_to
 from ._telemetry import CONNECT_TRACE_KEY, ConnectTrace
 
 __all__ = ["DsqlConnection"]
@@ -33,8 +33,9 @@ class DsqlConnection(psycopg.Connection[Row]):
     def connect(cls, conninfo: str = "", **kwargs: Any) -> Self:
         plan: ConnectPlan | None = kwargs.pop(PLAN_KEY, None)
         trace: ConnectTrace | None = kwargs.pop(CONNECT_TRACE_KEY, None)
+        connect = bound_to(super().connect, cls)
         if plan is None:
-            return super().connect(conninfo, **kwargs)
+            return connect(conninfo, **kwargs)
         attempt = plan.start()
         while True:
             if plan.closing.is_set():
@@ -45,7 +46,7 @@ class DsqlConnection(psycopg.Connection[Row]):
             serial = plan.connecting()
             token = CLOSING.set(plan.guard())
             try:
-                conn = super().connect(conninfo, **kwargs)
+                conn = connect(conninfo, **kwargs)
             except (psycopg.OperationalError, psycopg.ProgrammingError) as exc:
                 try:
                     step, delay = attempt.after_failure(exc)

@@ -3,6 +3,9 @@ psycopg and SQLAlchemy instrumentations, without duplicates."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import types
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -10,22 +13,70 @@ from typing import Any
 import psycopg
 import pytest
 
-from dsqlkit import Repository, Transaction, transactional
+from dsqlkit import (
+    AsyncDsqlConnection,
+    DsqlConnection,
+    Repository,
+    Transaction,
+    transactional,
+)
 from dsqlkit.testing import LocalDsql
 
+from ..requestpath._netfaults import BlackHole
 from .conftest import Otel
 
 psycopg_instrumentation = pytest.importorskip("opentelemetry.instrumentation.psycopg")
 
 
+@contextlib.contextmanager
+def psycopg_connect_restored() -> Iterator[None]:
+    """psycopg's own ``connect`` classmethods put back at the end: the instrumentation's
+    ``uninstrument()`` leaves methods bound to psycopg's classes in their place, which would
+    reach every later test of this worker."""
+    saved = {cls: cls.__dict__["connect"] for cls in (psycopg.Connection, psycopg.AsyncConnection)}
+    try:
+        yield
+    finally:
+        for cls, connect in saved.items():
+            setattr(cls, "connect", connect)  # noqa: B010 - a class attribute, as it was
+
+
 @pytest.fixture
 def instrumented(otel: Otel) -> Iterator[Otel]:
     instrumentor = psycopg_instrumentation.PsycopgInstrumentor()
-    instrumentor.instrument(tracer_provider=otel.tracer_provider, skip_dep_check=True)
-    try:
-        yield otel
-    finally:
+    with psycopg_connect_restored():
+        instrumentor.instrument(tracer_provider=otel.tracer_provider, skip_dep_check=True)
+        try:
+            yield otel
+        finally:
+            instrumentor.uninstrument()
+
+
+async def test_pools_connect_as_themselves_after_the_instrumentation_is_removed(
+    local_dsql: LocalDsql, otel: Otel
+) -> None:
+    """After ``uninstrument()``, psycopg's ``connect`` is a method bound to psycopg's own
+    class: ``super().connect`` from a subclass made plain psycopg connections. dsqlkit's
+    connection classes still connect as themselves, with their connect plan: a close still
+    abandons connects that hang (it waited 5 s for psycopg_pool's workers, then warned)."""
+    with psycopg_connect_restored():
+        instrumentor = psycopg_instrumentation.PsycopgInstrumentor()
+        instrumentor.instrument(tracer_provider=otel.tracer_provider, skip_dep_check=True)
         instrumentor.uninstrument()
+        # What this test is about; if a release of the instrumentation restores psycopg's
+        # classmethods, this fails and the test (and dsqlkit._connect.bound_to) can go.
+        assert isinstance(psycopg.AsyncConnection.__dict__["connect"], types.MethodType)
+        with local_dsql.pool(min_size=1) as pool, pool.connection() as conn:
+            assert isinstance(conn, DsqlConnection)
+        async with local_dsql.async_pool(min_size=1) as apool, apool.connection() as aconn:
+            assert isinstance(aconn, AsyncDsqlConnection)
+        with BlackHole() as hole:
+            hanging = local_dsql.async_pool(min_size=2, port=hole.port, connect_timeout=60)
+            await hanging.open()
+            assert await asyncio.to_thread(hole.wait_accepted, 2)
+            workers = list(hanging._workers)
+            await hanging.close()
+            assert all(worker.done() for worker in workers)
 
 
 def test_statement_spans_are_children_of_the_attempting_unit(
