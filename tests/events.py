@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import _thread
+import contextlib
 import datetime
+import signal
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import psycopg
@@ -65,3 +68,16 @@ def marked(label: str) -> str:
     """``label`` made unique, for a statement a watcher acts on: its text then names this
     statement only (a ``pg_terminate_backend`` by text touches no other)."""
     return f"{label}-{uuid.uuid4().hex}"
+
+
+@contextlib.contextmanager
+def keyboard_interrupts() -> Iterator[Callable[..., None]]:
+    """Inside, SIGINT raises KeyboardInterrupt in the main thread, as in an interactive
+    session, even when the run inherited SIGINT ignored (a shell's background job does:
+    ``_thread.interrupt_main()`` then does nothing). Yields an act for `when_running` that
+    interrupts the main thread."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield lambda *_: _thread.interrupt_main()
+    finally:
+        signal.signal(signal.SIGINT, previous)

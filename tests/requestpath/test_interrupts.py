@@ -8,7 +8,6 @@ point, one run each), and checks after each run that every connection is back in
 
 from __future__ import annotations
 
-import _thread
 import contextlib
 import gc
 import sys
@@ -26,7 +25,7 @@ import dsqlkit
 from dsqlkit import DsqlConnectionPool, Repository, Transaction, transactional
 from dsqlkit.testing import LocalDsql
 
-from ..events import WINDOW, marked, when_running
+from ..events import WINDOW, keyboard_interrupts, marked, when_running
 
 SOURCE = str(Path(dsqlkit.__file__).parent)
 TESTING = str(Path(dsqlkit.__file__).parent / "testing")
@@ -213,12 +212,13 @@ def test_a_connection_whose_statement_was_interrupted_is_not_handed_out_again(
         repo = Repository(pool)
         first = repo.scalar("SELECT pg_backend_pid()")
         label = marked("interrupted")
-        watcher = when_running(local_dsql, label, lambda backend: _thread.interrupt_main())
-        try:
-            with pytest.raises(KeyboardInterrupt):
-                repo.query(f"SELECT pg_sleep({WINDOW}), '{label}'")
-        finally:
-            watcher.join()
+        with keyboard_interrupts() as interrupt:
+            watcher = when_running(local_dsql, label, interrupt)
+            try:
+                with pytest.raises(KeyboardInterrupt):
+                    repo.query(f"SELECT pg_sleep({WINDOW}), '{label}'")
+            finally:
+                watcher.join()
         assert repo.scalar("SELECT pg_backend_pid()") != first
         assert pool.get_stats()["connections_interrupted"] == 1
 

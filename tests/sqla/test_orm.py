@@ -3,7 +3,6 @@ unknown outcome never repeated, dead connections replaced, connects retried."""
 
 from __future__ import annotations
 
-import _thread
 import contextlib
 import threading
 import time
@@ -25,7 +24,7 @@ from dsqlkit import CommitOutcomeUnknown, ConfigurationError, RetryPolicy, Usage
 from dsqlkit import sqlalchemy as dsa
 from dsqlkit.testing import LocalDsql
 
-from ..events import WINDOW, marked, when_running
+from ..events import WINDOW, keyboard_interrupts, marked, when_running
 from .conftest import Models, make_models
 
 
@@ -214,12 +213,13 @@ def test_a_connection_whose_statement_was_interrupted_is_not_used_again(
     with engine.connect() as conn:
         first_pid = conn.execute(text("SELECT pg_backend_pid()")).scalar()
     label = marked("sqla-interrupted")
-    watcher = when_running(local_dsql, label, lambda backend: _thread.interrupt_main())
-    try:
-        with pytest.raises(KeyboardInterrupt), engine.connect() as conn:
-            conn.execute(text(f"SELECT pg_sleep({WINDOW}), '{label}'"))
-    finally:
-        watcher.join()
+    with keyboard_interrupts() as interrupt:
+        watcher = when_running(local_dsql, label, interrupt)
+        try:
+            with pytest.raises(KeyboardInterrupt), engine.connect() as conn:
+                conn.execute(text(f"SELECT pg_sleep({WINDOW}), '{label}'"))
+        finally:
+            watcher.join()
     with engine.connect() as conn:
         assert conn.execute(text("SELECT pg_backend_pid()")).scalar() != first_pid
 
