@@ -87,8 +87,9 @@ class AsyncDsqlConnection(psycopg.AsyncConnection[Row]):
             raise
 
     @classmethod
-    def _connect_gen(cls, conninfo: str = "") -> Any:
-        """psycopg's connect generator, abandoned when its guard says so (see `abandon_on`)."""
-        gen = super()._connect_gen(conninfo)
+    def _connect_gen(cls, conninfo: str = "", **kwargs: Any) -> Any:
+        """psycopg's connect generator, abandoned when its guard says so (see `abandon_on`).
+        ``kwargs``: what the psycopg release passes (3.2: ``timeout``; 3.3: nothing)."""
+        gen = super()._connect_gen(conninfo, **kwargs)
         guard = CLOSING.get()
         return gen if guard is None else abandon_on(guard, gen)
